@@ -1,0 +1,5 @@
+import sys
+
+from smtpmon.cli import main
+
+sys.exit(main())

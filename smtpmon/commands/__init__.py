@@ -1,0 +1,1 @@
+"""Subcommands of the smtpmon command line."""

@@ -1,0 +1,12 @@
+"""`smtpmon run`: not built yet."""
+
+import sys
+
+
+def add_arguments(parser):
+    pass
+
+
+def run(args) -> int:
+    print("smtpmon run: not implemented yet", file=sys.stderr)
+    return 3
