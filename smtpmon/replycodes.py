@@ -448,8 +448,7 @@ def _explain_enhanced(code: str) -> list[str]:
     lines = [f"enhanced {code}: {enhanced_meaning(code) or 'no registered meaning'}"]
     if status_class.isdigit():
         digit = int(status_class)
-        lines.append(
-            f"enhanced class {digit} {ENHANCED_CLASS_NAMES[digit]}: {ENHANCED_CLASS_MEANINGS[digit]}"
-        )
+        name, words = ENHANCED_CLASS_NAMES[digit], ENHANCED_CLASS_MEANINGS[digit]
+        lines.append(f"enhanced class {digit} {name}: {words}")
     lines.append(f"enhanced subject {int(subject)}: {subject_meaning}")
     return lines
