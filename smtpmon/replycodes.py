@@ -16,7 +16,7 @@ PROTOCOL_ERROR = "protocol_error"
 
 # RFC 3463 section 2: class.subject.detail at the start of the reply text. ASCII digits only:
 # `\d` would also accept other scripts' digits.
-_ENHANCED = re.compile(r"\s*([245])\.([0-9]{1,3})\.([0-9]{1,3})(?![0-9A-Za-z_])")
+_ENHANCED_PREFIX = re.compile(r"\s*([245])\.([0-9]{1,3})\.([0-9]{1,3})(?![0-9A-Za-z_])")
 
 
 class ReplyLine(NamedTuple):
@@ -25,7 +25,7 @@ class ReplyLine(NamedTuple):
 
     code: int | None
     final: bool
-    text: str  # after the code and separator, without the line terminator
+    text: str  # after the code and separator (the whole line when it is not a reply line)
     bare_lf: bool  # ended in LF without CR
     error: str | None  # why the line is a protocol error, if it is
 
@@ -107,7 +107,7 @@ def _show(data: bytes) -> str:
 
 def parse_enhanced(text: str) -> str | None:
     """The RFC 3463 enhanced status code at the start of a reply text ("5.1.1"), or None."""
-    match = _ENHANCED.match(text)
+    match = _ENHANCED_PREFIX.match(text)
     if match is None:
         return None
     status_class, subject, detail = match.groups()
@@ -346,6 +346,7 @@ _ENHANCED_MEANINGS: dict[str, str] = {
     "7.30": "REQUIRETLS support required (RFC 8689)",
 }
 
+# A whole enhanced code as a person types it; "X" is the registry's spelling of any class.
 _ENHANCED_CODE = re.compile(r"([245Xx])\.([0-9]{1,3})\.([0-9]{1,3})")
 
 
