@@ -1,0 +1,381 @@
+"""Results → Prometheus text exposition (format 0.0.4), for `/metrics` and `/probe`.
+
+The names, types and labels are the contract in docs/metrics.md. Rendering is built for many
+targets: `render_target` turns one target's state into finished exposition lines, one chunk per
+metric family, and the store keeps those chunks from one probe to the next (see store.py), so a
+scrape only joins bytes family by family instead of walking every result. Knows nothing of
+sockets, schedules or HTTP.
+"""
+
+from __future__ import annotations
+
+import bisect
+import platform
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple, Sequence
+
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.utils import floatToGoString
+
+from smtpmon import __version__
+from smtpmon.replycodes import (
+    ENHANCED_CLASS_NAMES,
+    PROTOCOL_ERROR,
+    code_label,
+    reply_category,
+    reply_class,
+)
+from smtpmon.results import Capabilities, ProbeResult, Reply, TlsInfo
+
+if TYPE_CHECKING:
+    from smtpmon.store import ResultStore
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Family(NamedTuple):
+    name: str
+    type: str  # "gauge", "counter" or "histogram"
+    help: str
+
+    @property
+    def header(self) -> bytes:
+        help_text = self.help.replace("\\", r"\\").replace("\n", r"\n")
+        return f"# HELP {self.name} {help_text}\n# TYPE {self.name} {self.type}\n".encode()
+
+
+# Per (target, module), in the order of docs/metrics.md.
+TARGET_FAMILIES: tuple[Family, ...] = (
+    Family("smtpmon_probe_success", "gauge", "1 if the last probe succeeded, else 0."),
+    Family("smtpmon_probe_duration_seconds", "gauge", "Duration of the last probe, all stages."),
+    Family("smtpmon_probe_stage_duration_seconds", "gauge",
+           "Duration of each stage the last probe ran."),
+    Family("smtpmon_probe_stage_reply_code", "gauge",
+           "The last reply code of each stage the last probe got a reply in "
+           "(0 for an unparseable reply)."),
+    Family("smtpmon_probe_stage_reply_info", "gauge",
+           "Constant 1: the last reply of each stage, described."),
+    Family("smtpmon_probe_failure_info", "gauge",
+           "Constant 1 while the last probe failed: where and why."),
+    Family("smtpmon_probe_last_timestamp_seconds", "gauge",
+           "When the last probe finished (Unix time)."),
+    Family("smtpmon_probes_total", "counter", "Probes run."),
+    Family("smtpmon_probe_failures_total", "counter",
+           "Failed probes by the stage that failed and the reason."),
+    Family("smtpmon_replies_total", "counter",
+           "Every reply received, by stage, code, class and category."),
+    Family("smtpmon_enhanced_status_codes_total", "counter",
+           "Every reply that carried an RFC 3463 enhanced status code."),
+    Family("smtpmon_probe_skipped_total", "counter",
+           "Scheduled runs skipped because the previous probe of the target was still running."),
+    Family("smtpmon_tls_info", "gauge",
+           "Constant 1: the TLS version and cipher of the last probe that reached TLS."),
+    Family("smtpmon_tls_certificate_not_after_timestamp_seconds", "gauge",
+           "The server certificate's expiry (Unix time)."),
+    Family("smtpmon_tls_certificate_not_before_timestamp_seconds", "gauge",
+           "The server certificate's start of validity (Unix time)."),
+    Family("smtpmon_tls_certificate_verified", "gauge",
+           "1 if the certificate chain and host name verified, else 0."),
+    Family("smtpmon_starttls_offered", "gauge", "1 if the plain EHLO advertised STARTTLS, else 0."),
+    Family("smtpmon_ehlo_extension_info", "gauge",
+           "Constant 1 for each extension keyword an EHLO advertised (unknown ones as other)."),
+    Family("smtpmon_ehlo_size_limit_bytes", "gauge", "The SIZE limit an EHLO advertised."),
+)
+_TARGET_INDEX = {family.name: index for index, family in enumerate(TARGET_FAMILIES)}
+
+EXPORTER_FAMILIES: tuple[Family, ...] = (
+    Family("smtpmon_build_info", "gauge", "Constant 1: the smtpmon and Python versions."),
+    Family("smtpmon_config_last_reload_successful", "gauge",
+           "1 if the last configuration load succeeded, else 0."),
+    Family("smtpmon_config_last_reload_success_timestamp_seconds", "gauge",
+           "When the configuration was last loaded successfully (Unix time)."),
+    Family("smtpmon_targets", "gauge", "Targets in the running configuration."),
+    Family("smtpmon_probes_in_flight", "gauge", "Probes running now."),
+    Family("smtpmon_schedule_lag_seconds", "histogram",
+           "How late each probe started against its scheduled time."),
+)
+
+# Keywords kept as `extension` label values: the IANA SMTP service extensions registry plus
+# common vendor ones. Anything else is "other", so a server cannot grow the label set.
+KNOWN_EHLO_EXTENSIONS: frozenset[str] = frozenset({
+    "8BITMIME", "ATRN", "AUTH", "BINARYMIME", "BURL", "CHECKPOINT", "CHUNKING", "CONNEG",
+    "CONPERM", "DELIVERBY", "DSN", "ENHANCEDSTATUSCODES", "ETRN", "EXPN", "FUTURERELEASE",
+    "HELP", "LIMITS", "MT-PRIORITY", "MTRK", "NO-SOLICITING", "ONEX", "PIPELINING", "REQUIRETLS",
+    "RRVS", "SAML", "SEND", "SIZE", "SMTPUTF8", "SOML", "STARTTLS", "SUBMITTER", "TURN",
+    "UTF8SMTP", "VERB", "VRFY", "X-EXPS", "X-LINK2STATE", "XCLIENT", "XEXCH50", "XFORWARD",
+    "XOORG", "XUSR",
+})
+OTHER_EXTENSION = "other"
+
+FAILURE_LABELS = ("stage", "reason")
+REPLY_LABELS = ("stage", "code", "class", "category")
+ENHANCED_LABELS = ("stage", "enhanced_code", "class")
+
+_ENHANCED_CLASS_BY_DIGIT = {str(digit): name for digit, name in ENHANCED_CLASS_NAMES.items()}
+
+
+def escape_label_value(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def reply_key(stage: str, reply: Reply) -> tuple[str, str, str, str]:
+    """The REPLY_LABELS values of a reply: an unparseable one is "000" / protocol_error."""
+    return (stage, code_label(reply.code), reply_class(reply.code), reply_category(reply.code))
+
+
+def enhanced_class(enhanced: str) -> str:
+    """RFC 3463 class name of an enhanced code ("5.1.1" → "permanent_failure")."""
+    return _ENHANCED_CLASS_BY_DIGIT.get(enhanced[:1], PROTOCOL_ERROR)
+
+
+def extension_label(keyword: str) -> str:
+    keyword = keyword.upper()
+    return keyword if keyword in KNOWN_EHLO_EXTENSIONS else OTHER_EXTENSION
+
+
+@dataclass(slots=True)
+class TargetCounts:
+    """Cumulative counters of one (target, module): what each probe result adds to them.
+
+    Not thread-safe by itself: the store guards it with its lock.
+    """
+
+    probes: int = 0
+    failures: Counter[tuple[str, str]] = field(default_factory=Counter)
+    replies: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
+    enhanced: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+
+    def add(self, result: ProbeResult) -> None:
+        self.probes += 1
+        if not result.success:
+            self.failures[_failure_key(result)] += 1
+        for stage in result.stages:
+            for reply in stage.replies:
+                self.replies[reply_key(stage.stage, reply)] += 1
+                if reply.enhanced:
+                    key = (stage.stage, reply.enhanced, enhanced_class(reply.enhanced))
+                    self.enhanced[key] += 1
+
+    def copy(self) -> TargetCounts:
+        return TargetCounts(
+            self.probes, Counter(self.failures), Counter(self.replies), Counter(self.enhanced)
+        )
+
+
+def _failure_key(result: ProbeResult) -> tuple[str, str]:
+    # The probe engine always names both; the fallbacks keep a malformed result countable.
+    return (result.failed_stage or "", result.reason or "internal_error")
+
+
+def _labels(names: Sequence[str], values: Sequence[str]) -> str:
+    return "".join(f',{name}="{escape_label_value(value)}"' for name, value in zip(names, values))
+
+
+class _Lines:
+    """Collects sample lines of one target, grouped by family."""
+
+    def __init__(self, target: str, module: str) -> None:
+        self._base = f'target="{escape_label_value(target)}",module="{escape_label_value(module)}"'
+        self._by_family: dict[str, list[str]] = {}
+
+    def add(self, family: str, value: float, extra_labels: str = "") -> None:
+        line = f"{family}{{{self._base}{extra_labels}}} {floatToGoString(value)}\n"
+        self._by_family.setdefault(family, []).append(line)
+
+    def row(self) -> tuple[bytes, ...]:
+        """One chunk per TARGET_FAMILIES entry, in that order (b"" for a family with no sample)."""
+        chunks = [b""] * len(TARGET_FAMILIES)
+        for family, lines in self._by_family.items():
+            chunks[_TARGET_INDEX[family]] = "".join(lines).encode()
+        return tuple(chunks)
+
+
+def render_target(
+    target: str,
+    module: str,
+    latest: ProbeResult | None,
+    counts: TargetCounts,
+    tls: TlsInfo | None,
+    skipped: int | None,
+) -> tuple[bytes, ...]:
+    """The exposition lines of one (target, module), one chunk per TARGET_FAMILIES entry.
+
+    `tls` is the TLS state to report (the store keeps the last one a probe reached);
+    `skipped` is None on `/probe`, where runs are never skipped and the family is left out.
+    """
+    out = _Lines(target, module)
+    out.add("smtpmon_probe_success", latest is not None and latest.success)
+    out.add("smtpmon_probes_total", counts.probes)
+    if skipped is not None:
+        out.add("smtpmon_probe_skipped_total", skipped)
+    for key, count in counts.failures.items():
+        out.add("smtpmon_probe_failures_total", count, _labels(FAILURE_LABELS, key))
+    for key, count in counts.replies.items():
+        out.add("smtpmon_replies_total", count, _labels(REPLY_LABELS, key))
+    for key, count in counts.enhanced.items():
+        out.add("smtpmon_enhanced_status_codes_total", count, _labels(ENHANCED_LABELS, key))
+    if latest is not None:
+        _add_last_probe(out, latest)
+    if tls is not None:
+        _add_tls(out, tls)
+    return out.row()
+
+
+def _add_last_probe(out: _Lines, result: ProbeResult) -> None:
+    out.add("smtpmon_probe_duration_seconds", result.duration_seconds)
+    out.add("smtpmon_probe_last_timestamp_seconds", result.started_at + result.duration_seconds)
+    if not result.success:
+        out.add("smtpmon_probe_failure_info", 1, _labels(FAILURE_LABELS, _failure_key(result)))
+    for stage in result.stages:
+        stage_label = _labels(("stage",), (stage.stage,))
+        out.add("smtpmon_probe_stage_duration_seconds", stage.duration_seconds, stage_label)
+        reply = stage.reply
+        if reply is None:
+            continue
+        # "000" → 0: an unparseable reply still shows that the stage got an answer.
+        out.add("smtpmon_probe_stage_reply_code", int(code_label(reply.code)), stage_label)
+        described = reply_key(stage.stage, reply) + (reply.enhanced or "",)
+        out.add("smtpmon_probe_stage_reply_info", 1,
+                _labels(REPLY_LABELS + ("enhanced_code",), described))
+    if result.ehlo is not None:
+        out.add("smtpmon_starttls_offered", "STARTTLS" in result.ehlo.extensions)
+    _add_ehlo(out, "plain", result.ehlo)
+    _add_ehlo(out, "tls", result.ehlo_tls)
+
+
+def _add_ehlo(out: _Lines, phase: str, capabilities: Capabilities | None) -> None:
+    if capabilities is None:
+        return
+    for extension in sorted({extension_label(keyword) for keyword in capabilities.extensions}):
+        out.add("smtpmon_ehlo_extension_info", 1, _labels(("phase", "extension"), (phase, extension)))
+    if capabilities.size_limit is not None:
+        out.add("smtpmon_ehlo_size_limit_bytes", capabilities.size_limit,
+                _labels(("phase",), (phase,)))
+
+
+def _add_tls(out: _Lines, tls: TlsInfo) -> None:
+    if tls.version or tls.cipher:
+        out.add("smtpmon_tls_info", 1,
+                _labels(("tls_version", "cipher"), (tls.version or "", tls.cipher or "")))
+    if tls.not_after is not None:
+        out.add("smtpmon_tls_certificate_not_after_timestamp_seconds", tls.not_after)
+    if tls.not_before is not None:
+        out.add("smtpmon_tls_certificate_not_before_timestamp_seconds", tls.not_before)
+    out.add("smtpmon_tls_certificate_verified", tls.verified)
+
+
+def _join_families(rows: Sequence[tuple[bytes, ...]]) -> list[bytes]:
+    """Each family once: its header, then the samples of every row. Empty families are left
+    out. `promtool check metrics` requires a family's samples to be together."""
+    parts: list[bytes] = []
+    for family, column in zip(TARGET_FAMILIES, zip(*rows)):
+        samples = b"".join(column)
+        if samples:
+            parts.append(family.header)
+            parts.append(samples)
+    return parts
+
+
+# Schedule lag buckets, in seconds: from "on time" to "the loop is badly behind".
+SCHEDULE_LAG_BUCKETS: tuple[float, ...] = (
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+
+class ExporterState:
+    """The exporter's own metrics, updated by the daemon from any thread."""
+
+    def __init__(self, version: str = __version__) -> None:
+        self._lock = threading.Lock()
+        self._build_labels = _labels(("version", "python_version"),
+                                     (version, platform.python_version()))[1:]
+        self._reload_successful = False
+        self._reload_success_timestamp = 0.0
+        self._targets = 0
+        self._in_flight = 0
+        self._lag_counts = [0] * (len(SCHEDULE_LAG_BUCKETS) + 1)  # the last one is +Inf
+        self._lag_sum = 0.0
+
+    def config_loaded(self, success: bool, at: float | None = None) -> None:
+        """Record a configuration load or reload; `at` defaults to now."""
+        with self._lock:
+            self._reload_successful = success
+            if success:
+                self._reload_success_timestamp = time.time() if at is None else at
+
+    def set_targets(self, count: int) -> None:
+        with self._lock:
+            self._targets = count
+
+    def probe_started(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def probe_finished(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def observe_schedule_lag(self, seconds: float) -> None:
+        seconds = max(seconds, 0.0)  # a probe that started early is on time, not "negative late"
+        with self._lock:
+            self._lag_counts[bisect.bisect_left(SCHEDULE_LAG_BUCKETS, seconds)] += 1
+            self._lag_sum += seconds
+
+    def render(self) -> bytes:
+        with self._lock:
+            values = {
+                "smtpmon_config_last_reload_successful": self._reload_successful,
+                "smtpmon_config_last_reload_success_timestamp_seconds":
+                    self._reload_success_timestamp,
+                "smtpmon_targets": self._targets,
+                "smtpmon_probes_in_flight": self._in_flight,
+            }
+            lag_counts = list(self._lag_counts)
+            lag_sum = self._lag_sum
+        build, *gauges, lag = EXPORTER_FAMILIES
+        lines = [build.header.decode(), f"smtpmon_build_info{{{self._build_labels}}} 1.0\n"]
+        for family in gauges:
+            lines.append(family.header.decode())
+            lines.append(f"{family.name} {floatToGoString(values[family.name])}\n")
+        lines.append(lag.header.decode())
+        cumulative = 0
+        for bound, count in zip(SCHEDULE_LAG_BUCKETS + (float("inf"),), lag_counts):
+            cumulative += count
+            lines.append(f'{lag.name}_bucket{{le="{floatToGoString(bound)}"}} '
+                         f"{floatToGoString(cumulative)}\n")
+        lines.append(f"{lag.name}_count {floatToGoString(cumulative)}\n")
+        lines.append(f"{lag.name}_sum {floatToGoString(lag_sum)}\n")
+        return "".join(lines).encode()
+
+
+# process_* and python_* from prometheus_client, in a registry of their own so that nothing
+# registered elsewhere in the process leaks into /metrics.
+_RUNTIME_REGISTRY = CollectorRegistry(auto_describe=False)
+ProcessCollector(registry=_RUNTIME_REGISTRY)
+PlatformCollector(registry=_RUNTIME_REGISTRY)
+GCCollector(registry=_RUNTIME_REGISTRY)
+
+
+def render_metrics(store: ResultStore, state: ExporterState) -> bytes:
+    """The whole `/metrics` page: every target, the exporter itself, process and Python."""
+    parts = _join_families(store.rows())
+    parts.append(state.render())
+    parts.append(generate_latest(_RUNTIME_REGISTRY))
+    return b"".join(parts)
+
+
+def render_probe(result: ProbeResult) -> bytes:
+    """The `/probe` page: the same families and labels for one result, counters of one probe."""
+    counts = TargetCounts()
+    counts.add(result)
+    row = render_target(result.target, result.module, result, counts, result.tls, skipped=None)
+    return b"".join(_join_families([row]))

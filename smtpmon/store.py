@@ -1,0 +1,108 @@
+"""The latest result and cumulative counters of every (target, module), shared between threads.
+
+Workers call `record` as probes finish; HTTP threads read. One lock guards everything. Each
+entry also keeps its exposition lines, rendered by the collector when the entry changes, so
+that a scrape of 10,000 targets only joins bytes (`rows`) and never walks result objects.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from smtpmon.collector import TargetCounts, render_target
+from smtpmon.results import ProbeResult, TlsInfo
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSnapshot:
+    """A copy of one entry, safe to read without the lock (for the landing page)."""
+
+    target: str
+    module: str
+    latest: ProbeResult | None
+    counts: TargetCounts
+    skipped: int
+    tls: TlsInfo | None  # from the last probe that reached TLS
+
+
+@dataclass(slots=True)
+class _Entry:
+    target: str
+    module: str
+    latest: ProbeResult | None = None
+    counts: TargetCounts = field(default_factory=TargetCounts)
+    skipped: int = 0
+    tls: TlsInfo | None = None
+    row: tuple[bytes, ...] = ()  # rendered exposition, replaced (never mutated) on change
+
+    def render(self) -> None:
+        self.row = render_target(
+            self.target, self.module, self.latest, self.counts, self.tls, self.skipped
+        )
+
+
+class ResultStore:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, str], _Entry] = {}
+
+    def register(self, target: str, module: str) -> None:
+        """Make the target's always-present series exist (at zero). An entry that exists
+        already keeps its result and counters, so a reload does not reset unchanged targets."""
+        with self._lock:
+            if (target, module) not in self._entries:
+                entry = _Entry(target, module)
+                entry.render()
+                self._entries[(target, module)] = entry
+
+    def record(self, result: ProbeResult) -> bool:
+        """Store a finished probe and count it. A result for a target that is not registered
+        (removed by a reload while its probe ran) is dropped, so its series stay gone:
+        returns False then."""
+        with self._lock:
+            entry = self._entries.get((result.target, result.module))
+            if entry is None:
+                return False
+            entry.latest = result
+            entry.counts.add(result)
+            if result.tls is not None:
+                entry.tls = result.tls
+            entry.render()
+            return True
+
+    def record_skip(self, target: str, module: str) -> bool:
+        """Count a scheduled run skipped because the previous probe was still running."""
+        with self._lock:
+            entry = self._entries.get((target, module))
+            if entry is None:
+                return False
+            entry.skipped += 1
+            entry.render()
+            return True
+
+    def remove(self, target: str, module: str) -> None:
+        with self._lock:
+            self._entries.pop((target, module), None)
+
+    def keys(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._entries)
+
+    def latest(self, target: str, module: str) -> ProbeResult | None:
+        with self._lock:
+            entry = self._entries.get((target, module))
+            return None if entry is None else entry.latest
+
+    def snapshot(self) -> list[TargetSnapshot]:
+        with self._lock:
+            return [
+                TargetSnapshot(e.target, e.module, e.latest, e.counts.copy(), e.skipped, e.tls)
+                for e in self._entries.values()
+            ]
+
+    def rows(self) -> list[tuple[bytes, ...]]:
+        """Every entry's rendered exposition (see collector.render_target), in registration
+        order. Rows are immutable, so the caller joins them outside the lock."""
+        with self._lock:
+            return [entry.row for entry in self._entries.values()]
