@@ -1,0 +1,820 @@
+"""The configuration file: YAML in, frozen values out, every problem reported at once.
+
+`parse_config` walks the whole document and collects one message per problem, each with the
+path of the offending key (`targets[2].module: unknown module "smpt_tls"; known: mx`), then
+raises `ConfigError` with all of them, so a user fixes a file in one round. Module options end
+up in `smtpmon.module.Module`; global defaults (timeout, EHLO name) are resolved into each
+module and target here, so the scheduler and the probe engine never look anything up.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import ipaddress
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import yaml
+
+from smtpmon.module import AUTH_MECHANISMS, IP_PROTOCOLS, TLS_MODES, TLS_VERSIONS, Module
+from smtpmon.results import STAGES
+
+EMBEDDED_SOURCE = "<embedded default>"
+
+DEFAULT_CONFIG_TEXT = """\
+# smtpmon's embedded default, used when `smtpmon run` gets no --config.file:
+# watch the local MTA every 60 seconds (banner, EHLO, STARTTLS when offered, QUIT).
+global:
+  interval: 60s
+  timeout: 10s
+modules:
+  local_mta:
+    tls: opportunistic
+    # A local MTA's certificate names the host's public name, not 127.0.0.1, and this
+    # connection never leaves the machine; the certificate is still inspected and reported.
+    tls_verify: false
+targets:
+  - address: "127.0.0.1:25"
+    module: local_mta
+"""
+
+# Stages that receive a reply, so a module may say which codes it expects there.
+REPLY_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s not in ("resolve", "connect"))
+
+_TOP_KEYS = ("global", "probe_allow", "modules", "targets")
+_GLOBAL_KEYS = ("interval", "timeout", "max_concurrency", "ehlo_name")
+_MODULE_KEYS = (
+    "tls", "tls_verify", "tls_ca_file", "tls_server_name", "tls_min_version", "ehlo_name",
+    "helo_fallback", "auth", "mail_from", "rcpt_to", "data", "expect", "timeout", "ip_protocol",
+)  # fmt: skip
+_AUTH_KEYS = ("mechanism", "username", "password_file", "password_env")
+_TARGET_KEYS = ("address", "module", "interval", "timeout")
+
+_CREDENTIALS_VARIABLE = re.compile(r"\$(?:CREDENTIALS_DIRECTORY\b|\{CREDENTIALS_DIRECTORY\})")
+_DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PORT_PATTERN = re.compile(r"[0-9*?]+")
+# Addresses go verbatim into MAIL FROM:<...> / RCPT TO:<...>: nothing that could break the line.
+_BAD_ADDRESS_CHARS = re.compile(r"[\s<>\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Global settings, and the defaults for modules and targets that do not set their own."""
+
+    interval_seconds: float = 60.0
+    timeout_seconds: float = 10.0
+    max_concurrency: int = 32
+    ehlo_name: str | None = None
+    # Glob patterns of "host:port" that /probe may probe beyond the configured targets.
+    probe_allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One scheduled probe. Interval and timeout are resolved: never None."""
+
+    name: str  # the address as written, "host:port" or "[v6]:port": the `target` label
+    host: str  # without brackets
+    port: int
+    module: str
+    interval_seconds: float
+    timeout_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    settings: Settings
+    modules: Mapping[str, Module]
+    targets: tuple[Target, ...]
+    source: str  # the file's path, or EMBEDDED_SOURCE
+
+    def probe_allowed(self, host: str, port: int) -> bool:
+        """May /probe run against host:port? Configured targets always; others by probe_allow."""
+        host = host.lower()
+        for target in self.targets:
+            if target.host.lower() == host and target.port == port:
+                return True
+        for pattern in self.settings.probe_allow:
+            host_pattern, _, port_pattern = pattern.rpartition(":")
+            if host_pattern.startswith("[") and host_pattern.endswith("]"):
+                host_pattern = host_pattern[1:-1]
+            if fnmatch.fnmatchcase(host, host_pattern.lower()) and fnmatch.fnmatchcase(
+                str(port), port_pattern
+            ):
+                return True
+        return False
+
+
+class ConfigError(Exception):
+    """The configuration is unusable. `errors` lists every problem, each "path: reason"."""
+
+    def __init__(self, errors: list[str], source: str):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+        self.source = source
+
+
+def load_config(path: str, *, check_secrets: bool = True) -> Config:
+    """Read and validate a configuration file; raises ConfigError listing every problem.
+
+    check_secrets=False skips checking that AUTH password files exist and password environment
+    variables are set (`check-config --skip-secrets`, outside the service's environment).
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise ConfigError([f"cannot read the file: {error.strerror}"], path) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"not UTF-8 text (byte {error.start})"], path) from None
+    return parse_config(text, path, check_secrets=check_secrets)
+
+
+def parse_config(text: str, source: str, *, check_secrets: bool = True) -> Config:
+    """Validate YAML text; `source` names it in errors and in Config.source."""
+    return _Parser(source, check_secrets).parse(text)
+
+
+def default_config() -> Config:
+    """The embedded default: the local MTA at 127.0.0.1:25, every 60 s."""
+    return parse_config(DEFAULT_CONFIG_TEXT, EMBEDDED_SOURCE)
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number (seconds) or a string like "500ms", "30s", "2m", "1h", "1m30s".
+
+    Raises ValueError with the reason; a duration must be positive and finite.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"must be a duration like 30s, 2m or 500ms, got {describe(value)}")
+    if isinstance(value, str):
+        if not _DURATION.fullmatch(value):
+            raise ValueError(
+                f"invalid duration {describe(value)}: use seconds (30) "
+                "or numbers with units ms, s, m, h (500ms, 30s, 2m, 1m30s)"
+            )
+        seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(value))
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"must be a positive duration, got {describe(value)}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest readable form: 0.5 -> "500ms", 120 -> "2m", 90 -> "90s"."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    if seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Split "host:port" (IPv6: "[2001:db8::1]:25") into (host, port); ValueError says why."""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise ValueError(f'missing "]" after the IPv6 address in {describe(text)}')
+        host, rest = text[1:close], text[close + 1 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"invalid IPv6 address {describe(host)}") from None
+        if not rest.startswith(":"):
+            raise ValueError(f"missing port; write [IPv6]:port, e.g. [{host}]:25")
+        port_text = rest[1:]
+    elif text.count(":") > 1:
+        host, _, port_text = text.rpartition(":")
+        example = f"[{host}]:{port_text}" if _is_ipv6(host) and port_text else "[2001:db8::1]:25"
+        raise ValueError(f"an IPv6 address must be in brackets, e.g. {example}")
+    else:
+        host, colon, port_text = text.partition(":")
+        problem = host_problem(host)
+        if problem:
+            raise ValueError(problem)
+        if not colon:
+            raise ValueError(f"missing port; write host:port, e.g. {host}:25")
+    return host, _parse_port(port_text)
+
+
+def host_problem(host: str) -> str | None:
+    """Why `host` is neither a valid host name nor an IPv4 address; None when it is fine."""
+    if not host:
+        return "missing host name"
+    try:
+        ascii_host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        return f"invalid host name {describe(host)}"
+    labels = ascii_host[:-1].split(".") if ascii_host.endswith(".") else ascii_host.split(".")
+    if len(ascii_host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return f"invalid host name {describe(host)}"
+    return None
+
+
+def describe(value: Any) -> str:
+    """A value as a message shows it: strings quoted and escaped, YAML words for the rest."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _parse_port(text: str) -> int:
+    if not text:
+        raise ValueError("missing port after the colon")
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"port must be a number 1-65535, got {describe(text)}")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be 1-65535, got {port}")
+    return port
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    return ", ".join(choices)
+
+
+class _DuplicateKeyLoader(yaml.SafeLoader):
+    """SafeLoader that notes duplicate mapping keys, which PyYAML would silently drop."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor` is meant to be overridden
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in first_line:
+                        self.duplicates.append(
+                            f"line {line}: duplicate key {describe(key)} "
+                            f"(first on line {first_line[key]})"
+                        )
+                    else:
+                        first_line[key] = line
+                except TypeError:
+                    pass  # an unhashable key: construct_mapping reports it below
+        return super().construct_mapping(node, deep)
+
+
+class _Parser:
+    """One validation pass: each `_section` method records problems and returns what it can."""
+
+    def __init__(self, source: str, check_secrets: bool):
+        self.source = source
+        self.check_secrets = check_secrets
+        self.errors: list[str] = []
+        self.modules_with_timeout: set[str] = set()  # to say where a target's timeout came from
+        self.global_durations_ok = True  # else comparing a target with them would mislead
+
+    def error(self, path: str, reason: str) -> None:
+        self.errors.append(f"{path}: {reason}" if path else reason)
+
+    def fail(self) -> ConfigError:
+        return ConfigError(self.errors, self.source)
+
+    # -- the document ------------------------------------------------------------------------
+
+    def parse(self, text: str) -> Config:
+        loader = _DuplicateKeyLoader(text)
+        try:
+            document = loader.get_single_data()
+        except yaml.MarkedYAMLError as error:
+            mark = error.problem_mark or error.context_mark
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = error.problem or error.context or "syntax error"
+            raise ConfigError([f"{where}invalid YAML: {problem}"], self.source) from None
+        except yaml.YAMLError as error:
+            raise ConfigError([f"invalid YAML: {error}"], self.source) from None
+        finally:
+            loader.dispose()
+        self.errors.extend(loader.duplicates)
+        if document is None:
+            self.error("", "the file is empty; it needs at least a modules section")
+            raise self.fail()
+        if not isinstance(document, dict):
+            self.error(
+                "",
+                f"the top level must be a mapping with keys {_one_of(_TOP_KEYS)}, "
+                f"got {describe(document)}",
+            )
+            raise self.fail()
+        self.check_keys(document, "", _TOP_KEYS)
+        settings = self.parse_settings(document.get("global"), document.get("probe_allow"))
+        modules = self.parse_modules(document.get("modules"), settings)
+        targets = self.parse_targets(document.get("targets"), settings, modules)
+        if self.errors:
+            raise self.fail()
+        valid_modules = {name: module for name, module in modules.items() if module is not None}
+        return Config(settings, MappingProxyType(valid_modules), targets, self.source)
+
+    def check_keys(self, node: dict, path: str, allowed: tuple[str, ...]) -> None:
+        for key in node:
+            if key in allowed:
+                continue
+            if not isinstance(key, str):
+                self.error(_join(path, describe(key)), "unknown key")
+                continue
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f'; did you mean "{close[0]}"?' if close else ""
+            self.error(_join(path, key), f"unknown key{hint}")
+
+    def section(self, value: Any, path: str) -> dict | None:
+        """A mapping section; an empty (null) one counts as {}."""
+        if value is None:
+            return {}
+        if isinstance(value, dict):
+            return value
+        self.error(path, f"must be a mapping, got {describe(value)}")
+        return None
+
+    # -- scalar values -----------------------------------------------------------------------
+
+    def string(self, value: Any, path: str) -> str | None:
+        if isinstance(value, str) and value:
+            return value
+        self.error(path, f"must be a non-empty string, got {describe(value)}")
+        return None
+
+    def boolean(self, value: Any, path: str) -> bool | None:
+        if isinstance(value, bool):
+            return value
+        self.error(path, f"must be true or false, got {describe(value)}")
+        return None
+
+    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str | None:
+        if value in choices and isinstance(value, str):
+            return value
+        self.error(path, f"must be one of {_one_of(choices)}; got {describe(value)}")
+        return None
+
+    def duration(self, value: Any, path: str) -> float | None:
+        try:
+            return parse_duration(value)
+        except ValueError as error:
+            self.error(path, str(error))
+            return None
+
+    def host_name(self, value: Any, path: str, *, allow_ip: bool) -> str | None:
+        name = self.string(value, path)
+        if name is None:
+            return None
+        if allow_ip and _is_ip(name):
+            return name
+        problem = host_problem(name)
+        if problem:
+            self.error(path, problem)
+            return None
+        return name
+
+    def ehlo_name(self, value: Any, path: str) -> str | None:
+        """A host name, or an address literal as RFC 5321 writes it: [192.0.2.1], [IPv6:...]."""
+        if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
+            literal = value[1:-1]
+            if literal.startswith("IPv6:") and _is_ipv6(literal[5:]):
+                return value
+            try:
+                ipaddress.IPv4Address(literal)
+                return value
+            except ValueError:
+                self.error(path, f"invalid address literal {describe(value)}")
+                return None
+        return self.host_name(value, path, allow_ip=False)
+
+    def file_path(self, value: Any, path: str, *, check: bool = True) -> str | None:
+        """A path to a readable file; `$CREDENTIALS_DIRECTORY` is expanded (systemd)."""
+        file_name = self.string(value, path)
+        if file_name is None:
+            return None
+        if _CREDENTIALS_VARIABLE.search(file_name):
+            directory = os.environ.get("CREDENTIALS_DIRECTORY")
+            if directory is None:
+                if check:
+                    self.error(
+                        path,
+                        "$CREDENTIALS_DIRECTORY is not set (systemd sets it for LoadCredential=; "
+                        "outside the service, use check-config --skip-secrets)",
+                    )
+                return file_name
+            file_name = _CREDENTIALS_VARIABLE.sub(lambda _: directory, file_name)
+        if check:
+            try:
+                with open(file_name, "rb"):
+                    pass
+            except FileNotFoundError:
+                self.error(path, f"file not found: {file_name}")
+            except IsADirectoryError:
+                self.error(path, f"is a directory, not a file: {file_name}")
+            except OSError as error:
+                self.error(path, f"cannot read {file_name}: {error.strerror}")
+        return file_name
+
+    def mail_address(self, value: Any, path: str, *, allow_null: bool) -> str | None:
+        hint = ' (write "" for the null sender <>)' if allow_null else ""
+        if not isinstance(value, str):
+            self.error(path, f"must be a string{hint}, got {describe(value)}")
+            return None
+        if not value and not allow_null:
+            self.error(path, "must not be empty")
+            return None
+        if _BAD_ADDRESS_CHARS.search(value):
+            self.error(
+                path,
+                f"must be a bare address without spaces or angle brackets{hint}, "
+                f"got {describe(value)}",
+            )
+            return None
+        return value
+
+    # -- sections ----------------------------------------------------------------------------
+
+    def parse_settings(self, node: Any, allow_node: Any) -> Settings:
+        values: dict[str, Any] = {}
+        node = self.section(node, "global")
+        if node:
+            self.check_keys(node, "global", _GLOBAL_KEYS)
+            if "interval" in node:
+                values["interval_seconds"] = self.duration(node["interval"], "global.interval")
+            if "timeout" in node:
+                values["timeout_seconds"] = self.duration(node["timeout"], "global.timeout")
+            if "max_concurrency" in node:
+                values["max_concurrency"] = self.concurrency(node["max_concurrency"])
+            if "ehlo_name" in node:
+                values["ehlo_name"] = self.ehlo_name(node["ehlo_name"], "global.ehlo_name")
+        values["probe_allow"] = self.parse_probe_allow(allow_node)
+        if None in values.values():
+            self.global_durations_ok = values.get("interval_seconds", 1) is not None and (
+                values.get("timeout_seconds", 1) is not None
+            )
+            return Settings(**{key: value for key, value in values.items() if value is not None})
+        settings = Settings(**values)
+        if settings.timeout_seconds >= settings.interval_seconds:
+            self.error(
+                "global.timeout",
+                f"{format_duration(settings.timeout_seconds)} must be shorter than "
+                f"global.interval {format_duration(settings.interval_seconds)}: "
+                "a probe must end before its next run",
+            )
+        return settings
+
+    def concurrency(self, value: Any) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error("global.max_concurrency", f"must be a whole number, got {describe(value)}")
+            return None
+        if value < 1:
+            self.error("global.max_concurrency", f"must be at least 1, got {value}")
+            return None
+        return value
+
+    def parse_probe_allow(self, node: Any) -> tuple[str, ...]:
+        if node is None:
+            return ()
+        if not isinstance(node, list):
+            self.error("probe_allow", f"must be a list of host:port patterns, got {describe(node)}")
+            return ()
+        patterns = []
+        for index, pattern in enumerate(node):
+            path = f"probe_allow[{index}]"
+            host_pattern, colon, port_pattern = (
+                pattern.rpartition(":") if isinstance(pattern, str) else ("", "", "")
+            )
+            bracketed = host_pattern.startswith("[") and host_pattern.endswith("]")
+            if (
+                not colon
+                or not host_pattern
+                or not _PORT_PATTERN.fullmatch(port_pattern)
+                or _BAD_ADDRESS_CHARS.sub("", host_pattern.strip("[]")) != host_pattern.strip("[]")
+                or (":" in host_pattern and not bracketed)
+            ):
+                self.error(
+                    path,
+                    'must be a host:port pattern like "*.example.org:25" or "[2001:db8::*]:*", '
+                    f"got {describe(pattern)}",
+                )
+                continue
+            patterns.append(pattern)
+        return tuple(patterns)
+
+    def parse_modules(self, node: Any, settings: Settings) -> dict[str, Module | None]:
+        """Every module by name, None for one with errors (its name still counts as known)."""
+        node = self.section(node, "modules")
+        if node is None:
+            return {}
+        if not node:
+            self.error("modules", "must define at least one module")
+        modules: dict[str, Module | None] = {}
+        for name, body in node.items():
+            path = _join("modules", name)
+            if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
+                self.error(path, 'a module name may use only letters, digits, "_", "-" and "."')
+                continue
+            modules[name] = self.parse_module(body, path, settings)
+        return modules
+
+    def parse_module(self, node: Any, path: str, settings: Settings) -> Module | None:
+        node = self.section(node, path)
+        if node is None:
+            return None
+        errors_before = len(self.errors)
+        self.check_keys(node, path, _MODULE_KEYS)
+        options: dict[str, Any] = {
+            "timeout_seconds": settings.timeout_seconds,
+            "ehlo_name": settings.ehlo_name,
+        }
+        at = lambda key: _join(path, key)  # noqa: E731 - the path of one key of this module
+        if "tls" in node:
+            options["tls"] = self.choice(node["tls"], at("tls"), TLS_MODES)
+        for key in ("tls_verify", "helo_fallback", "data"):
+            if key in node:
+                options[key] = self.boolean(node[key], at(key))
+        if "tls_ca_file" in node:
+            options["tls_ca_file"] = self.file_path(node["tls_ca_file"], at("tls_ca_file"))
+        if "tls_server_name" in node:
+            options["tls_server_name"] = self.host_name(
+                node["tls_server_name"], at("tls_server_name"), allow_ip=True
+            )
+        if "tls_min_version" in node:
+            options["tls_min_version"] = self.choice(
+                node["tls_min_version"], at("tls_min_version"), TLS_VERSIONS
+            )
+        if "ehlo_name" in node:
+            options["ehlo_name"] = self.ehlo_name(node["ehlo_name"], at("ehlo_name"))
+        if "ip_protocol" in node:
+            options["ip_protocol"] = self.choice(node["ip_protocol"], at("ip_protocol"), IP_PROTOCOLS)
+        if "timeout" in node:
+            options["timeout_seconds"] = self.duration(node["timeout"], at("timeout"))
+            self.modules_with_timeout.add(path)
+        if "mail_from" in node:
+            options["mail_from"] = self.mail_address(
+                node["mail_from"], at("mail_from"), allow_null=True
+            )
+        if "rcpt_to" in node:
+            options["rcpt_to"] = self.parse_recipients(node["rcpt_to"], at("rcpt_to"))
+        if "auth" in node:
+            options.update(self.parse_auth(node["auth"], at("auth")))
+        if "expect" in node:
+            options["expect"] = self.parse_expect(node["expect"], at("expect"))
+        # A value that failed is None here; the checks across options leave it out, so one
+        # mistake is reported once, not again by every option that depends on it.
+        failed = {key for key, value in options.items() if value is None and key != "ehlo_name"}
+        module = Module(
+            **{key: value for key, value in options.items() if key not in failed}
+        )
+        self.check_module_consistency(node, module, path, failed)
+        return module if len(self.errors) == errors_before else None
+
+    def check_module_consistency(
+        self, node: dict, module: Module, path: str, failed: set[str]
+    ) -> None:
+        """Options that are valid alone but cannot work together."""
+        if module.rcpt_to and not failed & {"mail_from"} and module.mail_from is None:
+            self.error(
+                _join(path, "rcpt_to"), 'needs mail_from (write "" for the null sender <>)'
+            )
+        if module.data and not failed & {"rcpt_to"} and not module.rcpt_to:
+            self.error(_join(path, "data"), "needs rcpt_to: a message needs a recipient")
+        if "auth" in node and "tls" not in failed and module.tls not in ("starttls", "implicit"):
+            self.error(
+                _join(path, "auth"),
+                "needs tls: starttls or implicit, so the password never crosses the network "
+                f"in clear; got tls: {module.tls}",
+            )
+        uses_starttls = module.tls in ("starttls", "opportunistic")
+        # stage -> (the option that makes the module reach it, does it, why not)
+        reached = {
+            "auth": ("auth_mechanism", "auth" in node, "it has no auth"),
+            "mail": ("mail_from", module.mail_from is not None, "it has no mail_from"),
+            "rcpt": ("rcpt_to", bool(module.rcpt_to), "it has no rcpt_to"),
+            "data": ("data", module.data, "data is not true"),
+            "starttls": ("tls", uses_starttls, f"tls is {module.tls}"),
+            "ehlo_tls": ("tls", uses_starttls, f"tls is {module.tls}"),
+        }
+        for stage in module.expect:
+            option, reaches, why_not = reached.get(stage, ("", True, ""))
+            if not reaches and option not in failed:
+                self.error(
+                    _join(path, f"expect.{stage}"),
+                    f"the module never reaches this stage ({why_not})",
+                )
+        if node.get("tls_verify") is False and module.tls_ca_file:
+            self.error(_join(path, "tls_ca_file"), "has no effect with tls_verify: false")
+
+    def parse_recipients(self, node: Any, path: str) -> tuple[str, ...] | None:
+        if not isinstance(node, list):
+            self.error(path, f"must be a list of addresses, got {describe(node)}")
+            return None
+        recipients = [
+            self.mail_address(item, f"{path}[{index}]", allow_null=False)
+            for index, item in enumerate(node)
+        ]
+        return None if None in recipients else tuple(recipients)  # type: ignore[arg-type]
+
+    def parse_auth(self, node: Any, path: str) -> dict[str, Any]:
+        node = self.section(node, path)
+        if node is None:
+            return {"auth_mechanism": None}
+        self.check_keys(node, path, _AUTH_KEYS)
+        options: dict[str, Any] = {"auth_mechanism": "PLAIN"}
+        if "mechanism" in node:
+            mechanism = node["mechanism"]
+            normal = mechanism.upper() if isinstance(mechanism, str) else mechanism
+            options["auth_mechanism"] = self.choice(
+                normal, _join(path, "mechanism"), AUTH_MECHANISMS
+            )
+        if "username" in node:
+            options["auth_username"] = self.string(node["username"], _join(path, "username"))
+        else:
+            self.error(_join(path, "username"), "required")
+        has_file, has_env = "password_file" in node, "password_env" in node
+        if has_file and has_env:
+            self.error(path, "set password_file or password_env, not both")
+        elif not has_file and not has_env:
+            self.error(path, "needs password_file or password_env")
+        elif has_file:
+            options["auth_password_file"] = self.file_path(
+                node["password_file"], _join(path, "password_file"), check=self.check_secrets
+            )
+        else:
+            options["auth_password_env"] = self.password_env(
+                node["password_env"], _join(path, "password_env")
+            )
+        return options
+
+    def password_env(self, value: Any, path: str) -> str | None:
+        name = self.string(value, path)
+        if name is None:
+            return None
+        if not _ENV_NAME.fullmatch(name):
+            self.error(path, f"invalid environment variable name {describe(name)}")
+            return None
+        if self.check_secrets and name not in os.environ:
+            self.error(path, f"environment variable {name} is not set")
+        return name
+
+    def parse_expect(self, node: Any, path: str) -> Mapping[str, tuple[int, ...]] | None:
+        node = self.section(node, path)
+        if node is None:
+            return None
+        expect: dict[str, tuple[int, ...]] = {}
+        for stage, codes in node.items():
+            stage_path = _join(path, stage)
+            if stage not in REPLY_STAGES:
+                what = f"the {stage} stage has no reply" if stage in STAGES else "unknown stage"
+                self.error(stage_path, f"{what}; stages with replies: {_one_of(REPLY_STAGES)}")
+                continue
+            code_list = codes if isinstance(codes, list) else [codes]
+            if not code_list:
+                self.error(stage_path, "must list at least one reply code")
+                continue
+            valid = True
+            for index, code in enumerate(code_list):
+                if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
+                    where = f"{stage_path}[{index}]" if isinstance(codes, list) else stage_path
+                    self.error(where, f"must be a reply code 100-599, got {describe(code)}")
+                    valid = False
+            if valid:
+                expect[stage] = tuple(code_list)
+        return MappingProxyType(expect)
+
+    def parse_targets(
+        self, node: Any, settings: Settings, modules: dict[str, Module | None]
+    ) -> tuple[Target, ...]:
+        if node is None:
+            return ()
+        if not isinstance(node, list):
+            self.error("targets", f"must be a list, got {describe(node)}")
+            return ()
+        targets: list[Target] = []
+        first_index: dict[tuple[str, int, str], int] = {}
+        for index, item in enumerate(node):
+            target = self.parse_target(item, f"targets[{index}]", settings, modules)
+            if target is None:
+                continue
+            key = (target.host.lower(), target.port, target.module)
+            if key in first_index:
+                self.error(
+                    f"targets[{index}]",
+                    f"duplicate of targets[{first_index[key]}] "
+                    f'(same address {describe(target.name)} and module "{target.module}")',
+                )
+                continue
+            first_index[key] = index
+            targets.append(target)
+        return tuple(targets)
+
+    def parse_target(
+        self, node: Any, path: str, settings: Settings, modules: dict[str, Module | None]
+    ) -> Target | None:
+        if not isinstance(node, dict):
+            self.error(path, f"must be a mapping with address and module, got {describe(node)}")
+            return None
+        errors_before = len(self.errors)
+        self.check_keys(node, path, _TARGET_KEYS)
+        host = port = module_name = None
+        if "address" not in node:
+            self.error(_join(path, "address"), "required")
+        elif not isinstance(node["address"], str):
+            self.error(
+                _join(path, "address"), f'must be a string "host:port", got {describe(node["address"])}'
+            )
+        else:
+            try:
+                host, port = parse_address(node["address"])
+            except ValueError as error:
+                self.error(_join(path, "address"), str(error))
+        if "module" not in node:
+            self.error(_join(path, "module"), "required")
+        else:
+            module_name = node["module"]
+            if not isinstance(module_name, str) or module_name not in modules:
+                known = _one_of(tuple(modules)) or "(none)"
+                self.error(
+                    _join(path, "module"),
+                    f"unknown module {describe(module_name)}; known: {known}",
+                )
+        interval = timeout = None
+        if "interval" in node:
+            interval = self.duration(node["interval"], _join(path, "interval"))
+        if "timeout" in node:
+            timeout = self.duration(node["timeout"], _join(path, "timeout"))
+        if len(self.errors) > errors_before:
+            return None
+        module = modules[module_name]
+        if module is None:
+            return None  # the module's own errors are already reported
+        target = Target(
+            name=node["address"],
+            host=host,
+            port=port,
+            module=module_name,
+            interval_seconds=interval if interval is not None else settings.interval_seconds,
+            timeout_seconds=timeout if timeout is not None else module.timeout_seconds,
+        )
+        if target.timeout_seconds < target.interval_seconds or not self.global_durations_ok:
+            return target
+        if timeout is not None:
+            timeout_origin = _join(path, "timeout")
+        elif f"modules.{module_name}" in self.modules_with_timeout:
+            timeout_origin = f"modules.{module_name}.timeout"
+        else:
+            timeout_origin = "global.timeout"
+        interval_origin = _join(path, "interval") if interval is not None else "global.interval"
+        if (timeout_origin, interval_origin) != ("global.timeout", "global.interval"):
+            # (both global: the global section's own check has said it already)
+            self.error(
+                path,
+                f"timeout {format_duration(target.timeout_seconds)} ({timeout_origin}) must be "
+                f"shorter than interval {format_duration(target.interval_seconds)} "
+                f"({interval_origin}): a probe must end before its next run",
+            )
+        return None
