@@ -27,7 +27,8 @@ import subprocess
 import sys
 
 SCMP_ACT_ALLOW = 0x7FFF0000
-SCMP_CMP_NE, SCMP_CMP_GE, SCMP_CMP_MASKED_EQ = 1, 5, 7
+SCMP_ACT_KILL_PROCESS = 0x80000000  # systemd's action when SystemCallErrorNumber= is unset
+SCMP_CMP_GE, SCMP_CMP_MASKED_EQ = 5, 7
 PROT_WRITE, PROT_EXEC, SHM_EXEC = 0x2, 0x4, 0o100000
 AF_MAX = 46  # one past the highest address family Linux knows
 PR_SET_NO_NEW_PRIVS = 38
@@ -116,8 +117,8 @@ def load_syscall_filter(entries: list[str], error_number: str | None) -> None:
     groups = syscall_groups()
     allowed = expand([n for e in entries if not e.startswith("~") for n in e.split()], groups)
     denied = expand([n for e in entries if e.startswith("~") for n in e[1:].split()], groups)
-    refusal = scmp_act_errno(getattr(errno, error_number)) if error_number else 0
-    context = libseccomp().seccomp_init(refusal)  # 0 is SCMP_ACT_KILL_THREAD, systemd's default
+    refusal = scmp_act_errno(getattr(errno, error_number)) if error_number else SCMP_ACT_KILL_PROCESS
+    context = libseccomp().seccomp_init(refusal)
     for name in sorted(allowed - denied):
         _rule(context, SCMP_ACT_ALLOW, name)
     _load(context)
