@@ -1,0 +1,474 @@
+"""The probe engine: `run_probe(target, module) -> ProbeResult`.
+
+Walks the stages a module asks for (smtpmon.results.STAGES), times each one and keeps every
+reply. It never raises: a failure is a result naming the stage and a reason from
+results.FAILURE_REASONS. Sockets and TLS live in smtpmon.smtpclient; this module decides what
+to send and what a reply means for the session.
+
+Rules worth knowing:
+- A stage passes on the codes `module.expect[stage]` names, otherwise on 2xx (3xx for the
+  intermediate replies of AUTH and DATA). A stage that passed on an expected 4xx/5xx (say
+  RCPT expecting 550) ends the session there: only QUIT follows.
+- A rejection ends the session at once with QUIT; the QUIT stage is recorded but never
+  changes the verdict. After a transport failure (timeout, closed connection, protocol error,
+  TLS failure) nothing more is sent.
+- Implicit TLS (port 465) records its handshake as the `starttls` stage, right after connect.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import ipaddress
+import socket
+import time
+from collections.abc import Callable
+
+from smtpmon.module import Module
+from smtpmon.results import Capabilities, ProbeResult, Reply, StageResult, TlsInfo
+from smtpmon.smtpclient import (
+    CertificateError,
+    SessionError,
+    SmtpConnection,
+    Transcript,
+    fetch_unverified_tls_info,
+    make_tls_context,
+    resolve,
+)
+
+SMTP_PORT = 25
+SUBMISSIONS_PORT = 465  # implicit TLS (RFC 8314)
+# QUIT is a courtesy: a server that never answers it must not hold the result back.
+QUIT_WAIT_SECONDS = 2.0
+_FAMILIES = {"any": socket.AF_UNSPEC, "ip4": socket.AF_INET, "ip6": socket.AF_INET6}
+_REJECTION_REASONS = {
+    "banner": "banner_rejected",
+    "ehlo": "ehlo_rejected",
+    "ehlo_tls": "ehlo_rejected",
+    "starttls": "starttls_rejected",
+    "auth": "auth_failed",
+    "mail": "mail_rejected",
+    "rcpt": "rcpt_rejected",
+    "data": "data_rejected",
+    "quit": "unexpected_code",
+}
+
+
+def parse_target(target: str, default_port: int = SMTP_PORT) -> tuple[str, int]:
+    """"host:port", "[v6]:port", "host", "[v6]" or a bare IPv6 address -> (host, port).
+
+    Raises ValueError with a message fit for a user.
+    """
+    text = target.strip()
+    if not text:
+        raise ValueError("empty target")
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not host:
+            raise ValueError(f"target {target!r}: unclosed '[' around an IPv6 address")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"target {target!r}: expected ':PORT' after ']'")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") > 1:
+        host, port_text = text, None  # a bare IPv6 address
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"target {target!r}: write IPv6 addresses as [ADDRESS]:PORT") from None
+    else:
+        host, colon, port_text = text.partition(":")
+        port_text = port_text if colon else None
+        if not host:
+            raise ValueError(f"target {target!r}: missing host")
+    if port_text is None:
+        return host, default_port
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"target {target!r}: port must be 1-65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def parse_capabilities(reply: Reply, *, used_helo: bool = False) -> Capabilities:
+    """What an EHLO reply advertised: its lines after the first, keyword first."""
+    extensions: set[str] = set()
+    size_limit = None
+    mechanisms: list[str] = []
+    for line in reply.lines[1:]:
+        words = line.replace("=", " ", 1).split() if line.upper().startswith("AUTH=") else line.split()
+        if not words:
+            continue
+        keyword = words[0].upper()
+        extensions.add(keyword)
+        if keyword == "SIZE" and len(words) > 1 and words[1].isdigit() and int(words[1]) > 0:
+            size_limit = int(words[1])
+        elif keyword == "AUTH":
+            mechanisms += [word.upper() for word in words[1:] if word.upper() not in mechanisms]
+    return Capabilities(frozenset(extensions), size_limit, tuple(mechanisms), used_helo)
+
+
+def default_ehlo_name(local_address: str | None) -> str:
+    """This host's name when it is a domain, else an address literal ("[192.0.2.1]").
+
+    RFC 5321 wants a fully qualified name or an address literal; a bare "myhost" gets
+    rejected by servers that check (reject_non_fqdn_helo_hostname). socket.getfqdn() is not
+    used: it can block on reverse DNS well past the probe's deadline.
+    """
+    name = socket.gethostname()
+    if "." in name.strip("."):
+        return name
+    if local_address is None:
+        return "localhost"
+    if ":" in local_address:
+        return f"[IPv6:{local_address}]"
+    return f"[{local_address}]"
+
+
+def run_probe(
+    target: str,
+    module: Module,
+    *,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    module_name: str = "default",
+) -> ProbeResult:
+    """Run one SMTP session against target ("host:port") as module says. Never raises."""
+    session = _Session(target, module, module_name, deadline, clock)
+    try:
+        session.run()
+    except Exception as error:  # noqa: BLE001 - the engine's promise: a result, not a crash
+        session.internal_error(error)
+    finally:
+        session.close()
+    return session.result()
+
+
+class _StageRecord:
+    def __init__(self) -> None:
+        self.replies: list[Reply] = []
+        self.reason: str | None = None
+        self.detail: str | None = None
+
+    def fail(self, reason: str, detail: str) -> None:
+        self.reason, self.detail = reason, detail
+
+
+class _Session:
+    def __init__(self, target, module, module_name, deadline, clock):
+        self.target = target
+        self.module = module
+        self.module_name = module_name
+        self.clock = clock
+        self.started_at = time.time()
+        self.start = clock()
+        self.deadline = self.start + module.timeout_seconds if deadline is None else deadline
+        self.transcript = Transcript(self.start, clock)
+        self.connection = SmtpConnection(self.deadline, self.transcript, clock)
+        self.stages: list[StageResult] = []
+        self.current_stage = "resolve"
+        self.failure: tuple[str, str, str] | None = None  # (stage, reason, detail)
+        self.connection_usable = False  # True while a QUIT may still be sent
+        self.finished_early = False  # a stage passed on an expected rejection
+        self.host = ""
+        self.port = 0
+        self.addresses: list[tuple[int, tuple]] = []
+        self.address: tuple[int, tuple] | None = None
+        self.ehlo_name = module.ehlo_name or ""
+        self.ehlo: Capabilities | None = None
+        self.ehlo_tls: Capabilities | None = None
+        self.tls: TlsInfo | None = None
+
+    # -- the session -----------------------------------------------------------------------
+    def run(self) -> None:
+        module = self.module
+        implicit = module.tls == "implicit"
+        sends_mail = module.mail_from is not None
+        steps = (
+            ("resolve", self.resolve, lambda: True),
+            ("connect", self.connect, lambda: True),
+            ("starttls", self.implicit_tls, lambda: implicit),
+            ("banner", self.banner, lambda: True),
+            ("ehlo", lambda record: self.greet(record, "ehlo"), lambda: True),
+            ("starttls", self.starttls, self.wants_starttls),
+            ("ehlo_tls", lambda record: self.greet(record, "ehlo_tls"), lambda: self.tls is not None and not implicit),
+            ("auth", self.auth, lambda: module.auth_mechanism is not None),
+            ("mail", self.mail, lambda: sends_mail),
+            ("rcpt", self.rcpt, lambda: sends_mail and bool(module.rcpt_to)),
+            ("data", self.data, lambda: sends_mail and bool(module.rcpt_to) and module.data),
+        )
+        for name, body, wanted in steps:
+            if wanted() and (not self.run_stage(name, body) or self.finished_early):
+                break
+        if self.connection_usable:
+            self.quit()
+
+    def wants_starttls(self) -> bool:
+        """starttls: always (not offered fails the stage); opportunistic: only when offered."""
+        if self.module.tls == "starttls":
+            return True
+        return self.module.tls == "opportunistic" and self.ehlo is not None and "STARTTLS" in self.ehlo.extensions
+
+    def run_stage(self, name: str, body: Callable[[_StageRecord], None]) -> bool:
+        """Run and record one stage; False when the session must stop."""
+        self.current_stage = name
+        record = _StageRecord()
+        begun = self.clock()
+        try:
+            body(record)
+        except SessionError as error:  # already in the transcript
+            record.fail(error.reason, error.detail)
+            self.connection_usable = False
+        self.stages.append(
+            StageResult(name, self.clock() - begun, record.reason is None, tuple(record.replies), record.reason)
+        )
+        if record.reason is not None:
+            self.failure = (name, record.reason, record.detail or record.reason)
+            return False
+        return True
+
+    # -- reply checks ----------------------------------------------------------------------
+    def final(self, record: _StageRecord, stage: str, reply: Reply, what: str) -> bool:
+        """Check a reply that completes a step: expected codes, else 2xx."""
+        record.replies.append(reply)
+        if reply.code is None:
+            self.connection_usable = False  # the stream is out of step with the protocol
+            record.fail("protocol_error", f"{what}: {reply.error}")
+            return False
+        expected = self.module.expect.get(stage)
+        if expected:
+            if reply.code in expected:
+                self.finished_early = self.finished_early or reply.code >= 400
+                return True
+        elif reply.code // 100 == 2:
+            return True
+        self.reject(record, stage, reply, what, expected)
+        return False
+
+    def intermediate(self, record: _StageRecord, stage: str, reply: Reply, what: str) -> bool:
+        """Check a reply that asks for more (334, 354): True to go on with the exchange."""
+        if reply.code is not None and reply.code // 100 == 3:
+            record.replies.append(reply)
+            return True
+        self.final(record, stage, reply, what)
+        return False
+
+    def reject(self, record, stage, reply, what, expected) -> None:
+        reason = _REJECTION_REASONS[stage] if reply.code >= 400 else "unexpected_code"
+        wanted = f" (expected {'/'.join(map(str, expected))})" if expected else ""
+        first_line = reply.lines[0] if reply.lines else ""
+        record.fail(reason, f"{what} answered {reply.code} {first_line}".rstrip() + wanted)
+
+    # -- stages ----------------------------------------------------------------------------
+    def resolve(self, record: _StageRecord) -> None:
+        default_port = SUBMISSIONS_PORT if self.module.tls == "implicit" else SMTP_PORT
+        family = _FAMILIES[self.module.ip_protocol]
+        try:
+            try:
+                self.host, self.port = parse_target(self.target, default_port)
+            except ValueError as error:
+                raise SessionError("dns_failure", str(error)) from None
+            self.addresses = resolve(self.host, self.port, family, self.deadline - self.clock())
+        except SessionError as error:
+            self.transcript.note(error.detail)
+            raise
+
+    def connect(self, record: _StageRecord) -> None:
+        error: SessionError | None = None
+        for family, sockaddr in self.addresses:
+            self.transcript.note(f"connecting to {sockaddr[0]} port {sockaddr[1]}")
+            try:
+                self.connection.connect(family, sockaddr)
+            except SessionError as failed:
+                error = failed
+                if failed.reason == "connect_timeout":
+                    break  # the deadline is gone; no time for another address
+                continue
+            self.address = (family, sockaddr)
+            self.connection_usable = True
+            self.transcript.note(f"connected to {sockaddr[0]} port {sockaddr[1]}")
+            if not self.ehlo_name:
+                self.ehlo_name = default_ehlo_name(self.connection.local_address)
+            return
+        assert error is not None
+        raise error
+
+    def implicit_tls(self, record: _StageRecord) -> None:
+        self.handshake()
+
+    def banner(self, record: _StageRecord) -> None:
+        self.final(record, "banner", self.connection.read_reply(), "the banner")
+
+    def greet(self, record: _StageRecord, stage: str) -> None:
+        reply = self.connection.command(f"EHLO {self.ehlo_name}")
+        used_helo = False
+        refused = reply.code is not None and reply.code // 100 == 5
+        if refused and self.module.helo_fallback and reply.code not in self.module.expect.get(stage, ()):
+            record.replies.append(reply)
+            reply = self.connection.command(f"HELO {self.ehlo_name}")
+            used_helo = True
+        if not self.final(record, stage, reply, "HELO" if used_helo else "EHLO"):
+            return
+        capabilities = parse_capabilities(reply, used_helo=used_helo) if reply.code // 100 == 2 else None
+        if stage == "ehlo":
+            self.ehlo = capabilities
+        else:
+            self.ehlo_tls = capabilities
+
+    def starttls(self, record: _StageRecord) -> None:
+        if self.ehlo is None or "STARTTLS" not in self.ehlo.extensions:
+            said = "HELO was used, so no extensions" if self.ehlo and self.ehlo.used_helo else "EHLO did not offer STARTTLS"
+            record.fail("starttls_not_offered", f"STARTTLS is required but {said}")
+            return
+        reply = self.connection.command("STARTTLS")
+        if self.final(record, "starttls", reply, "STARTTLS") and reply.code == 220:
+            self.handshake()
+
+    def handshake(self) -> None:
+        module = self.module
+        server_name = module.tls_server_name or self.host
+        context = make_tls_context(
+            verify=module.tls_verify, ca_file=module.tls_ca_file, min_version=module.tls_min_version
+        )
+        try:
+            self.tls = self.connection.start_tls(context, server_name)
+        except CertificateError as error:
+            self.connection_usable = False
+            self.transcript.note("reading the certificate over a second connection, without verification, to report it")
+            self.tls = fetch_unverified_tls_info(
+                *self.address,
+                implicit_tls=module.tls == "implicit",
+                ehlo_name=self.ehlo_name,
+                server_name=server_name,
+                min_version=module.tls_min_version,
+                verify_error=error.verify_error,
+                deadline=self.deadline,
+                clock=self.clock,
+            ) or TlsInfo(verified=False, verify_error=error.verify_error)
+            self.note_tls()
+            raise
+        self.note_tls()
+
+    def note_tls(self) -> None:
+        tls = self.tls
+        if tls.version:
+            self.transcript.note(f"TLS {tls.version}, cipher {tls.cipher}")
+        if tls.subject is not None:
+            self.transcript.note(f"certificate subject: {tls.subject}")
+            self.transcript.note(f"certificate issuer: {tls.issuer}")
+            self.transcript.note(f"certificate names: {', '.join(tls.sans) or '(none)'}")
+            self.transcript.note(f"certificate valid: {_day(tls.not_before)} to {_day(tls.not_after)}")
+        if tls.verified:
+            self.transcript.note("certificate verified")
+        elif tls.verify_error:
+            self.transcript.note(f"certificate NOT verified: {tls.verify_error}")
+        else:
+            self.transcript.note("certificate not verified (verification is switched off)")
+
+    def auth(self, record: _StageRecord) -> None:
+        module = self.module
+        mechanism = module.auth_mechanism.upper()
+        offered = (self.ehlo_tls or self.ehlo or Capabilities()).auth_mechanisms
+        if mechanism not in offered:
+            said = f"offers {' '.join(offered)}" if offered else "does not advertise AUTH"
+            record.fail("auth_not_offered", f"AUTH {mechanism} wanted but the server {said}")
+            return
+        try:
+            password = module.read_password()
+        except (OSError, KeyError) as error:
+            record.fail("internal_error", f"cannot read the AUTH password: {error!r}")
+            return
+        if password is None:
+            record.fail("internal_error", "AUTH needs a password file or environment variable")
+            return
+        username = module.auth_username or ""
+        send = self.connection.command
+        if mechanism == "PLAIN":
+            blob = _b64(f"\0{username}\0{password}")
+            self.final(record, "auth", send(f"AUTH PLAIN {blob}", "AUTH PLAIN ********"), "AUTH PLAIN")
+            return
+        if not self.intermediate(record, "auth", send("AUTH LOGIN"), "AUTH LOGIN"):
+            return
+        if not self.intermediate(record, "auth", send(_b64(username), "********"), "AUTH LOGIN username"):
+            return
+        self.final(record, "auth", send(_b64(password), "********"), "AUTH LOGIN")
+
+    def mail(self, record: _StageRecord) -> None:
+        command = f"MAIL FROM:<{self.module.mail_from}>"
+        self.final(record, "mail", self.connection.command(command), command)
+
+    def rcpt(self, record: _StageRecord) -> None:
+        for recipient in self.module.rcpt_to:
+            command = f"RCPT TO:<{recipient}>"
+            if not self.final(record, "rcpt", self.connection.command(command), command):
+                return
+
+    def data(self, record: _StageRecord) -> None:
+        if not self.intermediate(record, "data", self.connection.command("DATA"), "DATA"):
+            return
+        self.connection.send_message(self.test_message())
+        self.final(record, "data", self.connection.read_reply(), "the end of the message")
+
+    def test_message(self) -> list[str]:
+        sender = self.module.mail_from or f"smtpmon@{self.ehlo_name.strip('[]')}"
+        domain = sender.rpartition("@")[2] or "smtpmon.invalid"
+        return [
+            f"Date: {email.utils.formatdate(usegmt=True)}",
+            f"From: <{sender}>",
+            f"To: {', '.join(f'<{address}>' for address in self.module.rcpt_to)}",
+            "Subject: smtpmon probe",
+            f"Message-ID: {email.utils.make_msgid('smtpmon', domain=domain)}",
+            "Auto-Submitted: auto-generated",
+            "",
+            "A test message from smtpmon, an SMTP monitor. It can be discarded.",
+        ]
+
+    def quit(self) -> None:
+        """QUIT politely; whatever happens here, the verdict stays as it was."""
+        self.current_stage = "quit"
+        begun = self.clock()
+        replies: tuple[Reply, ...] = ()
+        reason = None
+        try:
+            self.connection.send_line("QUIT")
+            reply = self.connection.read_reply(within=QUIT_WAIT_SECONDS)
+            replies = (reply,)
+            if reply.code is None or reply.code // 100 != 2:
+                reason = "protocol_error" if reply.code is None else "unexpected_code"
+        except SessionError as error:
+            reason = error.reason
+        self.stages.append(StageResult("quit", self.clock() - begun, reason is None, replies, reason))
+
+    # -- the result ------------------------------------------------------------------------
+    def internal_error(self, error: Exception) -> None:
+        detail = f"{type(error).__name__}: {error}"
+        self.transcript.note(f"internal error: {detail}")
+        if self.failure is None:
+            self.failure = (self.current_stage, "internal_error", detail)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def result(self) -> ProbeResult:
+        stage, reason, detail = self.failure or (None, None, None)
+        return ProbeResult(
+            target=self.target,
+            module=self.module_name,
+            success=self.failure is None,
+            started_at=self.started_at,
+            duration_seconds=self.clock() - self.start,
+            stages=tuple(self.stages),
+            failed_stage=stage,
+            reason=reason,
+            detail=detail,
+            address=self.address[1][0] if self.address else None,
+            ehlo=self.ehlo,
+            ehlo_tls=self.ehlo_tls,
+            tls=self.tls,
+            transcript=tuple(self.transcript.lines),
+        )
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _day(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp)) if timestamp else "?"

@@ -1,0 +1,391 @@
+"""The one place that touches sockets and ssl: an SMTP connection under one overall deadline.
+
+Why not `smtplib`: its reply reader (`file.readline`) cannot give each read the time that is
+left, so a server trickling a byte a second keeps it waiting far past any timeout; it drops
+the partial reply when the connection closes; it has no bound on the number of continuation
+lines; and its `__exit__` sends QUIT and can hide the original error. We also need every line
+for the transcript, with AUTH secrets masked before they are recorded. What would remain of
+`smtplib` (dot-stuffing, CRLF framing) is a few lines, so this is a small client over
+`socket` and `ssl`, with replies parsed by `smtpmon.replycodes`.
+
+Every blocking call gets `deadline - now` as its socket timeout, so the session ends at the
+deadline whatever the server does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable
+from cryptography import x509
+
+from smtpmon.replycodes import make_reply, parse_line
+from smtpmon.results import Reply, TlsInfo, TranscriptLine
+
+# RFC 5321 4.5.3.1.5 allows 512 bytes per reply line; real servers exceed it a little. Past this
+# a line is a protocol error, not a reason to grow memory.
+MAX_LINE_BYTES = 4096
+# Endless "250-" lines end as a protocol error rather than a session that never finishes.
+MAX_REPLY_LINES = 200
+_RECV_BYTES = 4096
+_MASK = "********"
+
+# OpenSSL X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code) -> failure reason.
+_VERIFY_REASONS = {
+    9: "certificate_expired",  # not yet valid: outside its validity period all the same
+    10: "certificate_expired",
+    62: "certificate_hostname_mismatch",
+    64: "certificate_hostname_mismatch",  # IP address mismatch
+}
+_TLS_VERSIONS = {
+    "TLSv1": ssl.TLSVersion.TLSv1,
+    "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+    "TLSv1.2": ssl.TLSVersion.TLSv1_2,
+    "TLSv1.3": ssl.TLSVersion.TLSv1_3,
+}
+
+
+class SessionError(Exception):
+    """The session cannot go on. `reason` is one of results.FAILURE_REASONS; the connection
+    is no longer usable (nothing more may be sent on it)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class CertificateError(SessionError):
+    """The TLS handshake failed on certificate verification; `verify_error` is OpenSSL's words."""
+
+    def __init__(self, reason: str, detail: str, verify_error: str):
+        super().__init__(reason, detail)
+        self.verify_error = verify_error
+
+
+class Transcript:
+    """The session as lines with their offset since the probe started."""
+
+    def __init__(self, started: float, clock: Callable[[], float]):
+        self._started = started
+        self._clock = clock
+        self.lines: list[TranscriptLine] = []
+
+    def add(self, direction: str, text: str) -> None:
+        offset = max(0.0, self._clock() - self._started)
+        self.lines.append(TranscriptLine(offset, direction, printable(text)))
+
+    def note(self, text: str) -> None:
+        self.add("*", text)
+
+
+def printable(text: str) -> str:
+    """Escape control characters: a server must not drive the operator's terminal."""
+    return "".join(
+        char if char.isprintable() or char == "\t" else f"\\x{ord(char):02x}" for char in text
+    )
+
+
+def resolve(
+    host: str, port: int, family: int, timeout: float
+) -> list[tuple[int, tuple]]:
+    """Addresses for host as (family, sockaddr), IP literals without a lookup.
+
+    getaddrinfo cannot be given a timeout, so it runs in a daemon thread that is abandoned
+    when the deadline comes first.
+    """
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        literal_family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        if family not in (socket.AF_UNSPEC, literal_family):
+            wanted = "IPv4" if family == socket.AF_INET else "IPv6"
+            raise SessionError("dns_failure", f"{host} is not an {wanted} address, as the module asks")
+        sockaddr = (host, port, 0, 0) if literal.version == 6 else (host, port)
+        return [(literal_family, sockaddr)]
+    if timeout <= 0:
+        raise SessionError("dns_failure", f"no time left to resolve {host}")
+    outcome: dict[str, object] = {}
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            outcome["answer"] = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as error:
+            outcome["error"] = error
+        done.set()
+
+    threading.Thread(target=lookup, name="smtpmon-resolve", daemon=True).start()
+    if not done.wait(timeout):
+        raise SessionError("dns_failure", f"no answer resolving {host} within {timeout:.1f}s")
+    if "error" in outcome:
+        raise SessionError("dns_failure", f"cannot resolve {host}: {outcome['error']}")
+    answer = outcome["answer"]
+    unique = list(dict.fromkeys((info[0], info[4]) for info in answer))  # type: ignore[union-attr]
+    if not unique:
+        raise SessionError("dns_failure", f"no addresses for {host}")
+    return unique
+
+
+def make_tls_context(
+    *, verify: bool, ca_file: str | None = None, min_version: str | None = None
+) -> ssl.SSLContext:
+    """A client context: verifying by default (system CAs, or only ca_file when given)."""
+    if verify:
+        context = ssl.create_default_context(cafile=ca_file)
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if min_version is not None:
+        context.minimum_version = _TLS_VERSIONS[min_version]
+    return context
+
+
+def certificate_facts(der: bytes | None) -> dict:
+    """Subject, issuer, SANs and validity from a DER certificate (TlsInfo's field names)."""
+    if not der:
+        return {}
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return {}
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans = tuple(
+            [f"DNS:{name}" for name in san.get_values_for_type(x509.DNSName)]
+            + [f"IP:{address}" for address in san.get_values_for_type(x509.IPAddress)]
+        )
+    except (x509.ExtensionNotFound, ValueError):
+        sans = ()
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "sans": sans,
+        "not_before": cert.not_valid_before_utc.timestamp(),
+        "not_after": cert.not_valid_after_utc.timestamp(),
+    }
+
+
+class SmtpConnection:
+    """One TCP (and maybe TLS) connection speaking SMTP, recording every line it moves."""
+
+    def __init__(self, deadline: float, transcript: Transcript, clock: Callable[[], float] = time.monotonic):
+        self._deadline = deadline
+        self._clock = clock
+        self._transcript = transcript
+        self._sock: socket.socket | None = None
+        self._buffer = bytearray()
+
+    def _noted(self, error: SessionError) -> SessionError:
+        """The error, also written into the transcript where the session stopped."""
+        self._transcript.note(error.detail)
+        return error
+
+    # -- time ------------------------------------------------------------------------------
+    def _time_left(self, until: float, reason: str = "timeout") -> float:
+        left = until - self._clock()
+        if left <= 0:
+            raise self._noted(SessionError(reason, "the deadline passed"))
+        return left
+
+    # -- connection ------------------------------------------------------------------------
+    def connect(self, family: int, sockaddr: tuple) -> None:
+        left = self._time_left(self._deadline, "connect_timeout")
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # Small commands must not wait for delayed ACKs (Nagle), e.g. before STARTTLS.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(left)
+            sock.connect(sockaddr)
+        except TimeoutError:
+            sock.close()
+            raise self._noted(SessionError("connect_timeout", f"no TCP connection within {left:.2f}s")) from None
+        except OSError as error:
+            sock.close()
+            raise self._noted(SessionError("connect_refused", f"connection failed: {error.strerror or error}")) from None
+        self._sock = sock
+
+    @property
+    def local_address(self) -> str | None:
+        return self._sock.getsockname()[0] if self._sock else None
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+            self._sock = None
+
+    # -- TLS -------------------------------------------------------------------------------
+    def start_tls(self, context: ssl.SSLContext, server_name: str) -> TlsInfo:
+        """Handshake on the open connection (after a 220 to STARTTLS, or at once for implicit TLS)."""
+        assert self._sock is not None
+        if self._buffer:
+            # Bytes sent before the handshake would be read as if they came over TLS: the
+            # STARTTLS command-injection attack (CVE-2011-0411 and friends).
+            raise self._noted(SessionError(
+                "protocol_error",
+                f"the server sent {len(self._buffer)} bytes after its reply to STARTTLS, "
+                "before the TLS handshake",
+            ))
+        self._sock.settimeout(self._time_left(self._deadline))
+        try:
+            tls_sock = context.wrap_socket(self._sock, server_hostname=server_name)
+        except ssl.SSLCertVerificationError as error:
+            reason = _VERIFY_REASONS.get(error.verify_code, "certificate_untrusted")
+            words = error.verify_message or str(error)
+            raise self._noted(CertificateError(reason, f"certificate verification failed: {words}", words)) from None
+        except TimeoutError:
+            raise self._noted(SessionError("timeout", "the TLS handshake did not finish before the deadline")) from None
+        except (ssl.SSLError, OSError) as error:
+            raise self._noted(SessionError("tls_handshake_failed", f"TLS handshake failed: {error}")) from None
+        self._sock = tls_sock
+        return tls_info(tls_sock, verified=context.verify_mode != ssl.CERT_NONE)
+
+    # -- sending ---------------------------------------------------------------------------
+    def send_line(self, text: str, shown: str | None = None) -> None:
+        """Send one command line; `shown` replaces it in the transcript (masked secrets)."""
+        self._transcript.add("C", text if shown is None else shown)
+        self._send((text + "\r\n").encode("utf-8"))
+
+    def _send(self, data: bytes) -> None:
+        assert self._sock is not None
+        self._sock.settimeout(self._time_left(self._deadline))
+        try:
+            self._sock.sendall(data)
+        except TimeoutError:
+            raise self._noted(SessionError("timeout", "the server stopped reading before the deadline")) from None
+        except OSError as error:
+            raise self._noted(SessionError("connection_closed", f"sending failed: {error}")) from None
+
+    def send_message(self, lines: Iterable[str]) -> None:
+        """Send a message body after 354: dot-stuffed, CRLF, ended by a lone dot."""
+        stuffed = ["." + line if line.startswith(".") else line for line in lines]
+        for line in stuffed:
+            self._transcript.add("C", line)
+        self._transcript.add("C", ".")
+        self._send(("\r\n".join(stuffed) + "\r\n.\r\n").encode("utf-8"))
+
+    def command(self, text: str, shown: str | None = None) -> Reply:
+        self.send_line(text, shown)
+        return self.read_reply()
+
+    # -- receiving -------------------------------------------------------------------------
+    def read_reply(self, within: float | None = None) -> Reply:
+        """The next reply; `within` seconds at most (never past the deadline).
+
+        Garbage, disagreeing codes, an over-long line or too many lines give a Reply with
+        code None (a protocol error). A timeout or a closed connection raises SessionError.
+        """
+        until = self._deadline if within is None else min(self._deadline, self._clock() + within)
+        lines = []
+        while True:
+            raw = self._read_line(until)
+            if raw is None:
+                texts = tuple(line.text for line in lines) + ("(line too long)",)
+                return Reply(code=None, lines=texts, error=f"reply line longer than {MAX_LINE_BYTES} bytes")
+            line = parse_line(raw)
+            lines.append(line)
+            if line.final:
+                return make_reply(lines)
+            if len(lines) >= MAX_REPLY_LINES:
+                texts = tuple(line.text for line in lines)
+                return Reply(code=None, lines=texts, error=f"reply longer than {MAX_REPLY_LINES} lines")
+
+    def _read_line(self, until: float) -> bytes | None:
+        """One line with its terminator, recorded in the transcript; None when over-long."""
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0 and end < MAX_LINE_BYTES:
+                raw = bytes(self._buffer[: end + 1])
+                del self._buffer[: end + 1]
+                self._transcript.add("S", raw.rstrip(b"\r\n").decode("utf-8", errors="replace"))
+                return raw
+            if len(self._buffer) >= MAX_LINE_BYTES:
+                head = self._buffer[:60].decode("utf-8", errors="replace")
+                self._transcript.add("S", f"{head}... (more than {MAX_LINE_BYTES} bytes without a line end)")
+                self._buffer.clear()
+                return None
+            self._receive(until)
+
+    def _receive(self, until: float) -> None:
+        assert self._sock is not None
+        self._sock.settimeout(self._time_left(until))
+        try:
+            chunk = self._sock.recv(_RECV_BYTES)
+        except TimeoutError:
+            self._partial_line_to_transcript()
+            raise self._noted(SessionError("timeout", "no complete reply before the deadline")) from None
+        except OSError as error:  # includes ssl.SSLError
+            self._partial_line_to_transcript()
+            raise self._noted(SessionError("connection_closed", f"receiving failed: {error}")) from None
+        if not chunk:
+            where = "in the middle of a reply" if self._buffer else "before replying"
+            self._partial_line_to_transcript()
+            raise self._noted(SessionError("connection_closed", f"the server closed the connection {where}"))
+        self._buffer += chunk
+
+    def _partial_line_to_transcript(self) -> None:
+        if self._buffer:
+            self._transcript.add("S", self._buffer.decode("utf-8", errors="replace") + " (incomplete)")
+
+
+def tls_info(tls_sock: ssl.SSLSocket, *, verified: bool, verify_error: str | None = None) -> TlsInfo:
+    cipher = tls_sock.cipher()
+    return TlsInfo(
+        version=tls_sock.version(),
+        cipher=cipher[0] if cipher else None,
+        verified=verified,
+        verify_error=verify_error,
+        **certificate_facts(tls_sock.getpeercert(binary_form=True)),
+    )
+
+
+def fetch_unverified_tls_info(
+    family: int,
+    sockaddr: tuple,
+    *,
+    implicit_tls: bool,
+    ehlo_name: str,
+    server_name: str,
+    min_version: str | None,
+    verify_error: str,
+    deadline: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> TlsInfo | None:
+    """The certificate of a server whose certificate failed verification.
+
+    Python 3.11 cannot hand out the peer certificate after a failed verifying handshake, so
+    in that failure path only, a second connection (within the same deadline) repeats the
+    session up to the handshake without verification, just to read the certificate. None
+    when that does not work out: the verification error is the verdict either way.
+    """
+    scratch = Transcript(clock(), clock)  # its lines are not the probe's session
+    connection = SmtpConnection(deadline, scratch, clock)
+    try:
+        connection.connect(family, sockaddr)
+        if not implicit_tls:
+            if _code(connection.read_reply()) // 100 != 2:
+                return None
+            if _code(connection.command(f"EHLO {ehlo_name}")) // 100 != 2:
+                return None
+            if _code(connection.command("STARTTLS")) != 220:
+                return None
+        info = connection.start_tls(make_tls_context(verify=False, min_version=min_version), server_name)
+        return dataclasses.replace(info, verified=False, verify_error=verify_error)
+    except SessionError:
+        return None
+    finally:
+        connection.close()
+
+
+def _code(reply: Reply) -> int:
+    return reply.code or 0

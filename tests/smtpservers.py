@@ -1,0 +1,320 @@
+"""SMTP servers for tests, on 127.0.0.1 port 0 (the bound port is read back).
+
+- `AiosmtpdServer`: a real SMTP implementation (aiosmtpd) whose EHLO/MAIL/RCPT/DATA replies a
+  test can script, with STARTTLS, implicit TLS and AUTH. aiosmtpd's Controller cannot bind
+  port 0, so `SMTP` is served through `loop.create_server` on a loop in a background thread.
+- `ScriptedServer`: a raw socket that plays a script of steps, for the misbehaviour a real
+  implementation never shows: garbage, trickling, silence, closing mid-reply, over-long lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import ssl
+import threading
+from dataclasses import dataclass, field
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+LOOPBACK = "127.0.0.1"
+SERVER_NAME = "mx.test.example"
+
+
+def server_tls_context(cert) -> ssl.SSLContext:
+    """A server context presenting a trustme LeafCert (or a CA's own self-signed cert)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.configure_cert(context)
+    return context
+
+
+# -- aiosmtpd -----------------------------------------------------------------------------------
+@dataclass
+class ScriptedHandler:
+    """aiosmtpd hooks returning scripted replies; None means aiosmtpd's normal answer."""
+
+    ehlo_reply: list[str] | None = None  # replaces the whole EHLO reply, e.g. ["502 5.5.2 no"]
+    ehlo_extra: list[str] = field(default_factory=list)  # extra keywords, e.g. ["AUTH PLAIN"]
+    mail_reply: str | None = None
+    rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> reply
+    data_reply: str = "250 2.0.0 Ok: queued as TEST1"
+    messages: list[bytes] = field(default_factory=list)  # message contents received
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.ehlo_reply is not None:
+            return list(self.ehlo_reply)
+        return responses[:-1] + [f"250-{extra}" for extra in self.ehlo_extra] + responses[-1:]
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.mail_reply is not None:
+            return self.mail_reply
+        envelope.mail_from = address
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.rcpt_replies.get(address, "250 2.1.5 Ok")
+        if reply.startswith("2"):
+            envelope.rcpt_tos.append(address)
+        return reply
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(envelope.original_content or envelope.content)
+        return self.data_reply
+
+
+def password_authenticator(username: str, password: str):
+    """An aiosmtpd authenticator accepting exactly one username and password."""
+
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        ok = isinstance(auth_data, LoginPassword) and auth_data.login.decode() == username and auth_data.password.decode() == password
+        return AuthResult(success=ok, handled=False)
+
+    return authenticate
+
+
+class _LoopThread:
+    """An asyncio loop running in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-smtp-loop", daemon=True)
+        self._thread.start()
+
+    def call(self, coroutine, timeout: float = 10.0):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        async def cancel_all():
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.call(cancel_all())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+class AiosmtpdServer:
+    def __init__(
+        self,
+        handler: ScriptedHandler | None = None,
+        *,
+        starttls_context: ssl.SSLContext | None = None,
+        implicit_tls_context: ssl.SSLContext | None = None,
+        authenticator=None,
+        auth_require_tls: bool = True,
+    ):
+        self.handler = handler or ScriptedHandler()
+        self._smtp_options = dict(
+            hostname=SERVER_NAME,  # never socket.getfqdn(): that may query DNS
+            tls_context=starttls_context,
+            authenticator=authenticator,
+            auth_require_tls=auth_require_tls,
+        )
+        self._implicit_tls_context = implicit_tls_context
+        self._loop_thread: _LoopThread | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self.port = 0
+
+    @property
+    def target(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def start(self) -> AiosmtpdServer:
+        self._loop_thread = _LoopThread()
+        loop = self._loop_thread.loop
+
+        async def serve():
+            return await loop.create_server(
+                lambda: SMTP(self.handler, loop=loop, **self._smtp_options),
+                host=LOOPBACK,
+                port=0,
+                ssl=self._implicit_tls_context,
+            )
+
+        self._server = self._loop_thread.call(serve())
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        if self._loop_thread is None:
+            return
+        self._server.close()
+        self._loop_thread.stop()
+        self._loop_thread = None
+
+
+# -- raw scripted server ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Send:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Expect:
+    """Read one line from the client; it must match the pattern (case-insensitive)."""
+
+    pattern: str
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Trickle:
+    """Send data one byte at a time, `interval` seconds apart (slowloris)."""
+
+    data: bytes
+    interval: float
+
+
+@dataclass(frozen=True)
+class StartTls:
+    context: ssl.SSLContext
+
+
+@dataclass(frozen=True)
+class Close:
+    pass
+
+
+def reply(pattern: str, data: bytes) -> list:
+    """The usual step: expect a command, then answer it."""
+    return [Expect(pattern), Send(data)]
+
+
+BANNER = Send(b"220 mx.test.example ESMTP scripted\r\n")
+EHLO_OK = reply(r"EHLO ", b"250-mx.test.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+QUIT_OK = reply(r"QUIT", b"221 2.0.0 Bye\r\n")
+
+
+class ScriptedServer:
+    """Plays `script` to every client; when the script ends it reads until the client closes.
+
+    `received` holds every line clients sent; `mismatches` the Expect steps that failed.
+    """
+
+    def __init__(self, script: list, *, implicit_tls_context: ssl.SSLContext | None = None):
+        self.script = [step for item in script for step in (item if isinstance(item, list) else [item])]
+        self.implicit_tls_context = implicit_tls_context
+        self.received: list[str] = []
+        self.mismatches: list[str] = []
+        self.connections = 0
+        self._stop = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind((LOOPBACK, 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.1)
+        self.port = self._listener.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def target(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def start(self) -> ScriptedServer:
+        self._spawn(self._accept_loop)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for sock in list(self._sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        for thread in self._threads:
+            thread.join(5)
+        self._listener.close()
+
+    def _spawn(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name="test-scripted-smtp")
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.connections += 1
+            self._sockets.append(sock)
+            self._spawn(self._play, sock)
+
+    def _play(self, sock: socket.socket) -> None:
+        reader = _LineReader(sock, self._stop)
+        try:
+            if self.implicit_tls_context is not None:
+                sock = reader.sock = self._wrap(sock, self.implicit_tls_context)
+            for step in self.script:
+                if isinstance(step, Send):
+                    sock.sendall(step.data)
+                elif isinstance(step, Trickle):
+                    for byte in step.data:
+                        if self._stop.wait(step.interval):
+                            return
+                        sock.sendall(bytes([byte]))
+                elif isinstance(step, Sleep):
+                    if self._stop.wait(step.seconds):
+                        return
+                elif isinstance(step, Expect):
+                    line = reader.readline()
+                    if line is None:
+                        return
+                    self.received.append(line)
+                    if not re.match(step.pattern, line, re.IGNORECASE):
+                        self.mismatches.append(f"expected {step.pattern!r}, got {line!r}")
+                        return
+                elif isinstance(step, StartTls):
+                    sock = reader.sock = self._wrap(sock, step.context)
+                elif isinstance(step, Close):
+                    return
+            while (line := reader.readline()) is not None:
+                self.received.append(line)
+        except (OSError, ssl.SSLError):
+            return
+        finally:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    @staticmethod
+    def _wrap(sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
+        sock.settimeout(5)
+        return context.wrap_socket(sock, server_side=True)
+
+
+class _LineReader:
+    """Lines from a socket, giving up when the server stops or the client closes."""
+
+    def __init__(self, sock: socket.socket, stop: threading.Event):
+        self.sock = sock
+        self._stop = stop
+        self._buffer = b""
+
+    def readline(self) -> str | None:
+        while b"\n" not in self._buffer:
+            if self._stop.is_set():
+                return None
+            self.sock.settimeout(0.1)
+            try:
+                chunk = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.rstrip(b"\r").decode("utf-8", errors="replace")
