@@ -1,0 +1,182 @@
+"""The result store: latest result and counters per (target, module), shared by threads."""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client.parser import text_string_to_metric_families
+
+import probe_results
+from smtpmon.collector import ExporterState, render_metrics
+from smtpmon.store import ResultStore
+
+MX = ("mx.example.org:25", "mx")
+
+
+def test_register_creates_an_empty_entry_once():
+    store = ResultStore()
+    store.register(*MX)
+    store.register(*MX)
+    assert store.keys() == [MX]
+    assert store.latest(*MX) is None
+    (entry,) = store.snapshot()
+    assert entry.counts.probes == 0
+    assert entry.skipped == 0
+    assert entry.latest is None and entry.tls is None
+
+
+def test_register_again_keeps_counters():
+    """A reload registers unchanged targets again: their counters must survive."""
+    store = ResultStore()
+    store.register(*MX)
+    store.record(probe_results.banner_421(*MX))
+    store.register(*MX)
+    (entry,) = store.snapshot()
+    assert entry.counts.probes == 1
+    assert store.latest(*MX) is not None
+
+
+def test_record_counts_every_reply_of_every_stage():
+    store = ResultStore()
+    store.register(*MX)
+    result = probe_results.data_554(*MX)
+    assert store.record(result) is True
+    assert store.latest(*MX) is result
+    (entry,) = store.snapshot()
+    assert entry.counts.probes == 1
+    assert dict(entry.counts.failures) == {("data", "data_rejected"): 1}
+    assert dict(entry.counts.replies) == {
+        ("banner", "220", "positive_completion", "connections"): 1,
+        ("ehlo", "250", "positive_completion", "mail_system"): 1,
+        ("starttls", "220", "positive_completion", "connections"): 1,
+        ("ehlo_tls", "250", "positive_completion", "mail_system"): 1,
+        ("mail", "250", "positive_completion", "mail_system"): 1,
+        ("rcpt", "250", "positive_completion", "mail_system"): 1,
+        ("data", "354", "positive_intermediate", "mail_system"): 1,
+        ("data", "554", "permanent_negative", "mail_system"): 1,
+    }
+    assert dict(entry.counts.enhanced) == {
+        ("starttls", "2.0.0", "success"): 1,
+        ("mail", "2.1.0", "success"): 1,
+        ("rcpt", "2.1.5", "success"): 1,
+        ("data", "5.7.1", "permanent_failure"): 1,
+    }
+
+
+def test_counters_accumulate_across_records():
+    store = ResultStore()
+    store.register(*MX)
+    store.record(probe_results.rcpt_450(*MX))
+    store.record(probe_results.rcpt_450(*MX))
+    store.record(probe_results.protocol_error(*MX))
+    (entry,) = store.snapshot()
+    assert entry.counts.probes == 3
+    assert entry.counts.failures == {("rcpt", "rcpt_rejected"): 2,
+                                     ("banner", "protocol_error"): 1}
+    assert entry.counts.replies[("rcpt", "450", "transient_negative", "mail_system")] == 2
+    assert entry.counts.replies[("banner", "000", "protocol_error", "protocol_error")] == 1
+    assert entry.counts.enhanced[("rcpt", "4.2.0", "persistent_transient_failure")] == 2
+
+
+def test_tls_state_is_kept_from_the_last_probe_that_reached_tls():
+    store = ResultStore()
+    store.register(*MX)
+    store.record(probe_results.healthy(*MX))
+    store.record(probe_results.banner_421(*MX))  # never reached TLS
+    (entry,) = store.snapshot()
+    assert entry.latest.tls is None
+    assert entry.tls is not None and entry.tls.not_after == probe_results.NOT_AFTER
+
+
+def test_results_of_unregistered_targets_are_dropped():
+    """A probe that finishes after a reload removed its target must not bring it back."""
+    store = ResultStore()
+    store.register(*MX)
+    store.remove(*MX)
+    assert store.record(probe_results.healthy(*MX)) is False
+    assert store.record_skip(*MX) is False
+    assert store.keys() == []
+    assert store.latest(*MX) is None
+    assert store.rows() == []
+
+
+def test_remove_drops_the_entry_and_only_that_one():
+    store = ResultStore()
+    for target in ("a.example.org:25", "b.example.org:25"):
+        store.register(target, "mx")
+        store.record(probe_results.healthy(target))
+    store.remove("a.example.org:25", "mx")
+    store.remove("a.example.org:25", "mx")  # removing twice is harmless
+    assert store.keys() == [("b.example.org:25", "mx")]
+    assert store.latest("a.example.org:25", "mx") is None
+    assert b"a.example.org" not in render_metrics(store, ExporterState())
+
+
+def test_record_skip():
+    store = ResultStore()
+    store.register(*MX)
+    assert store.record_skip(*MX) is True
+    store.record_skip(*MX)
+    (entry,) = store.snapshot()
+    assert entry.skipped == 2
+    assert entry.counts.probes == 0
+
+
+def test_snapshot_is_a_copy():
+    store = ResultStore()
+    store.register(*MX)
+    store.record(probe_results.banner_421(*MX))
+    (before,) = store.snapshot()
+    store.record(probe_results.banner_421(*MX))
+    store.record_skip(*MX)
+    assert before.counts.probes == 1
+    assert before.counts.failures == {("banner", "banner_rejected"): 1}
+    assert before.skipped == 0
+
+
+def test_concurrent_records_and_renders():
+    """Workers record while HTTP threads render: no count is lost, every page parses."""
+    store = ResultStore()
+    targets = [f"t{index}.example.org:25" for index in range(8)]
+    for target in targets:
+        store.register(target, "mx")
+    rounds = 100
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def worker(target: str) -> None:
+        try:
+            for index in range(rounds):
+                if index % 2:
+                    store.record(probe_results.banner_421(target))
+                else:
+                    store.record(probe_results.healthy(target))
+                store.record_skip(target, "mx")
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    def scraper() -> None:
+        try:
+            while not stop.is_set():
+                page = render_metrics(store, ExporterState()).decode()
+                names = [family.name for family in text_string_to_metric_families(page)]
+                assert len(names) == len(set(names))
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    scrapers = [threading.Thread(target=scraper) for _ in range(2)]
+    workers = [threading.Thread(target=worker, args=(target,)) for target in targets]
+    for thread in scrapers + workers:
+        thread.start()
+    for thread in workers:
+        thread.join(timeout=30)
+    stop.set()
+    for thread in scrapers:
+        thread.join(timeout=30)
+    assert errors == []
+    for entry in store.snapshot():
+        assert entry.counts.probes == rounds
+        assert entry.skipped == rounds
+        assert entry.counts.failures == {("banner", "banner_rejected"): rounds // 2}
+        assert entry.counts.replies[("banner", "220", "positive_completion",
+                                     "connections")] == rounds // 2
