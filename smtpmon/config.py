@@ -308,7 +308,7 @@ class _DuplicateKeyLoader(yaml.SafeLoader):
 
 
 class _Parser:
-    """One validation pass: each `_section` method records problems and returns what it can."""
+    """One validation pass: each `parse_*` method records problems and returns what it can."""
 
     def __init__(self, source: str, check_secrets: bool):
         self.source = source
@@ -333,6 +333,10 @@ class _Parser:
             mark = error.problem_mark or error.context_mark
             where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
             problem = error.problem or error.context or "syntax error"
+            context_mark = error.context_mark
+            if error.context and context_mark and mark and context_mark.line != mark.line:
+                # The line to fix is often the one that opened the construct, not this one.
+                problem += f" ({error.context} on line {context_mark.line + 1})"
             raise ConfigError([f"{where}invalid YAML: {problem}"], self.source) from None
         except yaml.YAMLError as error:
             raise ConfigError([f"invalid YAML: {error}"], self.source) from None
@@ -590,7 +594,9 @@ class _Parser:
         if "ehlo_name" in node:
             options["ehlo_name"] = self.ehlo_name(node["ehlo_name"], at("ehlo_name"))
         if "ip_protocol" in node:
-            options["ip_protocol"] = self.choice(node["ip_protocol"], at("ip_protocol"), IP_PROTOCOLS)
+            options["ip_protocol"] = self.choice(
+                node["ip_protocol"], at("ip_protocol"), IP_PROTOCOLS
+            )
         if "timeout" in node:
             options["timeout_seconds"] = self.duration(node["timeout"], at("timeout"))
             self.modules_with_timeout.add(path)
@@ -764,9 +770,8 @@ class _Parser:
         if "address" not in node:
             self.error(_join(path, "address"), "required")
         elif not isinstance(node["address"], str):
-            self.error(
-                _join(path, "address"), f'must be a string "host:port", got {describe(node["address"])}'
-            )
+            got = describe(node["address"])
+            self.error(_join(path, "address"), f'must be a string "host:port", got {got}')
         else:
             try:
                 host, port = parse_address(node["address"])
@@ -776,7 +781,10 @@ class _Parser:
             self.error(_join(path, "module"), "required")
         else:
             module_name = node["module"]
-            if not isinstance(module_name, str) or module_name not in modules:
+            if not isinstance(module_name, str):
+                got = describe(module_name)
+                self.error(_join(path, "module"), f"must be a module name, got {got}")
+            elif module_name not in modules:
                 known = _one_of(tuple(modules)) or "(none)"
                 self.error(
                     _join(path, "module"),
@@ -800,7 +808,7 @@ class _Parser:
             interval_seconds=interval if interval is not None else settings.interval_seconds,
             timeout_seconds=timeout if timeout is not None else module.timeout_seconds,
         )
-        if target.timeout_seconds < target.interval_seconds or not self.global_durations_ok:
+        if target.timeout_seconds < target.interval_seconds:
             return target
         if timeout is not None:
             timeout_origin = _join(path, "timeout")
@@ -809,8 +817,10 @@ class _Parser:
         else:
             timeout_origin = "global.timeout"
         interval_origin = _join(path, "interval") if interval is not None else "global.interval"
-        if (timeout_origin, interval_origin) != ("global.timeout", "global.interval"):
-            # (both global: the global section's own check has said it already)
+        global_origins = {timeout_origin, interval_origin} & {"global.timeout", "global.interval"}
+        if global_origins and not self.global_durations_ok:
+            return target  # a global value is wrong: comparing with its default would mislead
+        if global_origins != {"global.timeout", "global.interval"}:  # (else said in global)
             self.error(
                 path,
                 f"timeout {format_duration(target.timeout_seconds)} ({timeout_origin}) must be "
