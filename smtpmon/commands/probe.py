@@ -1,12 +1,239 @@
-"""`smtpmon probe`: not built yet."""
+"""`smtpmon probe HOST[:PORT]`: one SMTP session now, printed as an annotated transcript.
 
+Also a Nagios/Icinga plugin: the last line is the status line with perfdata, and the exit
+code is 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (bad usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
 import sys
+from types import MappingProxyType
+
+from smtpmon.module import AUTH_MECHANISMS, TLS_MODES, TLS_VERSIONS, Module
+from smtpmon.probe import parse_target, run_probe
+from smtpmon.results import STAGES, ProbeResult
+from smtpmon.transcript import days_until_expiry, render, summary_line
+
+DESCRIPTION = (
+    "Run one SMTP session against HOST[:PORT] (default port 25, 465 with --tls implicit) and "
+    "print it as a person at a telnet prompt would see it, each reply explained, then a "
+    "Nagios-style status line with perfdata."
+)
+EPILOG = """exit codes (Nagios plugin convention):
+  0 OK, 1 WARNING (certificate expires within --warn-days, or slower than --warning),
+  2 CRITICAL (the probe failed, or the certificate expires within --crit-days, or slower
+  than --critical), 3 UNKNOWN (bad usage)
+
+examples:
+  smtpmon probe mx.example.org
+  smtpmon probe mx.example.org:25 --tls starttls --warn-days 21
+  smtpmon probe mx.example.org --mail-from probe@example.org --rcpt nobody@example.org --expect rcpt=550
+  smtpmon probe smtp.example.org:465 --tls implicit --auth PLAIN --user probe --password-file /etc/smtpmon/pw
+  smtpmon probe [2001:db8::25]:25 -6 --json
+  smtpmon probe mx.example.org --status-only     as an Icinga/Nagios check command
+"""
+USAGE_EXIT_CODE = 3  # Nagios UNKNOWN
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+_STATUS_WORDS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+# Stages a reply code can be expected at (resolve and connect have no reply).
+_EXPECTABLE_STAGES = STAGES[2:]
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar="HOST[:PORT]", type=_target, help="server to probe; [ADDRESS]:PORT for IPv6")
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--tls", choices=TLS_MODES, default="opportunistic",
+                     help="none; starttls (required); opportunistic (when offered, the default); implicit (port 465)")
+    tls.add_argument("--no-verify", "--insecure", dest="tls_verify", action="store_false",
+                     help="do not verify the certificate (it is still inspected and reported)")
+    tls.add_argument("--ca-file", metavar="PEM", help="trust only these CA certificates")
+    tls.add_argument("--server-name", metavar="NAME", help="name to verify the certificate against (default: HOST)")
+    tls.add_argument("--tls-min-version", choices=TLS_VERSIONS)
+    session = parser.add_argument_group("session")
+    session.add_argument("--ehlo-name", metavar="NAME", help="name sent in EHLO (default: this host's name or address)")
+    session.add_argument("--no-helo-fallback", dest="helo_fallback", action="store_false",
+                         help="do not try HELO when EHLO is refused")
+    session.add_argument("--auth", type=str.upper, choices=AUTH_MECHANISMS, help="authenticate with this mechanism")
+    session.add_argument("--user", help="AUTH username")
+    session.add_argument("--password-file", metavar="PATH", help="file holding the AUTH password")
+    session.add_argument("--password-env", metavar="VARIABLE", help="environment variable holding the AUTH password")
+    session.add_argument("--mail-from", metavar="ADDRESS", help='send MAIL FROM (use "" for the null sender)')
+    session.add_argument("--rcpt", metavar="ADDRESS", action="append", default=[], help="send RCPT TO (repeatable)")
+    session.add_argument("--data", action="store_true", help="send a small test message after RCPT")
+    session.add_argument("--expect", metavar="STAGE=CODE[,CODE]", action="append", default=[], type=_expectation,
+                         help="codes a stage must get, e.g. rcpt=550 (repeatable)")
+    session.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds, default=10.0,
+                         help="deadline for the whole session (default 10)")
+    family = session.add_mutually_exclusive_group()
+    family.add_argument("-4", dest="ip_protocol", action="store_const", const="ip4", default="any", help="IPv4 only")
+    family.add_argument("-6", dest="ip_protocol", action="store_const", const="ip6", help="IPv6 only")
+    output = parser.add_argument_group("output and thresholds")
+    output.add_argument("--json", action="store_true", help="print the whole result as JSON instead")
+    output.add_argument("--status-only", action="store_true", help="print only the status line (for Nagios/Icinga)")
+    output.add_argument("--no-annotations", dest="annotate", action="store_false",
+                        help="do not explain each reply under it")
+    output.add_argument("--warning", metavar="SECONDS", type=_positive_seconds, help="WARNING when the session takes longer")
+    output.add_argument("--critical", metavar="SECONDS", type=_positive_seconds, help="CRITICAL when the session takes longer")
+    output.add_argument("--warn-days", metavar="DAYS", type=float, default=14.0,
+                        help="WARNING when the certificate expires within DAYS (default 14)")
+    output.add_argument("--crit-days", metavar="DAYS", type=float, default=3.0,
+                        help="CRITICAL when the certificate expires within DAYS (default 3)")
 
 
-def run(args) -> int:
-    print("smtpmon probe: not implemented yet", file=sys.stderr)
-    return 3
+def run(args: argparse.Namespace) -> int:
+    try:
+        module = module_from_args(args)
+        default_port = 465 if module.tls == "implicit" else 25
+        host, port = parse_target(args.target, default_port)
+    except ValueError as error:
+        print(f"smtpmon probe: error: {error}", file=sys.stderr)
+        return UNKNOWN
+    result = run_probe(_join(host, port), module, module_name="cli")
+    status, notes = judge(result, args)
+    if args.json:
+        print(result_to_json(result))
+    else:
+        if not args.status_only:
+            sys.stdout.write(render(result, annotate=args.annotate, summary=False))
+        print(status_line(result, status, notes, args))
+    return status
+
+
+def module_from_args(args: argparse.Namespace) -> Module:
+    """A Module from the flags; ValueError names the flag that is wrong."""
+    if args.auth and args.user is None:
+        raise ValueError("--auth needs --user")
+    if args.auth and not (args.password_file or args.password_env):
+        raise ValueError("--auth needs --password-file or --password-env")
+    if (args.user or args.password_file or args.password_env) and not args.auth:
+        raise ValueError("--user, --password-file and --password-env need --auth")
+    if args.rcpt and args.mail_from is None:
+        raise ValueError("--rcpt needs --mail-from")
+    if args.data and not args.rcpt:
+        raise ValueError("--data needs at least one --rcpt")
+    if args.ca_file is not None and not _readable(args.ca_file):
+        raise ValueError(f"--ca-file {args.ca_file}: cannot read it")
+    module = Module(
+        tls=args.tls,
+        tls_verify=args.tls_verify,
+        tls_ca_file=args.ca_file,
+        tls_server_name=args.server_name,
+        tls_min_version=args.tls_min_version,
+        ehlo_name=args.ehlo_name,
+        helo_fallback=args.helo_fallback,
+        auth_mechanism=args.auth,
+        auth_username=args.user,
+        auth_password_file=args.password_file,
+        auth_password_env=args.password_env,
+        mail_from=args.mail_from,
+        rcpt_to=tuple(args.rcpt),
+        data=args.data,
+        expect=MappingProxyType(dict(args.expect)),
+        timeout_seconds=args.timeout,
+        ip_protocol=args.ip_protocol,
+    )
+    if module.auth_mechanism:
+        # Fail now, with a clear line, rather than half way through the session.
+        try:
+            module.read_password()
+        except OSError as error:
+            raise ValueError(f"--password-file {args.password_file}: {error.strerror or error}") from None
+        except KeyError:
+            raise ValueError(f"--password-env {args.password_env}: the variable is not set") from None
+    return module
+
+
+def judge(result: ProbeResult, args: argparse.Namespace) -> tuple[int, list[str]]:
+    """Nagios status and the words that explain anything other than OK."""
+    status, notes = OK, []
+
+    def worse(level: int, note: str) -> None:
+        nonlocal status
+        status = max(status, level)
+        notes.append(note)
+
+    if not result.success:
+        status = CRITICAL
+    days = days_until_expiry(result.tls)
+    if days is not None:
+        if days <= args.crit_days:
+            worse(CRITICAL, f"certificate expires within {args.crit_days:g} days")
+        elif days <= args.warn_days:
+            worse(WARNING, f"certificate expires within {args.warn_days:g} days")
+    if args.critical is not None and result.duration_seconds > args.critical:
+        worse(CRITICAL, f"slower than {args.critical:g}s")
+    elif args.warning is not None and result.duration_seconds > args.warning:
+        worse(WARNING, f"slower than {args.warning:g}s")
+    return status, notes
+
+
+def status_line(result: ProbeResult, status: int, notes: list[str], args: argparse.Namespace) -> str:
+    """`SMTP OK - <summary> | time=0.012s;warn;crit;0 banner=0.001s;;;0 ...`"""
+    text = summary_line(result)
+    if notes:
+        text += "; " + "; ".join(notes)
+    thresholds = ";".join("" if value is None else f"{value:g}" for value in (args.warning, args.critical))
+    perfdata = [f"time={result.duration_seconds:.6f}s;{thresholds};0"]
+    perfdata += [f"{stage.stage}={stage.duration_seconds:.6f}s;;;0" for stage in result.stages]
+    # "|" would start the perfdata early; the summary carries server words.
+    return f"SMTP {_STATUS_WORDS[status]} - {text.replace('|', '/')} | {' '.join(perfdata)}"
+
+
+def result_to_json(result: ProbeResult) -> str:
+    def encode(value):
+        if isinstance(value, (set, frozenset)):
+            return sorted(value)
+        raise TypeError(f"cannot encode {type(value).__name__}")
+
+    return json.dumps(dataclasses.asdict(result), default=encode, indent=2)
+
+
+# -- argument types: argparse turns their errors into one usage line and exit 3 ----------------
+def _target(text: str) -> str:
+    try:
+        parse_target(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _expectation(text: str) -> tuple[str, tuple[int, ...]]:
+    stage, equals, codes = text.partition("=")
+    stage = stage.strip().lower()
+    if not equals or stage not in _EXPECTABLE_STAGES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected STAGE=CODE[,CODE] with STAGE one of {', '.join(_EXPECTABLE_STAGES)}"
+        )
+    try:
+        numbers = tuple(int(code) for code in codes.split(","))
+    except ValueError:
+        numbers = ()
+    if not numbers or not all(100 <= code <= 599 for code in numbers):
+        raise argparse.ArgumentTypeError(f"{text!r}: codes must be numbers 100-599")
+    return stage, numbers
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of seconds")
+    return value
+
+
+def _readable(path: str) -> bool:
+    try:
+        with open(path, "rb"):
+            return True
+    except OSError:
+        return False
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
