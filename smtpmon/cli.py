@@ -66,14 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.usage_exit_code = getattr(module, "USAGE_EXIT_CODE", 2)
         module.add_arguments(sub)
-        sub.set_defaults(handler=module.run)
+        sub.set_defaults(handler=module.run, subparser=sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            # Reported by the subcommand's parser, so it exits with the subcommand's usage code
+            # (argparse would report them from the top level, always with 2).
+            (getattr(args, "subparser", None) or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     except UsageExit as error:
         print(error, file=sys.stderr)
         return error.code
