@@ -562,3 +562,23 @@ def test_check_config_counts_in_the_singular(tmp_path, capsys):
     path.write_text(target("mx1.example.org:25"), encoding="utf-8")
     assert main(["check-config", str(path)]) == 0
     assert capsys.readouterr().out == f"{path}: OK: 1 module, 1 target\n"
+
+
+# -- the reference page stays true ---------------------------------------------------------------
+
+CONFIGURATION_DOC = REPO / "docs" / "configuration.md"
+
+
+def test_reference_page_documents_every_key():
+    from smtpmon.config import _AUTH_KEYS, _GLOBAL_KEYS, _MODULE_KEYS, _TARGET_KEYS
+
+    page = CONFIGURATION_DOC.read_text(encoding="utf-8")
+    for key in (*_GLOBAL_KEYS, *_MODULE_KEYS, *_AUTH_KEYS, *_TARGET_KEYS):
+        assert f"| `{key}` |" in page, f"docs/configuration.md has no table row for {key}"
+
+
+def test_reference_page_shows_the_embedded_default_as_it_is():
+    page = CONFIGURATION_DOC.read_text(encoding="utf-8")
+    section = page.split("## The embedded default", 1)[1]
+    shown = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert parse_config(shown, "<embedded default>") == default_config()
