@@ -8,7 +8,6 @@ loopback tarpit and a loopback SMTP server. The store and exporter state are the
 from __future__ import annotations
 
 import re
-import socket
 import statistics
 import threading
 import time
@@ -21,8 +20,9 @@ from smtpmon.collector import ExporterState, render_metrics
 from smtpmon.config import Config, Settings, Target
 from smtpmon.module import Module
 from smtpmon.results import ProbeResult, StageResult
-from smtpmon.scheduler import Scheduler, spread_offset
+from smtpmon.scheduler import Scheduler, run_module_probe, spread_offset
 from smtpmon.store import ResultStore
+from smtpservers import BANNER, EHLO_OK, QUIT_OK, Sleep
 
 
 def make_config(targets, *, interval=1.0, timeout=0.5, max_concurrency=8, modules=None):
@@ -239,81 +239,18 @@ def test_ten_thousand_targets_keep_schedule_lag_low(running):
     assert lag_quantile(metrics, 0.99) <= 0.25
 
 
-class TarpitServer:
-    """Accepts connections and never says a word."""
-
-    def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.held = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-
-    def close(self):
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
-
-
-class TinySmtpServer:
-    """Banner, EHLO, QUIT: just enough SMTP for the real probe engine."""
-
-    def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
-        with conn, conn.makefile("rb") as reader:
-            conn.sendall(b"220 tiny ESMTP\r\n")
-            for line in reader:
-                verb = line[:4].upper()
-                if verb == b"EHLO":
-                    conn.sendall(b"250-tiny\r\n250 PIPELINING\r\n")
-                elif verb == b"QUIT":
-                    conn.sendall(b"221 bye\r\n")
-                    return
-                else:
-                    conn.sendall(b"502 no\r\n")
-
-    def close(self):
-        self.sock.close()
-
-
-def test_real_probes_a_tarpit_does_not_hold_up_a_healthy_server(running):
-    tarpit, healthy = TarpitServer(), TinySmtpServer()
-    try:
-        module = Module(tls="none", timeout_seconds=0.8)
-        config = make_config([f"127.0.0.1:{tarpit.port}", f"127.0.0.1:{healthy.port}"],
-                             interval=1.0, timeout=0.8, max_concurrency=2,
-                             modules={"m": module})
-        from smtpmon.scheduler import run_module_probe
-
-        scheduler, store, state = running(config, run_module_probe)
-        time.sleep(3.2)
-        metrics = render_metrics(store, state)
-        good, bad = f"127.0.0.1:{healthy.port}", f"127.0.0.1:{tarpit.port}"
-        assert sample(metrics, "smtpmon_probe_success", target=good) == 1
-        assert sample(metrics, "smtpmon_probes_total", target=good) >= 3
-        assert sample(metrics, "smtpmon_probe_success", target=bad) == 0
-        assert sample(metrics, "smtpmon_probe_failures_total", target=bad, stage="banner",
-                      reason="timeout") >= 2
-        assert lag_quantile(metrics, 0.99) <= 0.1
-    finally:
-        tarpit.close()
-        healthy.close()
+def test_real_probes_a_tarpit_does_not_hold_up_a_healthy_server(running, scripted_server):
+    tarpit = scripted_server([Sleep(30)])  # accepts, never says a word
+    healthy = scripted_server([BANNER, EHLO_OK, QUIT_OK])
+    module = Module(tls="none", timeout_seconds=0.8)
+    config = make_config([tarpit.target, healthy.target], interval=1.0, timeout=0.8,
+                         max_concurrency=2, modules={"m": module})
+    scheduler, store, state = running(config, run_module_probe)
+    time.sleep(3.2)
+    metrics = render_metrics(store, state)
+    assert sample(metrics, "smtpmon_probe_success", target=healthy.target) == 1
+    assert sample(metrics, "smtpmon_probes_total", target=healthy.target) >= 3
+    assert sample(metrics, "smtpmon_probe_success", target=tarpit.target) == 0
+    assert sample(metrics, "smtpmon_probe_failures_total", target=tarpit.target, stage="banner",
+                  reason="timeout") >= 2
+    assert lag_quantile(metrics, 0.99) <= 0.1
