@@ -138,7 +138,10 @@ def make_tls_context(
 ) -> ssl.SSLContext:
     """A client context: verifying by default (system CAs, or only ca_file when given)."""
     if verify:
-        context = ssl.create_default_context(cafile=ca_file)
+        try:
+            context = ssl.create_default_context(cafile=ca_file)
+        except OSError as error:  # includes ssl.SSLError for a file that is not PEM
+            raise SessionError("internal_error", f"cannot load the CA file {ca_file}: {error.strerror or error}") from None
     else:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False

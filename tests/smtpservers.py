@@ -13,19 +13,27 @@ import asyncio
 import re
 import socket
 import ssl
+import tempfile
 import threading
 from dataclasses import dataclass, field
 
+import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 LOOPBACK = "127.0.0.1"
 SERVER_NAME = "mx.test.example"
 
 
-def server_tls_context(cert) -> ssl.SSLContext:
-    """A server context presenting a trustme LeafCert (or a CA's own self-signed cert)."""
+def server_tls_context(cert: trustme.LeafCert | trustme.CA) -> ssl.SSLContext:
+    """A server context presenting a trustme leaf certificate, or a CA's own (self-signed) one."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    cert.configure_cert(context)
+    if isinstance(cert, trustme.CA):
+        with tempfile.NamedTemporaryFile(suffix=".pem") as pem:
+            pem.write(cert.private_key_pem.bytes() + cert.cert_pem.bytes())
+            pem.flush()
+            context.load_cert_chain(pem.name)
+    else:
+        cert.configure_cert(context)
     return context
 
 
@@ -143,7 +151,10 @@ class AiosmtpdServer:
     def stop(self) -> None:
         if self._loop_thread is None:
             return
-        self._server.close()
+        async def close():
+            self._server.close()  # on the loop's thread: asyncio servers are not thread-safe
+
+        self._loop_thread.call(close())
         self._loop_thread.stop()
         self._loop_thread = None
 

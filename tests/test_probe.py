@@ -1,0 +1,496 @@
+"""The probe engine against real SMTP servers on 127.0.0.1: every stage, code and reason.
+
+Rejections must come back well before the timeout (FAST), never by waiting for it.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from smtpmon.module import Module
+from smtpmon.probe import parse_target, run_probe
+from smtpmon.replycodes import reply_category, reply_class
+from smtpmon.results import FAILURE_REASONS
+from smtpmon.smtpclient import MAX_REPLY_LINES
+from smtpservers import (
+    BANNER,
+    EHLO_OK,
+    QUIT_OK,
+    SERVER_NAME,
+    Close,
+    ScriptedHandler,
+    Send,
+    Sleep,
+    Trickle,
+    password_authenticator,
+    reply,
+)
+
+TIMEOUT = 5.0
+FAST = 1.0  # a rejection must end the probe well before TIMEOUT
+
+
+def probe(target: str, **options):
+    options.setdefault("timeout_seconds", TIMEOUT)
+    return run_probe(target, Module(**options))
+
+
+def stage_names(result) -> list[str]:
+    return [stage.stage for stage in result.stages]
+
+
+def assert_reply(reply, code, cls, category, enhanced=None):
+    assert reply.code == code, reply
+    assert reply_class(reply.code) == cls
+    assert reply_category(reply.code) == category
+    assert reply.enhanced == enhanced
+
+
+def assert_failed(result, stage, reason, *, code=None, cls=None, category=None, enhanced=None):
+    """The probe failed at `stage` for `reason`, on the reply given, and quickly."""
+    assert not result.success
+    assert (result.failed_stage, result.reason) == (stage, reason), result.detail
+    assert reason in FAILURE_REASONS
+    assert result.detail
+    failed = result.stage(stage)
+    assert failed is not None and not failed.ok and failed.reason == reason
+    if code is not None:
+        assert_reply(failed.reply, code, cls, category, enhanced)
+    assert result.duration_seconds < FAST
+
+
+# -- a normal session ---------------------------------------------------------------------------
+def test_normal_session_walks_every_stage_and_delivers_the_test_message(smtp_server):
+    server = smtp_server()
+    result = probe(server.target, tls="none", mail_from="probe@example.org", rcpt_to=("postmaster@example.org",), data=True)
+
+    assert result.success and result.reason is None and result.failed_stage is None
+    assert stage_names(result) == ["resolve", "connect", "banner", "ehlo", "mail", "rcpt", "data", "quit"]
+    assert all(stage.ok and stage.duration_seconds >= 0 for stage in result.stages)
+    assert result.address == "127.0.0.1"
+    assert_reply(result.stage("banner").reply, 220, "positive_completion", "connections")
+    assert_reply(result.stage("mail").reply, 250, "positive_completion", "mail_system", "2.1.0")
+    assert_reply(result.stage("rcpt").reply, 250, "positive_completion", "mail_system", "2.1.5")
+    data_replies = result.stage("data").replies
+    assert [reply.code for reply in data_replies] == [354, 250]
+    assert_reply(data_replies[0], 354, "positive_intermediate", "mail_system")
+    assert_reply(result.stage("quit").reply, 221, "positive_completion", "connections")
+    assert result.ehlo.size_limit == 33554432
+    assert {"SIZE", "8BITMIME"} <= result.ehlo.extensions and not result.ehlo.used_helo
+    (message,) = server.handler.messages
+    for header in (b"Date: ", b"From: <probe@example.org>", b"To: <postmaster@example.org>", b"Subject: ", b"Message-ID: <"):
+        assert header in message
+    texts = [(line.direction, line.text) for line in result.transcript]
+    assert ("C", "MAIL FROM:<probe@example.org>") in texts and ("C", "QUIT") in texts
+    offsets = [line.offset_seconds for line in result.transcript]
+    assert offsets == sorted(offsets)
+
+
+def test_multi_line_banner_like_postscreen(scripted_server):
+    server = scripted_server([
+        Send(b"220-mx.test.example ESMTP\r\n220-please wait while we check you\r\n220 mx.test.example ESMTP\r\n"),
+        EHLO_OK,
+        QUIT_OK,
+    ])
+    result = probe(server.target, tls="none")
+
+    assert result.success, result.detail
+    banner = result.stage("banner").reply
+    assert_reply(banner, 220, "positive_completion", "connections")
+    assert len(banner.lines) == 3 and banner.lines[1] == "please wait while we check you"
+    assert {"PIPELINING", "8BITMIME"} == result.ehlo.extensions
+
+
+@pytest.mark.parametrize(
+    "banner, code, cls, category, enhanced",
+    [
+        (b"421 4.3.2 mx.test.example Service shutting down\r\n", 421, "transient_negative", "connections", "4.3.2"),
+        (b"554 5.7.1 Service unavailable; client [127.0.0.1] blocked using zen.spamhaus.org\r\n", 554, "permanent_negative", "mail_system", "5.7.1"),
+    ],
+    ids=["421", "554"],
+)
+def test_rejecting_banner_fails_at_once_and_quits(scripted_server, banner, code, cls, category, enhanced):
+    server = scripted_server([Send(banner), QUIT_OK])
+    result = probe(server.target)
+
+    assert_failed(result, "banner", "banner_rejected", code=code, cls=cls, category=category, enhanced=enhanced)
+    assert server.received == ["QUIT"]  # nothing but a polite QUIT after the rejection
+    assert stage_names(result) == ["resolve", "connect", "banner", "quit"]
+
+
+def test_421_banner_and_close_still_fails_as_banner_rejected(scripted_server):
+    server = scripted_server([Send(b"421 4.7.0 Too many connections\r\n"), Close()])
+    result = probe(server.target)
+
+    assert_failed(result, "banner", "banner_rejected", code=421, cls="transient_negative", category="connections", enhanced="4.7.0")
+    assert not result.stage("quit").ok  # the QUIT found the connection closed: verdict unchanged
+
+
+# -- EHLO and HELO ------------------------------------------------------------------------------
+def test_ehlo_refused_falls_back_to_helo(smtp_server):
+    server = smtp_server(ScriptedHandler(ehlo_reply=["502 5.5.2 Error: command not recognized"]))
+    result = probe(server.target)
+
+    assert result.success, result.detail
+    ehlo = result.stage("ehlo")
+    assert [reply.code for reply in ehlo.replies] == [502, 250]
+    assert_reply(ehlo.replies[0], 502, "permanent_negative", "syntax", "5.5.2")
+    assert result.ehlo.used_helo and result.ehlo.extensions == frozenset()
+    assert "starttls" not in stage_names(result)  # opportunistic: nothing offered after HELO
+
+
+def test_ehlo_refused_without_helo_fallback_fails(smtp_server):
+    server = smtp_server(ScriptedHandler(ehlo_reply=["502 5.5.2 Error: command not recognized"]))
+    result = probe(server.target, helo_fallback=False)
+
+    assert_failed(result, "ehlo", "ehlo_rejected", code=502, cls="permanent_negative", category="syntax", enhanced="5.5.2")
+    assert len(result.stage("ehlo").replies) == 1
+
+
+# -- STARTTLS -----------------------------------------------------------------------------------
+def test_starttls_required_but_not_offered(smtp_server):
+    server = smtp_server()
+    result = probe(server.target, tls="starttls")
+
+    assert_failed(result, "starttls", "starttls_not_offered")
+    assert result.stage("starttls").replies == ()
+    assert result.stage("quit").ok  # QUIT after the failure, on the still-open connection
+    assert result.tls is None
+
+
+def test_opportunistic_tls_not_offered_is_fine(smtp_server):
+    result = probe(smtp_server().target, tls="opportunistic")
+
+    assert result.success
+    assert "starttls" not in stage_names(result) and result.tls is None and result.ehlo_tls is None
+
+
+def test_starttls_answered_454(scripted_server):
+    server = scripted_server([
+        BANNER,
+        reply(r"EHLO ", b"250-mx.test.example\r\n250 STARTTLS\r\n"),
+        reply(r"STARTTLS", b"454 4.7.0 TLS not available due to local problem\r\n"),
+        QUIT_OK,
+    ])
+    result = probe(server.target, tls="starttls")
+
+    assert_failed(result, "starttls", "starttls_rejected", code=454, cls="transient_negative", category="mail_system", enhanced="4.7.0")
+    assert server.received[-1] == "QUIT"
+
+
+def test_bytes_after_starttls_reply_are_a_protocol_error(scripted_server):
+    """Command injection: a reply smuggled before the handshake must not be read as if over TLS."""
+    server = scripted_server([
+        BANNER,
+        reply(r"EHLO ", b"250-mx.test.example\r\n250 STARTTLS\r\n"),
+        reply(r"STARTTLS", b"220 2.0.0 Ready to start TLS\r\n250 injected\r\n"),
+    ])
+    result = probe(server.target, tls="starttls")
+
+    assert_failed(result, "starttls", "protocol_error")
+    assert result.tls is None
+
+
+def test_trusted_certificate(smtp_server, tls_contexts, ca_file):
+    server = smtp_server(starttls_context=tls_contexts["trusted"])
+    result = probe(server.target, tls="starttls", tls_ca_file=ca_file)
+
+    assert result.success, result.detail
+    assert stage_names(result) == ["resolve", "connect", "banner", "ehlo", "starttls", "ehlo_tls", "quit"]
+    assert_reply(result.stage("starttls").reply, 220, "positive_completion", "connections")
+    tls = result.tls
+    assert tls.verified and tls.verify_error is None
+    assert tls.version in ("TLSv1.2", "TLSv1.3") and tls.cipher
+    assert "IP:127.0.0.1" in tls.sans and f"DNS:{SERVER_NAME}" in tls.sans
+    assert tls.not_before < time.time() < tls.not_after
+    assert "STARTTLS" in result.ehlo.extensions and "STARTTLS" not in result.ehlo_tls.extensions
+
+
+@pytest.mark.parametrize(
+    "kind, server_name, reason, words",
+    [
+        ("untrusted", None, "certificate_untrusted", "unable to get local issuer"),
+        ("self_signed", None, "certificate_untrusted", "self-signed"),
+        ("expired", None, "certificate_expired", "expired"),
+        ("wrong_host", SERVER_NAME, "certificate_hostname_mismatch", "hostname mismatch"),
+        ("wrong_host", None, "certificate_hostname_mismatch", "ip address mismatch"),
+    ],
+)
+def test_bad_certificates_fail_and_are_still_reported(smtp_server, tls_contexts, ca_file, kind, server_name, reason, words):
+    server = smtp_server(starttls_context=tls_contexts[kind])
+    result = probe(server.target, tls="starttls", tls_ca_file=ca_file, tls_server_name=server_name)
+
+    assert_failed(result, "starttls", reason)
+    tls = result.tls
+    assert not tls.verified and words in tls.verify_error.lower()
+    # the certificate facts, read over a second connection without verification
+    assert tls.subject and tls.issuer and tls.not_after is not None and tls.version
+    if kind == "expired":
+        assert tls.not_after < time.time()
+    if kind == "wrong_host":
+        assert tls.sans == ("DNS:mx.elsewhere.example",)
+    assert any(words in line.text.lower() for line in result.transcript)
+
+
+@pytest.mark.parametrize("kind", ["untrusted", "self_signed", "expired", "wrong_host"])
+def test_without_verification_bad_certificates_pass_and_are_reported(smtp_server, tls_contexts, kind):
+    server = smtp_server(starttls_context=tls_contexts[kind])
+    result = probe(server.target, tls="starttls", tls_verify=False)
+
+    assert result.success, result.detail
+    tls = result.tls
+    assert not tls.verified and tls.verify_error is None
+    assert tls.subject and tls.issuer and tls.not_before is not None and tls.not_after is not None
+    assert result.ehlo_tls is not None
+
+
+def test_implicit_tls(smtp_server, tls_contexts, ca_file):
+    server = smtp_server(implicit_tls_context=tls_contexts["trusted"])
+    result = probe(server.target, tls="implicit", tls_ca_file=ca_file)
+
+    assert result.success, result.detail
+    assert stage_names(result) == ["resolve", "connect", "starttls", "banner", "ehlo", "quit"]
+    assert result.tls.verified and result.ehlo_tls is None
+    assert "STARTTLS" not in result.ehlo.extensions
+
+
+def test_implicit_tls_with_expired_certificate(smtp_server, tls_contexts, ca_file):
+    server = smtp_server(implicit_tls_context=tls_contexts["expired"])
+    result = probe(server.target, tls="implicit", tls_ca_file=ca_file)
+
+    assert_failed(result, "starttls", "certificate_expired")
+    assert result.tls.not_after < time.time() and result.stage("banner") is None
+
+
+def test_implicit_tls_against_plain_smtp_fails_the_handshake(smtp_server):
+    result = probe(smtp_server().target, tls="implicit")
+
+    assert_failed(result, "starttls", "tls_handshake_failed")
+
+
+def test_implicit_tls_default_port_is_465():
+    assert parse_target("mx.example.org", 465) == ("mx.example.org", 465)
+    assert parse_target("[::1]:2525") == ("::1", 2525)
+    assert parse_target("::1") == ("::1", 25)
+    with pytest.raises(ValueError, match="1-65535"):
+        parse_target("mx.example.org:70000")
+
+
+# -- AUTH ---------------------------------------------------------------------------------------
+@pytest.fixture
+def auth_server(smtp_server, tls_contexts):
+    return smtp_server(starttls_context=tls_contexts["trusted"], authenticator=password_authenticator("probe", "s3cret-pw"))
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_auth_succeeds_and_secrets_stay_out_of_the_transcript(auth_server, ca_file, monkeypatch, mechanism):
+    monkeypatch.setenv("SMTPMON_TEST_PASSWORD", "s3cret-pw")
+    result = probe(auth_server.target, tls="starttls", tls_ca_file=ca_file, auth_mechanism=mechanism,
+                   auth_username="probe", auth_password_env="SMTPMON_TEST_PASSWORD")
+
+    assert result.success, result.detail
+    assert_reply(result.stage("auth").reply, 235, "positive_completion", "unspecified", "2.7.0")
+    assert result.ehlo_tls.auth_mechanisms == ("LOGIN", "PLAIN") and result.ehlo.auth_mechanisms == ()
+    sent = [line.text for line in result.transcript if line.direction == "C"]
+    if mechanism == "PLAIN":
+        assert "AUTH PLAIN ********" in sent
+    else:
+        assert sent.count("********") == 2
+    everything = repr(result)
+    assert "s3cret-pw" not in everything and "czNjcmV0LXB3" not in everything  # nor its base64
+
+
+def test_auth_535_wrong_password(auth_server, ca_file, tmp_path):
+    password_file = tmp_path / "password"
+    password_file.write_text("wrong\n")
+    result = probe(auth_server.target, tls="starttls", tls_ca_file=ca_file, auth_mechanism="PLAIN",
+                   auth_username="probe", auth_password_file=str(password_file))
+
+    assert_failed(result, "auth", "auth_failed", code=535, cls="permanent_negative", category="unspecified", enhanced="5.7.8")
+
+
+def test_auth_538_encryption_required(smtp_server, tmp_path):
+    # AUTH advertised over plain text, but the server wants TLS for it.
+    server = smtp_server(ScriptedHandler(ehlo_extra=["AUTH PLAIN LOGIN"]), authenticator=password_authenticator("probe", "pw"))
+    password_file = tmp_path / "password"
+    password_file.write_text("pw")
+    result = probe(server.target, tls="none", auth_mechanism="PLAIN", auth_username="probe", auth_password_file=str(password_file))
+
+    assert_failed(result, "auth", "auth_failed", code=538, cls="permanent_negative", category="unspecified", enhanced="5.7.11")
+
+
+def test_auth_not_offered(smtp_server, tmp_path):
+    password_file = tmp_path / "password"
+    password_file.write_text("pw")
+    result = probe(smtp_server().target, auth_mechanism="PLAIN", auth_username="probe", auth_password_file=str(password_file))
+
+    assert_failed(result, "auth", "auth_not_offered")
+
+
+# -- MAIL, RCPT, DATA ---------------------------------------------------------------------------
+def test_mail_451(smtp_server):
+    server = smtp_server(ScriptedHandler(mail_reply="451 4.3.0 Error: queue file write error"))
+    result = probe(server.target, mail_from="probe@example.org", rcpt_to=("a@example.org",))
+
+    assert_failed(result, "mail", "mail_rejected", code=451, cls="transient_negative", category="mail_system", enhanced="4.3.0")
+    assert result.stage("rcpt") is None and result.stage("quit").ok
+
+
+@pytest.mark.parametrize(
+    "answer, code, cls, enhanced",
+    [
+        ("450 4.2.0 <a@example.org>: Recipient address rejected: Greylisted", 450, "transient_negative", "4.2.0"),
+        ("550 5.1.1 <a@example.org>: Recipient address rejected: User unknown", 550, "permanent_negative", "5.1.1"),
+        ("552 5.2.2 <a@example.org>: Mailbox full", 552, "permanent_negative", "5.2.2"),
+    ],
+)
+def test_rcpt_rejections(smtp_server, answer, code, cls, enhanced):
+    server = smtp_server(ScriptedHandler(rcpt_replies={"a@example.org": answer}))
+    result = probe(server.target, mail_from="probe@example.org", rcpt_to=("a@example.org",), data=True)
+
+    assert_failed(result, "rcpt", "rcpt_rejected", code=code, cls=cls, category="mail_system", enhanced=enhanced)
+    assert result.stage("data") is None and result.stage("quit").ok
+
+
+def test_rcpt_stops_at_the_first_rejected_recipient(smtp_server):
+    server = smtp_server(ScriptedHandler(rcpt_replies={"b@example.org": "550 5.1.1 no such user"}))
+    result = probe(server.target, mail_from="probe@example.org", rcpt_to=("a@example.org", "b@example.org", "c@example.org"))
+
+    assert_failed(result, "rcpt", "rcpt_rejected", code=550, cls="permanent_negative", category="mail_system", enhanced="5.1.1")
+    assert [reply.code for reply in result.stage("rcpt").replies] == [250, 550]
+
+
+def test_expected_550_is_success_and_ends_the_session(smtp_server):
+    server = smtp_server(ScriptedHandler(rcpt_replies={"nobody@example.org": "550 5.1.1 User unknown"}))
+    result = probe(server.target, mail_from="probe@example.org", rcpt_to=("nobody@example.org",), data=True,
+                   expect={"rcpt": (550,)})
+
+    assert result.success, result.detail
+    assert_reply(result.stage("rcpt").reply, 550, "permanent_negative", "mail_system", "5.1.1")
+    assert stage_names(result)[-2:] == ["rcpt", "quit"]  # no DATA after the expected rejection
+
+
+def test_250_where_550_expected_is_unexpected_code(smtp_server):
+    result = probe(smtp_server().target, mail_from="probe@example.org", rcpt_to=("someone@example.org",), expect={"rcpt": (550,)})
+
+    assert_failed(result, "rcpt", "unexpected_code", code=250, cls="positive_completion", category="mail_system", enhanced="2.1.5")
+    assert "550" in result.detail
+
+
+def test_data_rejected_after_the_message(smtp_server):
+    server = smtp_server(ScriptedHandler(data_reply="554 5.7.1 Message rejected as spam"))
+    result = probe(server.target, mail_from="probe@example.org", rcpt_to=("a@example.org",), data=True)
+
+    assert_failed(result, "data", "data_rejected", code=554, cls="permanent_negative", category="mail_system", enhanced="5.7.1")
+    assert [reply.code for reply in result.stage("data").replies] == [354, 554]
+
+
+def test_data_command_rejected(scripted_server):
+    server = scripted_server([
+        BANNER, EHLO_OK,
+        reply(r"MAIL FROM:<probe@example.org>", b"250 2.1.0 Ok\r\n"),
+        reply(r"RCPT TO:<a@example.org>", b"250 2.1.5 Ok\r\n"),
+        reply(r"DATA", b"554 5.5.1 Error: no valid recipients\r\n"),
+        QUIT_OK,
+    ])
+    result = probe(server.target, mail_from="probe@example.org", rcpt_to=("a@example.org",), data=True)
+
+    assert_failed(result, "data", "data_rejected", code=554, cls="permanent_negative", category="mail_system", enhanced="5.5.1")
+    assert server.received[-1] == "QUIT"
+
+
+# -- misbehaviour -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param([Sleep(30)], id="silent"),
+        pytest.param([Trickle(b"220 " + b"x" * 200, 0.1)], id="trickle"),
+    ],
+)
+def test_tarpit_ends_at_the_deadline(scripted_server, script):
+    server = scripted_server(script)
+    begun = time.monotonic()
+    result = probe(server.target, timeout_seconds=1.0)
+    elapsed = time.monotonic() - begun
+
+    assert (result.failed_stage, result.reason) == ("banner", "timeout")
+    assert 1.0 <= elapsed < 1.1 and 1.0 <= result.duration_seconds < 1.1
+    assert result.stage("quit") is None and server.received == []  # nothing sent after a timeout
+
+
+def test_silence_after_ehlo_is_a_timeout_at_ehlo(scripted_server):
+    server = scripted_server([BANNER, Sleep(30)])
+    result = probe(server.target, timeout_seconds=1.0)
+
+    assert (result.failed_stage, result.reason) == ("ehlo", "timeout")
+    assert 1.0 <= result.duration_seconds < 1.1
+
+
+def test_garbage_line_is_a_protocol_error(scripted_server):
+    server = scripted_server([Send(b"HTTP/1.1 400 Bad Request\r\n")])
+    result = probe(server.target)
+
+    assert_failed(result, "banner", "protocol_error", code=None, cls="protocol_error", category="protocol_error")
+    assert "three-digit code" in result.detail
+    assert server.received == []  # no QUIT into a stream that is not SMTP
+
+
+def test_disagreeing_codes_are_a_protocol_error(scripted_server):
+    server = scripted_server([BANNER, reply(r"EHLO ", b"250-mx.test.example\r\n251 PIPELINING\r\n")])
+    result = probe(server.target)
+
+    assert_failed(result, "ehlo", "protocol_error")
+    assert "disagree" in result.detail
+
+
+def test_connection_closed_mid_reply(scripted_server):
+    server = scripted_server([BANNER, reply(r"EHLO ", b"250-mx.test.example\r\n250-PIPELI"), Close()])
+    result = probe(server.target)
+
+    assert_failed(result, "ehlo", "connection_closed")
+    assert any(line.text == "250-PIPELI (incomplete)" for line in result.transcript)
+
+
+def test_over_long_line_is_a_protocol_error(scripted_server):
+    server = scripted_server([Send(b"220 " + b"a" * 100_000 + b"\r\n")])
+    result = probe(server.target)
+
+    assert_failed(result, "banner", "protocol_error", code=None, cls="protocol_error", category="protocol_error")
+    assert "longer than" in result.detail
+
+
+def test_endless_continuation_lines_are_a_protocol_error(scripted_server):
+    server = scripted_server([Send(b"220-mx.test.example waiting\r\n" * (MAX_REPLY_LINES + 50))])
+    result = probe(server.target)
+
+    assert_failed(result, "banner", "protocol_error")
+    assert len(result.stage("banner").reply.lines) == MAX_REPLY_LINES
+
+
+def test_connect_refused():
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]
+    result = probe(f"127.0.0.1:{port}")
+
+    assert_failed(result, "connect", "connect_refused")
+    assert result.address is None
+
+
+def test_address_family_mismatch_is_a_dns_failure():
+    result = probe("127.0.0.1:25", ip_protocol="ip6")
+
+    assert_failed(result, "resolve", "dns_failure")
+    assert stage_names(result) == ["resolve"]
+
+
+def test_an_unusable_module_gives_a_result_not_an_exception(smtp_server, tls_contexts, tmp_path):
+    server = smtp_server(starttls_context=tls_contexts["trusted"])
+    result = probe(server.target, tls="starttls", tls_ca_file=str(tmp_path / "missing.pem"))
+
+    assert (result.failed_stage, result.reason) == ("starttls", "internal_error")
+    assert "missing.pem" in result.detail
+
