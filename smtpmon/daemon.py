@@ -1,0 +1,176 @@
+"""`smtpmon run`: configuration, store, scheduler and HTTP server wired together.
+
+The main thread only waits for signals (`sigwait`, with the signals blocked in every thread, so
+no handler ever runs in the middle of other code): SIGHUP reloads the configuration, SIGTERM and
+SIGINT stop. The scheduler runs on its own thread and a worker pool; the HTTP server on another.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+
+from smtpmon import __version__
+from smtpmon.collector import ExporterState
+from smtpmon.config import Config, ConfigError, default_config, load_config
+from smtpmon.http import Server, parse_listen_address
+from smtpmon.logs import get_logger
+from smtpmon.module import Module
+from smtpmon.results import ProbeResult
+from smtpmon.scheduler import Scheduler, run_module_probe
+from smtpmon.store import ResultStore
+
+log = get_logger("daemon")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_CONFIG = 2
+
+# How often serve_forever checks for shutdown: bounds the extra time a stop takes.
+HTTP_POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class Options:
+    config_file: str | None
+    listen_address: str
+    web_config_file: str | None = None
+
+
+class Daemon:
+    """The running exporter: what the HTTP side sees (see smtpmon.http.Exporter)."""
+
+    def __init__(self, config: Config, config_file: str | None):
+        self.config_file = config_file
+        self.store = ResultStore()
+        self.state = ExporterState()
+        self.scheduler = Scheduler(self.store, self.state)
+        self._config = config
+        self._reload_lock = threading.Lock()
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def ready(self) -> bool:
+        return self.scheduler.running
+
+    def start(self) -> None:
+        self.scheduler.apply(self._config)
+        self.state.config_loaded(True)
+        self.state.set_targets(len(self._config.targets))
+        self.scheduler.start()
+
+    def probe(self, target: str, module_name: str, module: Module, deadline: float) -> ProbeResult:
+        return run_module_probe(target, module_name, module, deadline)
+
+    def reload(self) -> list[str]:
+        """Load the file again and apply it; on failure keep the running config. The errors."""
+        with self._reload_lock:
+            try:
+                config = load_config(self.config_file) if self.config_file else default_config()
+            except ConfigError as error:
+                for message in error.errors:
+                    log.error("configuration reload failed; keeping the running configuration",
+                              source=error.source, error=message)
+                self.state.config_loaded(False)
+                return list(error.errors)
+            except Exception as error:  # a loader bug must not take the running daemon down
+                log.exception("configuration reload failed", source=self.config_file)
+                self.state.config_loaded(False)
+                return [f"internal error while loading the configuration: {error}"]
+            self.scheduler.apply(config)
+            self._config = config
+            self.state.config_loaded(True)
+            self.state.set_targets(len(config.targets))
+            log.info("configuration reloaded", source=config.source, targets=len(config.targets))
+            return []
+
+    def stop_timeout(self) -> float:
+        """How long in-flight probes may still take: the longest target timeout."""
+        return max((target.timeout_seconds for target in self._config.targets), default=0.0)
+
+
+def load_startup_config(path: str | None) -> Config | None:
+    """The configuration to start with; prints every problem and returns None if invalid."""
+    try:
+        return load_config(path) if path else default_config()
+    except ConfigError as error:
+        print(f"smtpmon: invalid configuration {error.source}:", file=sys.stderr)
+        for message in error.errors:
+            print(f"  {message}", file=sys.stderr)
+        return None
+
+
+def web_hooks(path: str | None):
+    """(authorize, wrap_connection) from `--web.config.file`; (None, None) without it.
+
+    `smtpmon.webconfig.load_web_config(path)` (TLS and basic auth in the exporter-toolkit
+    format) returns an object with `authorize(headers) -> bool` and `wrap_connection(sock)`.
+    """
+    if path is None:
+        return None, None
+    try:
+        from smtpmon import webconfig
+    except ImportError:
+        raise ValueError("--web.config.file is not supported by this build yet") from None
+    web = webconfig.load_web_config(path)
+    return web.authorize, web.wrap_connection
+
+
+def run(options: Options) -> int:
+    config = load_startup_config(options.config_file)
+    if config is None:
+        return EXIT_BAD_CONFIG
+    try:
+        address = parse_listen_address(options.listen_address)
+        authorize, wrap_connection = web_hooks(options.web_config_file)
+    except ValueError as error:
+        print(f"smtpmon: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+
+    handled = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
+    # Blocked before any thread starts, so every thread inherits the mask and only sigwait()
+    # below ever sees these signals.
+    signal.pthread_sigmask(signal.SIG_BLOCK, handled)
+    daemon = Daemon(config, options.config_file)
+    try:
+        server = Server(address, daemon, authorize=authorize, wrap_connection=wrap_connection)
+    except OSError as error:
+        print(f"smtpmon: cannot listen on {options.listen_address}: {error.strerror}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    daemon.start()
+    http_thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": HTTP_POLL_SECONDS},
+        name="http", daemon=True,
+    )
+    http_thread.start()
+    host, port = server.server_address[:2]
+    log.info("smtpmon started", version=__version__, listen=f"{host}:{port}",
+             config=config.source, targets=len(config.targets))
+
+    while True:
+        received = signal.sigwait(handled)
+        if received == signal.SIGHUP:
+            log.info("SIGHUP: reloading the configuration")
+            daemon.reload()
+            continue
+        break
+
+    timeout = daemon.stop_timeout()
+    log.info("stopping", signal=signal.Signals(received).name, timeout_seconds=timeout)
+    finished = daemon.scheduler.stop(timeout)
+    server.shutdown()
+    server.server_close()
+    if not finished:
+        # A probe overran its own deadline; its worker thread would hold the exit hostage.
+        log.warning("stopped with probes still running")
+        sys.stderr.flush()
+        os._exit(EXIT_OK)
+    log.info("stopped")
+    return EXIT_OK

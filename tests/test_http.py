@@ -1,0 +1,297 @@
+"""The HTTP side, in process: routes, /probe input checks, concurrency, and no tracebacks.
+
+A real Daemon (config, store, scheduler) behind a real server on 127.0.0.1 port 0; probes go
+to real SMTP servers on loopback.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+
+import pytest
+
+from smtpmon.config import parse_config
+from smtpmon.daemon import Daemon
+from smtpmon.http import Server
+from smtpservers import BANNER, EHLO_OK, QUIT_OK, Send, Sleep
+
+CONFIG = """
+global:
+  interval: 1m
+  timeout: 2s
+probe_allow:
+  - "localhost:*"
+modules:
+  plain:
+    tls: none
+  slow:
+    tls: none
+    timeout: 5s
+targets:
+  - address: "{healthy}"
+    module: plain
+  - address: "{tarpit}"
+    module: slow
+"""
+
+
+class Client:
+    def __init__(self, port: int):
+        self.port = port
+
+    def request(self, method: str, path: str, headers=None, timeout: float = 10.0):
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            connection.request(method, path, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, response.getheader("Content-Type"), response.read().decode()
+        finally:
+            connection.close()
+
+    def get(self, path: str, **kwargs):
+        return self.request("GET", path, **kwargs)
+
+
+@pytest.fixture
+def servers(scripted_server):
+    healthy = scripted_server([BANNER, EHLO_OK, QUIT_OK])
+    tarpit = scripted_server([Sleep(30)])
+    return healthy, tarpit
+
+
+def serve(daemon: Daemon, **kwargs) -> tuple[Server, Client]:
+    server = Server(("127.0.0.1", 0), daemon, **kwargs)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    return server, Client(server.server_address[1])
+
+
+@pytest.fixture
+def exporter(servers):
+    """(daemon, client, healthy server, tarpit server), the daemon started."""
+    healthy, tarpit = servers
+    config = parse_config(CONFIG.format(healthy=healthy.target, tarpit=tarpit.target), "test")
+    daemon = Daemon(config, None)
+    daemon.start()
+    server, client = serve(daemon)
+    yield daemon, client, healthy, tarpit
+    server.shutdown()
+    server.server_close()
+    daemon.scheduler.stop(1.0)
+
+
+def test_probe_a_configured_target(exporter):
+    daemon, client, healthy, _ = exporter
+    status, content_type, body = client.get(f"/probe?target={healthy.target}&module=plain")
+    assert status == 200
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert f'smtpmon_probe_success{{target="{healthy.target}",module="plain"}} 1.0' in body
+    assert (f'smtpmon_replies_total{{target="{healthy.target}",module="plain",stage="banner",'
+            'code="220",class="positive_completion",category="connections"} 1.0') in body
+
+
+def test_probe_debug_returns_the_transcript_and_the_metrics(exporter):
+    daemon, client, healthy, _ = exporter
+    status, content_type, body = client.get(f"/probe?target={healthy.target}&module=plain&debug=true")
+    assert status == 200 and content_type.startswith("text/plain")
+    assert "S: 220 mx.test.example ESMTP scripted" in body
+    assert "C: EHLO" in body
+    assert "smtpmon_probe_success{" in body
+
+
+def test_probe_allow_pattern_admits_an_unconfigured_target(exporter, scripted_server):
+    other = scripted_server([BANNER, EHLO_OK, QUIT_OK])
+    status, _, body = exporter[1].get(f"/probe?target=localhost:{other.port}&module=plain")
+    assert status == 200, body
+    assert f'smtpmon_probe_success{{target="localhost:{other.port}",module="plain"}} 1.0' in body
+
+
+@pytest.mark.parametrize(
+    "query, status, reason",
+    [
+        ("", 400, "missing parameter 'target'"),
+        ("target=", 400, "missing parameter 'target'"),
+        ("target={healthy}", 400, "missing parameter 'module'; known: plain, slow"),
+        ("target={healthy}&module=nope", 400, "unknown module 'nope'; known: plain, slow"),
+        ("target={healthy}&target={healthy}&module=plain", 400, "given more than once"),
+        ("target={healthy}&module=plain&module=plain", 400, "given more than once"),
+        ("target=127.0.0.1:70000&module=plain", 400, "port must be 1-65535, got 70000"),
+        ("target=127.0.0.1:0&module=plain", 400, "port must be 1-65535, got 0"),
+        ("target=127.0.0.1&module=plain", 400, "missing port"),
+        ("target=::1:25&module=plain", 400, "an IPv6 address must be in brackets"),
+        ("target=[::1&module=plain", 400, 'missing "]"'),
+        ("target=127.0.0.1:25%0d%0aRCPT&module=plain", 400, "whitespace or control characters"),
+        ("target=mx%0a.example.org:25&module=plain", 400, "whitespace or control characters"),
+        ("target=" + "a" * 400 + ":25&module=plain", 400, "longer than 300 characters"),
+        ("target=%ff:25&module=plain", 400, "malformed query parameters"),
+        ("target={healthy}&module=plain&debug=yes", 400, "'debug' must be true or false"),
+        ("target=127.0.0.2:25&module=plain", 403, "must not become a port scanner"),
+        ("target=[::1]:25&module=plain", 403, "must not become a port scanner"),
+        ("target=mail.example.org:25&module=plain", 403, "must not become a port scanner"),
+    ],
+)
+def test_probe_rejects_bad_and_forbidden_requests(exporter, query, status, reason):
+    daemon, client, healthy, _ = exporter
+    got_status, content_type, body = client.get("/probe?" + query.format(healthy=healthy.target))
+    assert (got_status, content_type) == (status, "text/plain; charset=utf-8")
+    assert reason in body
+    assert "Traceback" not in body
+
+
+def test_probe_rejects_a_bad_scrape_timeout_header(exporter):
+    daemon, client, healthy, _ = exporter
+    status, _, body = client.get(f"/probe?target={healthy.target}&module=plain",
+                                 headers={"X-Prometheus-Scrape-Timeout-Seconds": "soon"})
+    assert status == 400 and "X-Prometheus-Scrape-Timeout-Seconds" in body
+
+
+def test_probe_deadline_comes_from_the_scrape_timeout_header(exporter):
+    daemon, client, _, tarpit = exporter  # module "slow" would wait 5 s
+    begun = time.monotonic()
+    status, _, body = client.get(f"/probe?target={tarpit.target}&module=slow",
+                                 headers={"X-Prometheus-Scrape-Timeout-Seconds": "1.5"})
+    elapsed = time.monotonic() - begun
+    assert status == 200
+    assert f'smtpmon_probe_success{{target="{tarpit.target}",module="slow"}} 0.0' in body
+    assert 'reason="timeout"' in body
+    assert 0.9 <= elapsed <= 1.4  # 1.5 s less the 0.5 s offset
+
+
+def test_a_slow_probe_does_not_block_metrics(exporter):
+    daemon, client, _, tarpit = exporter
+    slow = threading.Thread(target=client.get, args=(f"/probe?target={tarpit.target}&module=slow",),
+                            kwargs={"headers": {"X-Prometheus-Scrape-Timeout-Seconds": "2"}})
+    slow.start()
+    time.sleep(0.2)
+    begun = time.monotonic()
+    status, _, body = client.get("/metrics")
+    assert status == 200 and time.monotonic() - begun < 1.0
+    assert "smtpmon_probes_in_flight 1.0" in body  # the /probe counts as in flight
+    slow.join(10)
+
+
+def test_a_silent_client_does_not_block_metrics_and_is_dropped(servers):
+    healthy, tarpit = servers
+    config = parse_config(CONFIG.format(healthy=healthy.target, tarpit=tarpit.target), "test")
+    daemon = Daemon(config, None)
+    server, client = serve(daemon, connection_timeout=0.5)
+    try:
+        idle = [socket.create_connection(("127.0.0.1", client.port)) for _ in range(20)]
+        half = socket.create_connection(("127.0.0.1", client.port))
+        half.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        status, _, _ = client.get("/metrics", timeout=2)
+        assert status == 200
+        half.settimeout(3)
+        assert half.recv(1024) == b""  # closed by the server after its connection timeout
+        for sock in idle + [half]:
+            sock.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    "method, path, status",
+    [
+        ("GET", "/nothing-here", 404),
+        ("GET", "/-/reload", 405),
+        ("PUT", "/metrics", 405),
+        ("DELETE", "/", 405),
+        ("POST", "/metrics", 405),
+        ("GET", "/-/healthy", 200),
+        ("HEAD", "/-/healthy", 200),
+        ("GET", "/-/ready", 200),
+    ],
+)
+def test_routes_and_methods(exporter, method, path, status):
+    got, content_type, _ = exporter[1].request(method, path)
+    assert got == status
+    assert content_type == "text/plain; charset=utf-8"
+
+
+def test_ready_only_once_the_scheduler_runs(servers):
+    healthy, tarpit = servers
+    config = parse_config(CONFIG.format(healthy=healthy.target, tarpit=tarpit.target), "test")
+    daemon = Daemon(config, None)
+    server, client = serve(daemon)
+    try:
+        assert client.get("/-/ready")[0] == 503
+        assert client.get("/-/healthy")[0] == 200
+        daemon.start()
+        assert client.get("/-/ready")[0] == 200
+        daemon.scheduler.stop(1.0)
+        assert client.get("/-/ready")[0] == 503
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_landing_page_shows_each_target_escaped(scripted_server):
+    hostile = scripted_server([Send(b"554 5.7.1 <script>alert(1)</script> go away\r\n")])
+    config = parse_config(f"""
+global: {{interval: 1s, timeout: 500ms}}
+modules: {{plain: {{tls: none}}}}
+targets:
+  - {{address: "{hostile.target}", module: plain}}
+""", "test")
+    daemon = Daemon(config, None)
+    daemon.start()
+    server, client = serve(daemon)
+    try:
+        deadline = time.monotonic() + 5
+        while daemon.store.latest(hostile.target, "plain") is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status, content_type, page = client.get("/")
+        assert status == 200 and content_type == "text/html; charset=utf-8"
+        assert hostile.target in page
+        assert "FAILED" in page and "banner_rejected" in page
+        assert "banner&nbsp;<code>554 5.7.1</code>" in page
+        assert "<script>" not in page and "&lt;script&gt;" in page
+        link = f"/transcript?target=127.0.0.1%3A{hostile.port}&amp;module=plain"
+        assert link in page
+        status, _, text = client.get(link.replace("&amp;", "&"))
+        assert status == 200 and "S: 554 5.7.1 <script>" in text
+    finally:
+        server.shutdown()
+        server.server_close()
+        daemon.scheduler.stop(1.0)
+
+
+def test_transcript_before_any_probe_is_404(exporter):
+    status, _, body = exporter[1].get("/transcript?target=nowhere:25&module=plain")
+    assert status == 404 and "no probe result" in body
+    assert exporter[1].get("/transcript?target=nowhere:25")[0] == 400
+
+
+def test_an_internal_failure_is_a_plain_503(servers):
+    healthy, tarpit = servers
+
+    class BrokenDaemon(Daemon):
+        def probe(self, *args):
+            raise RuntimeError("secret internals")
+
+    config = parse_config(CONFIG.format(healthy=healthy.target, tarpit=tarpit.target), "test")
+    server, client = serve(BrokenDaemon(config, None))
+    try:
+        status, _, body = client.get(f"/probe?target={healthy.target}&module=plain")
+        assert status == 503
+        assert "secret internals" not in body and "Traceback" not in body
+        assert client.get("/-/healthy")[0] == 200  # and the server carries on
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_authorize_hook_guards_every_route(exporter):
+    daemon = exporter[0]
+    server, client = serve(daemon, authorize=lambda headers: headers.get("Authorization") == "ok")
+    try:
+        assert client.get("/metrics")[0] == 401
+        assert client.get("/-/healthy")[0] == 401
+        assert client.get("/metrics", headers={"Authorization": "ok"})[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
