@@ -160,7 +160,9 @@ def judge(result: ProbeResult, args: argparse.Namespace) -> tuple[int, list[str]
         status = CRITICAL
     days = days_until_expiry(result.tls)
     if days is not None:
-        if days <= args.crit_days:
+        if days < 0:
+            worse(CRITICAL, "certificate expired")
+        elif days <= args.crit_days:
             worse(CRITICAL, f"certificate expires within {args.crit_days:g} days")
         elif days <= args.warn_days:
             worse(WARNING, f"certificate expires within {args.warn_days:g} days")

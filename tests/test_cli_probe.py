@@ -1,0 +1,153 @@
+"""`smtpmon probe`: what a person (or Nagios) sees, and the exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smtpmon.cli import main
+from smtpservers import BANNER, EHLO_OK, QUIT_OK, ScriptedHandler, Sleep, password_authenticator
+
+SECRET = "correct horse battery staple"
+SECRET_PLAIN_BLOB = "AHByb2JlAGNvcnJlY3QgaG9yc2UgYmF0dGVyeSBzdGFwbGU="  # base64("\0probe\0" + SECRET)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def probe_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["probe", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def status_line(out: str) -> str:
+    return out.rstrip("\n").splitlines()[-1]
+
+
+def test_transcript_with_annotations_and_status_line(smtp_server, capsys):
+    server = smtp_server()
+    code, out, err = probe_cli(capsys, server.target, "--mail-from", "probe@example.org", "--rcpt", "a@example.org")
+
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    banner = next(index for index, line in enumerate(lines) if "S: 220 mx.test.example" in line)
+    assert lines[banner].startswith("[  0.0")
+    assert lines[banner + 1].strip() == "# 220: positive completion, connections: service ready"
+    assert any(line.endswith("C: MAIL FROM:<probe@example.org>") for line in lines)
+    assert "# 2.1.5: success, addressing: destination address valid" in out
+    last = status_line(out)
+    assert last.startswith(f"SMTP OK - {server.target}: success in ")
+    summary, perfdata = last.split(" | ")
+    assert perfdata.startswith("time=") and " banner=" in perfdata and " rcpt=" in perfdata
+    assert all(item.split("=")[1].split(";")[0].endswith("s") for item in perfdata.split())
+
+
+def test_rejection_is_critical_and_explained(smtp_server, capsys):
+    server = smtp_server(ScriptedHandler(rcpt_replies={"bob@example.org": "550 5.1.1 <bob@example.org>: Recipient address rejected: User unknown"}))
+    code, out, _ = probe_cli(capsys, server.target, "--mail-from", "probe@example.org", "--rcpt", "bob@example.org")
+
+    assert code == 2
+    assert "# 550: permanent negative, mail system: requested action not taken" in out
+    assert "# 5.1.1: permanent failure, addressing: bad destination mailbox address" in out
+    assert status_line(out).startswith(f"SMTP CRITICAL - {server.target}: failed at rcpt (rcpt_rejected)")
+
+
+def test_expected_rejection_is_ok(smtp_server, capsys):
+    server = smtp_server(ScriptedHandler(rcpt_replies={"bob@example.org": "550 5.1.1 User unknown"}))
+    code, out, _ = probe_cli(capsys, server.target, "--mail-from", "", "--rcpt", "bob@example.org", "--expect", "rcpt=550,551")
+
+    assert code == 0, out
+    assert "C: MAIL FROM:<>" in out
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_auth_secret_never_printed(smtp_server, tls_contexts, ca_file, tmp_path, capsys, mechanism):
+    server = smtp_server(starttls_context=tls_contexts["trusted"], authenticator=password_authenticator("probe", SECRET))
+    password_file = tmp_path / "password"
+    password_file.write_text(SECRET + "\n")
+    code, out, err = probe_cli(capsys, server.target, "--tls", "starttls", "--ca-file", ca_file, "--auth", mechanism.lower(),
+                               "--user", "probe", "--password-file", str(password_file))
+
+    assert code == 0, out
+    assert "235 2.7.0 Authentication successful" in out
+    assert ("C: AUTH PLAIN ********" in out) if mechanism == "PLAIN" else (out.count("C: ********") == 2)
+    for shown in (out, err):
+        assert SECRET not in shown and SECRET_PLAIN_BLOB not in shown
+
+
+def test_json_is_the_whole_result(smtp_server, tls_contexts, ca_file, capsys):
+    server = smtp_server(starttls_context=tls_contexts["trusted"])
+    code, out, _ = probe_cli(capsys, server.target, "--ca-file", ca_file, "--json")
+
+    assert code == 0
+    result = json.loads(out)
+    assert result["success"] is True and result["target"] == server.target and result["module"] == "cli"
+    assert [stage["stage"] for stage in result["stages"]] == ["resolve", "connect", "banner", "ehlo", "starttls", "ehlo_tls", "quit"]
+    assert result["stages"][2]["replies"][0]["code"] == 220
+    assert result["ehlo"]["extensions"] == sorted(result["ehlo"]["extensions"]) and "STARTTLS" in result["ehlo"]["extensions"]
+    assert result["tls"]["verified"] is True and "IP:127.0.0.1" in result["tls"]["sans"]
+    assert any(line["direction"] == "S" for line in result["transcript"])
+
+
+def test_certificate_expiring_soon_is_a_warning_then_critical(smtp_server, tls_contexts, ca_file, capsys):
+    server = smtp_server(starttls_context=tls_contexts["expiring"])  # 7 days left
+
+    code, out, _ = probe_cli(capsys, server.target, "--ca-file", ca_file)
+    assert code == 1
+    assert status_line(out).startswith("SMTP WARNING - ") and "certificate expires within 14 days" in status_line(out)
+
+    code, out, _ = probe_cli(capsys, server.target, "--ca-file", ca_file, "--crit-days", "10")
+    assert code == 2 and status_line(out).startswith("SMTP CRITICAL - ")
+
+    code, out, _ = probe_cli(capsys, server.target, "--ca-file", ca_file, "--warn-days", "5")
+    assert code == 0
+
+
+def test_slow_session_is_a_warning(scripted_server, capsys):
+    server = scripted_server([Sleep(0.3), BANNER, EHLO_OK, QUIT_OK])
+    code, out, _ = probe_cli(capsys, server.target, "--warning", "0.2", "--status-only")
+
+    assert code == 1
+    assert out.count("\n") == 1 and out.startswith("SMTP WARNING - ") and "slower than 0.2s" in out
+    assert "time=" in out and ";0.2;;0" in out
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["127.0.0.1:70000"], "port must be 1-65535"),
+        (["127.0.0.1", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["127.0.0.1", "--auth", "PLAIN", "--user", "u", "--password-file", "/nonexistent/pw"], "--password-file /nonexistent/pw"),
+        (["127.0.0.1", "--auth", "LOGIN", "--user", "u", "--password-env", "SMTPMON_TEST_UNSET"], "SMTPMON_TEST_UNSET"),
+        (["127.0.0.1", "--expect", "rcpt=5x0"], "codes must be numbers"),
+        (["127.0.0.1", "--expect", "bogus=250"], "STAGE one of"),
+        (["127.0.0.1", "--rcpt", "a@example.org"], "--rcpt needs --mail-from"),
+        (["127.0.0.1", "--timeout", "0"], "positive number of seconds"),
+        (["127.0.0.1", "--tls", "sometimes"], "invalid choice"),
+    ],
+)
+def test_bad_usage_is_unknown_with_one_clear_line(capsys, monkeypatch, argv, words):
+    monkeypatch.delenv("SMTPMON_TEST_UNSET", raising=False)
+    code, out, err = probe_cli(capsys, *argv)
+
+    assert code == 3
+    assert out == ""
+    assert err.count("\n") == 1 and words in err
+
+
+def test_real_process_exit_code_on_failure():
+    """The exit code reaches the shell (Nagios reads it from there)."""
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]
+    process = subprocess.run(
+        [sys.executable, "-m", "smtpmon", "probe", f"127.0.0.1:{port}", "--timeout", "2"],
+        capture_output=True, text=True, timeout=20, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert process.returncode == 2, process.stderr
+    assert process.stdout.splitlines()[-1].startswith(f"SMTP CRITICAL - 127.0.0.1:{port}: failed at connect (connect_refused)")

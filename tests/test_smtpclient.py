@@ -1,0 +1,132 @@
+"""The SMTP connection: deadlines on every read, framing, dot-stuffing, TLS facts."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from smtpmon.smtpclient import (
+    MAX_LINE_BYTES,
+    SessionError,
+    SmtpConnection,
+    Transcript,
+    certificate_facts,
+    make_tls_context,
+    printable,
+    resolve,
+)
+from smtpservers import BANNER, Expect, Send, Sleep, Trickle, reply
+
+
+def connect(server, timeout: float = 5.0) -> SmtpConnection:
+    now = time.monotonic()
+    connection = SmtpConnection(now + timeout, Transcript(now, time.monotonic))
+    connection.connect(socket.AF_INET, ("127.0.0.1", server.port))
+    return connection
+
+
+def test_each_read_gets_only_the_time_left_even_against_a_trickle(scripted_server):
+    server = scripted_server([Trickle(b"220-" + b"x" * 100, 0.05)])
+    connection = connect(server, timeout=0.5)
+    begun = time.monotonic()
+    with pytest.raises(SessionError) as raised:
+        connection.read_reply()
+    assert raised.value.reason == "timeout"
+    assert 0.45 <= time.monotonic() - begun < 0.55
+    connection.close()
+
+
+def test_within_bounds_one_reply_below_the_deadline(scripted_server):
+    server = scripted_server([Sleep(30)])
+    connection = connect(server, timeout=30)
+    begun = time.monotonic()
+    with pytest.raises(SessionError, match="no complete reply"):
+        connection.read_reply(within=0.2)
+    assert time.monotonic() - begun < 0.4
+    connection.close()
+
+
+def test_replies_split_across_packets_and_bare_lf_are_framed(scripted_server):
+    server = scripted_server([Send(b"250-first\r\n25"), Sleep(0.05), Send(b"0 second\n")])
+    connection = connect(server)
+    reply = connection.read_reply()
+    assert reply.code == 250 and reply.lines == ("first", "second") and reply.bare_lf
+    connection.close()
+
+
+def test_over_long_line_is_a_reply_without_a_code(scripted_server):
+    server = scripted_server([Send(b"250-ok\r\n250 " + b"y" * (2 * MAX_LINE_BYTES))])
+    connection = connect(server)
+    reply = connection.read_reply()
+    assert reply.code is None and "longer than" in reply.error
+    assert reply.lines[0] == "ok"
+    connection.close()
+
+
+def test_message_is_dot_stuffed_and_ended_by_a_lone_dot(scripted_server):
+    server = scripted_server([Send(b"354 go ahead\r\n"), Expect(r"Subject: x"), Expect(r""), Expect(r"\.\.leading dot"), Expect(r"\.$"), Send(b"250 queued\r\n")])
+    connection = connect(server)
+    assert connection.read_reply().code == 354
+    connection.send_message(["Subject: x", "", ".leading dot"])
+    assert connection.read_reply().code == 250
+    connection.close()
+    assert server.received == ["Subject: x", "", "..leading dot", "."] and server.mismatches == []
+
+
+def test_masked_command_is_sent_in_clear_but_recorded_masked(scripted_server):
+    server = scripted_server([reply(r"AUTH PLAIN AHVzZXIAcHc=", b"235 2.7.0 ok\r\n")])
+    now = time.monotonic()
+    transcript = Transcript(now, time.monotonic)
+    connection = SmtpConnection(now + 5, transcript)
+    connection.connect(socket.AF_INET, ("127.0.0.1", server.port))
+    assert connection.command("AUTH PLAIN AHVzZXIAcHc=", "AUTH PLAIN ********").code == 235
+    connection.close()
+    assert [line.text for line in transcript.lines if line.direction == "C"] == ["AUTH PLAIN ********"]
+    assert server.mismatches == []
+
+
+def test_server_closing_before_replying(scripted_server):
+    server = scripted_server([BANNER])  # then reads until the client closes; no reply to NOOP
+    connection = connect(server)
+    assert connection.read_reply().code == 220
+    server.stop()
+    with pytest.raises(SessionError) as raised:
+        connection.command("NOOP")
+    assert raised.value.reason == "connection_closed"
+    connection.close()
+
+
+def test_printable_escapes_terminal_control_characters():
+    assert printable("220 \x1b[31mred\x1b[0m\x07") == "220 \\x1b[31mred\\x1b[0m\\x07"
+    assert printable("250 ok\tfine é") == "250 ok\tfine é"
+
+
+def test_resolve_ip_literals_without_lookup_and_honours_the_family():
+    assert resolve("127.0.0.1", 25, socket.AF_UNSPEC, 1.0) == [(socket.AF_INET, ("127.0.0.1", 25))]
+    assert resolve("::1", 25, socket.AF_INET6, 1.0) == [(socket.AF_INET6, ("::1", 25, 0, 0))]
+    with pytest.raises(SessionError, match="not an IPv4 address") as raised:
+        resolve("::1", 25, socket.AF_INET, 1.0)
+    assert raised.value.reason == "dns_failure"
+
+
+def test_certificate_facts_from_der(ca):
+    leaf = ca.issue_cert("mx.example.org", "192.0.2.25")
+    der = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).public_bytes(Encoding.DER)
+    facts = certificate_facts(der)
+    assert facts["sans"] == ("DNS:mx.example.org", "IP:192.0.2.25")
+    assert "trustme" in facts["subject"] and "Testing CA" in facts["issuer"]
+    assert facts["not_before"] < time.time() < facts["not_after"]
+    assert certificate_facts(b"not a certificate") == {}
+
+
+def test_tls_context_verifies_by_default_and_honours_min_version():
+    verifying = make_tls_context(verify=True, min_version="TLSv1.2")
+    assert verifying.verify_mode == ssl.CERT_REQUIRED and verifying.check_hostname
+    assert verifying.minimum_version == ssl.TLSVersion.TLSv1_2
+    relaxed = make_tls_context(verify=False)
+    assert relaxed.verify_mode == ssl.CERT_NONE and not relaxed.check_hostname
