@@ -12,7 +12,8 @@ and reload wake it at once.
 Guarantees:
 - at most one probe per target in flight: a run that falls due while the previous one is still
   queued or running is skipped and counted (`store.record_skip`);
-- first runs are spread over the interval by a stable hash of the target, not fired at once;
+- first runs are spread by a stable hash of the target, not fired at once: over the interval,
+  or over a shorter window when few targets are new (at most FIRST_RUNS_PER_SECOND start);
 - schedule lag (start on a worker - due time) is observed for every probe, so a saturated pool
   shows up as lag;
 - nothing a probe does (hang, raise, hostile server) reaches the loop: the probe has its own
@@ -43,6 +44,9 @@ log = get_logger("scheduler")
 # The loop sleeps until the next due job but never longer than this: a safety net against the
 # wall clock (which `schedule` uses) being stepped; stop and reload wake the loop at once.
 MAX_SLEEP_SECONDS = 1.0
+
+# New targets' first runs start at about this rate at most (spread over at most their interval).
+FIRST_RUNS_PER_SECOND = 20.0
 
 # (target "host:port", module name, module, absolute time.monotonic() deadline) -> result
 ProbeFunction = Callable[[str, str, Module, float], ProbeResult]
@@ -111,7 +115,7 @@ class Scheduler:
     def apply(self, config) -> None:
         """Make the running schedule match `config`.
 
-        New targets start (spread over their interval), removed ones stop and their series go,
+        New targets start (first runs spread out), removed ones stop and their series go,
         unchanged ones (same target settings and module options) keep their schedule and
         counters; a changed one starts over as new.
         """
@@ -153,12 +157,16 @@ class Scheduler:
         return entry
 
     def _schedule_first_runs(self, entries: list[_Entry]) -> None:
-        """`schedule` would fire every new job one interval from now, all together; start each
-        at its own point in its interval instead (counted from after the whole apply, which can
-        take a while for thousands of targets). `schedule` computes every later run."""
+        """`schedule` would fire every new job one interval from now, all together. Instead
+        each starts at its own point (a hash of its name) in a window counted from after the
+        whole apply: the interval, or less when few targets are new, so that a small config
+        shows results at once while thousands are spread evenly. `schedule` computes every
+        later run from there, keeping the spread."""
         now = datetime.datetime.now()
+        window = len(entries) / FIRST_RUNS_PER_SECOND
         for entry in entries:
-            offset = spread_offset(f"{entry.name}/{entry.module_name}", entry.interval_seconds)
+            key = f"{entry.name}/{entry.module_name}"
+            offset = spread_offset(key, min(entry.interval_seconds, window))
             entry.job.next_run = now + datetime.timedelta(seconds=offset)
             heapq.heappush(self._heap, (entry.job.next_run, next(self._sequence), entry))
 

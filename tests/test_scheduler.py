@@ -117,6 +117,15 @@ def test_first_runs_are_spread_over_the_interval(running):
     assert firsts[30] - firsts[10] > 0.5
 
 
+def test_a_small_config_runs_at_once(running):
+    probe = RecordingProbe()
+    started = time.monotonic()
+    running(make_config(["127.0.0.1:25", "127.0.0.2:25"], interval=60.0, timeout=10.0), probe)
+    time.sleep(0.3)
+    assert probe.count("127.0.0.1:25") == 1 and probe.count("127.0.0.2:25") == 1
+    assert probe.calls["127.0.0.1:25"][0] - started < 0.2
+
+
 def test_each_target_runs_once_per_interval(running):
     probe = RecordingProbe()
     scheduler, store, state = running(make_config(["127.0.0.1:25"], interval=0.3, timeout=0.2), probe)
