@@ -18,6 +18,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 
 from smtpmon.config import default_config
 from smtpmon.daemon import Daemon, web_hooks
@@ -294,6 +295,19 @@ basic_auth_users:
     assert pki.bcrypt_hash not in repr(web)
 
 
+def test_the_example_in_the_docs_loads_and_its_hash_matches_its_password(pki):
+    docs = (REPO / "docs" / "web-config.md").read_text()
+    example = docs.split("```yaml\n", 1)[1].split("```", 1)[0]
+    for documented, ours in (("/etc/smtpmon/tls/smtpmon.crt", "server.crt"),
+                             ("/etc/smtpmon/tls/smtpmon.key", "server.key"),
+                             ("/etc/smtpmon/tls/prometheus-ca.crt", "client-ca.pem")):
+        assert documented in example
+        example = example.replace(documented, ours)
+    web = load_web_config(write_web_config(pki, example, "docs-example.yml"))
+    assert web.ssl_context().verify_mode == ssl.CERT_REQUIRED
+    assert web.check_authorization(basic("prometheus", "example")["Authorization"])
+
+
 def test_an_empty_file_means_plain_http_without_auth(pki):
     web = load_web_config(write_web_config(pki, "", "empty.yml"))
     assert web.ssl_context() is None
@@ -391,6 +405,22 @@ def test_a_key_that_does_not_match_the_certificate(pki):
     assert raised.value.errors == [
         f"tls_server_config.key_file: does not match the certificate in cert_file: "
         f"{pki.directory}/other.key"
+    ]
+
+
+def test_an_encrypted_key_is_refused_instead_of_prompting_for_a_passphrase(pki):
+    key = serialization.load_pem_private_key((pki.directory / "server.key").read_bytes(), None)
+    (pki.directory / "encrypted.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase"),
+    ))
+    path = write_web_config(pki, "tls_server_config: {cert_file: server.crt, key_file: encrypted.key}\n",
+                            "encrypted.yml")
+    with pytest.raises(WebConfigError) as raised:
+        load_web_config(path)
+    assert raised.value.errors == [
+        "tls_server_config.key_file: the private key is encrypted; smtpmon needs it unencrypted "
+        "(readable only by the service user)"
     ]
 
 
