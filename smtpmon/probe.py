@@ -50,7 +50,6 @@ _REJECTION_REASONS = {
     "mail": "mail_rejected",
     "rcpt": "rcpt_rejected",
     "data": "data_rejected",
-    "quit": "unexpected_code",
 }
 
 

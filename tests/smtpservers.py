@@ -211,7 +211,7 @@ class ScriptedServer:
     `received` holds every line clients sent; `mismatches` the Expect steps that failed.
     """
 
-    def __init__(self, script: list, *, implicit_tls_context: ssl.SSLContext | None = None):
+    def __init__(self, script: list, *, implicit_tls_context: ssl.SSLContext | None = None, host: str = LOOPBACK):
         self.script = [step for item in script for step in (item if isinstance(item, list) else [item])]
         self.implicit_tls_context = implicit_tls_context
         self.received: list[str] = []
@@ -219,8 +219,9 @@ class ScriptedServer:
         self.connections = 0
         self._stop = threading.Event()
         self._sockets: list[socket.socket] = []
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind((LOOPBACK, 0))
+        self.host = host
+        self._listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind((host, 0))
         self._listener.listen(16)
         self._listener.settimeout(0.1)
         self.port = self._listener.getsockname()[1]
@@ -228,7 +229,7 @@ class ScriptedServer:
 
     @property
     def target(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def start(self) -> ScriptedServer:
         self._spawn(self._accept_loop)
@@ -329,3 +330,28 @@ class _LineReader:
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line.rstrip(b"\r").decode("utf-8", errors="replace")
+
+
+class FullBacklogListener:
+    """A listening socket whose accept queue is full: connecting to it hangs (Linux drops the
+    SYN), which is how a connect timeout looks without leaving loopback."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind((LOOPBACK, 0))
+        self._listener.listen(0)
+        self.port = self._listener.getsockname()[1]
+        self._fillers = []
+        for _ in range(3):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            filler.connect_ex((LOOPBACK, self.port))
+            self._fillers.append(filler)
+
+    @property
+    def target(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def close(self) -> None:
+        for sock in [*self._fillers, self._listener]:
+            sock.close()

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from smtpmon.module import Module
-from smtpmon.probe import parse_target, run_probe
+from smtpmon.probe import default_ehlo_name, parse_target, run_probe
 from smtpmon.replycodes import reply_category, reply_class
 from smtpmon.results import FAILURE_REASONS
 from smtpmon.smtpclient import MAX_REPLY_LINES
@@ -21,6 +21,7 @@ from smtpservers import (
     QUIT_OK,
     SERVER_NAME,
     Close,
+    FullBacklogListener,
     ScriptedHandler,
     Send,
     Sleep,
@@ -478,6 +479,39 @@ def test_connect_refused():
 
     assert_failed(result, "connect", "connect_refused")
     assert result.address is None
+
+
+def test_connect_timeout_ends_at_the_deadline():
+    listener = FullBacklogListener()
+    try:
+        time.sleep(0.05)  # let the fillers' handshakes fill the queue
+        result = probe(listener.target, timeout_seconds=1.0)
+    finally:
+        listener.close()
+
+    assert (result.failed_stage, result.reason) == ("connect", "connect_timeout")
+    assert 1.0 <= result.duration_seconds < 1.1
+
+
+def ipv6_loopback_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback (::1) on this machine")
+def test_ipv6_target(scripted_server):
+    server = scripted_server([BANNER, EHLO_OK, QUIT_OK], host="::1")
+    result = probe(server.target, ip_protocol="ip6")
+
+    assert result.success, result.detail
+    assert result.address == "::1"
+    # without a dotted host name, the EHLO name is the IPv6 address literal of RFC 5321
+    assert ("C", f"EHLO {default_ehlo_name('::1')}") in [(line.direction, line.text) for line in result.transcript]
+    assert default_ehlo_name("::1") in (socket.gethostname(), "[IPv6:::1]")
 
 
 def test_address_family_mismatch_is_a_dns_failure():
