@@ -1,0 +1,349 @@
+"""End to end: `python -m smtpmon run` as a real subprocess, real SMTP servers on loopback.
+
+What an operator sees: the metrics after probes of healthy and failing servers, reloads (good
+and bad), `/probe`, the landing page, the log lines, and how fast SIGTERM stops it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from smtpmon.config import DEFAULT_CONFIG_TEXT
+from smtpservers import (
+    BANNER,
+    EHLO_OK,
+    LOOPBACK,
+    QUIT_OK,
+    ScriptedHandler,
+    ScriptedServer,
+    Send,
+    Sleep,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+class RunningDaemon:
+    """`smtpmon run` with `config_path` (None: the embedded default) on a free port."""
+
+    def __init__(self, config_path: Path | None, log_path: Path):
+        self.config_path = config_path
+        self.port = free_port()
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        config_args = ["--config.file", str(config_path)] if config_path else []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "smtpmon", "run", *config_args,
+             "--web.listen-address", f"{LOOPBACK}:{self.port}", "--log.level", "debug"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL,
+        )
+
+    def request(self, method: str, path: str, timeout: float = 10.0):
+        connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=timeout)
+        try:
+            connection.request(method, path)
+            response = connection.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            connection.close()
+
+    def get(self, path: str):
+        return self.request("GET", path)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"daemon exited early:\n{self.log()}"
+            try:
+                if self.get("/-/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"daemon not ready after {timeout} s:\n{self.log()}")
+
+    def metrics(self) -> str:
+        status, body = self.get("/metrics")
+        assert status == 200
+        return body
+
+    def wait_for(self, condition, timeout: float = 10.0) -> str:
+        """Poll /metrics until condition(text) holds; the text."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.metrics()
+            if condition(text):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met within {timeout} s; metrics:\n{text}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """start(config_text) -> a running, ready daemon; stopped at teardown."""
+    started: list[RunningDaemon] = []
+
+    def start(config_text: str, wait: bool = True) -> RunningDaemon:
+        config_path = tmp_path / "smtpmon.yml"
+        config_path.write_text(config_text)
+        running = RunningDaemon(config_path, tmp_path / f"daemon{len(started)}.log")
+        started.append(running)
+        if wait:
+            running.wait_ready()
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+def value(metrics: str, name: str, **labels: str) -> float | None:
+    """The sample of `name` whose labels include `labels` (the first one), or None."""
+    for line in metrics.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{key}="{val}"' in line for key, val in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def probed(target: str, times: int = 1):
+    return lambda text: (value(text, "smtpmon_probes_total", target=target) or 0) >= times
+
+
+def config_text(targets: list[tuple[str, str]], extra_modules: str = "", interval: str = "1s",
+                timeout: str = "500ms") -> str:
+    lines = [f"global: {{interval: {interval}, timeout: {timeout}}}",
+             "modules:",
+             "  plain: {tls: none}",
+             "  rcpt: {tls: none, mail_from: monitor@test.example, rcpt_to: [user@test.example]}"]
+    lines += [extra_modules] if extra_modules else []
+    lines.append("targets:")
+    lines += [f'  - {{address: "{address}", module: {module}}}' for address, module in targets]
+    return "\n".join(lines) + "\n"
+
+
+def test_metrics_carry_each_reply_code_class_and_category(daemon, smtp_server, scripted_server):
+    healthy = smtp_server()
+    busy = scripted_server([Send(b"421 4.3.2 mx.test.example busy, try later\r\n")])
+    greylisted = smtp_server(ScriptedHandler(
+        rcpt_replies={"user@test.example": "450 4.2.0 <user@test.example>: greylisted"}))
+    refused = scripted_server([Send(b"554 5.7.1 no SMTP service here\r\n")])
+    running = daemon(config_text([
+        (healthy.target, "rcpt"), (busy.target, "plain"),
+        (greylisted.target, "rcpt"), (refused.target, "plain"),
+    ]))
+    targets = (healthy.target, busy.target, greylisted.target, refused.target)
+    text = running.wait_for(lambda t: all(probed(target)(t) for target in targets))
+
+    def replies(target, stage, code, klass, category):
+        return value(text, "smtpmon_replies_total", target=target, stage=stage, code=code,
+                     **{"class": klass}, category=category)
+
+    assert value(text, "smtpmon_probe_success", target=healthy.target) == 1
+    assert replies(healthy.target, "banner", "220", "positive_completion", "connections") >= 1
+    assert replies(healthy.target, "ehlo", "250", "positive_completion", "mail_system") >= 1
+    assert replies(healthy.target, "rcpt", "250", "positive_completion", "mail_system") >= 1
+
+    assert value(text, "smtpmon_probe_success", target=busy.target) == 0
+    assert replies(busy.target, "banner", "421", "transient_negative", "connections") >= 1
+    assert value(text, "smtpmon_probe_failures_total", target=busy.target, stage="banner",
+                 reason="banner_rejected") >= 1
+    assert value(text, "smtpmon_enhanced_status_codes_total", target=busy.target,
+                 stage="banner", enhanced_code="4.3.2",
+                 **{"class": "persistent_transient_failure"}) >= 1
+
+    assert value(text, "smtpmon_probe_success", target=greylisted.target) == 0
+    assert replies(greylisted.target, "rcpt", "450", "transient_negative", "mail_system") >= 1
+    assert value(text, "smtpmon_probe_failures_total", target=greylisted.target, stage="rcpt",
+                 reason="rcpt_rejected") >= 1
+    assert value(text, "smtpmon_probe_stage_reply_code", target=greylisted.target,
+                 stage="rcpt") == 450
+
+    assert replies(refused.target, "banner", "554", "permanent_negative", "mail_system") >= 1
+    assert value(text, "smtpmon_probe_failure_info", target=refused.target, stage="banner",
+                 reason="banner_rejected") == 1
+
+    assert value(text, "smtpmon_targets") == 4
+    assert value(text, "smtpmon_config_last_reload_successful") == 1
+    assert value(text, "smtpmon_schedule_lag_seconds_count") >= 4
+    assert value(text, "process_resident_memory_bytes") > 0
+    # One event, one logfmt line, with the target and module on it.
+    assert re.search(rf'level=info msg="probe failed" target={re.escape(busy.target)} '
+                     r'module=plain stage=banner reason=banner_rejected', running.log())
+
+
+class Port25Server(ScriptedServer):
+    """The shared scripted server, listening on 127.0.0.1:25 instead of a free port."""
+
+    def __init__(self, script):
+        super().__init__(script)
+        self._listener.close()
+        self._listener = socket.create_server((LOOPBACK, 25))
+        self._listener.settimeout(0.1)
+        self.port = 25
+
+
+def test_embedded_default_probes_the_local_mta(tmp_path, scripted_server):
+    script = [BANNER, EHLO_OK, QUIT_OK]
+    try:
+        server = Port25Server(script).start()
+        config_path = None
+    except OSError:  # something (a real MTA) owns port 25: the same default, another port
+        server = scripted_server(script)
+        config_path = tmp_path / "default.yml"
+        config_path.write_text(DEFAULT_CONFIG_TEXT.replace("127.0.0.1:25", server.target))
+    running = RunningDaemon(config_path, tmp_path / "default.log")
+    try:
+        running.wait_ready()
+        text = running.wait_for(probed(server.target), timeout=10)
+        assert value(text, "smtpmon_probe_success", target=server.target, module="local_mta") == 1
+        assert value(text, "smtpmon_starttls_offered", target=server.target) == 0
+        assert value(text, "smtpmon_replies_total", target=server.target, stage="quit",
+                     code="221") == 1
+    finally:
+        running.stop()
+        if server.port == 25:
+            server.stop()
+
+
+def test_reload_adds_and_removes_targets_and_keeps_unchanged_counters(daemon, smtp_server):
+    kept, dropped, added = smtp_server(), smtp_server(), smtp_server()
+    running = daemon(config_text([(kept.target, "plain"), (dropped.target, "plain")]))
+    text = running.wait_for(lambda t: probed(kept.target, 2)(t) and probed(dropped.target)(t))
+    kept_before = value(text, "smtpmon_probes_total", target=kept.target)
+
+    running.config_path.write_text(config_text([(kept.target, "plain"), (added.target, "plain")]))
+    running.process.send_signal(signal.SIGHUP)
+    text = running.wait_for(probed(added.target))
+    assert value(text, "smtpmon_probes_total", target=kept.target) >= kept_before
+    assert dropped.target not in text
+    assert value(text, "smtpmon_targets") == 2
+    assert value(text, "smtpmon_config_last_reload_successful") == 1
+
+    # The same through the HTTP endpoint.
+    running.config_path.write_text(config_text([(kept.target, "plain")]))
+    status, body = running.request("POST", "/-/reload")
+    assert (status, body) == (200, "configuration reloaded\n")
+    text = running.metrics()
+    assert added.target not in text
+    assert value(text, "smtpmon_probes_total", target=kept.target) >= kept_before
+
+
+def test_bad_reload_keeps_the_running_configuration(daemon, smtp_server):
+    server = smtp_server()
+    running = daemon(config_text([(server.target, "plain")]))
+    running.wait_for(probed(server.target))
+    good = running.config_path.read_text()
+
+    running.config_path.write_text(good.replace("module: plain", "module: smpt_plain"))
+    status, body = running.request("POST", "/-/reload")
+    assert status == 400
+    assert 'targets[0].module: unknown module "smpt_plain"; known: plain, rcpt' in body
+    text = running.metrics()
+    assert value(text, "smtpmon_config_last_reload_successful") == 0
+    before = value(text, "smtpmon_probes_total", target=server.target)
+    running.wait_for(probed(server.target, int(before) + 1))  # still probing the old targets
+    assert re.search(r'level=error msg="configuration reload failed; keeping the running '
+                     r'configuration" source=\S+ error="targets\[0\]\.module: unknown module',
+                     running.log())
+
+    running.process.send_signal(signal.SIGHUP)  # the same by signal: still running, still 0
+    time.sleep(0.3)
+    assert running.process.poll() is None
+    assert value(running.metrics(), "smtpmon_config_last_reload_successful") == 0
+
+    running.config_path.write_text(good)
+    assert running.request("POST", "/-/reload")[0] == 200
+    assert value(running.metrics(), "smtpmon_config_last_reload_successful") == 1
+
+
+def test_probe_endpoint(daemon, smtp_server):
+    server = smtp_server()
+    running = daemon(config_text([(server.target, "plain")], interval="1m", timeout="2s"))
+    status, body = running.get(f"/probe?target={server.target}&module=plain")
+    assert status == 200
+    assert value(body, "smtpmon_probe_success", target=server.target, module="plain") == 1
+    assert value(body, "smtpmon_replies_total", target=server.target, stage="ehlo",
+                 code="250") == 1
+
+    status, body = running.get(f"/probe?target={server.target}&module=nosuch")
+    assert (status, body) == (400, "unknown module 'nosuch'; known: plain, rcpt\n")
+    status, body = running.get("/probe?module=plain")
+    assert status == 400 and "missing parameter 'target'" in body
+    status, body = running.get(f"/probe?target=127.0.0.1:{server.port + 1}&module=plain")
+    assert status == 403 and "port scanner" in body
+
+
+def test_landing_page(daemon, smtp_server, scripted_server):
+    healthy = smtp_server()
+    refused = scripted_server([Send(b"554 5.7.1 <b>not</b> welcome\r\n")])
+    running = daemon(config_text([(healthy.target, "plain"), (refused.target, "plain")]))
+    running.wait_for(lambda t: probed(healthy.target)(t) and probed(refused.target)(t))
+    status, page = running.get("/")
+    assert status == 200
+    row = next(r for r in page.split("<tr>") if refused.target in r)
+    assert "FAILED" in row and "banner_rejected" in row and "<code>554 5.7.1</code>" in row
+    assert "&lt;b&gt;not&lt;/b&gt; welcome" in row
+    assert f"/transcript?target=127.0.0.1%3A{refused.port}&amp;module=plain" in row
+    healthy_row = next(r for r in page.split("<tr>") if healthy.target in r)
+    assert "OK" in healthy_row and "banner&nbsp;<code>220</code>" in healthy_row
+    status, transcript = running.get(f"/transcript?target={refused.target}&module=plain")
+    assert status == 200 and "S: 554 5.7.1 <b>not</b> welcome" in transcript
+
+
+def test_sigterm_stops_within_the_timeout_plus_one_second(daemon, scripted_server):
+    tarpit = scripted_server([Sleep(30)])
+    running = daemon(config_text([(tarpit.target, "plain")], interval="5s", timeout="2s"))
+    running.wait_for(lambda t: value(t, "smtpmon_probes_in_flight") == 1)
+    begun = time.monotonic()
+    running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(5) == 0
+    elapsed = time.monotonic() - begun
+    assert elapsed < 2.0 + 1.0
+    assert 'msg=stopping signal=SIGTERM' in running.log()
+    assert "msg=stopped" in running.log()
+
+
+def test_startup_with_a_bad_config_exits_2_listing_every_error(tmp_path):
+    config = tmp_path / "bad.yml"
+    config.write_text("global: {interval: soon}\nmodules: {m: {tls: sometimes}}\n"
+                      "targets: [{address: '127.0.0.1:99999', module: m}]\n")
+    completed = subprocess.run(
+        [sys.executable, "-m", "smtpmon", "run", "--config.file", str(config),
+         "--web.listen-address", f"{LOOPBACK}:{free_port()}"],
+        cwd=REPO, capture_output=True, text=True, timeout=20)
+    assert completed.returncode == 2
+    assert "invalid configuration" in completed.stderr
+    assert "global.interval" in completed.stderr
+    assert "modules.m.tls" in completed.stderr
+    assert "targets[0].address: port must be 1-65535, got 99999" in completed.stderr
