@@ -33,6 +33,7 @@ from smtpmon.smtpclient import (
     Transcript,
     fetch_unverified_tls_info,
     make_tls_context,
+    printable,
     resolve,
 )
 
@@ -252,7 +253,7 @@ class _Session:
     def reject(self, record, stage, reply, what, expected) -> None:
         reason = _REJECTION_REASONS[stage] if reply.code >= 400 else "unexpected_code"
         wanted = f" (expected {'/'.join(map(str, expected))})" if expected else ""
-        first_line = reply.lines[0] if reply.lines else ""
+        first_line = printable(reply.lines[0]) if reply.lines else ""  # detail reaches terminals
         record.fail(reason, f"{what} answered {reply.code} {first_line}".rstrip() + wanted)
 
     # -- stages ----------------------------------------------------------------------------
@@ -317,8 +318,12 @@ class _Session:
             record.fail("starttls_not_offered", f"STARTTLS is required but {said}")
             return
         reply = self.connection.command("STARTTLS")
-        if self.final(record, "starttls", reply, "STARTTLS") and reply.code == 220:
-            self.handshake()
+        if not self.final(record, "starttls", reply, "STARTTLS") or self.finished_early:
+            return
+        if reply.code != 220:  # RFC 3207: only 220 starts the handshake
+            record.fail("unexpected_code", f"STARTTLS answered {reply.code}, not 220")
+            return
+        self.handshake()
 
     def handshake(self) -> None:
         module = self.module

@@ -182,6 +182,19 @@ def test_starttls_answered_454(scripted_server):
     assert server.received[-1] == "QUIT"
 
 
+def test_starttls_answered_with_another_2xx_is_not_a_handshake(scripted_server):
+    server = scripted_server([
+        BANNER,
+        reply(r"EHLO ", b"250-mx.test.example\r\n250 STARTTLS\r\n"),
+        reply(r"STARTTLS", b"250 2.0.0 whatever\r\n"),
+        QUIT_OK,
+    ])
+    result = probe(server.target, tls="starttls")
+
+    assert_failed(result, "starttls", "unexpected_code", code=250, cls="positive_completion", category="mail_system", enhanced="2.0.0")
+    assert result.tls is None and result.stage("ehlo_tls") is None
+
+
 def test_bytes_after_starttls_reply_are_a_protocol_error(scripted_server):
     """Command injection: a reply smuggled before the handshake must not be read as if over TLS."""
     server = scripted_server([
@@ -379,6 +392,15 @@ def test_250_where_550_expected_is_unexpected_code(smtp_server):
 
     assert_failed(result, "rcpt", "unexpected_code", code=250, cls="positive_completion", category="mail_system", enhanced="2.1.5")
     assert "550" in result.detail
+
+
+def test_control_characters_from_the_server_are_escaped(scripted_server):
+    server = scripted_server([Send(b"554 5.7.1 \x1b[2Jgo away\r\n"), QUIT_OK])
+    result = probe(server.target)
+
+    assert_failed(result, "banner", "banner_rejected", code=554, cls="permanent_negative", category="mail_system", enhanced="5.7.1")
+    assert "\x1b" not in result.detail and "\\x1b[2Jgo away" in result.detail
+    assert all("\x1b" not in line.text for line in result.transcript)
 
 
 def test_data_rejected_after_the_message(smtp_server):
