@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from smtpmon.cli import main
-from smtpservers import BANNER, EHLO_OK, QUIT_OK, ScriptedHandler, Sleep, password_authenticator
+from smtpservers import BANNER, EHLO_OK, QUIT_OK, ScriptedHandler, Send, Sleep, password_authenticator
 
 SECRET = "correct horse battery staple"
 SECRET_PLAIN_BLOB = "AHByb2JlAGNvcnJlY3QgaG9yc2UgYmF0dGVyeSBzdGFwbGU="  # base64("\0probe\0" + SECRET)
@@ -38,6 +38,9 @@ def test_transcript_with_annotations_and_status_line(smtp_server, capsys):
     banner = next(index for index, line in enumerate(lines) if "S: 220 mx.test.example" in line)
     assert lines[banner].startswith("[  0.0")
     assert lines[banner + 1].strip() == "# 220: positive completion, connections: service ready"
+    ehlo_end = next(index for index, line in enumerate(lines) if line.endswith("S: 250 HELP"))
+    assert lines[ehlo_end - 1].endswith("S: 250-8BITMIME")  # no annotation inside a multi-line reply
+    assert lines[ehlo_end + 1].strip().startswith("# 250: positive completion, mail system")
     assert any(line.endswith("C: MAIL FROM:<probe@example.org>") for line in lines)
     assert "# 2.1.5: success, addressing: destination address valid" in out
     last = status_line(out)
@@ -55,6 +58,16 @@ def test_rejection_is_critical_and_explained(smtp_server, capsys):
     assert "# 550: permanent negative, mail system: requested action not taken" in out
     assert "# 5.1.1: permanent failure, addressing: bad destination mailbox address" in out
     assert status_line(out).startswith(f"SMTP CRITICAL - {server.target}: failed at rcpt (rcpt_rejected)")
+
+
+def test_garbage_is_annotated_as_a_protocol_error(scripted_server, capsys):
+    server = scripted_server([Send(b"SSH-2.0-OpenSSH_9.2\r\n")])
+    code, out, _ = probe_cli(capsys, server.target)
+
+    assert code == 2
+    assert "S: SSH-2.0-OpenSSH_9.2\n" in out
+    assert "# protocol error: not a reply line: expected a three-digit code" in out
+    assert "failed at banner (protocol_error)" in status_line(out)
 
 
 def test_expected_rejection_is_ok(smtp_server, capsys):
