@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="do not verify the certificate (it is still inspected and reported)")
     tls.add_argument("--ca-file", metavar="PEM", help="trust only these CA certificates")
     tls.add_argument("--server-name", metavar="NAME", help="name to verify the certificate against (default: HOST)")
-    tls.add_argument("--tls-min-version", choices=TLS_VERSIONS)
+    tls.add_argument("--tls-min-version", choices=TLS_VERSIONS, help="refuse a TLS version older than this")
     session = parser.add_argument_group("session")
     session.add_argument("--ehlo-name", metavar="NAME", help="name sent in EHLO (default: this host's name or address)")
     session.add_argument("--no-helo-fallback", dest="helo_fallback", action="store_false",
