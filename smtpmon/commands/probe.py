@@ -17,11 +17,10 @@ from smtpmon.probe import parse_target, run_probe
 from smtpmon.results import STAGES, ProbeResult
 from smtpmon.transcript import days_until_expiry, render, summary_line
 
-DESCRIPTION = (
-    "Run one SMTP session against HOST[:PORT] (default port 25, 465 with --tls implicit) and "
-    "print it as a person at a telnet prompt would see it, each reply explained, then a "
-    "Nagios-style status line with perfdata."
-)
+DESCRIPTION = """\
+Run one SMTP session against HOST[:PORT] (default port 25, 465 with --tls implicit) and
+print it as a person at a telnet prompt would see it, each reply explained, then a
+Nagios-style status line with perfdata."""
 EPILOG = """exit codes (Nagios plugin convention):
   0 OK, 1 WARNING (certificate expires within --warn-days, or slower than --warning),
   2 CRITICAL (the probe failed, or the certificate expires within --crit-days, or slower
