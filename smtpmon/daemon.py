@@ -122,6 +122,16 @@ def web_hooks(path: str | None):
     return web.authorize, web.wrap_connection
 
 
+def _listen(address: tuple[str, int], daemon: Daemon, authorize, wrap_connection) -> Server:
+    try:
+        return Server(address, daemon, authorize=authorize, wrap_connection=wrap_connection)
+    except OSError:
+        if address[0] != "::":
+            raise
+        # ":port" on a host without IPv6: every IPv4 interface will do.
+        return Server(("", address[1]), daemon, authorize=authorize, wrap_connection=wrap_connection)
+
+
 def run(options: Options) -> int:
     config = load_startup_config(options.config_file)
     if config is None:
@@ -139,7 +149,7 @@ def run(options: Options) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
     daemon = Daemon(config, options.config_file)
     try:
-        server = Server(address, daemon, authorize=authorize, wrap_connection=wrap_connection)
+        server = _listen(address, daemon, authorize, wrap_connection)
     except OSError as error:
         print(f"smtpmon: cannot listen on {options.listen_address}: {error.strerror}",
               file=sys.stderr)

@@ -89,10 +89,6 @@ class _Entry:
     active: bool = True  # False once removed by a reload or stop
 
 
-def _timeout_of(target, module: Module) -> float:
-    return getattr(target, "timeout_seconds", None) or module.timeout_seconds
-
-
 class Scheduler:
     def __init__(self, store: Store, state: State, probe: ProbeFunction = run_module_probe):
         self._store = store
@@ -121,36 +117,32 @@ class Scheduler:
         """
         with self._lock:
             wanted: dict[tuple[str, str], _Entry] = {}
-            added: list[_Entry] = []
+            new: list[tuple[object, Module]] = []
             for target in config.targets:
                 module = config.modules[target.module]
-                key = (target.name, target.module)
-                old = self._entries.get(key)
-                signature = (target, module)
-                if old is not None and old.signature == signature:
-                    wanted[key] = old
-                    continue
-                if old is not None:
-                    self._retire(old)
-                wanted[key] = self._add(target, module, signature)
-                added.append(wanted[key])
-            for key, old in self._entries.items():
-                if key not in wanted:
-                    self._retire(old)
+                old = self._entries.get((target.name, target.module))
+                if old is not None and old.signature == (target, module):
+                    wanted[(target.name, target.module)] = old
+                else:
+                    new.append((target, module))
+            # Retire first: a changed target's fresh series must not be removed with the old.
+            self._retire([old for key, old in self._entries.items() if key not in wanted])
+            added = [self._add(target, module) for target, module in new]
+            wanted.update(((entry.name, entry.module_name), entry) for entry in added)
             self._entries = wanted
             self._schedule_first_runs(added)
             self._resize_pool(config.settings.max_concurrency)
         self._wake.set()
         log.info("schedule applied", targets=len(wanted), max_concurrency=self._max_workers)
 
-    def _add(self, target, module: Module, signature: tuple) -> _Entry:
+    def _add(self, target, module: Module) -> _Entry:
         entry = _Entry(
             name=target.name,
             module_name=target.module,
             module=module,
             interval_seconds=float(target.interval_seconds),
-            timeout_seconds=float(_timeout_of(target, module)),
-            signature=signature,
+            timeout_seconds=float(target.timeout_seconds),
+            signature=(target, module),
         )
         self._store.register(entry.name, entry.module_name)
         entry.job = self._schedule.every(entry.interval_seconds).seconds.do(self._dispatch, entry)
@@ -170,11 +162,16 @@ class Scheduler:
             entry.job.next_run = now + datetime.timedelta(seconds=offset)
             heapq.heappush(self._heap, (entry.job.next_run, next(self._sequence), entry))
 
-    def _retire(self, entry: _Entry) -> None:
-        """Stop scheduling `entry` and drop its series (its heap item is skipped lazily)."""
-        entry.active = False
-        self._schedule.cancel_job(entry.job)
-        self._store.remove(entry.name, entry.module_name)
+    def _retire(self, entries: list[_Entry]) -> None:
+        """Stop scheduling `entries` and drop their series (their heap items are skipped
+        lazily). One pass over the jobs: `cancel_job` per entry would be O(n²) on a big reload."""
+        if not entries:
+            return
+        for entry in entries:
+            entry.active = False
+            self._store.remove(entry.name, entry.module_name)
+        gone = {id(entry.job) for entry in entries}
+        self._schedule.jobs[:] = [job for job in self._schedule.jobs if id(job) not in gone]
 
     def _resize_pool(self, max_workers: int) -> None:
         max_workers = max(1, int(max_workers))
@@ -194,10 +191,6 @@ class Scheduler:
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stopping.is_set()
-
-    @property
-    def target_count(self) -> int:
-        return len(self._entries)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)

@@ -6,9 +6,9 @@ from smtpmon import daemon
 from smtpmon.logs import LEVELS, setup_logging
 
 DESCRIPTION = """Run the daemon: probe every configured target on its schedule and serve the
-results to Prometheus on /metrics, blackbox-style one-off probes on /probe, and a landing page
-on /. Without --config.file, it watches the local MTA at 127.0.0.1:25 every 60 s.
-SIGHUP or POST /-/reload reloads the configuration; SIGTERM stops."""
+results to Prometheus on /metrics, blackbox-style one-off probes on /probe, and a
+landing page on /. Without --config.file, it watches the local MTA at 127.0.0.1:25
+every 60 s. SIGHUP or POST /-/reload reloads the configuration; SIGTERM stops."""
 
 EPILOG = """examples:
   smtpmon run                                   watch 127.0.0.1:25, serve on :9725
