@@ -1,0 +1,154 @@
+"""A built wheel, installed into a fresh virtualenv, gives the `smtpmon` command with every
+subcommand, the example files under <prefix>/share/smtpmon, and one version everywhere.
+
+The wheel is built the way `pip install .` builds it, from a copy of the source tree (so that
+`build/` and `*.egg-info` never appear in the working tree others use) and without build
+isolation (so offline: the test extra brings setuptools). The fresh virtualenv has no pip and no
+dependencies of its own: a `.pth` line lends it the test interpreter's site-packages for
+prometheus-client and friends, while smtpmon itself can only come from the wheel (`.pth` files
+in a directory added that way are not run, so the dev tree's editable install stays out).
+"""
+
+from __future__ import annotations
+
+import email.parser
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from smtpmon import __version__
+from smtpmon.cli import SUBCOMMANDS
+from smtpmon.collector import ExporterState
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCES = ("pyproject.toml", "README.md", "smtpmon", "config", "systemd", "docs")
+# Installed file (under <prefix>) -> its source in the repository, for every file that ships.
+SHARED_DIRS = {
+    "share/smtpmon": "config",
+    "share/smtpmon/systemd": "systemd",
+    "share/doc/smtpmon": "docs",
+}
+
+
+def expected_data_files() -> dict[str, Path]:
+    files = {"share/doc/smtpmon/README.md": REPO / "README.md"}
+    for installed, source in SHARED_DIRS.items():
+        for path in sorted((REPO / source).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                files[f"{installed}/{path.relative_to(REPO / source).as_posix()}"] = path
+    return files
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("packaging")
+    source = work / "source"
+    source.mkdir()
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, source / name)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+         "--quiet", "--wheel-dir", str(work / "dist"), str(source)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert build.returncode == 0, build.stderr
+    (built,) = (work / "dist").glob("*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def venv(wheel, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=30)
+    python = root / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    # Wherever the dependencies are installed: a virtualenv, the user's or the system's site.
+    dependencies = [path for path in sys.path if path.endswith(("site-packages", "dist-packages"))]
+    (Path(site) / "smtpmon-test-dependencies.pth").write_text("\n".join(dependencies) + "\n")
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
+         "--quiet", str(wheel)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert install.returncode == 0, install.stderr
+    return root
+
+
+def smtpmon(venv: Path, *args: str) -> subprocess.CompletedProcess:
+    """The installed console script, run from outside the source tree."""
+    return subprocess.run([str(venv / "bin" / "smtpmon"), *args], capture_output=True, text=True,
+                          cwd=venv, env={**os.environ, "PYTHONPATH": ""}, timeout=30)
+
+
+def test_wheel_has_the_package_the_entry_point_and_the_version(wheel):
+    assert wheel.name == f"smtpmon-{__version__}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        dist_info = f"smtpmon-{__version__}.dist-info"
+        metadata = email.parser.Parser().parsestr(archive.read(f"{dist_info}/METADATA").decode())
+        entry_points = archive.read(f"{dist_info}/entry_points.txt").decode()
+    assert metadata["Version"] == __version__
+    assert "[console_scripts]\nsmtpmon = smtpmon.cli:main" in entry_points
+    for module in ("smtpmon.cli", "smtpmon.__main__", *(module for module, _ in SUBCOMMANDS.values())):
+        assert module.replace(".", "/") + ".py" in names, f"the wheel has no {module}"
+    assert not any(path.startswith(("tests/", "benchmarks/", "tools/")) for path in names)
+
+
+def test_wheel_ships_every_example_file_unchanged(wheel):
+    prefix = f"smtpmon-{__version__}.data/data/"
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {name[len(prefix):]: name for name in archive.namelist() if name.startswith(prefix)}
+        for installed, source in expected_data_files().items():
+            assert installed in shipped, f"{source.relative_to(REPO)} is not in the wheel as {installed}"
+            assert archive.read(shipped[installed]) == source.read_bytes(), installed
+    assert "share/smtpmon/smtpmon.yml" in shipped
+    assert "share/smtpmon/prometheus/smtpmon-alerts.yml" in shipped
+
+
+def test_installed_command_comes_from_the_wheel_and_prints_the_version(venv):
+    located = subprocess.run([str(venv / "bin" / "python"), "-c", "import smtpmon; print(smtpmon.__file__)"],
+                             capture_output=True, text=True, cwd=venv, timeout=30)
+    assert Path(located.stdout.strip()).is_relative_to(venv), located
+    result = smtpmon(venv, "--version")
+    assert (result.returncode, result.stdout) == (0, f"smtpmon {__version__}\n"), result.stderr
+
+
+def test_installed_command_has_every_subcommand(venv):
+    overview = smtpmon(venv, "--help")
+    assert overview.returncode == 0, overview.stderr
+    for name in SUBCOMMANDS:
+        assert name in overview.stdout
+        result = smtpmon(venv, name, "--help")
+        assert result.returncode == 0, f"smtpmon {name} --help: {result.stderr}"
+        assert result.stdout.startswith(f"usage: smtpmon {name}"), result.stdout
+
+
+def test_installed_subcommands_run(venv):
+    explained = smtpmon(venv, "explain", "421")
+    assert explained.returncode == 0, explained.stderr
+    assert "class 4yz transient_negative" in explained.stdout
+    # The shipped example configuration is valid where it is installed (its password file comes
+    # from systemd's $CREDENTIALS_DIRECTORY, absent here).
+    example = venv / "share" / "smtpmon" / "smtpmon.yml"
+    checked = smtpmon(venv, "check-config", "--skip-secrets", str(example))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.startswith(f"{example}: OK: "), checked.stdout
+
+
+def test_installed_files_are_under_the_documented_prefix(venv):
+    for installed, source in expected_data_files().items():
+        assert (venv / installed).read_bytes() == source.read_bytes(), installed
+
+
+def test_build_info_metric_carries_the_same_version():
+    page = ExporterState().render().decode()
+    assert f'smtpmon_build_info{{version="{__version__}",' in page
