@@ -31,6 +31,9 @@ from smtpmon.results import Reply, TlsInfo, TranscriptLine
 MAX_LINE_BYTES = 4096
 # Endless "250-" lines end as a protocol error rather than a session that never finishes.
 MAX_REPLY_LINES = 200
+# And a reply's lines together: 200 lines near MAX_LINE_BYTES would otherwise hold 1.6 MB (text
+# kept in the reply and the transcript) per probe. Real EHLO replies and banners stay under 4 KB.
+MAX_REPLY_BYTES = 65536
 _RECV_BYTES = 4096
 _MASK = "********"
 
@@ -256,6 +259,7 @@ class SmtpConnection:
     # -- sending ---------------------------------------------------------------------------
     def send_line(self, text: str, shown: str | None = None) -> None:
         """Send one command line; `shown` replaces it in the transcript (masked secrets)."""
+        self._refuse_unsolicited()
         self._transcript.add("C", text if shown is None else shown)
         self._send((text + "\r\n").encode("utf-8"))
 
@@ -271,11 +275,25 @@ class SmtpConnection:
 
     def send_message(self, lines: Iterable[str]) -> None:
         """Send a message body after 354: dot-stuffed, CRLF, ended by a lone dot."""
+        self._refuse_unsolicited()
         stuffed = ["." + line if line.startswith(".") else line for line in lines]
         for line in stuffed:
             self._transcript.add("C", line)
         self._transcript.add("C", ".")
         self._send(("\r\n".join(stuffed) + "\r\n.\r\n").encode("utf-8"))
+
+    def _refuse_unsolicited(self) -> None:
+        """Bytes left over after the last reply came unasked: the server did not wait for our
+        command (a pipelining violation, or a reply meant for a command not sent yet). Read as
+        the answer to the next command, they would put every later reply one step out of line.
+        Only bytes already received are seen; later ones are caught at the next command."""
+        if self._buffer:
+            self._transcript.add("S", self._buffer.decode("utf-8", errors="replace") + " (unsolicited)")
+            raise self._noted(SessionError(
+                "protocol_error",
+                f"the server sent {len(self._buffer)} bytes before it was asked anything more: "
+                "it does not wait for commands (pipelining violation)",
+            ))
 
     def command(self, text: str, shown: str | None = None) -> Reply:
         self.send_line(text, shown)
@@ -285,11 +303,12 @@ class SmtpConnection:
     def read_reply(self, within: float | None = None) -> Reply:
         """The next reply; `within` seconds at most (never past the deadline).
 
-        Garbage, disagreeing codes, an over-long line or too many lines give a Reply with
+        Garbage, disagreeing codes, an over-long line, too many lines or bytes give a Reply with
         code None (a protocol error). A timeout or a closed connection raises SessionError.
         """
         until = self._deadline if within is None else min(self._deadline, self._clock() + within)
         lines = []
+        size = 0
         while True:
             raw = self._read_line(until)
             if raw is None:
@@ -297,11 +316,15 @@ class SmtpConnection:
                 return Reply(code=None, lines=texts, error=f"reply line longer than {MAX_LINE_BYTES} bytes")
             line = parse_line(raw)
             lines.append(line)
+            size += len(raw)
             if line.final:
                 return make_reply(lines)
             if len(lines) >= MAX_REPLY_LINES:
                 texts = tuple(line.text for line in lines)
                 return Reply(code=None, lines=texts, error=f"reply longer than {MAX_REPLY_LINES} lines")
+            if size > MAX_REPLY_BYTES:
+                texts = tuple(line.text for line in lines)
+                return Reply(code=None, lines=texts, error=f"reply longer than {MAX_REPLY_BYTES} bytes")
 
     def _read_line(self, until: float) -> bytes | None:
         """One line with its terminator, recorded in the transcript; None when over-long."""
