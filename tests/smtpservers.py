@@ -4,7 +4,8 @@
   test can script, with STARTTLS, implicit TLS and AUTH. aiosmtpd's Controller cannot bind
   port 0, so `SMTP` is served through `loop.create_server` on a loop in a background thread.
 - `ScriptedServer`: a raw socket that plays a script of steps, for the misbehaviour a real
-  implementation never shows: garbage, trickling, silence, closing mid-reply, over-long lines.
+  implementation never shows: garbage, trickling, silence, closing mid-reply, over-long lines,
+  endless replies, connection resets.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import re
 import socket
 import ssl
+import struct
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -195,6 +197,23 @@ class Close:
     pass
 
 
+@dataclass(frozen=True)
+class Repeat:
+    """Send data again and again until the client goes away (e.g. endless "250-" lines)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Abort the connection with a TCP RST (SO_LINGER 0), as a crashed server or a firewall does."""
+
+
+@dataclass(frozen=True)
+class Receive:
+    """Read what the client sends next, whatever it is (a TLS ClientHello is not a line)."""
+
+
 def reply(pattern: str, data: bytes) -> list:
     """The usual step: expect a command, then answer it."""
     return [Expect(pattern), Send(data)]
@@ -290,6 +309,15 @@ class ScriptedServer:
                     sock = reader.sock = self._wrap(sock, step.context)
                 elif isinstance(step, Close):
                     return
+                elif isinstance(step, Repeat):
+                    while not self._stop.is_set():
+                        sock.sendall(step.data)
+                elif isinstance(step, Reset):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
+                elif isinstance(step, Receive):
+                    sock.settimeout(5)
+                    sock.recv(65536)
             while (line := reader.readline()) is not None:
                 self.received.append(line)
         except (OSError, ssl.SSLError):
