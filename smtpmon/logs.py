@@ -21,7 +21,7 @@ ROOT = "smtpmon"
 
 def _value(value: Any) -> str:
     """A logfmt value: bare when safe, else double-quoted with escapes (never spans lines)."""
-    text = "" if value is None else str(value)
+    text = str(value)
     if text and not any(ch in text for ch in ' ="\\') and text.isprintable():
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
@@ -39,7 +39,8 @@ class LogfmtFormatter(logging.Formatter):
             f"msg={_value(record.getMessage())}",
         ]
         for key, value in getattr(record, "fields", {}).items():
-            parts.append(f"{key}={_value(value)}")
+            if value is not None:  # an absent fact is left out, not written as ""
+                parts.append(f"{key}={_value(value)}")
         if record.exc_info:
             # The traceback stays on one line: one event, one line.
             parts.append(f"exception={_value(self.formatException(record.exc_info))}")

@@ -87,6 +87,7 @@ class _Entry:
     job: schedule.Job | None = None
     busy: bool = False  # a probe is queued or running
     active: bool = True  # False once removed by a reload or stop
+    failure: tuple[str | None, str | None] | None = None  # (stage, reason) of the last probe
 
 
 class Scheduler:
@@ -276,18 +277,28 @@ class Scheduler:
                 # A reload may have removed the target meanwhile: its series must stay gone.
                 if entry.active:
                     self._store.record(result)
-            if result.success:
-                log.debug("probe succeeded", target=entry.name, module=entry.module_name,
-                          duration_seconds=f"{result.duration_seconds:.3f}")
-            else:
-                log.info("probe failed", target=entry.name, module=entry.module_name,
-                         stage=result.failed_stage, reason=result.reason, detail=result.detail,
-                         duration_seconds=f"{result.duration_seconds:.3f}")
+            self._log_result(entry, result)
         except Exception as error:
             log.exception("probe crashed", target=entry.name, module=entry.module_name)
             self._record_crash(entry, error)
         finally:
             entry.busy = False
+
+    @staticmethod
+    def _log_result(entry: _Entry, result: ProbeResult) -> None:
+        """Info when a target starts failing, fails differently, or recovers; debug otherwise,
+        so 10,000 targets failing the same way each minute do not flood the journal."""
+        failure = None if result.success else (result.failed_stage, result.reason)
+        changed, entry.failure = failure != entry.failure, failure
+        level = log.info if changed else log.debug
+        where = dict(target=entry.name, module=entry.module_name)
+        took = f"{result.duration_seconds:.3f}"
+        if result.success:
+            level("probe recovered" if changed else "probe succeeded", **where,
+                  duration_seconds=took)
+        else:
+            level("probe failed", **where, stage=result.failed_stage, reason=result.reason,
+                  detail=result.detail, duration_seconds=took)
 
     def _record_crash(self, entry: _Entry, error: Exception) -> None:
         """A probe engine bug still shows as a failed probe, not as a stale success."""

@@ -7,6 +7,7 @@ loopback tarpit and a loopback SMTP server. The store and exporter state are the
 
 from __future__ import annotations
 
+import io
 import re
 import statistics
 import threading
@@ -18,6 +19,7 @@ import pytest
 
 from smtpmon.collector import ExporterState, render_metrics
 from smtpmon.config import Config, Settings, Target
+from smtpmon.logs import setup_logging
 from smtpmon.module import Module
 from smtpmon.results import ProbeResult, StageResult
 from smtpmon.scheduler import Scheduler, run_module_probe, spread_offset
@@ -263,3 +265,28 @@ def test_real_probes_a_tarpit_does_not_hold_up_a_healthy_server(running, scripte
     assert sample(metrics, "smtpmon_probe_failures_total", target=tarpit.target, stage="banner",
                   reason="timeout") >= 2
     assert lag_quantile(metrics, 0.99) <= 0.1
+
+
+def test_log_lines_mark_changes_not_every_probe(running):
+    stream = io.StringIO()
+    setup_logging("info", stream)
+    outcomes = iter([False, False, False, True, True])
+
+    def flaky(target, module_name, module, deadline):
+        ok = next(outcomes, True)
+        return ProbeResult(target=target, module=module_name, success=ok, started_at=time.time(),
+                           duration_seconds=0.001, failed_stage=None if ok else "banner",
+                           reason=None if ok else "banner_rejected")
+
+    try:
+        running(make_config(["127.0.0.1:25"], interval=0.2, timeout=0.1), flaky)
+        time.sleep(1.3)
+    finally:
+        setup_logging("info")
+    # Three failures in a row: one line; the recovery: one line. "ts=..." left out.
+    lines = [line.split(" ", 1)[1] for line in stream.getvalue().splitlines() if "target=" in line]
+    assert lines == [
+        'level=info msg="probe failed" target=127.0.0.1:25 module=m stage=banner '
+        'reason=banner_rejected duration_seconds=0.001',
+        'level=info msg="probe recovered" target=127.0.0.1:25 module=m duration_seconds=0.001',
+    ]
