@@ -69,24 +69,29 @@ def venv(wheel, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("venv") / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=30)
     python = root / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                          capture_output=True, text=True, check=True, timeout=30).stdout.strip()
-    # Wherever the dependencies are installed: a virtualenv, the user's or the system's site.
-    dependencies = [path for path in sys.path if path.endswith(("site-packages", "dist-packages"))]
-    (Path(site) / "smtpmon-test-dependencies.pth").write_text("\n".join(dependencies) + "\n")
     install = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
          "--quiet", str(wheel)],
         capture_output=True, text=True, timeout=60,
     )
     assert install.returncode == 0, install.stderr
+    # Only now lend the dependencies: pip, seeing another smtpmon on the path, would try to
+    # replace it. Wherever they are installed: a virtualenv, the user's or the system's site.
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    dependencies = [path for path in sys.path if path.endswith(("site-packages", "dist-packages"))]
+    (Path(site) / "smtpmon-test-dependencies.pth").write_text("\n".join(dependencies) + "\n")
     return root
 
 
 def smtpmon(venv: Path, *args: str) -> subprocess.CompletedProcess:
     """The installed console script, run from outside the source tree."""
     return subprocess.run([str(venv / "bin" / "smtpmon"), *args], capture_output=True, text=True,
-                          cwd=venv, env={**os.environ, "PYTHONPATH": ""}, timeout=30)
+                          cwd=venv, env=_without_pythonpath(), timeout=30)
+
+
+def _without_pythonpath() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
 
 
 def test_wheel_has_the_package_the_entry_point_and_the_version(wheel):
@@ -116,7 +121,7 @@ def test_wheel_ships_every_example_file_unchanged(wheel):
 
 def test_installed_command_comes_from_the_wheel_and_prints_the_version(venv):
     located = subprocess.run([str(venv / "bin" / "python"), "-c", "import smtpmon; print(smtpmon.__file__)"],
-                             capture_output=True, text=True, cwd=venv, timeout=30)
+                             capture_output=True, text=True, cwd=venv, env=_without_pythonpath(), timeout=30)
     assert Path(located.stdout.strip()).is_relative_to(venv), located
     result = smtpmon(venv, "--version")
     assert (result.returncode, result.stdout) == (0, f"smtpmon {__version__}\n"), result.stderr
