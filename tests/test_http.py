@@ -300,3 +300,23 @@ def test_authorize_hook_guards_every_route(exporter):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(
+    "raw, status",
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /metrics HTTP/9.9\r\n\r\n", 505),
+        (b"GET /probe?target=" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET /metrics HTTP/1.1\r\n" + b"X-A: b\r\n" * 200 + b"\r\n", 431),
+        (b"GET /probe?target=%00:25&module=plain HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ],
+)
+def test_malformed_requests_get_a_4xx_and_no_traceback(exporter, raw, status):
+    with socket.create_connection(("127.0.0.1", exporter[1].port), timeout=5) as sock:
+        sock.sendall(raw)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.startswith(f"HTTP/1.".encode()) and f" {status} ".encode() in answer[:40]
+    assert b"Traceback" not in answer
