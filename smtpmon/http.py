@@ -187,6 +187,9 @@ def parse_listen_address(text: str) -> tuple[str, int]:
 class Handler(BaseHTTPRequestHandler):
     server: Server
     protocol_version = "HTTP/1.1"
+    # Until the request line yields a version, http.server assumes HTTP/0.9 and so answers a
+    # garbage line (or HTTP/2 spoken to this port) with a bare HTML page and no status line.
+    default_request_version = "HTTP/1.0"
 
     def version_string(self) -> str:
         return f"smtpmon/{__version__}"
