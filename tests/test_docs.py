@@ -1,0 +1,331 @@
+"""The reference pages cannot drift from the code.
+
+- docs/metrics.md lists exactly the families the collector defines, with their types, and the
+  label set of each is the one a real `/metrics` and `/probe` page shows after real probes;
+- docs/reply-codes.md is what tools/gen_reply_codes_doc.py renders from smtpmon.replycodes, and
+  carries every code of the project's reference table with its class and category;
+- every relative link in README.md and docs/*.md leads to a file (and heading) that exists, and
+  docs/index.md links every page;
+- the configuration and scrape examples of docs/probe-mode.md load (smtpmon, promtool);
+- `smtpmon --help` and each subcommand's help show an example and document every flag.
+
+(The configuration reference is kept in step by tests/test_config.py.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import re
+import subprocess
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from prometheus_tools import require_tool
+from smtpmon.cli import SUBCOMMANDS, build_parser, main
+from smtpmon.collector import (
+    EXPORTER_FAMILIES,
+    TARGET_FAMILIES,
+    ExporterState,
+    render_metrics,
+    render_probe,
+)
+from smtpmon.config import parse_config
+from smtpmon.module import Module
+from smtpmon.probe import run_probe
+from smtpmon.store import ResultStore
+from smtpservers import SERVER_NAME, AiosmtpdServer, ScriptedHandler
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
+METRICS_DOC = DOCS / "metrics.md"
+REPLY_CODES_DOC = DOCS / "reply-codes.md"
+PROBE_MODE_DOC = DOCS / "probe-mode.md"
+REFERENCE_TABLE = Path(__file__).resolve().parent / "data" / "reply-codes.md"
+# prometheus_client's own families, documented as one `process_*`, `python_*` row.
+RUNTIME_PREFIXES = ("process_", "python_")
+
+
+# -- reading markdown ------------------------------------------------------------------------------
+def _without_code_blocks(text: str) -> str:
+    return re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+
+
+def tables_by_heading(text: str) -> dict[str, list[dict[str, str]]]:
+    """Each heading's first table, as rows of {column header: cell}; backticks kept."""
+    tables: dict[str, list[dict[str, str]]] = {}
+    heading, header, rows = None, None, None
+    for line in _without_code_blocks(text).splitlines():
+        if line.startswith("#"):
+            heading, header, rows = line.lstrip("#").strip(), None, None
+            continue
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [cell.strip().replace(r"\|", "|") for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if header is None:
+            header, rows = cells, []
+            if heading is not None and heading not in tables:
+                tables[heading] = rows
+        elif not all(set(cell) <= {"-", ":"} for cell in cells):
+            rows.append(dict(zip(header, cells)))
+    return tables
+
+
+def backticked(cell: str) -> list[str]:
+    return re.findall(r"`([^`]+)`", cell)
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = heading.strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = _without_code_blocks(path.read_text(encoding="utf-8"))
+    return {github_anchor(line.lstrip("#")) for line in text.splitlines() if line.startswith("#")}
+
+
+# -- the metrics reference -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Documented:
+    type: str
+    labels: frozenset[str]
+
+
+def documented_families() -> tuple[dict[str, Documented], dict[str, Documented]]:
+    """(per-target families, exporter families) as docs/metrics.md lists them, in page order."""
+    tables = tables_by_heading(METRICS_DOC.read_text(encoding="utf-8"))
+    per_target = {
+        backticked(row["metric"])[0]: Documented(
+            row["type"], frozenset({"target", "module", *backticked(row["extra labels"])})
+        )
+        for row in tables["Per target"]
+    }
+    exporter = {
+        backticked(row["metric"])[0]: Documented(row["type"], frozenset(backticked(row["labels"])))
+        for row in tables["The exporter itself"]
+        if "*" not in row["metric"]
+    }
+    return per_target, exporter
+
+
+def test_the_page_parser_reads_the_metrics_tables():
+    per_target, exporter = documented_families()
+    assert per_target["smtpmon_replies_total"] == Documented(
+        "counter", frozenset({"target", "module", "stage", "code", "class", "category"})
+    )
+    assert exporter["smtpmon_build_info"] == Documented("gauge", frozenset({"version", "python_version"}))
+
+
+def test_metrics_reference_lists_exactly_the_collector_families_in_order():
+    per_target, exporter = documented_families()
+    assert [(name, doc.type) for name, doc in per_target.items()] == [
+        (family.name, family.type) for family in TARGET_FAMILIES
+    ]
+    assert [(name, doc.type) for name, doc in exporter.items()] == [
+        (family.name, family.type) for family in EXPORTER_FAMILIES
+    ]
+
+
+def exported_families(page: bytes) -> dict[str, Documented]:
+    """Family name (as written in `# TYPE`) -> type and the label names of its samples."""
+    families = {}
+    for family in text_string_to_metric_families(page.decode("utf-8")):
+        # The parser drops a counter's `_total` from the family name; the samples keep it.
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        labels = {label for sample in family.samples for label in sample.labels}
+        families[name] = Documented(family.type, frozenset(labels - {"le", "quantile"}))
+    return families
+
+
+@pytest.fixture(scope="module")
+def real_results(ca_file, tls_contexts):
+    """Two real probes against aiosmtpd on loopback: a healthy session through STARTTLS, MAIL,
+    RCPT and DATA, and one whose RCPT gets 450 (greylisting), so that every family has samples."""
+    handler = ScriptedHandler(rcpt_replies={"grey@example.org": "450 4.2.0 Greylisted, try again later"})
+    server = AiosmtpdServer(handler, starttls_context=tls_contexts["trusted"]).start()
+    module = Module(tls="starttls", tls_ca_file=ca_file, tls_server_name=SERVER_NAME,
+                    mail_from="probe@example.org", timeout_seconds=5.0)
+    try:
+        healthy = run_probe(server.target, replace(module, rcpt_to=("ok@example.org",), data=True),
+                            module_name="mx")
+        greylisted = run_probe(server.target, replace(module, rcpt_to=("grey@example.org",)),
+                               module_name="greylist")
+    finally:
+        server.stop()
+    assert healthy.success, healthy
+    assert (greylisted.success, greylisted.reason) == (False, "rcpt_rejected")
+    return healthy, greylisted
+
+
+def test_every_family_on_metrics_is_documented_with_its_labels(real_results):
+    store, state = ResultStore(), ExporterState()
+    for result in real_results:
+        store.register(result.target, result.module)
+        store.record(result)
+    store.record_skip(real_results[0].target, real_results[0].module)
+    state.config_loaded(True)
+    state.set_targets(len(real_results))
+    state.observe_schedule_lag(0.02)
+
+    exported = exported_families(render_metrics(store, state))
+    per_target, exporter = documented_families()
+    documented = {**per_target, **exporter}
+    for name, family in exported.items():
+        if name.startswith(RUNTIME_PREFIXES):
+            continue
+        assert name in documented, f"{name} is exported but not in docs/metrics.md"
+        assert family == documented[name], f"{name}: exported {family}, documented {documented[name]}"
+    missing = set(documented) - set(exported)
+    assert not missing, f"documented but not exported after real probes: {sorted(missing)}"
+
+
+def test_every_family_on_probe_is_documented_with_its_labels(real_results):
+    per_target, _ = documented_families()
+    for result in real_results:
+        for name, family in exported_families(render_probe(result)).items():
+            assert name in per_target, f"/probe exports {name}, not in docs/metrics.md"
+            assert family == per_target[name], f"/probe {name}: {family} vs {per_target[name]}"
+
+
+# -- the reply-code reference ----------------------------------------------------------------------
+def _generator():
+    spec = importlib.util.spec_from_file_location("gen_reply_codes_doc", REPO / "tools" / "gen_reply_codes_doc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reply_codes_page_is_what_the_code_renders():
+    assert REPLY_CODES_DOC.read_text(encoding="utf-8") == _generator().render(), (
+        "docs/reply-codes.md differs from smtpmon/replycodes.py: run "
+        "`.venv/bin/python tools/gen_reply_codes_doc.py`"
+    )
+
+
+def test_reply_codes_page_has_every_code_of_the_reference_table():
+    reference = tables_by_heading(REFERENCE_TABLE.read_text(encoding="utf-8"))
+    page = tables_by_heading(REPLY_CODES_DOC.read_text(encoding="utf-8"))
+    classes = {row["digit"][0]: row["name"].replace(" ", "_") for row in reference["First digit: the class (5 values)"]}
+    categories = {row["digit"][1]: row["name"].replace(" ", "_") for row in reference["Second digit: the category (6 values)"]}
+    listed = {row["code"]: row for row in page["The codes"]}
+    for row in reference["The codes"]:
+        code = row["code"]
+        assert code in listed, f"docs/reply-codes.md has no row for {code}"
+        assert backticked(listed[code]["`class`"]) == [classes[code[0]]], code
+        assert backticked(listed[code]["`category`"]) == [categories[code[1]]], code
+        # The page may add an extension's meaning after the reference words, never replace them.
+        assert listed[code]["meaning"].startswith(row["meaning"]), code
+
+
+def test_reply_codes_page_lists_the_enhanced_codes():
+    text = REPLY_CODES_DOC.read_text(encoding="utf-8")
+    enhanced = text.split("## Enhanced status codes", 1)[1]
+    rows = {row["code"]: row["meaning"] for row in tables_by_heading(enhanced)["The codes"]}
+    assert rows["X.1.1"] == "bad destination mailbox address"
+    assert rows["X.7.1"] == "delivery not authorized, message refused"
+    assert len(rows) > 70
+
+
+# -- links -----------------------------------------------------------------------------------------
+PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
+def relative_links(path: Path) -> list[str]:
+    text = _without_code_blocks(path.read_text(encoding="utf-8"))
+    links = re.findall(r"\[[^\]]*\]\(([^)\s]+)\)", text)
+    return [link for link in links if not re.match(r"[a-z][a-z0-9+.-]*:", link)]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda path: path.name)
+def test_every_relative_link_resolves(page):
+    for link in relative_links(page):
+        file_part, _, anchor = link.partition("#")
+        target = (page.parent / file_part).resolve() if file_part else page
+        assert target.exists(), f"{page.name}: link {link} leads nowhere"
+        if anchor and target.suffix == ".md":
+            assert anchor in anchors(target), f"{page.name}: link {link}: no such heading"
+
+
+def test_index_links_every_reference_page_and_the_readme_links_the_index():
+    linked = {(DOCS / link.partition("#")[0]).resolve() for link in relative_links(DOCS / "index.md")}
+    unlisted = {page.name for page in DOCS.glob("*.md") if page.name != "index.md"} - {
+        path.name for path in linked
+    }
+    assert not unlisted, f"docs/index.md does not link {sorted(unlisted)}"
+    assert "docs/index.md" in relative_links(REPO / "README.md")
+
+
+def test_the_link_checker_sees_a_broken_link(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# Title\n[ok](#title) [bad](missing.md)\n```\n[in code](nowhere.md)\n```\n")
+    assert relative_links(page) == ["#title", "missing.md"]
+    assert anchors(page) == {"title"}
+
+
+# -- examples in the pages ------------------------------------------------------------------------
+def yaml_blocks(path: Path) -> list[str]:
+    return re.findall(r"^```yaml\n(.*?)^```", path.read_text(encoding="utf-8"), flags=re.M | re.S)
+
+
+def test_probe_mode_configuration_example_loads_and_allows_what_it_says():
+    (block,) = [block for block in yaml_blocks(PROBE_MODE_DOC) if block.startswith("probe_allow:")]
+    config = parse_config(block, "docs/probe-mode.md", check_secrets=False)
+    assert set(config.modules) == {"mx", "submission"}
+    assert config.probe_allowed("mx1.example.org", 25)
+    assert config.probe_allowed("smtp.example.org", 587)
+    assert not config.probe_allowed("mx1.example.net", 25)
+
+
+def test_probe_mode_scrape_examples_pass_promtool(tmp_path):
+    promtool = require_tool("promtool")
+    jobs = [block for block in yaml_blocks(PROBE_MODE_DOC) if "job_name:" in block]
+    assert len(jobs) == 3
+    for number, block in enumerate(jobs):
+        path = tmp_path / f"prometheus-{number}.yml"
+        path.write_text(block if block.startswith("scrape_configs:") else "scrape_configs:\n" + block)
+        checked = subprocess.run([promtool, "check", "config", str(path)], capture_output=True,
+                                 text=True, timeout=30)
+        assert checked.returncode == 0, f"example {number + 1}:\n{block}\n{checked.stdout}{checked.stderr}"
+
+
+# -- command-line help -----------------------------------------------------------------------------
+def help_text(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    subparsers = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    return dict(subparsers.choices)
+
+
+def test_top_level_help_lists_every_subcommand_and_examples(capsys):
+    text = help_text(capsys, ["--help"])
+    assert "examples:" in text
+    for name in SUBCOMMANDS:
+        assert re.search(rf"^\s+{re.escape(name)}\s", text, re.M), f"--help does not list {name}"
+        assert f"smtpmon {name}" in text, f"--help has no example of {name}"
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_subcommand_help_shows_examples_and_documents_every_argument(capsys, name):
+    text = help_text(capsys, [name, "--help"])
+    assert "examples:" in text
+    assert f"smtpmon {name} " in text.split("examples:", 1)[1]
+    for action in subcommand_parsers()[name]._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        shown = action.option_strings or [action.metavar or action.dest]
+        assert action.help and action.help != argparse.SUPPRESS, f"{name} {shown[0]}: no help text"
+        for spelling in shown:
+            assert spelling in text, f"smtpmon {name} --help does not show {spelling}"
