@@ -1,0 +1,69 @@
+"""Reloading the running daemon with invalid configurations from tests/test_config.py's table.
+
+Each one: POST /-/reload answers 400 with every error, the old targets keep being probed,
+`smtpmon_config_last_reload_successful` drops to 0; the good file brings it back to 1.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon_process import probed, start_daemon, value
+from smtpservers import AiosmtpdServer
+from test_config import INVALID
+
+# Representative rows: YAML that does not parse, a file with nothing in it, a dangling module
+# reference, a value out of range, a misspelt choice, a security rule, several errors at once.
+RELOADED = (
+    "YAML syntax error names the line",
+    "empty file",
+    "unknown module",
+    "port too large",
+    "misspelt TLS mode",
+    "AUTH over plain text",
+    "three problems at once",
+)
+RELOAD_FAILED = 'level=error msg="configuration reload failed; keeping the running configuration"'
+INVALID_BY_ID = {case[0]: case[1:] for case in INVALID}
+
+
+@pytest.fixture(scope="module")
+def smtp_target():
+    server = AiosmtpdServer().start()
+    yield server.target
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory, smtp_target):
+    good = (
+        "global: {interval: 500ms, timeout: 400ms}\n"
+        "modules:\n  plain: {tls: none}\n"
+        f'targets:\n  - {{address: "{smtp_target}", module: plain}}\n'
+    )
+    daemon = start_daemon(tmp_path_factory.mktemp("bad-reload"), good)
+    daemon.good_config = good
+    yield daemon
+    daemon.stop()
+
+
+@pytest.mark.parametrize("case", RELOADED)
+def test_a_bad_reload_keeps_the_running_configuration(running, smtp_target, case):
+    text, errors = INVALID_BY_ID[case]
+    running.config_path.write_text(text)
+    logged_before = running.log().count(RELOAD_FAILED)
+
+    status, body = running.request("POST", "/-/reload")
+    assert status == 400
+    assert body == "reload failed; the previous configuration keeps running:\n" + "".join(f"  {e}\n" for e in errors)
+    metrics = running.metrics()
+    assert value(metrics, "smtpmon_config_last_reload_successful") == 0
+    assert value(metrics, "smtpmon_targets") == 1
+    before = value(metrics, "smtpmon_probes_total", target=smtp_target)
+    metrics = running.wait_for(probed(smtp_target, int(before) + 2), timeout=5)  # still probing
+    assert value(metrics, "smtpmon_probe_success", target=smtp_target) == 1
+    assert running.log().count(RELOAD_FAILED) == logged_before + len(errors)  # a line per error
+
+    running.config_path.write_text(running.good_config)
+    assert running.request("POST", "/-/reload") == (200, "configuration reloaded\n")
+    assert value(running.metrics(), "smtpmon_config_last_reload_successful") == 1
