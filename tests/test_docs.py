@@ -188,8 +188,9 @@ def test_every_family_on_metrics_is_documented_with_its_labels(real_results):
 
 def test_every_family_on_probe_is_documented_with_its_labels(real_results):
     per_target, _ = documented_families()
+    probe_store = ResultStore(max_entries=10)
     for result in real_results:
-        for name, family in exported_families(render_probe(result)).items():
+        for name, family in exported_families(render_probe(result, probe_store)).items():
             assert name in per_target, f"/probe exports {name}, not in docs/metrics.md"
             assert family == per_target[name], f"/probe {name}: {family} vs {per_target[name]}"
 
