@@ -378,9 +378,7 @@ def render_metrics(store: ResultStore, state: ExporterState) -> bytes:
     return b"".join(parts)
 
 
-def render_probe(result: ProbeResult) -> bytes:
-    """The `/probe` page: the same families and labels for one result, counters of one probe."""
-    counts = TargetCounts()
-    counts.add(result)
-    row = render_target(result.target, result.module, result, counts, result.tls, skipped=None)
-    return b"".join(_join_families([row]))
+def render_probe(result: ProbeResult, store: ResultStore) -> bytes:
+    """The `/probe` page: `result` recorded in `store` (the daemon's /probe store), rendered
+    with the counters of every /probe of the same target and module, as daemon mode counts."""
+    return b"".join(_join_families([store.record_on_demand(result)]))

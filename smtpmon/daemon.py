@@ -31,6 +31,8 @@ EXIT_BAD_CONFIG = 2
 
 # How often serve_forever checks for shutdown: bounds the extra time a stop takes.
 HTTP_POLL_SECONDS = 0.2
+# (target, module) pairs whose /probe counters are kept; the least recently probed goes first.
+MAX_PROBE_ENTRIES = 10_000
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Daemon:
     def __init__(self, config: Config, config_file: str | None):
         self.config_file = config_file
         self.store = ResultStore()
+        self.probe_store = ResultStore(max_entries=MAX_PROBE_ENTRIES)
         self.state = ExporterState()
         self.scheduler = Scheduler(self.store, self.state)
         self._config = config

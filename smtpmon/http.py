@@ -49,6 +49,7 @@ class Exporter(Protocol):
     """What the HTTP side needs from the daemon."""
 
     store: ResultStore
+    probe_store: ResultStore  # bounded; counts /probe results per (target, module)
     state: ExporterState
 
     @property
@@ -298,7 +299,7 @@ class Handler(BaseHTTPRequestHandler):
             exporter.state.probe_finished()
         log.info("probe via /probe", target=target, module=module_name,
                  success=int(result.success), reason=result.reason, client=self.client_address[0])
-        metrics = render_probe(result)
+        metrics = render_probe(result, exporter.probe_store)
         if debug:
             text = transcript.render(result).rstrip("\n")
             body = f"{text}\n\nMetrics that would have been returned:\n".encode() + metrics

@@ -3,6 +3,9 @@
 Workers call `record` as probes finish; HTTP threads read. One lock guards everything. Each
 entry also keeps its exposition lines, rendered by the collector when the entry changes, so
 that a scrape of 10,000 targets only joins bytes (`rows`) and never walks result objects.
+
+The daemon keeps a second, bounded store for `/probe` (`record_on_demand`): its counters grow
+from one request to the next as in daemon mode, so `rate()` means the same in both modes.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ class TargetSnapshot:
     module: str
     latest: ProbeResult | None
     counts: TargetCounts
-    skipped: int
+    skipped: int | None  # None for /probe entries: on-demand runs are never skipped
     tls: TlsInfo | None  # from the last probe that reached TLS
 
 
@@ -32,7 +35,7 @@ class _Entry:
     module: str
     latest: ProbeResult | None = None
     counts: TargetCounts = field(default_factory=TargetCounts)
-    skipped: int = 0
+    skipped: int | None = 0
     tls: TlsInfo | None = None
     row: tuple[bytes, ...] = ()  # rendered exposition, replaced (never mutated) on change
 
@@ -41,11 +44,21 @@ class _Entry:
             self.target, self.module, self.latest, self.counts, self.tls, self.skipped
         )
 
+    def add(self, result: ProbeResult) -> None:
+        self.latest = result
+        self.counts.add(result)
+        if result.tls is not None:
+            self.tls = result.tls
+        self.render()
+
 
 class ResultStore:
-    def __init__(self) -> None:
+    def __init__(self, max_entries: int | None = None) -> None:
+        """`max_entries` bounds the entries `record_on_demand` creates: /probe callers choose
+        the targets, so without a bound they could grow the store (and /probe) forever."""
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, str], _Entry] = {}
+        self._max_entries = max_entries
 
     def register(self, target: str, module: str) -> None:
         """Make the target's always-present series exist (at zero). An entry that exists
@@ -64,18 +77,30 @@ class ResultStore:
             entry = self._entries.get((result.target, result.module))
             if entry is None:
                 return False
-            entry.latest = result
-            entry.counts.add(result)
-            if result.tls is not None:
-                entry.tls = result.tls
-            entry.render()
+            entry.add(result)
             return True
+
+    def record_on_demand(self, result: ProbeResult) -> tuple[bytes, ...]:
+        """Store and count a `/probe` result, creating its entry if needed; the entry's
+        rendered row (see collector.render_target). When the store is full, the entry
+        probed least recently makes room."""
+        key = (result.target, result.module)
+        with self._lock:
+            # Re-inserted on every probe: the dict's order is then least recently probed first.
+            entry = self._entries.pop(key, None)
+            if entry is None:
+                entry = _Entry(result.target, result.module, skipped=None)
+                if self._max_entries is not None and len(self._entries) >= self._max_entries:
+                    del self._entries[next(iter(self._entries))]
+            self._entries[key] = entry
+            entry.add(result)
+            return entry.row
 
     def record_skip(self, target: str, module: str) -> bool:
         """Count a scheduled run skipped because the previous probe was still running."""
         with self._lock:
             entry = self._entries.get((target, module))
-            if entry is None:
+            if entry is None or entry.skipped is None:
                 return False
             entry.skipped += 1
             entry.render()

@@ -273,9 +273,9 @@ def test_exporter_metrics():
     assert any(name.startswith("python_gc_") for name in names)
 
 
-def test_render_probe_is_one_probe_without_exporter_metrics():
+def test_render_probe_is_one_target_without_exporter_metrics():
     result = probe_results.data_554()
-    out = render_probe(result)
+    out = render_probe(result, ResultStore())
     t = {"target": result.target, "module": "mx"}
     assert value(out, "smtpmon_probes_total", **t) == 1
     assert value(out, "smtpmon_probe_success", **t) == 0
@@ -325,6 +325,36 @@ def test_promtool_accepts_metrics(promtool):
     assert promtool_problems(promtool, render_metrics(store, state)) == ""
 
 
+def test_render_probe_counts_every_probe_of_the_target():
+    """Counters grow from one /probe to the next, so rate() works as in daemon mode."""
+    store = ResultStore(max_entries=10)
+    render_probe(probe_results.data_554(), store)
+    render_probe(probe_results.healthy(), store)  # another target: counted apart
+    out = render_probe(probe_results.data_554(), store)
+    t = {"target": probe_results.data_554().target, "module": "mx"}
+    assert value(out, "smtpmon_probes_total", **t) == 2
+    assert value(out, "smtpmon_replies_total", stage="data", code="554",
+                 class_="permanent_negative", category="mail_system", **t) == 2
+    assert value(out, "smtpmon_probe_failures_total", stage="data", reason="data_rejected",
+                 **t) == 2
+    assert {l["target"] for _, l, _ in samples(out)} == {t["target"]}
+
+
+def test_render_probe_store_forgets_the_least_recently_probed_when_full():
+    store = ResultStore(max_entries=2)
+    a, b, c = (probe_results.healthy(f"{name}.example.org:25", "mx") for name in "abc")
+    for result in (a, b, a, c):  # b is now the least recently probed: it makes room for c
+        render_probe(result, store)
+    assert sorted(store.keys()) == [(a.target, "mx"), (c.target, "mx")]
+    out = render_probe(a, store)
+    assert value(out, "smtpmon_probes_total", target=a.target, module="mx") == 3
+    out = render_probe(b, store)  # back after eviction: counting from the start again
+    assert value(out, "smtpmon_probes_total", target=b.target, module="mx") == 1
+    assert len(store.keys()) == 2
+
+
 def test_promtool_accepts_probe(promtool):
-    for result in (probe_results.healthy(), probe_results.protocol_error()):
-        assert promtool_problems(promtool, render_probe(result)) == ""
+    store = ResultStore()
+    for result in (probe_results.healthy(), probe_results.protocol_error(),
+                   probe_results.healthy()):
+        assert promtool_problems(promtool, render_probe(result, store)) == ""

@@ -96,6 +96,23 @@ def test_probe_a_configured_target(exporter):
             'code="220",class="positive_completion",category="connections"} 1.0') in body
 
 
+def test_probe_counters_grow_from_request_to_request(exporter, scripted_server):
+    """rate() over /probe counters must work as in daemon mode: they count every /probe of the
+    same target and module, each (target, module) on its own, apart from the daemon's store."""
+    daemon, client, healthy, _ = exporter
+    other = via_allow_list(scripted_server([BANNER, EHLO_OK, QUIT_OK]))
+    bodies = [client.get(f"/probe?target={target}&module=plain")[2]
+              for target in (healthy.target, healthy.target, other)]
+    assert f'smtpmon_probes_total{{target="{healthy.target}",module="plain"}} 1.0' in bodies[0]
+    assert f'smtpmon_probes_total{{target="{healthy.target}",module="plain"}} 2.0' in bodies[1]
+    assert (f'smtpmon_replies_total{{target="{healthy.target}",module="plain",stage="banner",'
+            'code="220",class="positive_completion",category="connections"} 2.0') in bodies[1]
+    assert f'smtpmon_probes_total{{target="{other}",module="plain"}} 1.0' in bodies[2]
+    assert healthy.target not in bodies[2]  # one answer, one target
+    _, _, metrics = client.get("/metrics")
+    assert other not in metrics  # /probe results stay out of daemon mode's /metrics
+
+
 def test_probe_debug_returns_the_transcript_and_the_metrics(exporter):
     daemon, client, healthy, _ = exporter
     status, content_type, body = client.get(f"/probe?target={healthy.target}&module=plain&debug=true")
