@@ -383,9 +383,10 @@ class _Session:
             record.fail("internal_error", "AUTH needs a password file or environment variable")
             return
         username = module.auth_username or ""
+        blob = _b64(f"\0{username}\0{password}")
+        self.connection.hide(blob, _b64(password), password)  # the longest first
         send = self.connection.command
         if mechanism == "PLAIN":
-            blob = _b64(f"\0{username}\0{password}")
             self.final(record, "auth", send(f"AUTH PLAIN {blob}", "AUTH PLAIN ********"), "AUTH PLAIN")
             return
         if not self.intermediate(record, "auth", send("AUTH LOGIN"), "AUTH LOGIN"):

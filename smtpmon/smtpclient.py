@@ -188,6 +188,22 @@ class SmtpConnection:
         self._transcript = transcript
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
+        self._secrets: list[bytes] = []
+
+    def hide(self, *secrets: str) -> None:
+        """Mask these wherever the server's words show them: a server may quote the line it
+        could not accept (a 535 or 501 with the AUTH data), and its words reach the replies,
+        the transcript, the failure detail, logs and pages."""
+        self._secrets += [secret.encode("utf-8") for secret in secrets if secret]
+
+    def _masked(self, data: bytes) -> bytes:
+        for secret in self._secrets:
+            data = data.replace(secret, _MASK.encode("ascii"))
+        return data
+
+    def _shown(self, data: bytes) -> str:
+        """Server bytes as transcript text, secrets masked."""
+        return self._masked(bytes(data)).decode("utf-8", errors="replace")
 
     def _noted(self, error: SessionError) -> SessionError:
         """The error, also written into the transcript where the session stopped."""
@@ -288,7 +304,7 @@ class SmtpConnection:
         the answer to the next command, they would put every later reply one step out of line.
         Only bytes already received are seen; later ones are caught at the next command."""
         if self._buffer:
-            self._transcript.add("S", self._buffer.decode("utf-8", errors="replace") + " (unsolicited)")
+            self._transcript.add("S", self._shown(self._buffer) + " (unsolicited)")
             raise self._noted(SessionError(
                 "protocol_error",
                 f"the server sent {len(self._buffer)} bytes before it was asked anything more: "
@@ -333,10 +349,12 @@ class SmtpConnection:
             if end >= 0 and end < MAX_LINE_BYTES:
                 raw = bytes(self._buffer[: end + 1])
                 del self._buffer[: end + 1]
+                # A reply's code is never masked (a password "250" must not break parsing).
+                raw = raw[:4] + self._masked(raw[4:]) if raw[:3].isdigit() else self._masked(raw)
                 self._transcript.add("S", raw.rstrip(b"\r\n").decode("utf-8", errors="replace"))
                 return raw
             if len(self._buffer) >= MAX_LINE_BYTES:
-                head = self._buffer[:60].decode("utf-8", errors="replace")
+                head = self._shown(self._buffer[:60])
                 self._transcript.add("S", f"{head}... (more than {MAX_LINE_BYTES} bytes without a line end)")
                 self._buffer.clear()
                 return None
@@ -361,7 +379,7 @@ class SmtpConnection:
 
     def _partial_line_to_transcript(self) -> None:
         if self._buffer:
-            self._transcript.add("S", self._buffer.decode("utf-8", errors="replace") + " (incomplete)")
+            self._transcript.add("S", self._shown(self._buffer) + " (incomplete)")
 
 
 def tls_info(tls_sock: ssl.SSLSocket, *, verified: bool, verify_error: str | None = None) -> TlsInfo:
