@@ -1,0 +1,428 @@
+"""The smtpmon benchmark suite: smtpmon against blackbox_exporter, side by side, on loopback.
+
+    .venv/bin/python benchmarks/run.py [--quick] [--sizes 10,1000,10000] [--skip PHASE ...]
+
+Prints one table (Markdown) per phase; benchmarks/README.md explains each figure and keeps the
+last full run. Phases:
+
+- daemon: N targets on a fast loopback SMTP server (10% with a 20 ms banner delay), smtpmon in
+  daemon mode (plain module: banner, EHLO, QUIT) with /metrics scraped every 15 s, and
+  blackbox_exporter driven through /probe by a load client at the same rate over the same
+  targets, both at once. CPU per probe, schedule lag, /metrics time and size, RSS, and the
+  banner-stage timing error against the injected delay.
+- probe: /probe mode, closed loop at concurrency 1, 16 and 64 (plain) and 16 (STARTTLS), each
+  exporter in turn: CPU per probe.
+- isolation: 1,000 targets, one in ten a tarpit: the schedule lag of the probes.
+- postfix: a STARTTLS session against a real Postfix (needs root): smtpmon, smtplib and
+  blackbox_exporter wall time per session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import platform
+import smtplib
+import ssl
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as h  # noqa: E402
+
+SCRAPE_INTERVAL = 15.0
+BANNER_DELAY = 0.020
+# (targets, probe interval seconds): the rate is targets / interval.
+INTERVALS = {10: 1.0, 1000: 10.0, 10000: 60.0}
+
+
+def log(message: str) -> None:
+    print(f"# {datetime.datetime.now():%H:%M:%S} {message}", file=sys.stderr, flush=True)
+
+
+def fmt_ratio(ours: float, theirs: float | None) -> str:
+    if theirs is None or theirs != theirs or theirs == 0:
+        return "n/a"
+    return f"{ours / theirs:.2f}"
+
+
+class Window:
+    """CPU seconds of a process between start() and stop()."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.cpu0 = self.t0 = 0.0
+        self.cpu = self.seconds = 0.0
+
+    def start(self) -> None:
+        self.cpu0, self.t0 = h.cpu_seconds(self.pid), time.monotonic()
+
+    def stop(self) -> None:
+        self.cpu = h.cpu_seconds(self.pid) - self.cpu0
+        self.seconds = time.monotonic() - self.t0
+
+
+async def open_loop(port: int, paths: list[str], rate: float, until: float, connections: int = 16) -> int:
+    """GET paths round robin at `rate` per second until `until`; the successful answers."""
+    pool: asyncio.Queue[h.HttpClient] = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(h.HttpClient(port))
+    done = 0
+
+    async def one(path: str) -> None:
+        nonlocal done
+        client = await pool.get()
+        try:
+            status, _ = await client.get(path)
+            done += status == 200
+        except OSError:
+            pass
+        finally:
+            pool.put_nowait(client)
+
+    tasks = set()
+    start = time.monotonic()
+    sent = 0
+    while time.monotonic() < until:
+        due = start + sent / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.ensure_future(one(paths[sent % len(paths)]))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        sent += 1
+    if tasks:
+        await asyncio.wait(tasks, timeout=10)
+    while not pool.empty():
+        pool.get_nowait().close()
+    return done
+
+
+async def closed_loop(port: int, paths: list[str], concurrency: int, seconds: float) -> int:
+    until = time.monotonic() + seconds
+    counter = iter(range(10**9))
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        client = h.HttpClient(port)
+        while time.monotonic() < until:
+            status, _ = await client.get(paths[next(counter) % len(paths)])
+            done += status == 200
+        client.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done
+
+
+# -- phase: daemon mode ------------------------------------------------------------------------
+
+async def daemon_phase(n: int, interval: float, measure_seconds: float, quick: bool) -> dict:
+    wd = h.workdir(f"smtpmon-bench-{n}-")
+    procs = h.Processes(wd)
+    try:
+        certs = h.make_certificates(wd)
+        delayed = set(range(3, n, 10))  # one in ten: the timing-accuracy targets
+        behaviours = [f"delay:{BANNER_DELAY}" if i in delayed else "ok" for i in range(n)]
+        started = time.monotonic()
+        server = h.start_smtp_server(procs, certs, behaviours)
+        config = wd / "smtpmon.yml"
+        h.smtpmon_config(config, server.ports, interval=interval, timeout=min(5.0, interval * 0.8),
+                         max_concurrency=32, ca_file=certs.ca_file)
+        smtpmon, port = h.start_smtpmon(procs, config)
+        blackbox = h.start_blackbox(procs, certs.ca_file)
+        log(f"daemon N={n}: processes up in {time.monotonic() - started:.1f}s; "
+            f"warm-up {interval:.0f}s, measuring {measure_seconds:.0f}s")
+        client = h.HttpClient(port)
+        delayed_targets = {f"127.0.0.1:{server.ports[i]}" for i in delayed}
+        banner_errors: dict[tuple[str, float], float] = {}
+        scrape_times, sizes, rss = [], [], []
+
+        async def scrape() -> bytes:
+            begun = time.perf_counter()
+            _, body = await client.get("/metrics")
+            scrape_times.append(time.perf_counter() - begun)
+            sizes.append(len(body))
+            rss.append(h.rss_bytes(smtpmon.pid))
+            last = {h.label(l, "target"): v for l, v in
+                    h.samples(body, "smtpmon_probe_last_timestamp_seconds")}
+            for labels, value in h.samples(body, "smtpmon_probe_stage_duration_seconds"):
+                target = h.label(labels, "target")
+                if target in delayed_targets and h.label(labels, "stage") == "banner":
+                    banner_errors[(target, last.get(target, 0.0))] = value - BANNER_DELAY
+            return body
+
+        await asyncio.sleep(interval)  # every target's first run is spread over one interval
+        before = await scrape()
+        scrape_times.clear()
+        ours, theirs = Window(smtpmon.pid), Window(blackbox[0].pid) if blackbox else None
+        ours.start()
+        theirs and theirs.start()
+        end = time.monotonic() + measure_seconds
+        paths = [f"/probe?target=127.0.0.1:{p}&module=smtp_plain" for p in server.ports]
+        load = asyncio.ensure_future(
+            open_loop(blackbox[1], paths, n / interval, end)) if blackbox else None
+        while time.monotonic() + SCRAPE_INTERVAL < end:
+            await asyncio.sleep(SCRAPE_INTERVAL)
+            await scrape()
+        await asyncio.sleep(max(0.0, end - time.monotonic()))
+        after = await scrape()  # the last scrape counts: Prometheus would make it
+        ours.stop()
+        blackbox_done = await load if load else 0
+        theirs and theirs.stop()
+        probes = (sum(v for _, v in h.samples(after, "smtpmon_probes_total"))
+                  - sum(v for _, v in h.samples(before, "smtpmon_probes_total")))
+        skipped = (sum(v for _, v in h.samples(after, "smtpmon_probe_skipped_total"))
+                   - sum(v for _, v in h.samples(before, "smtpmon_probe_skipped_total")))
+        lag = h.histogram_delta(h.histogram(after, "smtpmon_schedule_lag_seconds"),
+                                h.histogram(before, "smtpmon_schedule_lag_seconds"))
+        errors = [abs(e) for e in banner_errors.values()]
+        result = {
+            "n": n, "interval": interval, "seconds": ours.seconds,
+            "probes": probes, "skipped": skipped, "cpu": ours.cpu,
+            "cpu_per_probe": ours.cpu / max(probes, 1),
+            "cores": ours.cpu / ours.seconds,
+            "bb_probes": blackbox_done, "bb_cpu": theirs.cpu if theirs else None,
+            "bb_cpu_per_probe": theirs.cpu / max(blackbox_done, 1) if theirs else None,
+            "lag_p50": h.histogram_quantile(0.5, lag), "lag_p99": h.histogram_quantile(0.99, lag),
+            "lag_max_bucket": next((b for b, c in lag if c >= lag[-1][1]), None),
+            "metrics_ms": statistics.median(scrape_times) * 1000 if scrape_times else float("nan"),
+            "metrics_bytes": sizes[-1], "rss_mb": max(rss) / 1e6,
+            "bb_rss_mb": h.rss_bytes(blackbox[0].pid) / 1e6 if blackbox else None,
+            "timing_samples": len(errors),
+            "timing_p50_ms": h.percentile(errors, 0.5) * 1000,
+            "timing_p99_ms": h.percentile(errors, 0.99) * 1000,
+            "wall": time.monotonic() - started,
+        }
+        log(f"daemon N={n}: done in {result['wall']:.0f}s")
+        return result
+    finally:
+        procs.close()
+
+
+# -- phase: /probe mode ------------------------------------------------------------------------
+
+async def probe_phase(seconds: float) -> list[dict]:
+    wd = h.workdir("smtpmon-bench-probe-")
+    procs = h.Processes(wd)
+    rows = []
+    try:
+        certs = h.make_certificates(wd)
+        server = h.start_smtp_server(procs, certs, ["ok"] * 64)
+        config = wd / "smtpmon.yml"
+        h.smtpmon_config(config, [], interval=60, timeout=5, max_concurrency=32, ca_file=certs.ca_file)
+        smtpmon, port = h.start_smtpmon(procs, config)
+        blackbox = h.start_blackbox(procs, certs.ca_file)
+        cases = [("plain", 1), ("plain", 16), ("plain", 64), ("starttls", 1), ("starttls", 16)]
+        for module, concurrency in cases:
+            row = {"module": module, "concurrency": concurrency}
+            contenders = [("smtpmon", smtpmon.pid, port, module)]
+            if blackbox:
+                contenders.append(("blackbox", blackbox[0].pid, blackbox[1], f"smtp_{module}"))
+            for name, pid, http_port, module_name in contenders:
+                paths = [f"/probe?target=127.0.0.1:{p}&module={module_name}" for p in server.ports]
+                await closed_loop(http_port, paths, concurrency, 1.0)  # warm-up: threads, TLS
+                window = Window(pid)
+                window.start()
+                done = await closed_loop(http_port, paths, concurrency, seconds)
+                window.stop()
+                row[name] = window.cpu / max(done, 1)
+                row[f"{name}_rate"] = done / window.seconds
+            rows.append(row)
+            log(f"probe {module} c={concurrency}: {row}")
+        return rows
+    finally:
+        procs.close()
+
+
+# -- phase: isolation --------------------------------------------------------------------------
+
+async def isolation_phase(n: int, measure_seconds: float) -> dict:
+    wd = h.workdir("smtpmon-bench-isolation-")
+    procs = h.Processes(wd)
+    try:
+        certs = h.make_certificates(wd)
+        behaviours = ["tarpit" if i % 10 == 5 else "ok" for i in range(n)]
+        server = h.start_smtp_server(procs, certs, behaviours)
+        config = wd / "smtpmon.yml"
+        interval, timeout = 10.0, 1.5
+        h.smtpmon_config(config, server.ports, interval=interval, timeout=timeout,
+                         max_concurrency=32, ca_file=certs.ca_file)
+        smtpmon, port = h.start_smtpmon(procs, config)
+        client = h.HttpClient(port)
+        await asyncio.sleep(interval + timeout)
+        _, before = await client.get("/metrics")
+        await asyncio.sleep(measure_seconds)
+        _, after = await client.get("/metrics")
+        lag = h.histogram_delta(h.histogram(after, "smtpmon_schedule_lag_seconds"),
+                                h.histogram(before, "smtpmon_schedule_lag_seconds"))
+        skipped = (sum(v for _, v in h.samples(after, "smtpmon_probe_skipped_total"))
+                   - sum(v for _, v in h.samples(before, "smtpmon_probe_skipped_total")))
+        under_100ms = dict(lag).get(0.1, 0) / max(lag[-1][1], 1)
+        return {"n": n, "tarpits": n // 10, "interval": interval, "timeout": timeout,
+                "probes": lag[-1][1], "skipped": skipped,
+                "lag_p50": h.histogram_quantile(0.5, lag), "lag_p99": h.histogram_quantile(0.99, lag),
+                "share_under_100ms": under_100ms}
+    finally:
+        procs.close()
+
+
+# -- phase: STARTTLS against Postfix -----------------------------------------------------------
+
+async def postfix_phase(sessions: int) -> dict | None:
+    sys.path.insert(0, str(h.ROOT))
+    from tests.postfix import start_postfix, unavailable_reason
+    from smtpmon.module import Module
+    from smtpmon.probe import run_probe
+
+    if unavailable_reason():
+        log(f"postfix phase skipped: {unavailable_reason()}")
+        return None
+    wd = h.workdir("smtpmon-bench-postfix-")
+    procs = h.Processes(wd)
+    postfix = start_postfix()
+    try:
+        module = Module(tls="starttls", tls_ca_file=postfix.ca_file,
+                        tls_server_name=postfix.hostname, ehlo_name="bench.example.org")
+        ours = []
+        for _ in range(sessions):
+            result = run_probe(postfix.target, module)
+            assert result.success, result
+            ours.append(result.duration_seconds)
+        context = ssl.create_default_context(cafile=postfix.ca_file)
+        theirs = []
+        for _ in range(sessions):
+            begun = time.perf_counter()
+            with smtplib.SMTP(postfix.host, postfix.port, local_hostname="bench.example.org") as smtp:
+                smtp.ehlo()
+                smtp._host = postfix.hostname  # the name starttls() checks the certificate against
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            theirs.append(time.perf_counter() - begun)
+        blackbox_times = []
+        blackbox = h.start_blackbox(procs, postfix.ca_file, server_name=postfix.hostname)
+        if blackbox:
+            client = h.HttpClient(blackbox[1])
+            for _ in range(sessions):
+                _, body = await client.get(f"/probe?target={postfix.target}&module=smtp_starttls")
+                if dict(h.samples(body, "probe_success")).get(b"") == 1:
+                    blackbox_times.append(dict(h.samples(body, "probe_duration_seconds"))[b""])
+            client.close()
+        return {"sessions": sessions, "smtpmon_ms": statistics.median(ours) * 1000,
+                "smtplib_ms": statistics.median(theirs) * 1000,
+                "blackbox_ms": statistics.median(blackbox_times) * 1000 if blackbox_times else None,
+                "blackbox_ok": len(blackbox_times)}
+    finally:
+        postfix.stop()
+        procs.close()
+
+
+# -- output ------------------------------------------------------------------------------------
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{platform.node()}: {os.cpu_count()} cores ({model}), Python {platform.python_version()}, "
+            f"{datetime.date.today().isoformat()}")
+
+
+def print_tables(daemon: list[dict], probe: list[dict], isolation: dict | None,
+                 postfix: dict | None, timings: dict[str, float]) -> None:
+    print(f"machine: {machine()}\n")
+    if daemon:
+        print("Daemon mode (plain probe: banner, EHLO, QUIT; /metrics scraped every 15 s); "
+              "blackbox_exporter through /probe at the same rate, same targets, same time\n")
+        print("| targets | interval | probes | smtpmon CPU/probe | blackbox CPU/probe | ratio "
+              "| smtpmon cores | lag p50 | lag p99 | /metrics | /metrics size | RSS | blackbox RSS "
+              "| banner error p50 / p99 (samples) |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in daemon:
+            bb = f"{r['bb_cpu_per_probe'] * 1e6:.0f} µs" if r["bb_cpu_per_probe"] else "n/a"
+            bbrss = f"{r['bb_rss_mb']:.1f} MB" if r["bb_rss_mb"] else "n/a"
+            print(f"| {r['n']:,} | {r['interval']:.0f} s | {r['probes']:.0f} (+{r['skipped']:.0f} skipped) "
+                  f"| {r['cpu_per_probe'] * 1e6:.0f} µs | {bb} "
+                  f"| {fmt_ratio(r['cpu_per_probe'], r['bb_cpu_per_probe'])} "
+                  f"| {r['cores']:.3f} | {r['lag_p50'] * 1000:.2f} ms | {r['lag_p99'] * 1000:.2f} ms "
+                  f"| {r['metrics_ms']:.1f} ms | {r['metrics_bytes'] / 1e6:.2f} MB | {r['rss_mb']:.1f} MB "
+                  f"| {bbrss} | {r['timing_p50_ms']:.2f} / {r['timing_p99_ms']:.2f} ms ({r['timing_samples']}) |")
+        print()
+    if probe:
+        print("/probe mode, closed loop (CPU per probe; probes per second in brackets)\n")
+        print("| module | concurrency | smtpmon | blackbox | ratio |")
+        print("|---|---:|---:|---:|---:|")
+        for r in probe:
+            bb = f"{r['blackbox'] * 1e6:.0f} µs ({r['blackbox_rate']:.0f}/s)" if "blackbox" in r else "n/a"
+            print(f"| {r['module']} | {r['concurrency']} | {r['smtpmon'] * 1e6:.0f} µs "
+                  f"({r['smtpmon_rate']:.0f}/s) | {bb} | {fmt_ratio(r['smtpmon'], r.get('blackbox'))} |")
+        print()
+    if isolation:
+        r = isolation
+        print(f"Isolation: {r['n']:,} targets, {r['tarpits']} of them tarpits (interval "
+              f"{r['interval']:.0f} s, timeout {r['timeout']} s, max_concurrency 32): "
+              f"{r['probes']:.0f} probes, {r['skipped']:.0f} skipped, lag p50 "
+              f"{r['lag_p50'] * 1000:.2f} ms, p99 {r['lag_p99'] * 1000:.2f} ms, "
+              f"{r['share_under_100ms'] * 100:.2f}% under 100 ms\n")
+    if postfix:
+        r = postfix
+        bb = f"{r['blackbox_ms']:.1f} ms ({r['blackbox_ok']} ok)" if r["blackbox_ms"] else "n/a"
+        print(f"STARTTLS session against Postfix (median of {r['sessions']}): smtpmon "
+              f"{r['smtpmon_ms']:.1f} ms, smtplib {r['smtplib_ms']:.1f} ms, blackbox {bb}\n")
+    print("Time per part: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+
+
+async def main_async(args) -> None:
+    quick = args.quick
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (
+        [10, 1000] if quick else [10, 1000, 10000])
+    timings: dict[str, float] = {}
+    daemon, probe, isolation, postfix = [], [], None, None
+    if "daemon" not in args.skip:
+        for n in sizes:
+            interval = INTERVALS.get(n, 10.0)
+            measure = (20.0 if quick else 60.0) if n < 10000 else (30.0 if quick else 90.0)
+            begun = time.monotonic()
+            daemon.append(await daemon_phase(n, interval, measure, quick))
+            timings[f"daemon N={n}"] = time.monotonic() - begun
+    if "probe" not in args.skip:
+        begun = time.monotonic()
+        probe = await probe_phase(4.0 if quick else 10.0)
+        timings["probe mode"] = time.monotonic() - begun
+    if "isolation" not in args.skip:
+        begun = time.monotonic()
+        isolation = await isolation_phase(1000, 20.0 if quick else 60.0)
+        timings["isolation"] = time.monotonic() - begun
+    if "postfix" not in args.skip:
+        begun = time.monotonic()
+        postfix = await postfix_phase(20 if quick else 50)
+        timings["postfix"] = time.monotonic() - begun
+    print_tables(daemon, probe, isolation, postfix, timings)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N = 10 and 1,000, short windows (~3 min)")
+    parser.add_argument("--sizes", help="comma-separated target counts for the daemon phase")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["daemon", "probe", "isolation", "postfix"])
+    args = parser.parse_args()
+    h.raise_fd_limit(65536)
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
