@@ -37,7 +37,6 @@ from smtpservers import (
     Receive,
     Repeat,
     Reset,
-    ScriptedServer,
     Send,
     Sleep,
     StartTls,
