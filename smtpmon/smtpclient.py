@@ -88,6 +88,8 @@ class Transcript:
 
 def printable(text: str) -> str:
     """Escape control characters: a server must not drive the operator's terminal."""
+    if text.isprintable():  # nearly every line: no per-character walk
+        return text
     return "".join(
         char if char.isprintable() or char == "\t" else f"\\x{ord(char):02x}" for char in text
     )
