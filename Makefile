@@ -26,5 +26,10 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(ARGS)
 
+# The benchmark suite (benchmarks/README.md); ARGS=--quick for the three-minute version.
+bench: $(VENV)/.installed-test
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/run.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
