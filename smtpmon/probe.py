@@ -39,8 +39,10 @@ from smtpmon.smtpclient import (
 
 SMTP_PORT = 25
 SUBMISSIONS_PORT = 465  # implicit TLS (RFC 8314)
-# QUIT is a courtesy: a server that never answers it must not hold the result back.
+# QUIT is a courtesy: a server that never answers it must not hold the result back. After a
+# rejection the verdict is already known, so the courtesy gets only a moment.
 QUIT_WAIT_SECONDS = 2.0
+QUIT_AFTER_FAILURE_WAIT_SECONDS = 0.25
 _FAMILIES = {"any": socket.AF_UNSPEC, "ip4": socket.AF_INET, "ip6": socket.AF_INET6}
 _REJECTION_REASONS = {
     "banner": "banner_rejected",
@@ -251,6 +253,8 @@ class _Session:
         return False
 
     def reject(self, record, stage, reply, what, expected) -> None:
+        if reply.code == 421:
+            self.connection_usable = False  # RFC 5321 3.8: the server is closing the channel
         reason = _REJECTION_REASONS[stage] if reply.code >= 400 else "unexpected_code"
         wanted = f" (expected {'/'.join(map(str, expected))})" if expected else ""
         first_line = printable(reply.lines[0]) if reply.lines else ""  # detail reaches terminals
@@ -433,7 +437,8 @@ class _Session:
         reason = None
         try:
             self.connection.send_line("QUIT")
-            reply = self.connection.read_reply(within=QUIT_WAIT_SECONDS)
+            wait = QUIT_WAIT_SECONDS if self.failure is None else QUIT_AFTER_FAILURE_WAIT_SECONDS
+            reply = self.connection.read_reply(within=wait)
             replies = (reply,)
             if reply.code is None or reply.code // 100 != 2:
                 reason = "protocol_error" if reply.code is None else "unexpected_code"

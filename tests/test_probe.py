@@ -113,13 +113,17 @@ def test_multi_line_banner_like_postscreen(scripted_server):
     ],
     ids=["421", "554"],
 )
-def test_rejecting_banner_fails_at_once_and_quits(scripted_server, banner, code, cls, category, enhanced):
+def test_rejecting_banner_fails_at_once(scripted_server, banner, code, cls, category, enhanced):
     server = scripted_server([Send(banner), QUIT_OK])
     result = probe(server.target)
 
     assert_failed(result, "banner", "banner_rejected", code=code, cls=cls, category=category, enhanced=enhanced)
-    assert server.received == ["QUIT"]  # nothing but a polite QUIT after the rejection
-    assert stage_names(result) == ["resolve", "connect", "banner", "quit"]
+    if code == 421:  # RFC 5321 3.8: 421 closes the channel, so nothing more is sent
+        assert server.received == []
+        assert stage_names(result) == ["resolve", "connect", "banner"]
+    else:  # nothing but a polite QUIT after the rejection
+        assert server.received == ["QUIT"]
+        assert stage_names(result) == ["resolve", "connect", "banner", "quit"]
 
 
 def test_421_banner_and_close_still_fails_as_banner_rejected(scripted_server):
@@ -127,7 +131,17 @@ def test_421_banner_and_close_still_fails_as_banner_rejected(scripted_server):
     result = probe(server.target)
 
     assert_failed(result, "banner", "banner_rejected", code=421, cls="transient_negative", category="connections", enhanced="4.7.0")
-    assert not result.stage("quit").ok  # the QUIT found the connection closed: verdict unchanged
+    assert result.stage("quit") is None
+
+
+def test_a_rejection_does_not_wait_for_an_unanswered_quit(scripted_server):
+    server = scripted_server([Send(b"554 5.7.1 go away\r\n"), Sleep(10)])
+    started = time.monotonic()
+    result = probe(server.target, timeout_seconds=5.0)
+
+    assert_failed(result, "banner", "banner_rejected", code=554, cls="permanent_negative", category="mail_system", enhanced="5.7.1")
+    assert time.monotonic() - started < 0.6  # the courtesy QUIT gets a moment, not the timeout
+    assert not result.stage("quit").ok
 
 
 # -- EHLO and HELO ------------------------------------------------------------------------------
