@@ -15,7 +15,9 @@ deadline whatever the server does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
+import os
 import socket
 import ssl
 import threading
@@ -141,7 +143,30 @@ def resolve(
 def make_tls_context(
     *, verify: bool, ca_file: str | None = None, min_version: str | None = None
 ) -> ssl.SSLContext:
-    """A client context: verifying by default (system CAs, or only ca_file when given)."""
+    """A client context: verifying by default (system CAs, or only ca_file when given).
+
+    Contexts are shared between probes (an SSLContext is safe to use from many threads):
+    loading the CAs is most of the cost of a STARTTLS probe otherwise. The CA file's size and
+    modification time are part of the key, so a replaced file is loaded afresh.
+    """
+    version = _file_version(ca_file) if verify else None
+    return _cached_tls_context(verify, ca_file, version, min_version)
+
+
+def _file_version(path: str | None) -> tuple[int, int] | None:
+    if path is None:
+        path = ssl.get_default_verify_paths().cafile
+    try:
+        status = os.stat(path) if path else None
+    except OSError:
+        return None  # a missing file fails when it is loaded, and failures are not cached
+    return None if status is None else (status.st_mtime_ns, status.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_tls_context(
+    verify: bool, ca_file: str | None, version: tuple[int, int] | None, min_version: str | None
+) -> ssl.SSLContext:
     if verify:
         try:
             context = ssl.create_default_context(cafile=ca_file)
