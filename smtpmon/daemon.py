@@ -12,11 +12,12 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
+from typing import Any
 
-from smtpmon import __version__
+from smtpmon import __version__, webconfig
 from smtpmon.collector import ExporterState
 from smtpmon.config import Config, ConfigError, default_config, load_config
-from smtpmon.http import Server, parse_listen_address
+from smtpmon.http import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server, parse_listen_address
 from smtpmon.logs import get_logger
 from smtpmon.module import Module
 from smtpmon.results import ProbeResult
@@ -40,6 +41,8 @@ class Options:
     config_file: str | None
     listen_address: str
     web_config_file: str | None = None
+    max_connections: int = MAX_CONNECTIONS
+    max_concurrent_probes: int = MAX_CONCURRENT_PROBES
 
 
 class Daemon:
@@ -109,30 +112,29 @@ def load_startup_config(path: str | None) -> Config | None:
         return None
 
 
-def web_hooks(path: str | None):
-    """(authorize, wrap_connection) from `--web.config.file`; (None, None) without it.
+def web_server_options(path: str | None) -> dict[str, Any]:
+    """Server keyword arguments from `--web.config.file`: TLS, basic auth, response headers.
 
-    `smtpmon.webconfig.load_web_config(path)` (TLS and basic auth in the exporter-toolkit
-    format) returns an object with `authorize(headers) -> bool` and `wrap_connection(sock)`.
+    Without the file: none (plain HTTP, no auth, no extra headers).
     """
     if path is None:
-        return None, None
-    try:
-        from smtpmon import webconfig
-    except ImportError:
-        raise ValueError("--web.config.file is not supported by this build yet") from None
+        return {}
     web = webconfig.load_web_config(path)
-    return web.authorize, web.wrap_connection
+    return {
+        "authorize": web.authorize,
+        "wrap_connection": web.wrap_connection if web.context is not None else None,
+        "extra_headers": web.headers,
+    }
 
 
-def _listen(address: tuple[str, int], daemon: Daemon, authorize, wrap_connection) -> Server:
+def _listen(address: tuple[str, int], daemon: Daemon, server_options: dict[str, Any]) -> Server:
     try:
-        return Server(address, daemon, authorize=authorize, wrap_connection=wrap_connection)
+        return Server(address, daemon, **server_options)
     except OSError:
         if address[0] != "::":
             raise
         # ":port" on a host without IPv6: every IPv4 interface will do.
-        return Server(("", address[1]), daemon, authorize=authorize, wrap_connection=wrap_connection)
+        return Server(("", address[1]), daemon, **server_options)
 
 
 def run(options: Options) -> int:
@@ -141,7 +143,7 @@ def run(options: Options) -> int:
         return EXIT_BAD_CONFIG
     try:
         address = parse_listen_address(options.listen_address)
-        authorize, wrap_connection = web_hooks(options.web_config_file)
+        server_options = web_server_options(options.web_config_file)
     except ValueError as error:
         print(f"smtpmon: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -152,7 +154,11 @@ def run(options: Options) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
     daemon = Daemon(config, options.config_file)
     try:
-        server = _listen(address, daemon, authorize, wrap_connection)
+        server = _listen(address, daemon, {
+            **server_options,
+            "max_connections": options.max_connections,
+            "max_concurrent_probes": options.max_concurrent_probes,
+        })
     except OSError as error:
         print(f"smtpmon: cannot listen on {options.listen_address}: {error.strerror}",
               file=sys.stderr)

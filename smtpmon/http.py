@@ -1,20 +1,30 @@
 """The HTTP side: `/metrics`, `/probe`, the landing page, health, readiness and reload.
 
-Every request runs on its own thread (`ThreadingHTTPServer`), so a slow `/probe` never holds up
-`/metrics`, and every connection has a socket timeout, so a client that stops talking cannot keep
-a thread forever. Bad input gets a 4xx with a reason in plain text; an internal failure is logged
-and answered with a plain 503: no traceback ever reaches a client, and no request gets a 500.
+Every connection runs on its own thread (`ThreadingHTTPServer`), so a slow `/probe` never holds
+up `/metrics`. No client can hold those threads for long or take them all:
 
-Hooks for `--web.config.file` (TLS and basic auth): the server takes `wrap_connection(sock)`,
-called on the request's own thread (so a slow TLS handshake holds only that thread), and
-`authorize(headers) -> bool`, checked before any route.
+- the TLS handshake, request line and headers must all arrive within `head_timeout` (10 s) of
+  the accept, however slowly the bytes trickle (on a kept-alive connection: of the next
+  request's first byte); an idle kept-alive connection is closed after `connection_timeout`;
+- at most `max_connections` connections are served at once; beyond that a new connection gets
+  an immediate 503 (plain HTTP) or is closed (TLS), with no thread started and nothing read;
+- at most `max_concurrent_probes` `/probe` requests run at once; beyond that, an immediate 503.
+
+Bad input gets a 4xx with a reason in plain text; an internal failure is logged and answered
+with a plain 503: no traceback ever reaches a client, and no request gets a 500.
+
+Hooks for `--web.config.file`: the server takes `wrap_connection(sock)` (TLS), called on the
+connection's own thread (so a slow TLS handshake holds only that thread), `authorize(headers)
+-> bool`, checked before any route, and `extra_headers`, sent with every response.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import socket
 import socketserver
+import threading
 import time
 import urllib.parse
 from http import HTTPStatus
@@ -42,7 +52,14 @@ MIN_PROBE_SECONDS = 0.1
 
 MAX_PARAMETERS = 16
 MAX_TARGET_LENGTH = 300  # a 253-character host name, brackets and a port
+
+# Go's net/http habits: a read-header timeout, an idle timeout for kept-alive connections.
+HEAD_TIMEOUT_SECONDS = 10.0
 CONNECTION_TIMEOUT_SECONDS = 30.0
+MAX_CONNECTIONS = 256
+MAX_CONCURRENT_PROBES = 64
+# A flood of refused clients must not become a flood of log lines.
+REFUSAL_LOG_INTERVAL_SECONDS = 60.0
 
 
 class Exporter(Protocol):
@@ -126,6 +143,70 @@ def probe_deadline(header: str | None, module: Module, now: float) -> float:
     return now + seconds
 
 
+class RequestHeadReader(io.RawIOBase):
+    """A connection's reads, under a total deadline while a request head is being received.
+
+    http.server reads the request line and each header with blocking reads, each under the
+    socket timeout alone: a client sending one byte just before every timeout would hold its
+    thread forever. Here each read gets at most the time left before the head's deadline.
+    """
+
+    def __init__(self, sock: socket.socket, *, idle_timeout: float, head_timeout: float):
+        self._sock = sock
+        self._idle_timeout = idle_timeout
+        self._head_timeout = head_timeout
+        self._deadline: float | None = None
+        self._deadline_at_first_byte = False
+
+    def readable(self) -> bool:
+        return True
+
+    def expect_head(self, deadline: float | None) -> None:
+        """A request head comes next: complete by `deadline` (time.monotonic()), or when None
+        (a kept-alive connection may idle first) within head_timeout of its first byte."""
+        self._deadline = deadline
+        self._deadline_at_first_byte = deadline is None
+
+    def head_received(self) -> None:
+        self._deadline = None
+        self._deadline_at_first_byte = False
+        self._sock.settimeout(self._idle_timeout)  # the answer's writes get the usual timeout
+
+    def readinto(self, buffer) -> int:
+        timeout = self._idle_timeout
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"request head not received within {self._head_timeout:g} s")
+            timeout = min(timeout, left)
+        self._sock.settimeout(timeout)
+        count = self._sock.recv_into(buffer)
+        if count and self._deadline_at_first_byte:
+            self._deadline = time.monotonic() + self._head_timeout
+            self._deadline_at_first_byte = False
+        return count
+
+
+class ThrottledWarning:
+    """A warning logged at most once per interval, with how many were left out since."""
+
+    def __init__(self, message: str, interval: float = REFUSAL_LOG_INTERVAL_SECONDS):
+        self._message = message
+        self._interval = interval
+        self._next = 0.0
+        self._left_out = 0
+        self._lock = threading.Lock()
+
+    def log(self, **fields) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next:
+                self._left_out += 1
+                return
+            left_out, self._left_out, self._next = self._left_out, 0, now + self._interval
+        log.warning(self._message, **fields, left_out=left_out or None)
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -138,15 +219,39 @@ class Server(ThreadingHTTPServer):
         *,
         authorize: Callable[[Mapping[str, str]], bool] | None = None,
         wrap_connection: Callable[[socket.socket], socket.socket] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
         connection_timeout: float = CONNECTION_TIMEOUT_SECONDS,
+        head_timeout: float = HEAD_TIMEOUT_SECONDS,
+        max_connections: int = MAX_CONNECTIONS,
+        max_concurrent_probes: int = MAX_CONCURRENT_PROBES,
     ):
         host = address[0]
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.exporter = exporter
         self.authorize = authorize
         self.wrap_connection = wrap_connection
+        self.extra_headers = dict(extra_headers or {})
         self.connection_timeout = connection_timeout
+        self.head_timeout = head_timeout
+        self.max_connections = max_connections
+        self.max_concurrent_probes = max_concurrent_probes
+        self.connection_slots = threading.BoundedSemaphore(max_connections)
+        self.probe_slots = threading.BoundedSemaphore(max_concurrent_probes)
+        self.connections_refused = ThrottledWarning(
+            "connection limit reached; new connections get 503 until one closes")
+        self.probes_refused = ThrottledWarning(
+            "/probe limit reached; more concurrent /probe requests get 503")
+        self._too_many_connections = self._canned_503(
+            f"too many connections (limit {max_connections}); try again later\n")
         super().__init__(address, Handler)
+
+    def _canned_503(self, body: str) -> bytes:
+        """A complete answer written without a handler (and so without reading the request)."""
+        data = body.encode("utf-8")
+        headers = {"Server": f"smtpmon/{__version__}", "Content-Type": TEXT,
+                   "Content-Length": str(len(data)), "Connection": "close", **self.extra_headers}
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        return f"HTTP/1.1 503 Service Unavailable\r\n{head}\r\n".encode("latin-1") + data
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN, a DNS query that can stall start-up.
@@ -156,16 +261,55 @@ class Server(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
 
+    def process_request(self, request, client_address):
+        """On the accepting thread: a thread for the connection if a slot is free, else a 503."""
+        if not self.connection_slots.acquire(blocking=False):
+            self._refuse(request, client_address)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.connection_slots.release()  # no thread started: nothing else will free it
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connection_slots.release()
+
+    def _refuse(self, request: socket.socket, client_address) -> None:
+        """Beyond max_connections: answer at once on the accepting thread, never blocking it.
+
+        On plain HTTP a fresh connection's send buffer always has room for the canned 503; what
+        the client already sent is read and dropped, because closing a socket with unread data
+        resets the connection and the client could lose the answer. A TLS port cannot answer
+        without a handshake, so it closes.
+        """
+        self.connections_refused.log(limit=self.max_connections, client=client_address[0])
+        if self.wrap_connection is None:
+            request.setblocking(False)
+            try:
+                request.send(self._too_many_connections)
+                for _ in range(4):  # bounded: a client streaming bytes cannot keep us here
+                    if not request.recv(65536):
+                        break
+            except OSError:  # nothing (more) to read, or the client is gone
+                pass
+        self.shutdown_request(request)
+
     def finish_request(self, request, client_address):
-        """On the request's thread: time-limit the connection, then wrap it (TLS) if asked."""
-        request.settimeout(self.connection_timeout)
+        """On the connection's thread: TLS if asked, then the requests, under the head deadline."""
+        head_deadline = time.monotonic() + self.head_timeout
+        # The handshake is bounded as a whole by the socket timeout (CPython's ssl module).
+        request.settimeout(min(self.connection_timeout, self.head_timeout))
         if self.wrap_connection is not None:
             try:
                 request = self.wrap_connection(request)
             except (OSError, ValueError) as error:
                 log.debug("connection setup failed", client=client_address[0], error=error)
                 return
-        super().finish_request(request, client_address)
+        Handler(request, client_address, self, head_deadline)
 
     def handle_error(self, request, client_address):
         # A client that vanished mid-answer is not worth a traceback on stderr.
@@ -191,6 +335,37 @@ class Handler(BaseHTTPRequestHandler):
     # Until the request line yields a version, http.server assumes HTTP/0.9 and so answers a
     # garbage line (or HTTP/2 spoken to this port) with a bare HTML page and no status line.
     default_request_version = "HTTP/1.0"
+
+    def __init__(self, request, client_address, server: Server, head_deadline: float):
+        self._first_head_deadline = head_deadline
+        super().__init__(request, client_address, server)  # serves the connection
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the plain socket file: replaced by one that keeps the head deadline
+        self._reader = RequestHeadReader(self.connection,
+                                         idle_timeout=self.server.connection_timeout,
+                                         head_timeout=self.server.head_timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle(self) -> None:
+        self.close_connection = True
+        self._reader.expect_head(self._first_head_deadline)
+        self.handle_one_request()
+        while not self.close_connection:
+            self._reader.expect_head(None)
+            self.handle_one_request()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()  # reads the headers
+        self._reader.head_received()
+        return parsed
+
+    def end_headers(self) -> None:
+        # Every answer, http.server's own error pages included, carries the configured headers.
+        for name, value in self.server.extra_headers.items():
+            self.send_header(name, value)
+        super().end_headers()
 
     def version_string(self) -> str:
         return f"smtpmon/{__version__}"
@@ -292,11 +467,20 @@ class Handler(BaseHTTPRequestHandler):
                 HTTPStatus.FORBIDDEN,
             )
         deadline = probe_deadline(self.headers.get(SCRAPE_TIMEOUT_HEADER), module, time.monotonic())
+        if not self.server.probe_slots.acquire(blocking=False):
+            # At once, not queued: Prometheus is waiting, and each waiting /probe holds a thread.
+            self.server.probes_refused.log(limit=self.server.max_concurrent_probes,
+                                           client=self.client_address[0])
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE,
+                       f"too many concurrent probes (limit {self.server.max_concurrent_probes}); "
+                       "try again later\n")
+            return
         exporter.state.probe_started()
         try:
             result = exporter.probe(target, module_name, module, deadline)
         finally:
             exporter.state.probe_finished()
+            self.server.probe_slots.release()
         log.info("probe via /probe", target=target, module=module_name,
                  success=int(result.success), reason=result.reason, client=self.client_address[0])
         metrics = render_probe(result, exporter.probe_store)

@@ -8,7 +8,8 @@ docs/web-configuration.md), so one file can serve node_exporter and smtpmon alik
 
 `load_web_config` validates everything at once (certificates load, hashes parse, keys are
 known) and raises `WebConfigError` listing each problem as "path: reason". The HTTP server
-then calls `wrap_connection(sock)` on each connection and `authorize(headers)` on each request.
+then calls `wrap_connection(sock)` on each connection and `authorize(headers)` on each request,
+and sends `headers` with every response.
 Relative file names are relative to the web config file's directory, as in the toolkit.
 """
 

@@ -61,6 +61,14 @@ def smtp_server():
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def smtp_target():
+    """A healthy aiosmtpd server shared by a test module (e.g. by its one daemon): its target."""
+    server = AiosmtpdServer().start()
+    yield server.target
+    server.stop()
+
+
 @pytest.fixture
 def scripted_server():
     servers: list[ScriptedServer] = []

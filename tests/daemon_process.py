@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from smtpservers import LOOPBACK
 
@@ -31,10 +31,12 @@ def free_port() -> int:
 class RunningDaemon:
     """`smtpmon run --config.file config_path` on a free port, logging at debug level to log_path.
 
+    `config_path` None runs the embedded default. `args` are more flags for `smtpmon run`;
     `env` adds to (or, with None values, removes from) this process's environment.
     """
 
-    def __init__(self, config_path: Path, log_path: Path, *, env: Mapping[str, str | None] | None = None):
+    def __init__(self, config_path: Path | None, log_path: Path, *, args: Sequence[str] = (),
+                 env: Mapping[str, str | None] | None = None):
         self.config_path = config_path
         self.port = free_port()
         self.log_path = log_path
@@ -45,8 +47,9 @@ class RunningDaemon:
                 environment.pop(name, None)
             else:
                 environment[name] = setting
+        config_args = ["--config.file", str(config_path)] if config_path is not None else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "smtpmon", "run", "--config.file", str(config_path),
+            [sys.executable, "-m", "smtpmon", "run", *config_args, *args,
              "--web.listen-address", f"{LOOPBACK}:{self.port}", "--log.level", "debug"],
             cwd=REPO, env=environment, stdout=subprocess.DEVNULL, stderr=self._log,
             stdin=subprocess.DEVNULL,
@@ -109,12 +112,12 @@ class RunningDaemon:
         return self.process.returncode
 
 
-def start_daemon(directory: Path, config_text: str, *, name: str = "daemon",
+def start_daemon(directory: Path, config_text: str, *, name: str = "daemon", args: Sequence[str] = (),
                  env: Mapping[str, str | None] | None = None) -> RunningDaemon:
     """Write `directory/<name>.yml`, start the daemon on it and wait until it is ready."""
     config_path = directory / f"{name}.yml"
     config_path.write_text(config_text)
-    running = RunningDaemon(config_path, directory / f"{name}.log", env=env)
+    running = RunningDaemon(config_path, directory / f"{name}.log", args=args, env=env)
     try:
         running.wait_ready()
     except BaseException:

@@ -65,24 +65,37 @@ def via_allow_list(server) -> str:
     return f"localhost:{server.port}"
 
 
-def serve(daemon: Daemon, **kwargs) -> tuple[Server, Client]:
-    server = Server(("127.0.0.1", 0), daemon, **kwargs)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                     daemon=True).start()
-    return server, Client(server.server_address[1])
+@pytest.fixture
+def serve():
+    """serve(daemon, **Server options) -> a client of it; every server stops at teardown."""
+    started: list[Server] = []
+
+    def start(daemon: Daemon, **kwargs) -> Client:
+        server = Server(("127.0.0.1", 0), daemon, **kwargs)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        started.append(server)
+        return Client(server.server_address[1])
+
+    yield start
+    for server in started:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture
-def exporter(servers):
+def daemon(servers):
+    """A Daemon for CONFIG, its scheduler not started."""
+    return Daemon(parse_config(CONFIG.format(healthy=servers[0].target), "test"), None)
+
+
+@pytest.fixture
+def exporter(servers, daemon, serve):
     """(daemon, client, healthy server, tarpit server), the daemon started."""
     healthy, tarpit = servers
-    config = parse_config(CONFIG.format(healthy=healthy.target), "test")
-    daemon = Daemon(config, None)
     daemon.start()
-    server, client = serve(daemon)
+    client = serve(daemon)
     yield daemon, client, healthy, tarpit
-    server.shutdown()
-    server.server_close()
     daemon.scheduler.stop(1.0)
 
 
@@ -195,24 +208,17 @@ def test_a_slow_probe_does_not_block_metrics(exporter):
     slow.join(10)
 
 
-def test_a_silent_client_does_not_block_metrics_and_is_dropped(servers):
-    healthy, tarpit = servers
-    config = parse_config(CONFIG.format(healthy=healthy.target), "test")
-    daemon = Daemon(config, None)
-    server, client = serve(daemon, connection_timeout=0.5)
-    try:
-        idle = [socket.create_connection(("127.0.0.1", client.port)) for _ in range(20)]
-        half = socket.create_connection(("127.0.0.1", client.port))
-        half.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # headers never finished
-        status, _, _ = client.get("/metrics", timeout=2)
-        assert status == 200
-        half.settimeout(3)
-        assert half.recv(1024) == b""  # closed by the server after its connection timeout
-        for sock in idle + [half]:
-            sock.close()
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_a_silent_client_does_not_block_metrics_and_is_dropped(daemon, serve):
+    client = serve(daemon, connection_timeout=0.5)
+    idle = [socket.create_connection(("127.0.0.1", client.port)) for _ in range(20)]
+    half = socket.create_connection(("127.0.0.1", client.port))
+    half.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+    status, _, _ = client.get("/metrics", timeout=2)
+    assert status == 200
+    half.settimeout(3)
+    assert half.recv(1024) == b""  # closed by the server after its connection timeout
+    for sock in idle + [half]:
+        sock.close()
 
 
 @pytest.mark.parametrize(
@@ -234,24 +240,17 @@ def test_routes_and_methods(exporter, method, path, status):
     assert content_type == "text/plain; charset=utf-8"
 
 
-def test_ready_only_once_the_scheduler_runs(servers):
-    healthy, tarpit = servers
-    config = parse_config(CONFIG.format(healthy=healthy.target), "test")
-    daemon = Daemon(config, None)
-    server, client = serve(daemon)
-    try:
-        assert client.get("/-/ready")[0] == 503
-        assert client.get("/-/healthy")[0] == 200
-        daemon.start()
-        assert client.get("/-/ready")[0] == 200
-        daemon.scheduler.stop(1.0)
-        assert client.get("/-/ready")[0] == 503
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_ready_only_once_the_scheduler_runs(daemon, serve):
+    client = serve(daemon)
+    assert client.get("/-/ready")[0] == 503
+    assert client.get("/-/healthy")[0] == 200
+    daemon.start()
+    assert client.get("/-/ready")[0] == 200
+    daemon.scheduler.stop(1.0)
+    assert client.get("/-/ready")[0] == 503
 
 
-def test_landing_page_shows_each_target_escaped(scripted_server):
+def test_landing_page_shows_each_target_escaped(scripted_server, serve):
     hostile = scripted_server([Send(b"554 5.7.1 <script>alert(1)</script> go away\r\n")])
     config = parse_config(f"""
 global: {{interval: 1s, timeout: 500ms}}
@@ -261,7 +260,7 @@ targets:
 """, "test")
     daemon = Daemon(config, None)
     daemon.start()
-    server, client = serve(daemon)
+    client = serve(daemon)
     try:
         deadline = time.monotonic() + 5
         while daemon.store.latest(hostile.target, "plain") is None and time.monotonic() < deadline:
@@ -277,8 +276,6 @@ targets:
         status, _, text = client.get(link.replace("&amp;", "&"))
         assert status == 200 and "S: 554 5.7.1 <script>" in text
     finally:
-        server.shutdown()
-        server.server_close()
         daemon.scheduler.stop(1.0)
 
 
@@ -288,7 +285,7 @@ def test_transcript_before_any_probe_is_404(exporter):
     assert exporter[1].get("/transcript?target=nowhere:25")[0] == 400
 
 
-def test_an_internal_failure_is_a_plain_503(servers):
+def test_an_internal_failure_is_a_plain_503(servers, serve):
     healthy, tarpit = servers
 
     class BrokenDaemon(Daemon):
@@ -296,27 +293,19 @@ def test_an_internal_failure_is_a_plain_503(servers):
             raise RuntimeError("secret internals")
 
     config = parse_config(CONFIG.format(healthy=healthy.target), "test")
-    server, client = serve(BrokenDaemon(config, None))
-    try:
-        status, _, body = client.get(f"/probe?target={healthy.target}&module=plain")
-        assert status == 503
-        assert "secret internals" not in body and "Traceback" not in body
-        assert client.get("/-/healthy")[0] == 200  # and the server carries on
-    finally:
-        server.shutdown()
-        server.server_close()
+    client = serve(BrokenDaemon(config, None))
+    status, _, body = client.get(f"/probe?target={healthy.target}&module=plain")
+    assert status == 503
+    assert "secret internals" not in body and "Traceback" not in body
+    assert client.get("/-/healthy")[0] == 200  # and the server carries on
 
 
-def test_authorize_hook_guards_every_route(exporter):
+def test_authorize_hook_guards_every_route(exporter, serve):
     daemon = exporter[0]
-    server, client = serve(daemon, authorize=lambda headers: headers.get("Authorization") == "ok")
-    try:
-        assert client.get("/metrics")[0] == 401
-        assert client.get("/-/healthy")[0] == 401
-        assert client.get("/metrics", headers={"Authorization": "ok"})[0] == 200
-    finally:
-        server.shutdown()
-        server.server_close()
+    client = serve(daemon, authorize=lambda headers: headers.get("Authorization") == "ok")
+    assert client.get("/metrics")[0] == 401
+    assert client.get("/-/healthy")[0] == 401
+    assert client.get("/metrics", headers={"Authorization": "ok"})[0] == 200
 
 
 @pytest.mark.parametrize(
@@ -337,3 +326,100 @@ def test_malformed_requests_get_a_4xx_and_no_traceback(exporter, raw, status):
             answer += chunk
     assert answer.startswith(f"HTTP/1.".encode()) and f" {status} ".encode() in answer[:40]
     assert b"Traceback" not in answer
+
+
+# -- limits: request head deadline, connections, concurrent /probe ------------------------------
+def closed_after(sock: socket.socket, send: bytes, interval: float, limit: float) -> float | None:
+    """Send `send` a byte every `interval` s; seconds until the server closed, None if it never
+    did within `limit` (the server must not answer a request it never fully received)."""
+    begun = time.monotonic()
+    sock.settimeout(interval)
+    for byte in send:
+        if time.monotonic() - begun > limit:
+            return None
+        try:
+            sock.send(bytes([byte]))
+            data = sock.recv(1024)
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return time.monotonic() - begun
+        assert data == b"", f"answered a request still being sent: {data[:80]!r}"
+        return time.monotonic() - begun
+    return None
+
+
+SLOW_HEAD = b"GET /metrics HTTP/1.1\r\nHost: x\r\nUser-Agent: slowloris\r\nX-Padding: " + b"z" * 100
+
+
+def test_a_head_trickling_a_byte_a_second_is_cut_off_at_the_head_deadline(daemon, serve):
+    """Each byte comes long before the 30 s read timeout; the whole head still gets 2 s."""
+    client = serve(daemon, head_timeout=2.0)
+    with socket.create_connection(("127.0.0.1", client.port)) as slow:
+        elapsed = closed_after(slow, SLOW_HEAD, interval=1.0, limit=6.0)
+    assert elapsed is not None, "a head trickled for 6 s was never cut off"
+    assert 1.9 <= elapsed <= 2.5
+    assert client.get("/metrics", timeout=2)[0] == 200
+
+
+def test_a_kept_alive_connection_may_idle_but_its_next_head_gets_the_deadline(daemon, serve):
+    client = serve(daemon, head_timeout=1.0)
+    connection = http.client.HTTPConnection("127.0.0.1", client.port, timeout=5)
+    connection.request("GET", "/-/healthy")
+    assert connection.getresponse().read() == b"Healthy\n"
+    time.sleep(1.5)  # idle longer than the head deadline: an idle connection is not a head
+    connection.request("GET", "/-/healthy")
+    assert connection.getresponse().read() == b"Healthy\n"
+    # The next head trickles: cut off 1 s after its first byte.
+    elapsed = closed_after(connection.sock, SLOW_HEAD, interval=0.4, limit=4.0)
+    assert elapsed is not None and 0.9 <= elapsed <= 1.5
+    connection.close()
+
+
+def test_beyond_max_connections_a_connection_gets_503_at_once_until_a_slot_frees(daemon, serve):
+    client = serve(daemon, max_connections=4)
+    # Accepted in order: these four hold every slot before the next connection is accepted.
+    idle = [socket.create_connection(("127.0.0.1", client.port)) for _ in range(4)]
+    try:
+        for _ in range(3):
+            begun = time.monotonic()
+            status, content_type, body = client.get("/metrics", timeout=2)
+            assert time.monotonic() - begun < 0.5
+            assert (status, content_type) == (503, "text/plain; charset=utf-8")
+            assert body == "too many connections (limit 4); try again later\n"
+
+        idle.pop().close()
+        deadline = time.monotonic() + 2
+        while (status := client.get("/metrics", timeout=2)[0]) == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status == 200, "a freed slot was not taken by the next client"
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_beyond_max_concurrent_probes_a_probe_gets_503_at_once(exporter, serve):
+    daemon, _, healthy, tarpit = exporter
+    client = serve(daemon, max_concurrent_probes=2)
+    slow_path = f"/probe?target={via_allow_list(tarpit)}&module=slow"
+    answers = []
+    slow = [threading.Thread(target=lambda: answers.append(client.get(
+                slow_path, headers={"X-Prometheus-Scrape-Timeout-Seconds": "2"})))
+            for _ in range(2)]
+    for thread in slow:
+        thread.start()
+    deadline = time.monotonic() + 2
+    while "smtpmon_probes_in_flight 2.0" not in client.get("/metrics")[2]:
+        assert time.monotonic() < deadline, "the two slow probes never ran together"
+        time.sleep(0.05)
+
+    begun = time.monotonic()
+    status, _, body = client.get(f"/probe?target={healthy.target}&module=plain")
+    assert time.monotonic() - begun < 0.5
+    assert (status, body) == (503, "too many concurrent probes (limit 2); try again later\n")
+    assert client.get("/metrics")[0] == 200  # other routes are not limited
+
+    for thread in slow:
+        thread.join(5)
+    assert [status for status, _, _ in answers] == [200, 200]
+    assert client.get(f"/probe?target={healthy.target}&module=plain")[0] == 200  # freed

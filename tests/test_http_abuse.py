@@ -3,7 +3,8 @@
 Bad input gets a 4xx with a reason in the body, never a 500 or a traceback; the exceptions are
 the two answers RFC 9110 prescribes for what the server cannot speak at all: 501 for a method
 it does not know (15.6.2) and 505 for an HTTP version it does not support (15.6.6). Slow and
-idle clients cannot stop /metrics from answering.
+idle clients cannot stop /metrics from answering; beyond `--web.max-connections` and
+`--web.max-concurrent-probes`, clients get a 503 at once.
 """
 
 from __future__ import annotations
@@ -15,16 +16,9 @@ import time
 import pytest
 
 from daemon_process import start_daemon, value
-from smtpservers import LOOPBACK, AiosmtpdServer
+from smtpservers import LOOPBACK, Sleep
 
 METRICS_WITHIN_SECONDS = 1.0
-
-
-@pytest.fixture(scope="module")
-def smtp_target():
-    server = AiosmtpdServer().start()
-    yield server.target
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +216,45 @@ def test_slowloris_and_idle_connections_cannot_stop_metrics(running):
 
     assert len(latencies) >= 10
     assert max(latencies) < METRICS_WITHIN_SECONDS, f"/metrics took up to {max(latencies):.3f} s"
+
+
+# -- limits ----------------------------------------------------------------------------------------
+def test_connection_and_probe_limits_answer_503_at_once(tmp_path, scripted_server):
+    """`--web.max-concurrent-probes 1` and `--web.max-connections 8` on the real daemon."""
+    tarpit = scripted_server([Sleep(30)])
+    config = ("global: {interval: 1m, timeout: 5s}\nprobe_allow: ['localhost:*']\n"
+              "modules:\n  plain: {tls: none}\ntargets: []\n")  # every probe is a /probe
+    running = start_daemon(tmp_path, config, args=["--web.max-connections", "8",
+                                                   "--web.max-concurrent-probes", "1"])
+    slow_probe = f"/probe?target=localhost:{tarpit.port}&module=plain"
+    answers = []
+    slow = threading.Thread(target=lambda: answers.append(running.request(
+        "GET", slow_probe, headers={"X-Prometheus-Scrape-Timeout-Seconds": "2.5"})))
+    idle = []
+    try:
+        slow.start()
+        running.wait_for(lambda text: value(text, "smtpmon_probes_in_flight") == 1, timeout=2)
+        begun = time.monotonic()
+        code, body = running.get(slow_probe)
+        assert time.monotonic() - begun < 0.5
+        assert (code, body) == (503, "too many concurrent probes (limit 1); try again later\n")
+        slow.join(5)
+        assert answers[0][0] == 200 and 'reason="timeout"' in answers[0][1]
+
+        idle = [socket.create_connection((LOOPBACK, running.port), timeout=5) for _ in range(8)]
+        begun = time.monotonic()
+        code, body = raw_request(running.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert time.monotonic() - begun < 0.5
+        assert (code, body) == (503, "too many connections (limit 8); try again later\n")
+        idle.pop().close()
+        deadline = time.monotonic() + 2
+        while (code := running.get("/metrics")[0]) == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert code == 200, "a freed slot was not taken by the next client"
+        log = running.log()
+        assert 'level=warn msg="/probe limit reached; more concurrent /probe requests get 503" limit=1' in log
+        assert 'level=warn msg="connection limit reached; new connections get 503 until one closes" limit=8' in log
+    finally:
+        for sock in idle:
+            sock.close()
+        running.stop()

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import http.client
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 
 from smtpmon.config import default_config
-from smtpmon.daemon import Daemon, web_hooks
+from smtpmon.daemon import Daemon, web_server_options
 from smtpmon.http import Server
 from smtpmon.webconfig import WWW_AUTHENTICATE, WebConfigError, load_web_config
 
@@ -60,11 +61,11 @@ def write_web_config(pki: Pki, text: str, name: str = "web.yml") -> str:
 
 
 @contextlib.contextmanager
-def serving(web_config_file: str):
+def serving(web_config_file: str, **limits):
     """The daemon's HTTP server, wired exactly as `smtpmon run --web.config.file` wires it."""
-    authorize, wrap_connection = web_hooks(web_config_file)
-    server = Server(("127.0.0.1", 0), Daemon(default_config(), None), authorize=authorize,
-                    wrap_connection=wrap_connection, connection_timeout=NETWORK_TIMEOUT)
+    server = Server(("127.0.0.1", 0), Daemon(default_config(), None),
+                    **web_server_options(web_config_file), connection_timeout=NETWORK_TIMEOUT,
+                    **limits)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()
@@ -210,6 +211,78 @@ tls_server_config: {cert_file: server.crt, key_file: server.key, min_version: TL
         tls12_only.maximum_version = ssl.TLSVersion.TLSv1_2
         with pytest.raises(ssl.SSLError):
             https_get(port, tls12_only)
+
+
+def test_a_tls_handshake_trickling_a_byte_at_a_time_is_cut_off_at_the_head_deadline(pki):
+    path = write_web_config(pki, "tls_server_config: {cert_file: server.crt, key_file: server.key}\n",
+                            "tls-trickle.yml")
+    client_hello = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(160)
+    with serving(path, head_timeout=1.0) as port:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.settimeout(0.3)
+            begun = time.monotonic()
+            for byte in client_hello:
+                try:
+                    sock.send(bytes([byte]))
+                    closed = sock.recv(1024) == b""
+                except TimeoutError:
+                    continue
+                except ConnectionError:
+                    closed = True
+                if closed:
+                    break
+            elapsed = time.monotonic() - begun
+        assert 0.9 <= elapsed <= 1.5, f"a trickled handshake lasted {elapsed:.1f} s"
+        assert https_get(port, client_context(pki)).status == 200
+
+
+# -- response headers -----------------------------------------------------------------------
+
+HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "deny",
+    "Content-Security-Policy": "default-src 'none'",
+}
+
+
+def raw_answer(port: int, data: bytes) -> http.client.HTTPResponse:
+    """The answer to bytes sent as they are (for what http.client would not send)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=NETWORK_TIMEOUT) as sock:
+        sock.sendall(data)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        response.body = response.read()
+    return response
+
+
+def test_configured_headers_come_with_every_answer(pki):
+    path = write_web_config(pki, f"""\
+http_server_config:
+  headers:
+    X-Content-Type-Options: nosniff
+    X-Frame-Options: deny
+    Content-Security-Policy: "default-src 'none'"
+basic_auth_users:
+  prometheus: {pki.bcrypt_hash}
+""", "headers.yml")
+    authorized = "Authorization: " + basic("prometheus", PASSWORD)["Authorization"]
+    with serving(path, max_connections=2) as port:
+        answers = {
+            "metrics": raw_answer(port, f"GET /metrics HTTP/1.1\r\n{authorized}\r\n\r\n".encode()),
+            "no credentials": raw_answer(port, b"GET /metrics HTTP/1.1\r\n\r\n"),
+            "unknown path": raw_answer(port, f"GET /nothing HTTP/1.1\r\n{authorized}\r\n\r\n".encode()),
+            "garbage (http.server's own error)": raw_answer(port, b"GARBAGE\r\n\r\n"),
+        }
+        with socket.create_connection(("127.0.0.1", port)), socket.create_connection(("127.0.0.1", port)):
+            answers["beyond max_connections"] = raw_answer(port, b"GET /metrics HTTP/1.1\r\n\r\n")
+
+    assert {name: answer.status for name, answer in answers.items()} == {
+        "metrics": 200, "no credentials": 401, "unknown path": 404,
+        "garbage (http.server's own error)": 400, "beyond max_connections": 503,
+    }
+    assert b"smtpmon_" in answers["metrics"].body
+    for name, answer in answers.items():
+        assert {header: answer.getheader(header) for header in HEADERS} == HEADERS, name
 
 
 # -- client certificates --------------------------------------------------------------------

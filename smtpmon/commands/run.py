@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from smtpmon import daemon
+import argparse
+
+from smtpmon import daemon, http
 from smtpmon.logs import LEVELS, setup_logging
 
 DESCRIPTION = """Run the daemon: probe every configured target on its schedule and serve the
@@ -25,7 +27,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--web.listen-address", dest="listen_address", metavar="ADDRESS",
                         default=":9725", help="address to serve HTTP on (default: %(default)s)")
     parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
-                        help="TLS and basic auth for the HTTP server (exporter-toolkit format)")
+                        help="TLS, basic auth and response headers for the HTTP server "
+                             "(exporter-toolkit format)")
+    parser.add_argument("--web.max-connections", dest="max_connections", metavar="N",
+                        type=positive_int, default=http.MAX_CONNECTIONS,
+                        help="HTTP connections served at once; beyond them a new connection gets "
+                             "503 at once (default: %(default)s)")
+    parser.add_argument("--web.max-concurrent-probes", dest="max_concurrent_probes", metavar="N",
+                        type=positive_int, default=http.MAX_CONCURRENT_PROBES,
+                        help="/probe requests running at once; beyond them /probe answers 503 "
+                             "at once (default: %(default)s)")
     parser.add_argument("--log.level", dest="log_level", choices=tuple(LEVELS), default="info",
                         help="only log events at this level or above (default: %(default)s)")
 
@@ -36,4 +47,17 @@ def run(args) -> int:
         config_file=args.config_file,
         listen_address=args.listen_address,
         web_config_file=args.web_config_file,
+        max_connections=args.max_connections,
+        max_concurrent_probes=args.max_concurrent_probes,
     ))
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return number
