@@ -1,4 +1,5 @@
-"""SMTP servers for tests, on 127.0.0.1 port 0 (the bound port is read back).
+"""SMTP servers for tests, on 127.0.0.1 port 0 (the bound port is read back) unless a test
+asks for another `host=` (e.g. "::1") or a fixed `port=` (e.g. 25, for the embedded default).
 
 - `AiosmtpdServer`: a real SMTP implementation (aiosmtpd) whose EHLO/MAIL/RCPT/DATA replies a
   test can script, with STARTTLS, implicit TLS and AUTH. aiosmtpd's Controller cannot bind
@@ -24,6 +25,11 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 LOOPBACK = "127.0.0.1"
 SERVER_NAME = "mx.test.example"
+
+
+def host_port(host: str, port: int) -> str:
+    """A probe target: host:port, or [IPv6]:port."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def server_tls_context(cert: trustme.LeafCert | trustme.CA) -> ssl.SSLContext:
@@ -117,6 +123,8 @@ class AiosmtpdServer:
         implicit_tls_context: ssl.SSLContext | None = None,
         authenticator=None,
         auth_require_tls: bool = True,
+        host: str = LOOPBACK,
+        port: int = 0,
     ):
         self.handler = handler or ScriptedHandler()
         self._smtp_options = dict(
@@ -128,11 +136,12 @@ class AiosmtpdServer:
         self._implicit_tls_context = implicit_tls_context
         self._loop_thread: _LoopThread | None = None
         self._server: asyncio.base_events.Server | None = None
-        self.port = 0
+        self.host = host
+        self.port = port  # the bound port once started
 
     @property
     def target(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+        return host_port(self.host, self.port)
 
     def start(self) -> AiosmtpdServer:
         self._loop_thread = _LoopThread()
@@ -141,8 +150,8 @@ class AiosmtpdServer:
         async def serve():
             return await loop.create_server(
                 lambda: SMTP(self.handler, loop=loop, **self._smtp_options),
-                host=LOOPBACK,
-                port=0,
+                host=self.host,
+                port=self.port,
                 ssl=self._implicit_tls_context,
             )
 
@@ -230,7 +239,8 @@ class ScriptedServer:
     `received` holds every line clients sent; `mismatches` the Expect steps that failed.
     """
 
-    def __init__(self, script: list, *, implicit_tls_context: ssl.SSLContext | None = None, host: str = LOOPBACK):
+    def __init__(self, script: list, *, implicit_tls_context: ssl.SSLContext | None = None,
+                 host: str = LOOPBACK, port: int = 0):
         self.script = [step for item in script for step in (item if isinstance(item, list) else [item])]
         self.implicit_tls_context = implicit_tls_context
         self.received: list[str] = []
@@ -239,16 +249,15 @@ class ScriptedServer:
         self._stop = threading.Event()
         self._sockets: list[socket.socket] = []
         self.host = host
-        self._listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind((host, 0))
-        self._listener.listen(16)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server((host, port), family=family, backlog=16)
         self._listener.settimeout(0.1)
         self.port = self._listener.getsockname()[1]
         self._threads: list[threading.Thread] = []
 
     @property
     def target(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
     def start(self) -> ScriptedServer:
         self._spawn(self._accept_loop)
@@ -378,7 +387,7 @@ class FullBacklogListener:
 
     @property
     def target(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+        return host_port(LOOPBACK, self.port)
 
     def close(self) -> None:
         for sock in [*self._fillers, self._listener]:

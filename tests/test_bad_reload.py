@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 
 from daemon_process import probed, start_daemon, value
-from smtpservers import AiosmtpdServer
 from test_config import INVALID
 
 # Representative rows: YAML that does not parse, a file with nothing in it, a dangling module
@@ -25,13 +24,6 @@ RELOADED = (
 )
 RELOAD_FAILED = 'level=error msg="configuration reload failed; keeping the running configuration"'
 INVALID_BY_ID = {case[0]: case[1:] for case in INVALID}
-
-
-@pytest.fixture(scope="module")
-def smtp_target():
-    server = AiosmtpdServer().start()
-    yield server.target
-    server.stop()
 
 
 @pytest.fixture(scope="module")

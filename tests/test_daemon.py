@@ -6,17 +6,15 @@ and bad), `/probe`, the landing page, the log lines, and how fast SIGTERM stops 
 
 from __future__ import annotations
 
-import http.client
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from daemon_process import REPO, RunningDaemon, free_port, probed, start_daemon, value
 from smtpmon.config import DEFAULT_CONFIG_TEXT
 from smtpservers import (
     BANNER,
@@ -24,88 +22,9 @@ from smtpservers import (
     LOOPBACK,
     QUIT_OK,
     ScriptedHandler,
-    ScriptedServer,
     Send,
     Sleep,
 )
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-class RunningDaemon:
-    """`smtpmon run` with `config_path` (None: the embedded default) on a free port."""
-
-    def __init__(self, config_path: Path | None, log_path: Path):
-        self.config_path = config_path
-        self.port = free_port()
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        config_args = ["--config.file", str(config_path)] if config_path else []
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "smtpmon", "run", *config_args,
-             "--web.listen-address", f"{LOOPBACK}:{self.port}", "--log.level", "debug"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL,
-        )
-
-    def request(self, method: str, path: str, timeout: float = 10.0):
-        connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=timeout)
-        try:
-            connection.request(method, path)
-            response = connection.getresponse()
-            return response.status, response.read().decode()
-        finally:
-            connection.close()
-
-    def get(self, path: str):
-        return self.request("GET", path)
-
-    def wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"daemon exited early:\n{self.log()}"
-            try:
-                if self.get("/-/ready")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"daemon not ready after {timeout} s:\n{self.log()}")
-
-    def metrics(self) -> str:
-        status, body = self.get("/metrics")
-        assert status == 200
-        return body
-
-    def wait_for(self, condition, timeout: float = 10.0) -> str:
-        """Poll /metrics until condition(text) holds; the text."""
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.metrics()
-            if condition(text):
-                return text
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout} s; metrics:\n{text}")
-            time.sleep(0.1)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self._log.close()
-        return self.process.returncode
 
 
 @pytest.fixture
@@ -113,31 +32,14 @@ def daemon(tmp_path):
     """start(config_text) -> a running, ready daemon; stopped at teardown."""
     started: list[RunningDaemon] = []
 
-    def start(config_text: str, wait: bool = True) -> RunningDaemon:
-        config_path = tmp_path / "smtpmon.yml"
-        config_path.write_text(config_text)
-        running = RunningDaemon(config_path, tmp_path / f"daemon{len(started)}.log")
+    def start(config_text: str) -> RunningDaemon:
+        running = start_daemon(tmp_path, config_text, name=f"daemon{len(started)}")
         started.append(running)
-        if wait:
-            running.wait_ready()
         return running
 
     yield start
     for running in started:
         running.stop()
-
-
-def value(metrics: str, name: str, **labels: str) -> float | None:
-    """The sample of `name` whose labels include `labels` (the first one), or None."""
-    for line in metrics.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{key}="{val}"' in line for key, val in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-    return None
-
-
-def probed(target: str, times: int = 1):
-    return lambda text: (value(text, "smtpmon_probes_total", target=target) or 0) >= times
 
 
 def config_text(targets: list[tuple[str, str]], extra_modules: str = "", interval: str = "1s",
@@ -202,21 +104,10 @@ def test_metrics_carry_each_reply_code_class_and_category(daemon, smtp_server, s
                      r'module=plain stage=banner reason=banner_rejected', running.log())
 
 
-class Port25Server(ScriptedServer):
-    """The shared scripted server, listening on 127.0.0.1:25 instead of a free port."""
-
-    def __init__(self, script):
-        super().__init__(script)
-        self._listener.close()
-        self._listener = socket.create_server((LOOPBACK, 25))
-        self._listener.settimeout(0.1)
-        self.port = 25
-
-
 def test_embedded_default_probes_the_local_mta(tmp_path, scripted_server):
     script = [BANNER, EHLO_OK, QUIT_OK]
     try:
-        server = Port25Server(script).start()
+        server = scripted_server(script, port=25)
         config_path = None
     except OSError:  # something (a real MTA) owns port 25: the same default, another port
         server = scripted_server(script)
@@ -232,8 +123,6 @@ def test_embedded_default_probes_the_local_mta(tmp_path, scripted_server):
                      code="221") == 1
     finally:
         running.stop()
-        if server.port == 25:
-            server.stop()
 
 
 def test_reload_adds_and_removes_targets_and_keeps_unchanged_counters(daemon, smtp_server):
