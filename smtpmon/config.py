@@ -12,7 +12,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import ipaddress
-import json
 import math
 import os
 import re
@@ -20,10 +19,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
-import yaml
 
 from smtpmon.module import AUTH_MECHANISMS, IP_PROTOCOLS, TLS_MODES, TLS_VERSIONS, Module
 from smtpmon.results import STAGES
+from smtpmon.yamldoc import YamlSyntaxError, describe, read_document
 
 EMBEDDED_SOURCE = "<embedded default>"
 
@@ -227,23 +226,6 @@ def host_problem(host: str) -> str | None:
     return None
 
 
-def describe(value: Any) -> str:
-    """A value as a message shows it: strings quoted and escaped, YAML words for the rest."""
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
-
 def _parse_port(text: str) -> int:
     if not text:
         raise ValueError("missing port after the colon")
@@ -279,34 +261,6 @@ def _one_of(choices: tuple[str, ...]) -> str:
     return ", ".join(choices)
 
 
-class _DuplicateKeyLoader(yaml.SafeLoader):
-    """SafeLoader that notes duplicate mapping keys, which PyYAML would silently drop."""
-
-    def __init__(self, stream: str):
-        super().__init__(stream)
-        self.duplicates: list[str] = []
-
-    def construct_mapping(self, node, deep=False):  # type: ignore[override]
-        if isinstance(node, yaml.MappingNode):
-            first_line: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue  # `<<: *anchor` is meant to be overridden
-                key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
-                try:
-                    if key in first_line:
-                        self.duplicates.append(
-                            f"line {line}: duplicate key {describe(key)} "
-                            f"(first on line {first_line[key]})"
-                        )
-                    else:
-                        first_line[key] = line
-                except TypeError:
-                    pass  # an unhashable key: construct_mapping reports it below
-        return super().construct_mapping(node, deep)
-
-
 class _Parser:
     """One validation pass: each `parse_*` method records problems and returns what it can."""
 
@@ -326,23 +280,11 @@ class _Parser:
     # -- the document ------------------------------------------------------------------------
 
     def parse(self, text: str) -> Config:
-        loader = _DuplicateKeyLoader(text)
         try:
-            document = loader.get_single_data()
-        except yaml.MarkedYAMLError as error:
-            mark = error.problem_mark or error.context_mark
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-            problem = error.problem or error.context or "syntax error"
-            context_mark = error.context_mark
-            if error.context and context_mark and mark and context_mark.line != mark.line:
-                # The line to fix is often the one that opened the construct, not this one.
-                problem += f" ({error.context} on line {context_mark.line + 1})"
-            raise ConfigError([f"{where}invalid YAML: {problem}"], self.source) from None
-        except yaml.YAMLError as error:
-            raise ConfigError([f"invalid YAML: {error}"], self.source) from None
-        finally:
-            loader.dispose()
-        self.errors.extend(loader.duplicates)
+            document, duplicates = read_document(text)
+        except YamlSyntaxError as error:
+            raise ConfigError([str(error)], self.source) from None
+        self.errors.extend(duplicates)
         if document is None:
             self.error("", "the file is empty; it needs at least a modules section")
             raise self.fail()

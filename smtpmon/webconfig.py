@@ -28,9 +28,8 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 import bcrypt
-import yaml
 
-from smtpmon.config import _DuplicateKeyLoader, describe
+from smtpmon.yamldoc import YamlSyntaxError, describe, read_document
 
 WWW_AUTHENTICATE = 'Basic realm="smtpmon"'
 
@@ -281,19 +280,11 @@ class _Parser:
         self.errors.append(f"{path}: {reason}" if path else reason)
 
     def parse(self, text: str) -> WebConfig:
-        loader = _DuplicateKeyLoader(text)
         try:
-            document = loader.get_single_data()
-        except yaml.MarkedYAMLError as error:
-            mark = error.problem_mark or error.context_mark
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-            problem = error.problem or error.context or "syntax error"
-            raise WebConfigError([f"{where}invalid YAML: {problem}"], self.source) from None
-        except yaml.YAMLError as error:
-            raise WebConfigError([f"invalid YAML: {error}"], self.source) from None
-        finally:
-            loader.dispose()
-        self.errors.extend(loader.duplicates)
+            document, duplicates = read_document(text)
+        except YamlSyntaxError as error:
+            raise WebConfigError([str(error)], self.source) from None
+        self.errors.extend(duplicates)
         document = self.mapping("", document if document is not None else {}, _TOP_KEYS)
         tls = self.tls_server_config(document.get("tls_server_config"))
         headers = self.http_server_config(document.get("http_server_config"))

@@ -13,6 +13,9 @@ import trustme
 
 from smtpservers import SERVER_NAME, AiosmtpdServer, ScriptedServer, server_tls_context
 
+# The session-scoped `postfix` fixture (a private, real Postfix on loopback) for any test module.
+pytest_plugins = ["postfix"]
+
 
 @pytest.fixture(scope="session")
 def ca() -> trustme.CA:

@@ -324,7 +324,7 @@ def test_malformed_requests_get_a_4xx_and_no_traceback(exporter, raw, status):
         answer = b""
         while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
             answer += chunk
-    assert answer.startswith(f"HTTP/1.".encode()) and f" {status} ".encode() in answer[:40]
+    assert answer.startswith("HTTP/1.".encode()) and f" {status} ".encode() in answer[:40]
     assert b"Traceback" not in answer
 
 

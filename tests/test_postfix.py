@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from postfix import HOSTNAME, SIZE_LIMIT, postfix, require_postfix, start_postfix  # noqa: F401
+from postfix import HOSTNAME, SIZE_LIMIT, require_postfix, start_postfix
 
 REPO = Path(__file__).resolve().parent.parent
 UNKNOWN_USER = f"nosuchuser@{HOSTNAME}"
