@@ -101,15 +101,20 @@ class RunningDaemon:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
         self._log.close()
         return self.process.returncode
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM, as systemd would send; SIGKILL if it has not ended within 10 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
 
 
 def start_daemon(directory: Path, config_text: str, *, name: str = "daemon", args: Sequence[str] = (),

@@ -17,7 +17,6 @@ import hashlib
 import json
 import re
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -29,7 +28,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from daemon_process import RunningDaemon, free_port, start_daemon
+from daemon_process import RunningDaemon, free_port, start_daemon, stop_process
 from prometheus_tools import require_tool
 from smtpservers import (
     LOOPBACK,
@@ -219,13 +218,7 @@ class RunningPrometheus:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
 
 
 @pytest.fixture
