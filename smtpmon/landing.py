@@ -109,7 +109,7 @@ def render(config: Config, snapshots: Iterable[TargetSnapshot], *, ready: bool) 
 <body>
 <h1>smtpmon</h1>
 <p>Version {_e(__version__)} &middot; configuration: <code>{_e(config.source)}</code>
-&middot; {len(rows)} targets &middot; {"ready" if ready else "not ready"}</p>
+&middot; {len(rows)} target{"" if len(rows) == 1 else "s"} &middot; {"ready" if ready else "not ready"}</p>
 <p><a href="/metrics">Metrics</a> &middot; <a href="/-/healthy">Health</a>
 &middot; <a href="/-/ready">Readiness</a>
 &middot; probe one target: <code>/probe?target=host:port&amp;module=NAME[&amp;debug=true]</code></p>
