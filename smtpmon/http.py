@@ -60,6 +60,9 @@ MAX_CONNECTIONS = 256
 MAX_CONCURRENT_PROBES = 64
 # A flood of refused clients must not become a flood of log lines.
 REFUSAL_LOG_INTERVAL_SECONDS = 60.0
+# Answers up to this size go out with their head in one write (one send, one segment); a
+# bigger body (a large /metrics) is written after the head rather than copied next to it.
+ONE_WRITE_MAX_BYTES = 256 * 1024
 
 
 class Exporter(Protocol):
@@ -301,6 +304,12 @@ class Server(ThreadingHTTPServer):
     def finish_request(self, request, client_address):
         """On the connection's thread: TLS if asked, then the requests, under the head deadline."""
         head_deadline = time.monotonic() + self.head_timeout
+        try:
+            # A keep-alive client that delays its ACKs would otherwise stall each answer
+            # written in more than one send (Nagle) by ~40 ms.
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # not TCP, or already gone: nothing to tune
+            pass
         # The handshake is bounded as a whole by the socket timeout (CPython's ssl module).
         request.settimeout(min(self.connection_timeout, self.head_timeout))
         if self.wrap_connection is not None:
@@ -363,9 +372,24 @@ class Handler(BaseHTTPRequestHandler):
 
     def end_headers(self) -> None:
         # Every answer, http.server's own error pages included, carries the configured headers.
+        self._send_extra_headers()
+        super().end_headers()
+
+    def _send_extra_headers(self) -> None:
         for name, value in self.server.extra_headers.items():
             self.send_header(name, value)
-        super().end_headers()
+
+    def _end_headers_with_body(self, data: bytes) -> None:
+        """end_headers(), then the body: in the same write as the head when it is small
+        (http.server keeps the head in `_headers_buffer` until it is flushed)."""
+        self._send_extra_headers()
+        self._headers_buffer.append(b"\r\n")
+        if len(data) <= ONE_WRITE_MAX_BYTES:
+            self._headers_buffer.append(data)
+            self.flush_headers()
+        else:
+            self.flush_headers()
+            self.wfile.write(data)
 
     def version_string(self) -> str:
         return f"smtpmon/{__version__}"
@@ -436,9 +460,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        self._end_headers_with_body(b"" if self.command == "HEAD" else data)
 
     # -- routes --------------------------------------------------------------------------
 
