@@ -32,11 +32,12 @@ class RunningDaemon:
     """`smtpmon run --config.file config_path` on a free port, logging at debug level to log_path.
 
     `config_path` None runs the embedded default. `args` are more flags for `smtpmon run`;
-    `env` adds to (or, with None values, removes from) this process's environment.
+    `env` adds to (or, with None values, removes from) this process's environment;
+    `command_prefix` runs the daemon through a wrapper that ends by exec-ing it (a sandbox).
     """
 
     def __init__(self, config_path: Path | None, log_path: Path, *, args: Sequence[str] = (),
-                 env: Mapping[str, str | None] | None = None):
+                 env: Mapping[str, str | None] | None = None, command_prefix: Sequence[str] = ()):
         self.config_path = config_path
         self.port = free_port()
         self.log_path = log_path
@@ -49,7 +50,7 @@ class RunningDaemon:
                 environment[name] = setting
         config_args = ["--config.file", str(config_path)] if config_path is not None else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "smtpmon", "run", *config_args, *args,
+            [*command_prefix, sys.executable, "-m", "smtpmon", "run", *config_args, *args,
              "--web.listen-address", f"{LOOPBACK}:{self.port}", "--log.level", "debug"],
             cwd=REPO, env=environment, stdout=subprocess.DEVNULL, stderr=self._log,
             stdin=subprocess.DEVNULL,
@@ -118,11 +119,13 @@ def stop_process(process: subprocess.Popen) -> None:
 
 
 def start_daemon(directory: Path, config_text: str, *, name: str = "daemon", args: Sequence[str] = (),
-                 env: Mapping[str, str | None] | None = None) -> RunningDaemon:
+                 env: Mapping[str, str | None] | None = None,
+                 command_prefix: Sequence[str] = ()) -> RunningDaemon:
     """Write `directory/<name>.yml`, start the daemon on it and wait until it is ready."""
     config_path = directory / f"{name}.yml"
     config_path.write_text(config_text)
-    running = RunningDaemon(config_path, directory / f"{name}.log", args=args, env=env)
+    running = RunningDaemon(config_path, directory / f"{name}.log", args=args, env=env,
+                            command_prefix=command_prefix)
     try:
         running.wait_ready()
     except BaseException:
