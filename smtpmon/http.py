@@ -395,7 +395,8 @@ class Handler(BaseHTTPRequestHandler):
         return f"smtpmon/{__version__}"
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the stdlib's name
-        log.debug("http " + (format % args), client=self.client_address[0])
+        if log.enabled("debug"):  # called for every answer: no formatting unless shown
+            log.debug("http " + (format % args), client=self.client_address[0])
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -503,8 +504,11 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             exporter.state.probe_finished()
             self.server.probe_slots.release()
-        log.info("probe via /probe", target=target, module=module_name,
-                 success=int(result.success), reason=result.reason, client=self.client_address[0])
+        # A failure at info, a success at debug: Prometheus asks for every target every
+        # scrape, and a line per answer would cost more than the probe's own work.
+        (log.debug if result.success else log.info)(
+            "probe via /probe", target=target, module=module_name, success=int(result.success),
+            reason=result.reason, client=self.client_address[0])
         metrics = render_probe(result, exporter.probe_store)
         if debug:
             text = transcript.render(result).rstrip("\n")

@@ -57,6 +57,10 @@ class Logger:
         if self._logger.isEnabledFor(level):
             self._logger.log(level, msg, exc_info=exc_info, extra={"fields": fields})
 
+    def enabled(self, level: str) -> bool:
+        """Whether a line at `level` (debug, info, warn, error) would be written."""
+        return self._logger.isEnabledFor(LEVELS[level])
+
     def debug(self, msg: str, **fields: Any) -> None:
         self._log(logging.DEBUG, msg, False, fields)
 
