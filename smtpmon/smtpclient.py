@@ -9,7 +9,11 @@ for the transcript, with AUTH secrets masked before they are recorded. What woul
 `socket` and `ssl`, with replies parsed by `smtpmon.replycodes`.
 
 Every blocking call gets `deadline - now` as its socket timeout, so the session ends at the
-deadline whatever the server does.
+deadline whatever the server does. On plain TCP that timeout is the kernel's (SO_RCVTIMEO /
+SO_SNDTIMEO on a blocking socket): one syscall per read or write. Python's own socket timeout
+costs a poll() before every call and an ioctl() for each settimeout(), and each of those hands
+the GIL to another thread when many probes run at once. A TLS socket keeps Python's timeout:
+the ssl module retries a blocking read that the kernel timed out instead of giving up.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +43,7 @@ MAX_REPLY_LINES = 200
 MAX_REPLY_BYTES = 65536
 _RECV_BYTES = 4096
 _MASK = "********"
+_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO / SO_SNDTIMEO
 
 # OpenSSL X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code) -> failure reason.
 _VERIFY_REASONS = {
@@ -86,6 +92,14 @@ class Transcript:
 
     def note(self, text: str) -> None:
         self.add("*", text)
+
+
+def set_kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
+    """SO_RCVTIMEO or SO_SNDTIMEO: a blocking call on `sock` gives up after `seconds` (> 0)
+    with EAGAIN (EINPROGRESS for connect)."""
+    whole = int(seconds)
+    micros = max(int((seconds - whole) * 1e6), 0 if whole else 1)  # 0 s would mean "never"
+    sock.setsockopt(socket.SOL_SOCKET, option, _TIMEVAL.pack(whole, micros))
 
 
 def printable(text: str) -> str:
@@ -214,6 +228,7 @@ class SmtpConnection:
         self._clock = clock
         self._transcript = transcript
         self._sock: socket.socket | None = None
+        self._tls = False  # True once the socket is an ssl.SSLSocket (Python's timeouts)
         self._buffer = bytearray()
         self._secrets: list[bytes] = []
 
@@ -244,16 +259,25 @@ class SmtpConnection:
             raise self._noted(SessionError(reason, "the deadline passed"))
         return left
 
+    def _set_timeout(self, option: int, seconds: float) -> None:
+        """The next read (SO_RCVTIMEO) or write (SO_SNDTIMEO) ends after `seconds`."""
+        if self._tls:
+            self._sock.settimeout(seconds)
+        else:
+            set_kernel_timeout(self._sock, option, seconds)
+
     # -- connection ------------------------------------------------------------------------
     def connect(self, family: int, sockaddr: tuple) -> None:
         left = self._time_left(self._deadline, "connect_timeout")
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
+            if sock.gettimeout() is not None:  # socket.setdefaulttimeout() was called
+                sock.settimeout(None)
             # Small commands must not wait for delayed ACKs (Nagle), e.g. before STARTTLS.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(left)
+            set_kernel_timeout(sock, socket.SO_SNDTIMEO, left)  # bounds connect() too
             sock.connect(sockaddr)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):
             sock.close()
             raise self._noted(SessionError("connect_timeout", f"no TCP connection within {left:.2f}s")) from None
         except OSError as error:
@@ -297,6 +321,7 @@ class SmtpConnection:
         except (ssl.SSLError, OSError) as error:
             raise self._noted(SessionError("tls_handshake_failed", f"TLS handshake failed: {error}")) from None
         self._sock = tls_sock
+        self._tls = True
         return tls_info(tls_sock, verified=context.verify_mode != ssl.CERT_NONE)
 
     # -- sending ---------------------------------------------------------------------------
@@ -308,10 +333,10 @@ class SmtpConnection:
 
     def _send(self, data: bytes) -> None:
         assert self._sock is not None
-        self._sock.settimeout(self._time_left(self._deadline))
+        self._set_timeout(socket.SO_SNDTIMEO, self._time_left(self._deadline))
         try:
             self._sock.sendall(data)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):
             raise self._noted(SessionError("timeout", "the server stopped reading before the deadline")) from None
         except OSError as error:
             raise self._noted(SessionError("connection_closed", f"sending failed: {error}")) from None
@@ -389,10 +414,10 @@ class SmtpConnection:
 
     def _receive(self, until: float) -> None:
         assert self._sock is not None
-        self._sock.settimeout(self._time_left(until))
+        self._set_timeout(socket.SO_RCVTIMEO, self._time_left(until))
         try:
             chunk = self._sock.recv(_RECV_BYTES)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):
             self._partial_line_to_transcript()
             raise self._noted(SessionError("timeout", "no complete reply before the deadline")) from None
         except OSError as error:  # includes ssl.SSLError
