@@ -130,7 +130,12 @@ def escape_label_value(value: str) -> str:
 
 def reply_key(stage: str, reply: Reply) -> tuple[str, str, str, str]:
     """The REPLY_LABELS values of a reply: an unparseable one is "000" / protocol_error."""
-    return (stage, code_label(reply.code), reply_class(reply.code), reply_category(reply.code))
+    return _reply_key(stage, reply.code)
+
+
+@functools.lru_cache(maxsize=4096)  # (stage, code) pairs: a bounded vocabulary
+def _reply_key(stage: str, code: int | None) -> tuple[str, str, str, str]:
+    return (stage, code_label(code), reply_class(code), reply_category(code))
 
 
 def enhanced_class(enhanced: str) -> str:
@@ -184,23 +189,40 @@ def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
     return "".join(f',{name}="{escape_label_value(value)}"' for name, value in zip(names, values))
 
 
+def sample_value(value: float) -> str:
+    """floatToGoString, without its general path for the values nearly every sample has:
+    counts, codes and flags (small ints, bools) and durations (small positive floats)."""
+    kind = value.__class__
+    if kind is bool:
+        return "1.0" if value else "0.0"
+    if kind is int and 0 <= value < 1_000_000:  # Go switches to an exponent from 1e6 on
+        return f"{value}.0"
+    if kind is float and 0.0 <= value < 1e6:  # neither NaN nor ±Inf
+        return repr(value)
+    return floatToGoString(value)
+
+
 class _Lines:
     """Collects sample lines of one target, grouped by family."""
 
+    __slots__ = ("_base", "_lines")
+
     def __init__(self, target: str, module: str) -> None:
-        self._base = f'target="{escape_label_value(target)}",module="{escape_label_value(module)}"'
-        self._by_family: dict[str, list[str]] = {}
+        self._base = f'{{target="{escape_label_value(target)}",module="{escape_label_value(module)}"'
+        self._lines: list[list[str] | None] = [None] * len(TARGET_FAMILIES)
 
     def add(self, family: str, value: float, extra_labels: str = "") -> None:
-        line = f"{family}{{{self._base}{extra_labels}}} {floatToGoString(value)}\n"
-        self._by_family.setdefault(family, []).append(line)
+        line = f"{family}{self._base}{extra_labels}}} {sample_value(value)}\n"
+        index = _TARGET_INDEX[family]
+        lines = self._lines[index]
+        if lines is None:
+            self._lines[index] = [line]
+        else:
+            lines.append(line)
 
     def row(self) -> tuple[bytes, ...]:
         """One chunk per TARGET_FAMILIES entry, in that order (b"" for a family with no sample)."""
-        chunks = [b""] * len(TARGET_FAMILIES)
-        for family, lines in self._by_family.items():
-            chunks[_TARGET_INDEX[family]] = "".join(lines).encode()
-        return tuple(chunks)
+        return tuple(b"" if lines is None else "".join(lines).encode() for lines in self._lines)
 
 
 def render_target(
@@ -245,23 +267,34 @@ def _add_last_probe(out: _Lines, result: ProbeResult) -> None:
         reply = stage.reply
         if reply is None:
             continue
-        # "000" → 0: an unparseable reply still shows that the stage got an answer.
-        out.add("smtpmon_probe_stage_reply_code", int(code_label(reply.code)), stage_label)
-        described = reply_key(stage.stage, reply) + (reply.enhanced or "",)
-        out.add("smtpmon_probe_stage_reply_info", 1,
-                _labels(REPLY_LABELS + ("enhanced_code",), described))
+        code, info_labels = _reply_samples(stage.stage, reply.code, reply.enhanced)
+        out.add("smtpmon_probe_stage_reply_code", code, stage_label)
+        out.add("smtpmon_probe_stage_reply_info", 1, info_labels)
     if result.ehlo is not None:
         out.add("smtpmon_starttls_offered", "STARTTLS" in result.ehlo.extensions)
     _add_ehlo(out, "plain", result.ehlo)
     _add_ehlo(out, "tls", result.ehlo_tls)
 
 
+@functools.lru_cache(maxsize=4096)  # stages × codes × enhanced codes seen: bounded in practice
+def _reply_samples(stage: str, code: int | None, enhanced: str | None) -> tuple[int, str]:
+    """A stage's last reply as the value of stage_reply_code ("000" → 0: an unparseable reply
+    still shows that the stage got an answer) and the labels of stage_reply_info."""
+    described = _reply_key(stage, code) + (enhanced or "",)
+    return int(code_label(code)), _labels(REPLY_LABELS + ("enhanced_code",), described)
+
+
+@functools.lru_cache(maxsize=1024)  # a server's extension set repeats from one probe to the next
+def _extension_labels(phase: str, extensions: frozenset[str]) -> tuple[str, ...]:
+    return tuple(_labels(("phase", "extension"), (phase, extension))
+                 for extension in sorted({extension_label(keyword) for keyword in extensions}))
+
+
 def _add_ehlo(out: _Lines, phase: str, capabilities: Capabilities | None) -> None:
     if capabilities is None:
         return
-    for extension in sorted({extension_label(keyword) for keyword in capabilities.extensions}):
-        out.add("smtpmon_ehlo_extension_info", 1,
-                _labels(("phase", "extension"), (phase, extension)))
+    for labels in _extension_labels(phase, capabilities.extensions):
+        out.add("smtpmon_ehlo_extension_info", 1, labels)
     if capabilities.size_limit is not None:
         out.add("smtpmon_ehlo_size_limit_bytes", capabilities.size_limit,
                 _labels(("phase",), (phase,)))
