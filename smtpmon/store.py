@@ -1,8 +1,9 @@
 """The latest result and cumulative counters of every (target, module), shared between threads.
 
 Workers call `record` as probes finish; HTTP threads read. One lock guards everything. Each
-entry also keeps its exposition lines, rendered by the collector when the entry changes, so
-that a scrape of 10,000 targets only joins bytes (`rows`) and never walks result objects.
+entry also keeps its exposition lines, rendered by the collector at the first scrape after the
+entry changed (`rows`): a target probed every second and scraped every 15 s is rendered once
+per scrape, not once per probe, and an unchanged one is never rendered again.
 
 The daemon keeps a second, bounded store for `/probe` (`record_on_demand`): its counters grow
 from one request to the next as in daemon mode, so `rate()` means the same in both modes.
@@ -37,19 +38,22 @@ class _Entry:
     counts: TargetCounts = field(default_factory=TargetCounts)
     skipped: int | None = 0
     tls: TlsInfo | None = None
-    row: tuple[bytes, ...] = ()  # rendered exposition, replaced (never mutated) on change
+    # Rendered exposition, replaced (never mutated); None when the entry changed since.
+    row: tuple[bytes, ...] | None = None
 
-    def render(self) -> None:
-        self.row = render_target(
-            self.target, self.module, self.latest, self.counts, self.tls, self.skipped
-        )
+    def rendered(self) -> tuple[bytes, ...]:
+        if self.row is None:
+            self.row = render_target(
+                self.target, self.module, self.latest, self.counts, self.tls, self.skipped
+            )
+        return self.row
 
     def add(self, result: ProbeResult) -> None:
         self.latest = result
         self.counts.add(result)
         if result.tls is not None:
             self.tls = result.tls
-        self.render()
+        self.row = None
 
 
 class ResultStore:
@@ -65,9 +69,7 @@ class ResultStore:
         already keeps its result and counters, so a reload does not reset unchanged targets."""
         with self._lock:
             if (target, module) not in self._entries:
-                entry = _Entry(target, module)
-                entry.render()
-                self._entries[(target, module)] = entry
+                self._entries[(target, module)] = _Entry(target, module)
 
     def record(self, result: ProbeResult) -> bool:
         """Store a finished probe and count it. A result for a target that is not registered
@@ -94,7 +96,7 @@ class ResultStore:
                     del self._entries[next(iter(self._entries))]
             self._entries[key] = entry
             entry.add(result)
-            return entry.row
+            return entry.rendered()
 
     def record_skip(self, target: str, module: str) -> bool:
         """Count a scheduled run skipped because the previous probe was still running."""
@@ -103,7 +105,7 @@ class ResultStore:
             if entry is None or entry.skipped is None:
                 return False
             entry.skipped += 1
-            entry.render()
+            entry.row = None
             return True
 
     def remove(self, target: str, module: str) -> None:
@@ -128,6 +130,19 @@ class ResultStore:
 
     def rows(self) -> list[tuple[bytes, ...]]:
         """Every entry's rendered exposition (see collector.render_target), in registration
-        order. Rows are immutable, so the caller joins them outside the lock."""
+        order. Rows are immutable, so the caller joins them outside the lock.
+
+        Entries that changed are rendered here, each under the lock on its own: a probe
+        finishing meanwhile waits for one entry's rendering, never for the whole scrape."""
         with self._lock:
-            return [entry.row for entry in self._entries.values()]
+            entries = list(self._entries.items())
+        rows = []
+        for key, entry in entries:
+            row = entry.row
+            if row is None:
+                with self._lock:
+                    if self._entries.get(key) is not entry:
+                        continue  # removed by a reload meanwhile: its series are gone
+                    row = entry.rendered()
+            rows.append(row)
+        return rows
