@@ -199,10 +199,16 @@ def certificate_facts(der: bytes | None) -> dict:
     """Subject, issuer, SANs and validity from a DER certificate (TlsInfo's field names)."""
     if not der:
         return {}
+    return dict(_parsed_certificate_facts(der))
+
+
+# A server shows the same certificate on every probe: parse it once (keyed by its DER bytes).
+@functools.lru_cache(maxsize=256)
+def _parsed_certificate_facts(der: bytes) -> tuple[tuple[str, object], ...]:
     try:
         cert = x509.load_der_x509_certificate(der)
     except ValueError:
-        return {}
+        return ()
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         sans = tuple(
@@ -211,13 +217,13 @@ def certificate_facts(der: bytes | None) -> dict:
         )
     except (x509.ExtensionNotFound, ValueError):
         sans = ()
-    return {
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
-        "sans": sans,
-        "not_before": cert.not_valid_before_utc.timestamp(),
-        "not_after": cert.not_valid_after_utc.timestamp(),
-    }
+    return (
+        ("subject", cert.subject.rfc4514_string()),
+        ("issuer", cert.issuer.rfc4514_string()),
+        ("sans", sans),
+        ("not_before", cert.not_valid_before_utc.timestamp()),
+        ("not_after", cert.not_valid_after_utc.timestamp()),
+    )
 
 
 class SmtpConnection:
