@@ -43,25 +43,26 @@ def parse_line(raw: bytes) -> ReplyLine:
         body, bare_lf = raw[:-1], True
     else:
         body = raw
-    text = body[4:].decode("utf-8", errors="replace")
-
-    def broken(why: str) -> ReplyLine:
-        return ReplyLine(None, True, body.decode("utf-8", errors="replace"), bare_lf, why)
-
     digits = body[:3]
-    if len(digits) < 3 or not all(48 <= byte <= 57 for byte in digits):
-        return broken(f"not a reply line: expected a three-digit code, got {_show(body[:12])}")
+    if len(digits) < 3 or not digits.isdigit():  # bytes.isdigit: ASCII digits only
+        return _broken_line(body, bare_lf,
+                            f"not a reply line: expected a three-digit code, got {_show(body[:12])}")
     code = int(digits)
     if not 100 <= code <= 599:
-        return broken(f"reply code {digits.decode()} outside 100-599")
+        return _broken_line(body, bare_lf, f"reply code {digits.decode()} outside 100-599")
     separator = body[3:4]
     if separator not in (b"", b" ", b"-"):
-        return broken(f"expected a space or '-' after the code {code}, got {_show(separator)}")
+        return _broken_line(
+            body, bare_lf, f"expected a space or '-' after the code {code}, got {_show(separator)}")
     if b"\n" in body:
-        return broken("line break inside a reply line")
+        return _broken_line(body, bare_lf, "line break inside a reply line")
     if b"\x00" in body:
-        return broken("NUL byte in a reply line")
-    return ReplyLine(code, separator != b"-", text, bare_lf, None)
+        return _broken_line(body, bare_lf, "NUL byte in a reply line")
+    return ReplyLine(code, separator != b"-", body[4:].decode("utf-8", errors="replace"), bare_lf, None)
+
+
+def _broken_line(body: bytes, bare_lf: bool, why: str) -> ReplyLine:
+    return ReplyLine(None, True, body.decode("utf-8", errors="replace"), bare_lf, why)
 
 
 def make_reply(lines: Sequence[ReplyLine]) -> Reply:

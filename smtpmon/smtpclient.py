@@ -407,8 +407,9 @@ class SmtpConnection:
             if end >= 0 and end < MAX_LINE_BYTES:
                 raw = bytes(self._buffer[: end + 1])
                 del self._buffer[: end + 1]
-                # A reply's code is never masked (a password "250" must not break parsing).
-                raw = raw[:4] + self._masked(raw[4:]) if raw[:3].isdigit() else self._masked(raw)
+                if self._secrets:
+                    # A reply's code is never masked (a password "250" must not break parsing).
+                    raw = raw[:4] + self._masked(raw[4:]) if raw[:3].isdigit() else self._masked(raw)
                 self._transcript.add("S", raw.rstrip(b"\r\n").decode("utf-8", errors="replace"))
                 return raw
             if len(self._buffer) >= MAX_LINE_BYTES:
