@@ -51,6 +51,10 @@ SCRAPE_TIMEOUT_OFFSET_SECONDS = 0.5
 MIN_PROBE_SECONDS = 0.1
 
 MAX_PARAMETERS = 16
+# http.client's limits on a request head (the blank line counts as one of the lines): a longer
+# line or more lines get a 431.
+MAX_HEADER_LINE_BYTES = 65536
+MAX_HEADER_LINES = 100
 MAX_TARGET_LENGTH = 300  # a 253-character host name, brackets and a port
 
 # Go's net/http habits: a read-header timeout, an idle timeout for kept-alive connections.
@@ -188,6 +192,57 @@ class RequestHeadReader(io.RawIOBase):
             self._deadline = time.monotonic() + self._head_timeout
             self._deadline_at_first_byte = False
         return count
+
+
+class RequestHeaders(dict):
+    """A request's header fields by lower-case name, the first of a repeated one winning, as
+    email.message.Message.get() (what http.server would give) answers them."""
+
+    def get(self, name: str, default=None):
+        return super().get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+
+class HeadTooLarge(Exception):
+    """A header line over MAX_HEADER_LINE_BYTES, or more than MAX_HEADER_LINES lines: the
+    431's reason phrase and explanation, as http.server words them."""
+
+    def __init__(self, message: str, explain: str):
+        super().__init__(message)
+        self.message, self.explain = message, explain
+
+
+def read_headers(rfile) -> RequestHeaders:
+    """The header fields up to the blank line that ends a request head.
+
+    http.server hands the head to the email package, which costs more than a whole probe's
+    reply parsing; a request head needs only name: value. A folded line (obsolete line
+    folding) continues the field before it, joined by a space (RFC 9112 5.2); a line without
+    a colon is ignored."""
+    headers = RequestHeaders()
+    last = None
+    for _ in range(MAX_HEADER_LINES):
+        line = rfile.readline(MAX_HEADER_LINE_BYTES + 1)
+        if len(line) > MAX_HEADER_LINE_BYTES:
+            raise HeadTooLarge("Line too long", "header line")
+        if line in (b"\r\n", b"\n", b""):
+            return headers
+        text = line.decode("iso-8859-1").rstrip("\r\n")
+        if text[:1] in (" ", "\t"):
+            if last is not None:
+                headers[last] = f"{headers[last]} {text.strip()}".strip()
+            continue
+        name, colon, value = text.partition(":")
+        if not colon:
+            continue
+        last = name.strip().lower()
+        if last in headers:
+            last = None  # the first one counts; its continuation lines would not
+            continue
+        headers[last] = value.strip()
+    raise HeadTooLarge("Too many headers", f"got more than {MAX_HEADER_LINES} headers")
 
 
 class ThrottledWarning:
@@ -338,6 +393,16 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def _http_version(text: str) -> tuple[int, int] | None:
+    """"HTTP/1.1" -> (1, 1); None unless HTTP/major.minor with digits (RFC 2145 3.1)."""
+    if not text.startswith("HTTP/"):
+        return None
+    parts = text[5:].split(".")
+    if len(parts) != 2 or not all(part.isdigit() and len(part) <= 10 for part in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
 class Handler(BaseHTTPRequestHandler):
     server: Server
     protocol_version = "HTTP/1.1"
@@ -366,9 +431,59 @@ class Handler(BaseHTTPRequestHandler):
             self.handle_one_request()
 
     def parse_request(self) -> bool:
-        parsed = super().parse_request()  # reads the headers
-        self._reader.head_received()
-        return parsed
+        """http.server's parse_request, with the header fields read by read_headers()."""
+        try:
+            return self._parse_request()
+        finally:
+            self._reader.head_received()
+
+    def _parse_request(self) -> bool:
+        self.command = None  # set in case of error on the first line
+        self.request_version = version = self.default_request_version
+        self.close_connection = True
+        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = self.requestline.split()
+        if not words:
+            return False
+        if len(words) >= 3:  # enough to know the protocol version
+            version = words[-1]
+            number = _http_version(version)
+            if number is None:
+                self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request version ({version!r})")
+                return False
+            if number >= (1, 1):
+                self.close_connection = False
+            if number >= (2, 0):
+                self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
+                                f"Invalid HTTP version ({version.split('/', 1)[1]})")
+                return False
+            self.request_version = version
+        if not 2 <= len(words) <= 3:
+            self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request syntax ({self.requestline!r})")
+            return False
+        command, path = words[:2]
+        if len(words) == 2:
+            self.close_connection = True
+            if command != "GET":
+                self.send_error(HTTPStatus.BAD_REQUEST, f"Bad HTTP/0.9 request type ({command!r})")
+                return False
+        self.command, self.path = command, path
+        if self.path.startswith("//"):  # gh-87389: "//host" reads as a URI without scheme
+            self.path = "/" + self.path.lstrip("/")
+        try:
+            self.headers = read_headers(self.rfile)
+        except HeadTooLarge as error:
+            self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, error.message, error.explain)
+            return False
+        connection = self.headers.get("Connection", "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive":
+            self.close_connection = False
+        if (self.headers.get("Expect", "").lower() == "100-continue"
+                and self.request_version >= "HTTP/1.1"):
+            return self.handle_expect_100()
+        return True
 
     def end_headers(self) -> None:
         # Every answer, http.server's own error pages included, carries the configured headers.

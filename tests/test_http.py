@@ -308,6 +308,21 @@ def test_authorize_hook_guards_every_route(exporter, serve):
     assert client.get("/metrics", headers={"Authorization": "ok"})[0] == 200
 
 
+def test_request_headers_are_read_as_http_server_would(exporter, serve):
+    """Names in any case; the first of a repeated field counts; a folded line continues its
+    field; `Connection: close` closes after the answer."""
+    daemon = exporter[0]
+    client = serve(daemon, authorize=lambda headers: headers.get("authorization") == "a b")
+    head = (b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nAUTHORIZATION: a\r\n b\r\n"
+            b"Authorization: other\r\nConnection: close\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", client.port), timeout=5) as sock:
+        sock.sendall(head)
+        answer = b""
+        while chunk := sock.recv(65536):  # ends only because the server closes
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"Healthy\n")
+
+
 @pytest.mark.parametrize(
     "raw, status",
     [
