@@ -1,9 +1,12 @@
 """The latest result and cumulative counters of every (target, module), shared between threads.
 
 Workers call `record` as probes finish; HTTP threads read. One lock guards everything. Each
-entry also keeps its exposition lines, rendered by the collector at the first scrape after the
-entry changed (`rows`): a target probed every second and scraped every 15 s is rendered once
-per scrape, not once per probe, and an unchanged one is never rendered again.
+entry also keeps its exposition lines, rendered by the collector, so that a scrape of 10,000
+targets mostly joins bytes. When to render: the first change after a scrape read the entry is
+rendered at once, by the probe's worker; later changes before the next scrape only mark it
+stale, and the scrape renders it (`rows`). A target probed less often than it is scraped is
+thus rendered by its worker, never on the scrape's time; one probed every second and scraped
+every 15 s is rendered twice per scrape, not 15 times.
 
 The daemon keeps a second, bounded store for `/probe` (`record_on_demand`): its counters grow
 from one request to the next as in daemon mode, so `rate()` means the same in both modes.
@@ -40,6 +43,7 @@ class _Entry:
     tls: TlsInfo | None = None
     # Rendered exposition, replaced (never mutated); None when the entry changed since.
     row: tuple[bytes, ...] | None = None
+    scraped: bool = True  # a scrape read the row since the entry last changed
 
     def rendered(self) -> tuple[bytes, ...]:
         if self.row is None:
@@ -48,12 +52,19 @@ class _Entry:
             )
         return self.row
 
+    def changed(self) -> None:
+        """Render now if a scrape read the previous row, else leave it to the next scrape."""
+        self.row = None
+        if self.scraped:
+            self.scraped = False
+            self.rendered()
+
     def add(self, result: ProbeResult) -> None:
         self.latest = result
         self.counts.add(result)
         if result.tls is not None:
             self.tls = result.tls
-        self.row = None
+        self.changed()
 
 
 class ResultStore:
@@ -105,7 +116,7 @@ class ResultStore:
             if entry is None or entry.skipped is None:
                 return False
             entry.skipped += 1
-            entry.row = None
+            entry.changed()
             return True
 
     def remove(self, target: str, module: str) -> None:
@@ -136,6 +147,8 @@ class ResultStore:
         finishing meanwhile waits for one entry's rendering, never for the whole scrape."""
         with self._lock:
             entries = list(self._entries.items())
+            for _, entry in entries:
+                entry.scraped = True
         rows = []
         for key, entry in entries:
             row = entry.row

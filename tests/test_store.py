@@ -112,6 +112,27 @@ def test_remove_drops_the_entry_and_only_that_one():
     assert b"a.example.org" not in render_metrics(store, ExporterState())
 
 
+def test_every_scrape_shows_every_probe_and_skip_recorded_before_it():
+    """Rows are rendered by the worker or by the scrape, depending on timing: either way a
+    scrape shows the state as of its start."""
+    store = ResultStore()
+    store.register(*MX)
+
+    def page() -> str:
+        return render_metrics(store, ExporterState()).decode()
+
+    for probes in range(1, 4):  # a probe between two scrapes: rendered at once
+        store.record(probe_results.banner_421(*MX))
+        assert f'smtpmon_probes_total{{target="{MX[0]}",module="mx"}} {probes}.0' in page()
+    for _ in range(3):  # several between two scrapes: the later ones rendered by the scrape
+        store.record(probe_results.healthy(*MX))
+        store.record_skip(*MX)
+    text = page()
+    assert f'smtpmon_probes_total{{target="{MX[0]}",module="mx"}} 6.0' in text
+    assert f'smtpmon_probe_skipped_total{{target="{MX[0]}",module="mx"}} 3.0' in text
+    assert f'smtpmon_probe_success{{target="{MX[0]}",module="mx"}} 1.0' in text
+
+
 def test_record_skip():
     store = ResultStore()
     store.register(*MX)
