@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import functools
 import ipaddress
 import socket
 import time
@@ -43,6 +44,8 @@ SUBMISSIONS_PORT = 465  # implicit TLS (RFC 8314)
 # rejection the verdict is already known, so the courtesy gets only a moment.
 QUIT_WAIT_SECONDS = 2.0
 QUIT_AFTER_FAILURE_WAIT_SECONDS = 0.25
+# EHLO replies up to this size (real ones are a few hundred bytes) share parsed Capabilities.
+CACHED_EHLO_BYTES = 2048
 _FAMILIES = {"any": socket.AF_UNSPEC, "ip4": socket.AF_INET, "ip6": socket.AF_INET6}
 _REJECTION_REASONS = {
     "banner": "banner_rejected",
@@ -91,10 +94,17 @@ def parse_target(target: str, default_port: int = SMTP_PORT) -> tuple[str, int]:
 
 def parse_capabilities(reply: Reply, *, used_helo: bool = False) -> Capabilities:
     """What an EHLO reply advertised: its lines after the first, keyword first."""
+    lines = reply.lines[1:]
+    if sum(map(len, lines)) > CACHED_EHLO_BYTES:  # a hostile reply must not fill the cache
+        return _capabilities(lines, used_helo)
+    return _cached_capabilities(lines, used_helo)
+
+
+def _capabilities(lines: tuple[str, ...], used_helo: bool) -> Capabilities:
     extensions: set[str] = set()
     size_limit = None
     mechanisms: list[str] = []
-    for line in reply.lines[1:]:
+    for line in lines:
         words = line.replace("=", " ", 1).split() if line.upper().startswith("AUTH=") else line.split()
         if not words:
             continue
@@ -105,6 +115,11 @@ def parse_capabilities(reply: Reply, *, used_helo: bool = False) -> Capabilities
         elif keyword == "AUTH":
             mechanisms += [word.upper() for word in words[1:] if word.upper() not in mechanisms]
     return Capabilities(frozenset(extensions), size_limit, tuple(mechanisms), used_helo)
+
+
+# A server advertises the same extensions on every probe, and many servers the same ones: one
+# shared (immutable) Capabilities per distinct reply instead of a frozenset per probe.
+_cached_capabilities = functools.lru_cache(maxsize=256)(_capabilities)
 
 
 def default_ehlo_name(local_address: str | None) -> str:

@@ -8,6 +8,7 @@ Pure functions, no I/O. Parsing follows RFC 5321 section 4.2 ("NNN-text" continu
 from __future__ import annotations
 
 import re
+import sys
 from typing import NamedTuple, Sequence
 
 from smtpmon.results import Reply
@@ -58,7 +59,9 @@ def parse_line(raw: bytes) -> ReplyLine:
         return _broken_line(body, bare_lf, "line break inside a reply line")
     if b"\x00" in body:
         return _broken_line(body, bare_lf, "NUL byte in a reply line")
-    return ReplyLine(code, separator != b"-", body[4:].decode("utf-8", errors="replace"), bare_lf, None)
+    # Interned: the same lines come back on every probe of thousands of targets.
+    text = sys.intern(body[4:].decode("utf-8", errors="replace"))
+    return ReplyLine(code, separator != b"-", text, bare_lf, None)
 
 
 def _broken_line(body: bytes, bare_lf: bool, why: str) -> ReplyLine:

@@ -25,6 +25,7 @@ import os
 import socket
 import ssl
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -88,7 +89,8 @@ class Transcript:
 
     def add(self, direction: str, text: str) -> None:
         offset = max(0.0, self._clock() - self._started)
-        self.lines.append(TranscriptLine(offset, direction, printable(text)))
+        # Interned: most lines are the same on every probe (kept per target until the next).
+        self.lines.append(TranscriptLine(offset, direction, sys.intern(printable(text))))
 
     def note(self, text: str) -> None:
         self.add("*", text)
