@@ -6,6 +6,7 @@ and bad), `/probe`, the landing page, the log lines, and how fast SIGTERM stops 
 
 from __future__ import annotations
 
+import platform
 import re
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from daemon_process import REPO, RunningDaemon, free_port, probed, start_daemon, value
 from smtpmon.config import DEFAULT_CONFIG_TEXT
+from smtpmon.daemon import limit_malloc_arenas
 from smtpservers import (
     BANNER,
     EHLO_OK,
@@ -236,3 +238,12 @@ def test_startup_with_a_bad_config_exits_2_listing_every_error(tmp_path):
     assert "global.interval" in completed.stderr
     assert "modules.m.tls" in completed.stderr
     assert "targets[0].address: port must be 1-65535, got 99999" in completed.stderr
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc arenas are glibc's")
+def test_malloc_arenas_are_capped_unless_the_operator_chose(monkeypatch):
+    # Uncapped, glibc's per-thread arenas let the daemon's RSS creep up (benchmarks/soak.py).
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert limit_malloc_arenas() is True
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False
