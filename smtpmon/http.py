@@ -38,6 +38,7 @@ from smtpmon.logs import get_logger
 from smtpmon.module import Module
 from smtpmon.results import ProbeResult
 from smtpmon.store import ResultStore
+from smtpmon.webconfig import WWW_AUTHENTICATE
 
 log = get_logger("http")
 
@@ -548,7 +549,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if self.server.authorize is not None and not self.server.authorize(self.headers):
                 self._send(HTTPStatus.UNAUTHORIZED, "unauthorized\n",
-                           headers={"WWW-Authenticate": 'Basic realm="smtpmon"'})
+                           headers={"WWW-Authenticate": WWW_AUTHENTICATE})
                 return
             path, _, query = self.path.partition("?")
             route = self.ROUTES.get(path)

@@ -49,5 +49,3 @@ class Module:
             return os.environ[self.auth_password_env]
         return None
 
-
-DEFAULT_MODULE = Module()
