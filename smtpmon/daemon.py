@@ -53,6 +53,9 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 
 # How often serve_forever checks for shutdown: bounds the extra time a stop takes.
 HTTP_POLL_SECONDS = 0.2
+# SIGTERM waits for in-flight probes up to their timeout plus this; the exit must come
+# within timeout + 1 s, and the HTTP server's shutdown poll takes up to 0.2 s more.
+STOP_GRACE_SECONDS = 0.5
 # (target, module) pairs whose /probe counters are kept; the least recently probed goes first.
 MAX_PROBE_ENTRIES = 10_000
 
@@ -118,8 +121,13 @@ class Daemon:
             return []
 
     def stop_timeout(self) -> float:
-        """How long in-flight probes may still take: the longest target timeout."""
-        return max((target.timeout_seconds for target in self._config.targets), default=0.0)
+        """How long in-flight probes may still take: the longest target timeout, plus a grace.
+
+        A probe started just before SIGTERM ends at its own deadline plus the time to record
+        its result; on a loaded machine that overruns the bare timeout by a few milliseconds.
+        """
+        longest = max((target.timeout_seconds for target in self._config.targets), default=0.0)
+        return longest + STOP_GRACE_SECONDS
 
 
 def load_startup_config(path: str | None) -> Config | None:
