@@ -40,11 +40,13 @@ try:
 except ImportError:  # the server is only slower without it
     uvloop = None
 
-BANNER = b"220 bench.example.org ESMTP smtpmon-bench\r\n"
-EHLO_REPLY = (b"250-bench.example.org\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n"
-              b"250-STARTTLS\r\n250-ENHANCEDSTATUSCODES\r\n250 8BITMIME\r\n")
-EHLO_TLS_REPLY = (b"250-bench.example.org\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n"
-                  b"250-ENHANCEDSTATUSCODES\r\n250 8BITMIME\r\n")
+# Each listener names itself, as distinct servers do, so that no reply is shared between
+# targets merely because the benchmark made them alike (smtpmon caches parsed replies).
+BANNER = "220 mx{index}.bench.example.org ESMTP smtpmon-bench\r\n"
+EHLO_REPLY = ("250-mx{index}.bench.example.org\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n"
+              "250-STARTTLS\r\n250-ENHANCEDSTATUSCODES\r\n250 8BITMIME\r\n")
+EHLO_TLS_REPLY = ("250-mx{index}.bench.example.org\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n"
+                  "250-ENHANCEDSTATUSCODES\r\n250 8BITMIME\r\n")
 MISBEHAVIOURS = ("tarpit", "reset", "421", "garbage", "slowloris", "tlsjunk")
 SESSIONS: collections.Counter[str] = collections.Counter()
 
@@ -76,17 +78,17 @@ class Session(asyncio.Protocol):
         if self.behaviour == "tarpit":
             return
         if self.behaviour.startswith("delay:"):
-            self.timers.append(loop.call_later(float(self.behaviour[6:]), self.write, BANNER))
+            self.timers.append(loop.call_later(float(self.behaviour[6:]), self.write, self.listener.banner))
         elif self.behaviour == "421":
             transport.write(b"421 4.3.2 bench.example.org busy, try later\r\n")
             transport.close()
         elif self.behaviour == "garbage":
             transport.write(b"\x00\xffHELLO THERE this is no SMTP\r\n")
         elif self.behaviour == "slowloris":
-            for offset, byte in enumerate(BANNER):
+            for offset, byte in enumerate(self.listener.banner):
                 self.timers.append(loop.call_later(0.5 * offset, self.write, bytes([byte])))
         else:
-            transport.write(BANNER)
+            transport.write(self.listener.banner)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -111,7 +113,7 @@ class Session(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 self.transport.abort()
                 return
-            self.transport.write(EHLO_TLS_REPLY if self.tls else EHLO_REPLY)
+            self.transport.write(self.listener.ehlo_tls if self.tls else self.listener.ehlo)
         elif verb.startswith(b"STARTTLS") and not self.tls:
             self.transport.write(b"220 2.0.0 Ready to start TLS\r\n")
             if self.behaviour == "tlsjunk":
@@ -141,6 +143,9 @@ class Listener:
         self.fixed = behaviour
         self.tls_context = tls_context
         self.rotate_seconds = rotate_seconds
+        self.banner = BANNER.format(index=index).encode()
+        self.ehlo = EHLO_REPLY.format(index=index).encode()
+        self.ehlo_tls = EHLO_TLS_REPLY.format(index=index).encode()
 
     def behaviour(self) -> str:
         if self.fixed.startswith("rotate:"):

@@ -95,6 +95,52 @@ class Transcript:
     def note(self, text: str) -> None:
         self.add("*", text)
 
+    def add_received(self, texts: tuple[str, ...]) -> None:
+        """Server lines already made printable and interned (a cached reply's lines)."""
+        offset = max(0.0, self._clock() - self._started)
+        self.lines.extend([TranscriptLine(offset, "S", text) for text in texts])
+
+
+class ReplyCache:
+    """Parsed replies by their exact bytes, with the transcript text of their lines.
+
+    A server sends the same banner, EHLO and QUIT replies on every probe, and parsing them
+    line by line was most of a plain probe's Python work. Parsing is a pure function of the
+    bytes, so a reply that arrives whole in one read and matches a cached one is taken from
+    here. Only clean replies (a code, nothing left over, no secrets to mask) are kept.
+    Bounded by the bytes it holds, oldest out first; safe to share between threads.
+    """
+
+    # Per entry beyond its key: the dict slot, the tuple and the bytes object's header.
+    ENTRY_OVERHEAD = 150
+
+    def __init__(self, max_bytes: int):
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._entries: dict[bytes, tuple[Reply, tuple[str, ...]]] = {}
+        self._lock = threading.Lock()
+        self.get = self._entries.get
+
+    def put(self, raw: bytes, reply: Reply, texts: tuple[str, ...]) -> None:
+        with self._lock:
+            if raw in self._entries:
+                return
+            self._entries[raw] = (reply, texts)
+            self._bytes += len(raw) + self.ENTRY_OVERHEAD
+            while self._bytes > self._max_bytes:
+                oldest = next(iter(self._entries))
+                del self._entries[oldest]
+                self._bytes -= len(oldest) + self.ENTRY_OVERHEAD
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# The banner, EHLO (before and after TLS) and QUIT replies of some 30,000 distinct servers:
+# oldest-out-first would miss every time if the targets' replies did not all fit. The
+# Reply objects themselves cost nothing extra: the stored results hold the same ones.
+REPLIES = ReplyCache(max_bytes=16 * 1024 * 1024)
+
 
 def set_kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
     """SO_RCVTIMEO or SO_SNDTIMEO: a blocking call on `sock` gives up after `seconds` (> 0)
@@ -383,8 +429,22 @@ class SmtpConnection:
         code None (a protocol error). A timeout or a closed connection raises SessionError.
         """
         until = self._deadline if within is None else min(self._deadline, self._clock() + within)
+        if not self._buffer and not self._secrets:
+            self._receive(until)
+            cached = REPLIES.get(bytes(self._buffer))
+            if cached is not None:
+                self._buffer.clear()
+                reply, texts = cached
+                self._transcript.add_received(texts)
+                return reply
+        return self._parse_reply(until)
+
+    def _parse_reply(self, until: float) -> Reply:
+        """read_reply line by line; a clean reply goes into the cache for the next probe."""
         lines = []
+        raws = []
         size = 0
+        first_line = len(self._transcript.lines)
         while True:
             raw = self._read_line(until)
             if raw is None:
@@ -392,9 +452,14 @@ class SmtpConnection:
                 return Reply(code=None, lines=texts, error=f"reply line longer than {MAX_LINE_BYTES} bytes")
             line = parse_line(raw)
             lines.append(line)
+            raws.append(raw)
             size += len(raw)
             if line.final:
-                return make_reply(lines)
+                reply = make_reply(lines)
+                if reply.code is not None and not self._buffer and not self._secrets:
+                    texts = tuple(entry.text for entry in self._transcript.lines[first_line:])
+                    REPLIES.put(b"".join(raws), reply, texts)
+                return reply
             if len(lines) >= MAX_REPLY_LINES:
                 texts = tuple(line.text for line in lines)
                 return Reply(code=None, lines=texts, error=f"reply longer than {MAX_REPLY_LINES} lines")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import ssl
 import time
+import uuid
 
 import pytest
 from cryptography import x509
@@ -12,6 +13,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from smtpmon.smtpclient import (
     MAX_LINE_BYTES,
+    REPLIES,
+    ReplyCache,
     SessionError,
     SmtpConnection,
     Transcript,
@@ -99,6 +102,62 @@ def test_server_closing_before_replying(scripted_server):
         connection.command("NOOP")
     assert raised.value.reason == "connection_closed"
     connection.close()
+
+
+def read_one_reply(server, hide: str | None = None):
+    """(reply, transcript texts) of the first reply a fresh connection reads."""
+    now = time.monotonic()
+    transcript = Transcript(now, time.monotonic)
+    connection = SmtpConnection(now + 5, transcript)
+    connection.connect(socket.AF_INET, ("127.0.0.1", server.port))
+    if hide:
+        connection.hide(hide)
+    try:
+        return connection.read_reply(), [line.text for line in transcript.lines if line.direction == "S"]
+    finally:
+        connection.close()
+
+
+def test_a_repeated_reply_is_taken_from_the_cache_unchanged(scripted_server):
+    banner = f"220-2.0.0 mx.test.example ESMTP {uuid.uuid4().hex}\r\n220 ready\r\n".encode()
+    first, first_lines = read_one_reply(scripted_server([Send(banner)]))
+    assert REPLIES.get(banner) is not None
+    second, second_lines = read_one_reply(scripted_server([Send(banner)]))
+    assert second is first  # the cached object: no second parse
+    assert (second.code, second.enhanced, second.lines[1]) == (220, "2.0.0", "ready")
+    assert second_lines == first_lines == [line.decode() for line in banner.splitlines()]
+
+
+def test_a_reply_with_bytes_after_it_is_not_cached(scripted_server):
+    token = uuid.uuid4().hex
+    data = f"220 {token}\r\n250 unasked\r\n".encode()
+    reply_, _ = read_one_reply(scripted_server([Send(data)]))
+    assert reply_.code == 220
+    assert REPLIES.get(data) is None and REPLIES.get(f"220 {token}\r\n".encode()) is None
+
+
+def test_a_cached_reply_is_still_masked_once_a_secret_is_known(scripted_server):
+    secret = uuid.uuid4().hex
+    echo = f"535 5.7.8 bad credentials {secret}\r\n".encode()
+    read_one_reply(scripted_server([Send(echo)]))
+    assert REPLIES.get(echo) is not None  # cached by a session that knew no secret
+    reply_, lines = read_one_reply(scripted_server([Send(echo)]), hide=secret)
+    assert reply_.code == 535 and secret not in reply_.text and "********" in reply_.text
+    assert not any(secret in line for line in lines)
+
+
+def test_reply_cache_is_bounded_by_bytes_oldest_out_first():
+    cache = ReplyCache(max_bytes=10 * (100 + ReplyCache.ENTRY_OVERHEAD))
+    replies = [(bytes([65 + i]) * 100, reply_for(i)) for i in range(25)]
+    for raw, parsed in replies:
+        cache.put(raw, parsed, ())
+    assert len(cache) == 10
+    assert cache.get(replies[0][0]) is None and cache.get(replies[-1][0])[0] is replies[-1][1]
+
+
+def reply_for(i: int):
+    from smtpmon.results import Reply
+    return Reply(code=250, lines=(f"line {i}",))
 
 
 def test_printable_escapes_terminal_control_characters():
