@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-import bcrypt
-
 from smtpmon.yamldoc import YamlSyntaxError, describe, read_document
 
 WWW_AUTHENTICATE = 'Basic realm="smtpmon"'
@@ -236,6 +234,8 @@ class WebConfig:
         # An unknown user still costs one bcrypt check, so timing does not tell which users exist.
         reference = hashed if hashed is not None else next(iter(self.basic_auth_users.values()))
         with self._bcrypt_lock:
+            import bcrypt  # at the first check: most daemons have no basic auth to check
+
             matches = bcrypt.checkpw(password.encode("utf-8")[:_BCRYPT_MAX_PASSWORD_BYTES], reference)
         if hashed is None or not matches:
             return False

@@ -247,3 +247,14 @@ def test_malloc_arenas_are_capped_unless_the_operator_chose(monkeypatch):
     assert limit_malloc_arenas() is True
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert limit_malloc_arenas() is False
+
+
+def test_a_daemon_without_tls_probes_never_loads_cryptography(daemon, smtp_server):
+    """cryptography (certificate facts) is 11 MB of resident memory; plain probes skip it."""
+    server = smtp_server()
+    running = daemon(config_text([(server.target, "plain")]))
+    running.wait_for(probed(server.target))
+    with open(f"/proc/{running.process.pid}/maps") as maps:
+        libraries = {line.split()[-1] for line in maps if "/" in line}
+    assert not [path for path in libraries if "/cryptography/" in path or "/bcrypt/" in path]
+    assert any("_ssl" in path for path in libraries)  # the check sees extension modules at all
