@@ -43,6 +43,8 @@ MAX_REPLY_LINES = 200
 MAX_REPLY_BYTES = 65536
 _RECV_BYTES = 4096
 _MASK = "********"
+# A kernel timeout set for an earlier call is kept while it overshoots the deadline by no more.
+REARM_SLACK_SECONDS = 0.005
 _TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO / SO_SNDTIMEO
 
 # OpenSSL X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code) -> failure reason.
@@ -286,6 +288,7 @@ class SmtpConnection:
         self._transcript = transcript
         self._sock: socket.socket | None = None
         self._tls = False  # True once the socket is an ssl.SSLSocket (Python's timeouts)
+        self._armed: dict[int, float] = {}  # plain TCP: option -> seconds the kernel has
         self._buffer = bytearray()
         self._secrets: list[bytes] = []
 
@@ -316,12 +319,23 @@ class SmtpConnection:
             raise self._noted(SessionError(reason, "the deadline passed"))
         return left
 
-    def _set_timeout(self, option: int, seconds: float) -> None:
-        """The next read (SO_RCVTIMEO) or write (SO_SNDTIMEO) ends after `seconds`."""
+    def _arm(self, option: int, until: float) -> None:
+        """The next read (SO_RCVTIMEO) or write (SO_SNDTIMEO) gives up at `until`.
+
+        The kernel counts its timeout from the start of each call, so the one set for an
+        earlier call still fits when it ends at most REARM_SLACK_SECONDS past `until`: a
+        session of a few milliseconds sets each option once instead of before every call.
+        """
+        left = self._time_left(until)
         if self._tls:
-            self._sock.settimeout(seconds)
-        else:
-            set_kernel_timeout(self._sock, option, seconds)
+            self._sock.settimeout(left)
+            return
+        now = until - left
+        armed = self._armed.get(option)
+        if armed is not None and until <= now + armed <= until + REARM_SLACK_SECONDS:
+            return
+        set_kernel_timeout(self._sock, option, left)
+        self._armed[option] = left
 
     # -- connection ------------------------------------------------------------------------
     def connect(self, family: int, sockaddr: tuple) -> None:
@@ -333,6 +347,7 @@ class SmtpConnection:
             # Small commands must not wait for delayed ACKs (Nagle), e.g. before STARTTLS.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             set_kernel_timeout(sock, socket.SO_SNDTIMEO, left)  # bounds connect() too
+            self._armed = {socket.SO_SNDTIMEO: left}
             sock.connect(sockaddr)
         except (TimeoutError, BlockingIOError):
             sock.close()
@@ -390,7 +405,7 @@ class SmtpConnection:
 
     def _send(self, data: bytes) -> None:
         assert self._sock is not None
-        self._set_timeout(socket.SO_SNDTIMEO, self._time_left(self._deadline))
+        self._arm(socket.SO_SNDTIMEO, self._deadline)
         try:
             self._sock.sendall(data)
         except (TimeoutError, BlockingIOError):
@@ -491,7 +506,7 @@ class SmtpConnection:
 
     def _receive(self, until: float) -> None:
         assert self._sock is not None
-        self._set_timeout(socket.SO_RCVTIMEO, self._time_left(until))
+        self._arm(socket.SO_RCVTIMEO, until)
         try:
             chunk = self._sock.recv(_RECV_BYTES)
         except (TimeoutError, BlockingIOError):
