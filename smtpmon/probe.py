@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import email.utils
-import functools
 import ipaddress
 import socket
 import time
@@ -46,6 +45,7 @@ QUIT_WAIT_SECONDS = 2.0
 QUIT_AFTER_FAILURE_WAIT_SECONDS = 0.25
 # EHLO replies up to this size (real ones are a few hundred bytes) share parsed Capabilities.
 CACHED_EHLO_BYTES = 2048
+CACHED_EHLO_REPLIES = 4096
 _FAMILIES = {"any": socket.AF_UNSPEC, "ip4": socket.AF_INET, "ip6": socket.AF_INET6}
 _REJECTION_REASONS = {
     "banner": "banner_rejected",
@@ -95,9 +95,13 @@ def parse_target(target: str, default_port: int = SMTP_PORT) -> tuple[str, int]:
 def parse_capabilities(reply: Reply, *, used_helo: bool = False) -> Capabilities:
     """What an EHLO reply advertised: its lines after the first, keyword first."""
     lines = reply.lines[1:]
-    if sum(map(len, lines)) > CACHED_EHLO_BYTES:  # a hostile reply must not fill the cache
-        return _capabilities(lines, used_helo)
-    return _cached_capabilities(lines, used_helo)
+    capabilities = _CAPABILITIES.get((lines, used_helo))
+    if capabilities is None:
+        capabilities = _capabilities(lines, used_helo)
+        # A hostile reply must not fill the cache, nor can it grow without bound.
+        if sum(map(len, lines)) <= CACHED_EHLO_BYTES and len(_CAPABILITIES) < CACHED_EHLO_REPLIES:
+            _CAPABILITIES[(lines, used_helo)] = capabilities
+    return capabilities
 
 
 def _capabilities(lines: tuple[str, ...], used_helo: bool) -> Capabilities:
@@ -118,8 +122,9 @@ def _capabilities(lines: tuple[str, ...], used_helo: bool) -> Capabilities:
 
 
 # A server advertises the same extensions on every probe, and many servers the same ones: one
-# shared (immutable) Capabilities per distinct reply instead of a frozenset per probe.
-_cached_capabilities = functools.lru_cache(maxsize=256)(_capabilities)
+# shared (immutable) Capabilities per distinct reply (after its first line, the server's name)
+# instead of a frozenset per probe. Filled up to CACHED_EHLO_REPLIES, then only looked up.
+_CAPABILITIES: dict[tuple[tuple[str, ...], bool], Capabilities] = {}
 
 
 def default_ehlo_name(local_address: str | None) -> str:

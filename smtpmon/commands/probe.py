@@ -190,7 +190,9 @@ def result_to_json(result: ProbeResult) -> str:
             return sorted(value)
         raise TypeError(f"cannot encode {type(value).__name__}")
 
-    return json.dumps(dataclasses.asdict(result), default=encode, indent=2)
+    data = dataclasses.asdict(result)
+    data["transcript"] = [line._asdict() for line in result.transcript]  # objects, not arrays
+    return json.dumps(data, default=encode, indent=2)
 
 
 # -- argument types: argparse turns their errors into one usage line and exit 3 ----------------
