@@ -22,11 +22,11 @@ Guarantees:
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime
 import hashlib
 import heapq
 import itertools
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -90,21 +90,93 @@ class _Entry:
     failure: tuple[str | None, str | None] | None = None  # (stage, reason) of the last probe
 
 
+class _Wakeup:
+    """An Event for one sleeper, on a bare lock: `threading.Event.wait` builds a Condition
+    waiter (a new lock, Python-level bookkeeping) on every call, and the loop sleeps once per
+    due probe. `wait` returns at once when `set` came first, and clears it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:  # already set
+            pass
+
+    def wait(self, timeout: float) -> None:
+        self._lock.acquire(timeout=max(0.0, timeout))
+
+
+class _Workers:
+    """Up to `size` probe threads fed by one queue, started as needed.
+
+    A ThreadPoolExecutor made a Future (with its Condition), a work item and a done callback
+    for every probe; the schedule needs none of them, since results go to the store. Here a
+    probe costs a queue put and get. Threads are counted idle once they finish a probe, so a
+    new thread starts only when none is free (as ThreadPoolExecutor does).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._closed = False
+
+    def submit(self, function: Callable, *args) -> None:
+        """Queue function(*args); RuntimeError once closed."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the probe workers are closed")
+            if self._idle:
+                self._idle -= 1
+            elif len(self._threads) < self.size:
+                thread = threading.Thread(target=self._work, name=f"probe_{len(self._threads)}",
+                                          daemon=True)
+                self._threads.append(thread)
+                thread.start()
+        self._queue.put((function, args))
+
+    def close(self) -> list[threading.Thread]:
+        """Accept nothing more; each thread ends after what is queued. Returns the threads."""
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._queue.put(None)
+        return threads
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            function, args = item
+            try:
+                function(*args)
+            except Exception:  # the caller's own guard failed; keep the thread
+                log.exception("probe worker error")
+            with self._lock:
+                self._idle += 1
+
+
 class Scheduler:
     def __init__(self, store: Store, state: State, probe: ProbeFunction = run_module_probe):
         self._store = store
         self._state = state
         self._probe = probe
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._wake = _Wakeup()
         self._stopping = threading.Event()
         self._schedule = schedule.Scheduler()
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._heap: list[tuple[datetime.datetime, int, _Entry]] = []
         self._sequence = itertools.count()
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._max_workers = 0
-        self._futures: set[concurrent.futures.Future] = set()
+        self._workers: _Workers | None = None
+        self._retired_threads: list[threading.Thread] = []  # of pools replaced by a reload
         self._thread: threading.Thread | None = None
 
     # -- configuration -------------------------------------------------------------------
@@ -134,7 +206,7 @@ class Scheduler:
             self._schedule_first_runs(added)
             self._resize_pool(config.settings.max_concurrency)
         self._wake.set()
-        log.info("schedule applied", targets=len(wanted), max_concurrency=self._max_workers)
+        log.info("schedule applied", targets=len(wanted), max_concurrency=self._workers.size)
 
     def _add(self, target, module: Module) -> _Entry:
         entry = _Entry(
@@ -176,16 +248,14 @@ class Scheduler:
 
     def _resize_pool(self, max_workers: int) -> None:
         max_workers = max(1, int(max_workers))
-        if self._executor is not None and max_workers == self._max_workers:
+        if self._workers is not None and max_workers == self._workers.size:
             return
-        old = self._executor
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="probe"
-        )
-        self._max_workers = max_workers
+        old = self._workers
+        self._workers = _Workers(max_workers)
         if old is not None:
-            # Probes already running finish on the old pool (their futures stay tracked).
-            old.shutdown(wait=False, cancel_futures=False)
+            # Probes already running finish on the old threads; stop() still waits for them.
+            alive = [thread for thread in self._retired_threads if thread.is_alive()]
+            self._retired_threads = alive + old.close()
 
     # -- running -------------------------------------------------------------------------
 
@@ -209,16 +279,14 @@ class Scheduler:
             self._thread.join(timeout)
         with self._lock:
             for entry in self._entries.values():
-                entry.active = False
-            if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
-            pending = set(self._futures)
-        _, not_done = concurrent.futures.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
-        return not not_done
+                entry.active = False  # probes still queued return at once
+            threads = self._retired_threads + (self._workers.close() if self._workers else [])
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            self._wake.clear()
             try:
                 with self._lock:
                     delay = self._run_due()
@@ -253,12 +321,9 @@ class Scheduler:
         due = entry.job.next_run  # `schedule` moves it on only after this call returns
         entry.busy = True
         try:
-            future = self._executor.submit(self._run_probe, entry, due)
-        except RuntimeError:  # the pool is shutting down
+            self._workers.submit(self._run_probe, entry, due)
+        except RuntimeError:  # the workers are closing
             entry.busy = False
-            return
-        self._futures.add(future)
-        future.add_done_callback(self._futures.discard)
 
     def _run_probe(self, entry: _Entry, due: datetime.datetime) -> None:
         """On a worker thread: one probe of one target; never lets anything escape."""
@@ -290,6 +355,8 @@ class Scheduler:
         so 10,000 targets failing the same way each minute do not flood the journal."""
         failure = None if result.success else (result.failed_stage, result.reason)
         changed, entry.failure = failure != entry.failure, failure
+        if not changed and not log.enabled("debug"):
+            return  # the usual case: skip building the fields of a line nobody writes
         level = log.info if changed else log.debug
         where = dict(target=entry.name, module=entry.module_name)
         took = f"{result.duration_seconds:.3f}"

@@ -290,3 +290,46 @@ def test_log_lines_mark_changes_not_every_probe(running):
         'reason=banner_rejected duration_seconds=0.001',
         'level=info msg="probe recovered" target=127.0.0.1:25 module=m duration_seconds=0.001',
     ]
+
+
+class ConcurrencyProbe(RecordingProbe):
+    """Every probe hangs until its deadline; notes the most probes in flight at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_flight = 0
+        self.most = 0
+
+    def __call__(self, target, module_name, module, deadline):
+        with self.lock:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        try:
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            return super().__call__(target, module_name, module, deadline)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def test_max_concurrency_bounds_the_probes_in_flight(running):
+    probe = ConcurrencyProbe()
+    targets = [f"127.0.0.{i}:25" for i in range(1, 7)]
+    scheduler, store, state = running(make_config(targets, interval=1.0, timeout=0.3,
+                                                  max_concurrency=2), probe)
+    time.sleep(2.0)
+    assert probe.most == 2
+    assert all(probe.count(target) >= 1 for target in targets)  # queued, not dropped
+
+
+def test_stop_waits_for_probes_on_threads_a_reload_replaced(running):
+    probe = ConcurrencyProbe()
+    targets = [f"127.0.0.{i}:25" for i in range(1, 4)]
+    scheduler, store, state = running(make_config(targets, timeout=0.8, max_concurrency=3), probe)
+    deadline = time.monotonic() + 2.0
+    while probe.in_flight < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert probe.in_flight == 3
+    scheduler.apply(make_config(targets, timeout=0.8, max_concurrency=5))  # a new pool
+    assert scheduler.stop(2.0)
+    assert probe.in_flight == 0  # the old pool's probes ended before stop returned
