@@ -164,6 +164,16 @@ def printable(text: str) -> str:
     )
 
 
+@functools.lru_cache(maxsize=16384)  # parsed on every probe otherwise: ipaddress is pure Python
+def _literal_family(host: str) -> int | None:
+    """AF_INET or AF_INET6 when host is an IP address literal, else None (a name)."""
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+
+
 def resolve(
     host: str, port: int, family: int, timeout: float
 ) -> list[tuple[int, tuple]]:
@@ -172,16 +182,12 @@ def resolve(
     getaddrinfo cannot be given a timeout, so it runs in a daemon thread that is abandoned
     when the deadline comes first.
     """
-    try:
-        literal = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
-    if literal is not None:
-        literal_family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+    literal_family = _literal_family(host)
+    if literal_family is not None:
         if family not in (socket.AF_UNSPEC, literal_family):
             wanted = "IPv4" if family == socket.AF_INET else "IPv6"
             raise SessionError("dns_failure", f"{host} is not an {wanted} address, as the module asks")
-        sockaddr = (host, port, 0, 0) if literal.version == 6 else (host, port)
+        sockaddr = (host, port, 0, 0) if literal_family == socket.AF_INET6 else (host, port)
         return [(literal_family, sockaddr)]
     if timeout <= 0:
         raise SessionError("dns_failure", f"no time left to resolve {host}")
