@@ -92,6 +92,7 @@ TARGET_FAMILIES: tuple[Family, ...] = (
     Family("smtpmon_ehlo_size_limit_bytes", "gauge", "The SIZE limit an EHLO advertised."),
 )
 _TARGET_INDEX = {family.name: index for index, family in enumerate(TARGET_FAMILIES)}
+_TARGET_HEADERS = tuple(family.header for family in TARGET_FAMILIES)  # built once, sent often
 
 EXPORTER_FAMILIES: tuple[Family, ...] = (
     Family("smtpmon_build_info", "gauge", "Constant 1: the smtpmon and Python versions."),
@@ -316,10 +317,10 @@ def _family_chunks(rows: Sequence[tuple[bytes, ...]]) -> list[bytes]:
     joined). Empty families are left out. `promtool check metrics` requires a family's
     samples to be together."""
     parts: list[bytes] = []
-    for index, family in enumerate(TARGET_FAMILIES):
+    for index, header in enumerate(_TARGET_HEADERS):
         samples = [row[index] for row in rows if row[index]]
         if samples:
-            parts.append(family.header)
+            parts.append(header)
             parts += samples
     return parts
 
