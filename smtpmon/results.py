@@ -7,7 +7,6 @@ threads without locks. The store of latest results and counters lives in `store.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 # The stages of a session, in the order they run. A probe walks a prefix of this list (some
 # stages are skipped by the module's options); the collector and the docs use the same names.
@@ -119,14 +118,12 @@ class TlsInfo:
     verify_error: str | None = None  # OpenSSL's words when verification failed
 
 
-class TranscriptLine(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class TranscriptLine:
     """A line of the session as a person at a telnet prompt would have seen it.
 
     direction: "C" sent by smtpmon, "S" received from the server, "*" a note (connected,
     TLS established, timeout...). Secrets are masked before a line is made.
-
-    A named tuple, not a frozen dataclass like the rest: a probe makes a dozen of these, and
-    a dataclass's __init__ (one object.__setattr__ per field) cost twice as much.
     """
 
     offset_seconds: float  # since the probe started

@@ -80,10 +80,6 @@ class CertificateError(SessionError):
         self.verify_error = verify_error
 
 
-# TranscriptLine(...) without the Python-level __new__ of a named tuple: a line per call.
-_line = tuple.__new__
-
-
 class Transcript:
     """The session as lines with their offset since the probe started."""
 
@@ -95,7 +91,7 @@ class Transcript:
     def add(self, direction: str, text: str) -> None:
         offset = max(0.0, self._clock() - self._started)
         # Interned: most lines are the same on every probe (kept per target until the next).
-        self.lines.append(_line(TranscriptLine, (offset, direction, sys.intern(printable(text)))))
+        self.lines.append(TranscriptLine(offset, direction, sys.intern(printable(text))))
 
     def note(self, text: str) -> None:
         self.add("*", text)
@@ -103,7 +99,7 @@ class Transcript:
     def add_received(self, texts: tuple[str, ...]) -> None:
         """Server lines already made printable and interned (a cached reply's lines)."""
         offset = max(0.0, self._clock() - self._started)
-        self.lines.extend([_line(TranscriptLine, (offset, "S", text)) for text in texts])
+        self.lines.extend([TranscriptLine(offset, "S", text) for text in texts])
 
 
 class ReplyCache:

@@ -190,9 +190,7 @@ def result_to_json(result: ProbeResult) -> str:
             return sorted(value)
         raise TypeError(f"cannot encode {type(value).__name__}")
 
-    data = dataclasses.asdict(result)
-    data["transcript"] = [line._asdict() for line in result.transcript]  # objects, not arrays
-    return json.dumps(data, default=encode, indent=2)
+    return json.dumps(dataclasses.asdict(result), default=encode, indent=2)
 
 
 # -- argument types: argparse turns their errors into one usage line and exit 3 ----------------
