@@ -108,6 +108,22 @@ def test_probe_starttls_session(postfix):
     assert tls.not_after > time.time()
 
 
+def test_ehlo_after_starttls_carries_no_delayed_ack_stall(postfix):
+    """Postfix's TLS session tickets cross our EHLO after the handshake; with a delayed ACK on
+    our side, Nagle on Postfix's holds its reply ~40 ms (a third of the probes did, before
+    TCP_QUICKACK). A stage duration must show the server, not that artefact. Normal: ~0.3 ms."""
+    from smtpmon.probe import run_probe
+
+    module = starttls_module(tls_ca_file=postfix.ca_file)
+    durations = []
+    for _ in range(60):
+        result = run_probe(postfix.target, module)
+        assert result.success, (result.failed_stage, result.reason, result.detail)
+        durations.append(result.stage("ehlo_tls").duration_seconds)
+    stalled = [round(seconds * 1000, 1) for seconds in durations if seconds > 0.030]
+    assert len(stalled) <= 2, f"ehlo_tls over 30 ms in {len(stalled)} of 60 probes: {stalled} ms"
+
+
 def test_probe_expecting_550_for_unknown_user_succeeds(postfix):
     from smtpmon.probe import run_probe
 
