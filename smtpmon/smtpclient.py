@@ -45,7 +45,8 @@ _RECV_BYTES = 4096
 _MASK = "********"
 # A kernel timeout set for an earlier call is kept while it overshoots the deadline by no more.
 REARM_SLACK_SECONDS = 0.005
-_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO / SO_SNDTIMEO
+_TIMEVAL = struct.Struct("@ll")
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only  # struct timeval, for SO_RCVTIMEO / SO_SNDTIMEO
 
 # OpenSSL X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code) -> failure reason.
 _VERIFY_REASONS = {
@@ -418,7 +419,8 @@ class SmtpConnection:
             # arrives now (up to 40 ms), and a server with Nagle on holds its reply until that
             # ACK when it wrote something just before: after STARTTLS, Postfix's TLS session
             # tickets cross our EHLO, and one probe in three took 40 ms longer in ehlo_tls.
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            if _TCP_QUICKACK is not None:
+                self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
         except (TimeoutError, BlockingIOError):
             raise self._noted(SessionError("timeout", "the server stopped reading before the deadline")) from None
         except OSError as error:
