@@ -136,8 +136,8 @@ class _Workers:
             elif len(self._threads) < self.size:
                 thread = threading.Thread(target=self._work, name=f"probe_{len(self._threads)}",
                                           daemon=True)
+                thread.start()  # counted only once it runs: a failed start leaves no ghost
                 self._threads.append(thread)
-                thread.start()
         self._queue.put((function, args))
 
     def close(self) -> list[threading.Thread]:

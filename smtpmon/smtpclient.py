@@ -45,8 +45,8 @@ _RECV_BYTES = 4096
 _MASK = "********"
 # A kernel timeout set for an earlier call is kept while it overshoots the deadline by no more.
 REARM_SLACK_SECONDS = 0.005
-_TIMEVAL = struct.Struct("@ll")
-_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only  # struct timeval, for SO_RCVTIMEO / SO_SNDTIMEO
+_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO / SO_SNDTIMEO
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 # OpenSSL X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code) -> failure reason.
 _VERIFY_REASONS = {
