@@ -438,13 +438,13 @@ class _Parser:
             if "ehlo_name" in node:
                 values["ehlo_name"] = self.ehlo_name(node["ehlo_name"], "global.ehlo_name")
         values["probe_allow"] = self.parse_probe_allow(allow_node)
-        if None in values.values():
-            self.global_durations_ok = values.get("interval_seconds", 1) is not None and (
-                values.get("timeout_seconds", 1) is not None
-            )
-            return Settings(**{key: value for key, value in values.items() if value is not None})
-        settings = Settings(**values)
-        if settings.timeout_seconds >= settings.interval_seconds:
+        settings = Settings(**{key: value for key, value in values.items() if value is not None})
+        self.global_durations_ok = (
+            values.get("interval_seconds", 1) is not None and values.get("timeout_seconds", 1) is not None
+        )
+        # Compared whenever both durations parsed, whatever else in `global` failed: every
+        # problem is reported at once.
+        if self.global_durations_ok and settings.timeout_seconds >= settings.interval_seconds:
             self.error(
                 "global.timeout",
                 f"{format_duration(settings.timeout_seconds)} must be shorter than "

@@ -227,6 +227,12 @@ INVALID = [
          f'probe_allow[2]: {PATTERN_RULE}, got "a b:25"'],
     ),
     (
+        "timeout not shorter than interval beside another global error",
+        "global: {interval: 10s, timeout: 20s, max_concurrency: 0}\n" + MX,
+        ["global.max_concurrency: must be at least 1, got 0",
+         f"global.timeout: 20s must be shorter than global.interval 10s: {RUN_BEFORE_NEXT}"],
+    ),
+    (
         "three problems at once",
         "global: {interval: 0}\nmodules: {mx: {tls: startls}}\n"
         "targets: [{address: 'mx1.example.org:0', module: mx}]\n",
