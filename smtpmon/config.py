@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 
-from smtpmon.module import AUTH_MECHANISMS, IP_PROTOCOLS, TLS_MODES, TLS_VERSIONS, Module
+from smtpmon.module import AUTH_MECHANISMS, AUTH_TLS_MODES, IP_PROTOCOLS, TLS_MODES, TLS_VERSIONS, Module
 from smtpmon.results import STAGES
 from smtpmon.yamldoc import YamlSyntaxError, describe, read_document
 
@@ -571,7 +571,7 @@ class _Parser:
             )
         if module.data and not failed & {"rcpt_to"} and not module.rcpt_to:
             self.error(_join(path, "data"), "needs rcpt_to: a message needs a recipient")
-        if "auth" in node and "tls" not in failed and module.tls not in ("starttls", "implicit"):
+        if "auth" in node and "tls" not in failed and module.tls not in AUTH_TLS_MODES:
             self.error(
                 _join(path, "auth"),
                 "needs tls: starttls or implicit, so the password never crosses the network "

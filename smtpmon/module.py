@@ -14,6 +14,9 @@ TLS_MODES = ("none", "starttls", "opportunistic", "implicit")
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 IP_PROTOCOLS = ("any", "ip4", "ip6")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
+# AUTH only where TLS is certain: with "opportunistic" a server that stops offering STARTTLS
+# would get the password in clear.
+AUTH_TLS_MODES = ("starttls", "implicit")
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,6 +153,19 @@ def test_bad_usage_is_unknown_with_one_clear_line(capsys, monkeypatch, argv, wor
     assert err.count("\n") == 1 and words in err
 
 
+@pytest.mark.parametrize("tls", ["opportunistic", "none"])
+def test_auth_without_certain_tls_is_refused_before_connecting(capsys, tmp_path, tls):
+    """As in the config file: with "opportunistic" a server that stops offering STARTTLS
+    would be sent the password in clear."""
+    password_file = tmp_path / "password"
+    password_file.write_text("s3cret")
+    code, out, err = probe_cli(capsys, "127.0.0.1:9", "--tls", tls, "--auth", "PLAIN", "--user", "u",
+                               "--password-file", str(password_file))
+
+    assert code == 3 and out == ""
+    assert err == f"smtpmon probe: error: --auth needs --tls starttls or implicit, so the password never crosses the network in clear; got --tls {tls}\n"
+
+
 def test_real_process_exit_code_on_failure():
     """The exit code reaches the shell (Nagios reads it from there)."""
     with socket.socket() as placeholder:

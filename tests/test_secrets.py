@@ -19,7 +19,7 @@ import urllib.parse
 import pytest
 
 from daemon_process import REPO, start_daemon, value
-from smtpservers import BANNER, QUIT_OK, Expect, Send, password_authenticator, reply
+from smtpservers import BANNER, QUIT_OK, Expect, Send, StartTls, password_authenticator, reply
 
 USERNAME = "probe-user"
 # Letters, digits and "-" only: no output format (HTML, JSON, logfmt) escapes them, so a leak
@@ -156,24 +156,29 @@ def test_daemon_outputs_never_show_the_password(tmp_path, auth_server, ca_file, 
 
 
 # -- a server that echoes what it was sent ------------------------------------------------------
+EHLO_STARTTLS = reply(r"EHLO ", b"250-mx.test.example\r\n250 STARTTLS\r\n")
+STARTTLS_GO = reply(r"STARTTLS", b"220 2.0.0 Ready to start TLS\r\n")
 ECHOING_REPLIES = {
-    "PLAIN": [BANNER, EHLO_AUTH, Expect(r"AUTH PLAIN "),
+    "PLAIN": [EHLO_AUTH, Expect(r"AUTH PLAIN "),
               Send(f"535 5.7.8 Authentication failed for {_b64(chr(0) + USERNAME + chr(0) + PASSWORD)}\r\n".encode()),
               QUIT_OK],
-    "LOGIN": [BANNER, EHLO_AUTH, reply(r"AUTH LOGIN", b"334 VXNlcm5hbWU6\r\n"),
+    "LOGIN": [EHLO_AUTH, reply(r"AUTH LOGIN", b"334 VXNlcm5hbWU6\r\n"),
               reply(r".", b"334 UGFzc3dvcmQ6\r\n"), Expect(r"."),
               Send(f"535 5.7.8 bad password {PASSWORD} ({_b64(PASSWORD)})\r\n".encode()), QUIT_OK],
 }
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
-def test_a_server_echoing_the_secret_cannot_put_it_in_any_output(scripted_server, tmp_path, mechanism):
+def test_a_server_echoing_the_secret_cannot_put_it_in_any_output(scripted_server, tls_contexts, ca_file,
+                                                                 tmp_path, mechanism):
     """Servers may quote what they could not accept (a 535 or 501 with the client's line):
     the secret is masked wherever the server's words go (replies, transcript, details)."""
-    server = scripted_server(ECHOING_REPLIES[mechanism])
+    server = scripted_server([BANNER, EHLO_STARTTLS, STARTTLS_GO, StartTls(tls_contexts["trusted"]),
+                              *ECHOING_REPLIES[mechanism]])
     password_file = tmp_path / "password"
     password_file.write_text(PASSWORD)
-    command = [sys.executable, "-m", "smtpmon", "probe", server.target, "--tls", "none", "--timeout", "5",
+    command = [sys.executable, "-m", "smtpmon", "probe", server.target, "--tls", "starttls",
+               "--ca-file", ca_file, "--timeout", "5",
                "--auth", mechanism, "--user", USERNAME, "--password-file", str(password_file)]
 
     text = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30)

@@ -12,9 +12,10 @@ import json
 import sys
 from types import MappingProxyType
 
-from smtpmon.module import AUTH_MECHANISMS, TLS_MODES, TLS_VERSIONS, Module
+from smtpmon.config import REPLY_STAGES
+from smtpmon.module import AUTH_MECHANISMS, AUTH_TLS_MODES, TLS_MODES, TLS_VERSIONS, Module
 from smtpmon.probe import parse_target, run_probe
-from smtpmon.results import STAGES, ProbeResult
+from smtpmon.results import ProbeResult
 from smtpmon.transcript import days_until_expiry, render, summary_line
 
 DESCRIPTION = """\
@@ -38,8 +39,6 @@ USAGE_EXIT_CODE = 3  # Nagios UNKNOWN
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 _STATUS_WORDS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
-# Stages a reply code can be expected at (resolve and connect have no reply).
-_EXPECTABLE_STAGES = STAGES[2:]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     session.add_argument("--ehlo-name", metavar="NAME", help="name sent in EHLO (default: this host's name or address)")
     session.add_argument("--no-helo-fallback", dest="helo_fallback", action="store_false",
                          help="do not try HELO when EHLO is refused")
-    session.add_argument("--auth", type=str.upper, choices=AUTH_MECHANISMS, help="authenticate with this mechanism")
+    session.add_argument("--auth", type=str.upper, choices=AUTH_MECHANISMS, help="authenticate with this mechanism; needs --tls starttls or implicit")
     session.add_argument("--user", help="AUTH username")
     session.add_argument("--password-file", metavar="PATH", help="file holding the AUTH password")
     session.add_argument("--password-env", metavar="VARIABLE", help="environment variable holding the AUTH password")
@@ -143,6 +142,9 @@ def module_from_args(args: argparse.Namespace) -> Module:
             raise ValueError(f"--password-file {args.password_file}: {error.strerror or error}") from None
         except KeyError:
             raise ValueError(f"--password-env {args.password_env}: the variable is not set") from None
+        if module.tls not in AUTH_TLS_MODES:  # the rule the config file has
+            raise ValueError(f"--auth needs --tls {' or '.join(AUTH_TLS_MODES)}, so the password "
+                             f"never crosses the network in clear; got --tls {module.tls}")
     return module
 
 
@@ -205,9 +207,9 @@ def _target(text: str) -> str:
 def _expectation(text: str) -> tuple[str, tuple[int, ...]]:
     stage, equals, codes = text.partition("=")
     stage = stage.strip().lower()
-    if not equals or stage not in _EXPECTABLE_STAGES:
+    if not equals or stage not in REPLY_STAGES:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected STAGE=CODE[,CODE] with STAGE one of {', '.join(_EXPECTABLE_STAGES)}"
+            f"{text!r}: expected STAGE=CODE[,CODE] with STAGE one of {', '.join(REPLY_STAGES)}"
         )
     try:
         numbers = tuple(int(code) for code in codes.split(","))
