@@ -45,6 +45,12 @@ log = get_logger("scheduler")
 # wall clock (which `schedule` uses) being stepped; stop and reload wake the loop at once.
 MAX_SLEEP_SECONDS = 1.0
 
+# `schedule` counts in naive local time, which jumps at a daylight-saving change or an NTP
+# step. A jump larger than this (measured against the monotonic clock) moves every pending
+# run by the same amount, so the spread is kept and nothing waits an hour or fires at once.
+CLOCK_STEP_SECONDS = 1.0
+_LOCAL_EPOCH = datetime.datetime(1970, 1, 1)
+
 # New targets' first runs start at about this rate at most (spread over at most their interval).
 FIRST_RUNS_PER_SECOND = 20.0
 
@@ -178,6 +184,7 @@ class Scheduler:
         self._workers: _Workers | None = None
         self._retired_threads: list[threading.Thread] = []  # of pools replaced by a reload
         self._thread: threading.Thread | None = None
+        self._clock_offset: float | None = None  # local wall time - monotonic time, seconds
 
     # -- configuration -------------------------------------------------------------------
 
@@ -274,12 +281,12 @@ class Scheduler:
         """
         deadline = time.monotonic() + timeout
         self._stopping.set()
+        for entry in list(self._entries.values()):
+            entry.active = False  # probes still queued return at once
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
         with self._lock:
-            for entry in self._entries.values():
-                entry.active = False  # probes still queued return at once
             threads = self._retired_threads + (self._workers.close() if self._workers else [])
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -298,16 +305,35 @@ class Scheduler:
     def _run_due(self) -> float:
         """Dispatch every due job; return the seconds until the next one."""
         now = datetime.datetime.now()
+        self._follow_clock_steps(now)
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, _, entry = heapq.heappop(heap)
             if not entry.active:
                 continue
-            entry.job.run()  # calls self._dispatch(entry), then schedules the next run
+            try:
+                entry.job.run()  # calls self._dispatch(entry), then schedules the next run
+            except Exception:  # the target must stay scheduled whatever went wrong here
+                log.exception("dispatching a probe failed", target=entry.name, module=entry.module_name)
+                entry.job.next_run = now + datetime.timedelta(seconds=entry.interval_seconds)
             heapq.heappush(heap, (entry.job.next_run, next(self._sequence), entry))
         if not heap:
             return MAX_SLEEP_SECONDS
         return max(0.0, (heap[0][0] - now).total_seconds())
+
+    def _follow_clock_steps(self, now: datetime.datetime) -> None:
+        offset = (now - _LOCAL_EPOCH).total_seconds() - time.monotonic()
+        previous, self._clock_offset = self._clock_offset, offset
+        if previous is None or abs(offset - previous) <= CLOCK_STEP_SECONDS:
+            return
+        step = datetime.timedelta(seconds=offset - previous)
+        log.info("wall clock stepped; moving every pending run with it",
+                 step_seconds=f"{step.total_seconds():.1f}")
+        pending = [entry for _, _, entry in self._heap if entry.active]
+        for entry in pending:
+            entry.job.next_run += step
+        self._heap = [(entry.job.next_run, next(self._sequence), entry) for entry in pending]
+        heapq.heapify(self._heap)
 
     def _dispatch(self, entry: _Entry) -> None:
         """Called by `Job.run()` while the scheduler lock is held: queue one probe."""
@@ -328,10 +354,9 @@ class Scheduler:
     def _run_probe(self, entry: _Entry, due: datetime.datetime) -> None:
         """On a worker thread: one probe of one target; never lets anything escape."""
         try:
-            lag = (datetime.datetime.now() - due).total_seconds()
-            self._state.observe_schedule_lag(max(0.0, lag))
-            if not entry.active:
+            if not entry.active:  # removed by a reload, or stopping: not a probe, not a lag
                 return
+            self._state.observe_schedule_lag((datetime.datetime.now() - due).total_seconds())
             self._state.probe_started()
             try:
                 deadline = time.monotonic() + entry.timeout_seconds

@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 import re
 import statistics
+import datetime
 import threading
 import time
+import types
 from collections import defaultdict
 from types import MappingProxyType
 
@@ -333,3 +335,65 @@ def test_stop_waits_for_probes_on_threads_a_reload_replaced(running):
     scheduler.apply(make_config(targets, timeout=0.8, max_concurrency=5))  # a new pool
     assert scheduler.stop(2.0)
     assert probe.in_flight == 0  # the old pool's probes ended before stop returned
+
+
+@pytest.fixture
+def stepped_clock(monkeypatch):
+    """Local wall time as `schedule` and the scheduler read it, plus `offset` seconds: set
+    `offset` to step the clock as a daylight-saving change or NTP does."""
+    import schedule as schedule_module
+
+    import smtpmon.scheduler as scheduler_module
+
+    clock = types.SimpleNamespace(offset=0.0)
+
+    class SteppedDatetime(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime.now(tz) + datetime.timedelta(seconds=clock.offset)
+
+    shim = types.SimpleNamespace(**{name: getattr(datetime, name) for name in dir(datetime)
+                                    if not name.startswith("__")})
+    shim.datetime = SteppedDatetime
+    monkeypatch.setattr(scheduler_module, "datetime", shim)
+    monkeypatch.setattr(schedule_module, "datetime", shim)
+    return clock
+
+
+@pytest.mark.parametrize("step", [-3600.0, 3600.0])
+def test_a_wall_clock_step_neither_stalls_nor_bunches_the_schedule(running, stepped_clock, step):
+    probe = RecordingProbe()
+    targets = [f"127.0.0.{i}:25" for i in range(1, 5)]
+    scheduler, store, state = running(make_config(targets, interval=0.5, timeout=0.3), probe)
+    time.sleep(1.2)
+    before = {target: probe.count(target) for target in targets}
+    stepped_clock.offset = step  # the clock goes back an hour (autumn) or forward (spring)
+    time.sleep(1.6)
+    after = {target: probe.count(target) - before[target] for target in targets}
+    # 1.6 s at 0.5 s: three runs each, give or take one; back an hour, without the fix, none
+    # for an hour; forward, every target at once and then every 0.5 s from that moment.
+    assert all(2 <= runs <= 4 for runs in after.values()), after
+    assert scheduler.running
+
+
+def test_a_dispatch_error_keeps_the_target_scheduled(running):
+    class FailingOnce(ResultStore):
+        failed = False
+
+        def record_skip(self, target, module):
+            if not FailingOnce.failed:
+                FailingOnce.failed = True
+                raise RuntimeError("store bug")
+            return super().record_skip(target, module)
+
+    probe = ConcurrencyProbe()  # hangs to its deadline: the next run is a skip
+    store, state = FailingOnce(), ExporterState()
+    scheduler = Scheduler(store, state, probe)
+    scheduler.apply(make_config(["127.0.0.1:25"], interval=0.2, timeout=0.3))
+    scheduler.start()
+    try:
+        time.sleep(1.5)
+    finally:
+        scheduler.stop(2.0)
+    assert FailingOnce.failed
+    assert probe.count("127.0.0.1:25") >= 3  # still probed after the error
