@@ -18,6 +18,7 @@ the ssl module retries a blocking read that the kernel timed out instead of givi
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import functools
 import ipaddress
@@ -109,39 +110,54 @@ class ReplyCache:
     A server sends the same banner, EHLO and QUIT replies on every probe, and parsing them
     line by line was most of a plain probe's Python work. Parsing is a pure function of the
     bytes, so a reply that arrives whole in one read and matches a cached one is taken from
-    here. Only clean replies (a code, nothing left over, no secrets to mask) are kept.
-    Bounded by the bytes it holds, oldest out first; safe to share between threads.
+    here. Only clean replies (a code, nothing left over, no secrets to mask) are kept, and
+    only once the same bytes came twice: a banner with the time in it or a reply with a
+    queue id never repeats, and would only push out the replies that do. Bounded by an
+    estimate of the memory it holds, oldest out first; safe to share between threads.
     """
 
-    # Per entry beyond its key: the dict slot, the tuple and the bytes object's header.
-    ENTRY_OVERHEAD = 150
+    # Per entry beyond the key, its texts and its lines: the Reply, the pair, the dict slot.
+    ENTRY_OVERHEAD = 250
+    # Hashes of replies seen once, direct-mapped: a collision only delays an admission.
+    SEEN_SLOTS = 1 << 16
 
     def __init__(self, max_bytes: int):
         self._max_bytes = max_bytes
         self._bytes = 0
         self._entries: dict[bytes, tuple[Reply, tuple[str, ...]]] = {}
+        self._seen = array.array("q", bytes(8 * self.SEEN_SLOTS))
         self._lock = threading.Lock()
         self.get = self._entries.get
 
     def put(self, raw: bytes, reply: Reply, texts: tuple[str, ...]) -> None:
+        if len(raw) > _RECV_BYTES:  # could never arrive in the one read a hit needs
+            return
+        key = hash(raw)
         with self._lock:
             if raw in self._entries:
                 return
+            slot = key & (self.SEEN_SLOTS - 1)
+            if self._seen[slot] != key:
+                self._seen[slot] = key
+                return
             self._entries[raw] = (reply, texts)
-            self._bytes += len(raw) + self.ENTRY_OVERHEAD
+            self._bytes += self._cost(raw, reply, texts)
             while self._bytes > self._max_bytes:
                 oldest = next(iter(self._entries))
-                del self._entries[oldest]
-                self._bytes -= len(oldest) + self.ENTRY_OVERHEAD
+                self._bytes -= self._cost(oldest, *self._entries.pop(oldest))
+
+    def _cost(self, raw: bytes, reply: Reply, texts: tuple[str, ...]) -> int:
+        # The strings are interned and shared with the transcripts: not counted.
+        return (sys.getsizeof(raw) + sys.getsizeof(texts) + sys.getsizeof(reply.lines)
+                + self.ENTRY_OVERHEAD)
 
     def __len__(self) -> int:
         return len(self._entries)
 
 
-# The banner, EHLO (before and after TLS) and QUIT replies of some 30,000 distinct servers:
-# oldest-out-first would miss every time if the targets' replies did not all fit. The
-# Reply objects themselves cost nothing extra: the stored results hold the same ones.
-REPLIES = ReplyCache(max_bytes=16 * 1024 * 1024)
+# The banner, EHLO (before and after TLS) and QUIT replies of some 10,000 distinct servers
+# (about 700 bytes each). Past that, oldest-out-first misses for targets probed in turn.
+REPLIES = ReplyCache(max_bytes=32 * 1024 * 1024)
 
 
 def set_kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:

@@ -121,11 +121,13 @@ def read_one_reply(server, hide: str | None = None):
 def test_a_repeated_reply_is_taken_from_the_cache_unchanged(scripted_server):
     banner = f"220-2.0.0 mx.test.example ESMTP {uuid.uuid4().hex}\r\n220 ready\r\n".encode()
     first, first_lines = read_one_reply(scripted_server([Send(banner)]))
-    assert REPLIES.get(banner) is not None
+    assert REPLIES.get(banner) is None  # seen once: it may never come again
     second, second_lines = read_one_reply(scripted_server([Send(banner)]))
-    assert second is first  # the cached object: no second parse
-    assert (second.code, second.enhanced, second.lines[1]) == (220, "2.0.0", "ready")
-    assert second_lines == first_lines == [line.decode() for line in banner.splitlines()]
+    assert REPLIES.get(banner) is not None
+    third, third_lines = read_one_reply(scripted_server([Send(banner)]))
+    assert third is second  # the cached object: no third parse
+    assert third == first and (third.code, third.enhanced, third.lines[1]) == (220, "2.0.0", "ready")
+    assert third_lines == second_lines == first_lines == [line.decode() for line in banner.splitlines()]
 
 
 def test_a_reply_with_bytes_after_it_is_not_cached(scripted_server):
@@ -139,20 +141,28 @@ def test_a_reply_with_bytes_after_it_is_not_cached(scripted_server):
 def test_a_cached_reply_is_still_masked_once_a_secret_is_known(scripted_server):
     secret = uuid.uuid4().hex
     echo = f"535 5.7.8 bad credentials {secret}\r\n".encode()
-    read_one_reply(scripted_server([Send(echo)]))
-    assert REPLIES.get(echo) is not None  # cached by a session that knew no secret
+    for _ in range(2):
+        read_one_reply(scripted_server([Send(echo)]))
+    assert REPLIES.get(echo) is not None  # cached by sessions that knew no secret
     reply_, lines = read_one_reply(scripted_server([Send(echo)]), hide=secret)
     assert reply_.code == 535 and secret not in reply_.text and "********" in reply_.text
     assert not any(secret in line for line in lines)
 
 
-def test_reply_cache_is_bounded_by_bytes_oldest_out_first():
-    cache = ReplyCache(max_bytes=10 * (100 + ReplyCache.ENTRY_OVERHEAD))
+def test_reply_cache_is_bounded_oldest_out_first_and_admits_on_the_second_sighting():
     replies = [(bytes([65 + i]) * 100, reply_for(i)) for i in range(25)]
+    entry_cost = ReplyCache(1)._cost(replies[0][0], replies[0][1], ())
+    cache = ReplyCache(max_bytes=10 * entry_cost)
+    for raw, parsed in replies:
+        cache.put(raw, parsed, ())
+    assert len(cache) == 0  # each seen once
     for raw, parsed in replies:
         cache.put(raw, parsed, ())
     assert len(cache) == 10
     assert cache.get(replies[0][0]) is None and cache.get(replies[-1][0])[0] is replies[-1][1]
+    cache.put(b"2" * 5000, reply_for(99), ())
+    cache.put(b"2" * 5000, reply_for(99), ())
+    assert cache.get(b"2" * 5000) is None  # longer than one read: it could never be hit
 
 
 def reply_for(i: int):
