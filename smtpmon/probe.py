@@ -59,6 +59,11 @@ _REJECTION_REASONS = {
 }
 
 
+def module_default_port(module: Module) -> int:
+    """The port a target without one gets: 465 for implicit TLS (RFC 8314), else 25."""
+    return SUBMISSIONS_PORT if module.tls == "implicit" else SMTP_PORT
+
+
 def parse_target(target: str, default_port: int = SMTP_PORT) -> tuple[str, int]:
     """"host:port", "[v6]:port", "host", "[v6]" or a bare IPv6 address -> (host, port).
 
@@ -87,7 +92,7 @@ def parse_target(target: str, default_port: int = SMTP_PORT) -> tuple[str, int]:
             raise ValueError(f"target {target!r}: missing host")
     if port_text is None:
         return host, default_port
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"target {target!r}: port must be 1-65535, got {port_text!r}")
     return host, int(port_text)
 
@@ -282,7 +287,7 @@ class _Session:
 
     # -- stages ----------------------------------------------------------------------------
     def resolve(self, record: _StageRecord) -> None:
-        default_port = SUBMISSIONS_PORT if self.module.tls == "implicit" else SMTP_PORT
+        default_port = module_default_port(self.module)
         family = _FAMILIES[self.module.ip_protocol]
         try:
             try:

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from smtpmon.module import Module
-from smtpmon.probe import default_ehlo_name, parse_target, run_probe
+from smtpmon.probe import default_ehlo_name, module_default_port, parse_target, run_probe
 from smtpmon.replycodes import reply_category, reply_class
 from smtpmon.results import FAILURE_REASONS
 from smtpmon.smtpclient import MAX_REPLY_LINES
@@ -300,11 +300,17 @@ def test_implicit_tls_against_plain_smtp_fails_the_handshake(smtp_server):
 
 
 def test_implicit_tls_default_port_is_465():
+    assert module_default_port(Module(tls="implicit")) == 465
+    assert {module_default_port(Module(tls=mode)) for mode in ("none", "starttls", "opportunistic")} == {25}
+
+
+def test_parse_target_forms_and_bad_ports():
     assert parse_target("mx.example.org", 465) == ("mx.example.org", 465)
     assert parse_target("[::1]:2525") == ("::1", 2525)
     assert parse_target("::1") == ("::1", 25)
-    with pytest.raises(ValueError, match="1-65535"):
-        parse_target("mx.example.org:70000")
+    for bad in ("mx.example.org:70000", "mx.example.org:\u0662\u0665", "mx.example.org:\u00b2"):
+        with pytest.raises(ValueError, match="1-65535"):
+            parse_target(bad)
 
 
 # -- AUTH ---------------------------------------------------------------------------------------

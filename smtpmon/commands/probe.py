@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 from smtpmon.config import REPLY_STAGES
 from smtpmon.module import AUTH_MECHANISMS, AUTH_TLS_MODES, TLS_MODES, TLS_VERSIONS, Module
-from smtpmon.probe import parse_target, run_probe
+from smtpmon.probe import module_default_port, parse_target, run_probe
 from smtpmon.results import ProbeResult
 from smtpmon.transcript import days_until_expiry, render, summary_line
 
@@ -85,8 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         module = module_from_args(args)
-        default_port = 465 if module.tls == "implicit" else 25
-        host, port = parse_target(args.target, default_port)
+        host, port = parse_target(args.target, module_default_port(module))
     except ValueError as error:
         print(f"smtpmon probe: error: {error}", file=sys.stderr)
         return UNKNOWN
