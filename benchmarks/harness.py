@@ -69,8 +69,8 @@ class Processes:
     started: list[subprocess.Popen] = field(default_factory=list)
 
     def spawn(self, args: list[str], *, log_name: str, **kwargs) -> subprocess.Popen:
-        log = open(self.workdir / log_name, "wb")
-        process = subprocess.Popen(args, stderr=log, **kwargs)
+        with open(self.workdir / log_name, "wb") as log:  # the child keeps its own copy
+            process = subprocess.Popen(args, stderr=log, **kwargs)
         self.started.append(process)
         return process
 

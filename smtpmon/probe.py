@@ -103,8 +103,9 @@ def parse_capabilities(reply: Reply, *, used_helo: bool = False) -> Capabilities
     capabilities = _CAPABILITIES.get((lines, used_helo))
     if capabilities is None:
         capabilities = _capabilities(lines, used_helo)
-        # A hostile reply must not fill the cache, nor can it grow without bound.
-        if sum(map(len, lines)) <= CACHED_EHLO_BYTES and len(_CAPABILITIES) < CACHED_EHLO_REPLIES:
+        if sum(map(len, lines)) <= CACHED_EHLO_BYTES:  # a hostile reply must not fill it
+            if len(_CAPABILITIES) >= CACHED_EHLO_REPLIES:
+                _CAPABILITIES.pop(next(iter(_CAPABILITIES)), None)  # the oldest makes room
             _CAPABILITIES[(lines, used_helo)] = capabilities
     return capabilities
 
@@ -128,7 +129,7 @@ def _capabilities(lines: tuple[str, ...], used_helo: bool) -> Capabilities:
 
 # A server advertises the same extensions on every probe, and many servers the same ones: one
 # shared (immutable) Capabilities per distinct reply (after its first line, the server's name)
-# instead of a frozenset per probe. Filled up to CACHED_EHLO_REPLIES, then only looked up.
+# instead of a frozenset per probe. At most CACHED_EHLO_REPLIES, oldest out first.
 _CAPABILITIES: dict[tuple[tuple[str, ...], bool], Capabilities] = {}
 
 
