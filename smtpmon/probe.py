@@ -24,6 +24,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from smtpmon.hub import Hub
 from smtpmon.module import Module
 from smtpmon.results import Capabilities, ProbeResult, Reply, StageResult, TlsInfo
 from smtpmon.smtpclient import (
@@ -157,9 +158,13 @@ def run_probe(
     deadline: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     module_name: str = "default",
+    hub: Hub | None = None,
 ) -> ProbeResult:
-    """Run one SMTP session against target ("host:port") as module says. Never raises."""
-    session = _Session(target, module, module_name, deadline, clock)
+    """Run one SMTP session against target ("host:port") as module says. Never raises.
+
+    With a hub (called from a session the hub spawned) it waits by parking on the hub instead
+    of blocking its thread; `clock` must then be time.monotonic."""
+    session = _Session(target, module, module_name, deadline, clock, hub)
     try:
         session.run()
     except Exception as error:  # noqa: BLE001 - the engine's promise: a result, not a crash
@@ -180,8 +185,9 @@ class _StageRecord:
 
 
 class _Session:
-    def __init__(self, target, module, module_name, deadline, clock):
+    def __init__(self, target, module, module_name, deadline, clock, hub):
         self.target = target
+        self.hub = hub
         self.module = module
         self.module_name = module_name
         self.clock = clock
@@ -189,7 +195,7 @@ class _Session:
         self.start = clock()
         self.deadline = self.start + module.timeout_seconds if deadline is None else deadline
         self.transcript = Transcript(self.start, clock)
-        self.connection = SmtpConnection(self.deadline, self.transcript, clock)
+        self.connection = SmtpConnection(self.deadline, self.transcript, clock, hub)
         self.stages: list[StageResult] = []
         self.current_stage = "resolve"
         self.failure: tuple[str, str, str] | None = None  # (stage, reason, detail)
@@ -295,7 +301,7 @@ class _Session:
                 self.host, self.port = parse_target(self.target, default_port)
             except ValueError as error:
                 raise SessionError("dns_failure", str(error)) from None
-            self.addresses = resolve(self.host, self.port, family, self.deadline - self.clock())
+            self.addresses = resolve(self.host, self.port, family, self.deadline - self.clock(), self.hub)
         except SessionError as error:
             self.transcript.note(error.detail)
             raise
@@ -375,6 +381,7 @@ class _Session:
                 verify_error=error.verify_error,
                 deadline=self.deadline,
                 clock=self.clock,
+                hub=self.hub,
             ) or TlsInfo(verified=False, verify_error=error.verify_error)
             self.note_tls()
             raise

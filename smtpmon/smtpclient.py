@@ -14,12 +14,17 @@ SO_SNDTIMEO on a blocking socket): one syscall per read or write. Python's own s
 costs a poll() before every call and an ioctl() for each settimeout(), and each of those hands
 the GIL to another thread when many probes run at once. A TLS socket keeps Python's timeout:
 the ssl module retries a blocking read that the kernel timed out instead of giving up.
+
+Given a `smtpmon.hub.Hub` (the daemon's scheduler), the socket is non-blocking instead and
+every wait parks the session on the hub until the socket is ready or the deadline passes, so
+one thread runs many sessions. The session code above this module is the same either way.
 """
 
 from __future__ import annotations
 
 import array
 import dataclasses
+import errno
 import functools
 import ipaddress
 import os
@@ -31,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from smtpmon.hub import READ, WRITE, Hub
 from smtpmon.replycodes import make_reply, parse_line
 from smtpmon.results import Reply, TlsInfo, TranscriptLine
 
@@ -188,12 +194,12 @@ def _literal_family(host: str) -> int | None:
 
 
 def resolve(
-    host: str, port: int, family: int, timeout: float
+    host: str, port: int, family: int, timeout: float, hub: Hub | None = None
 ) -> list[tuple[int, tuple]]:
     """Addresses for host as (family, sockaddr), IP literals without a lookup.
 
     getaddrinfo cannot be given a timeout, so it runs in a daemon thread that is abandoned
-    when the deadline comes first.
+    when the deadline comes first (with a hub, the session parks on the hub meanwhile).
     """
     literal_family = _literal_family(host)
     if literal_family is not None:
@@ -204,26 +210,37 @@ def resolve(
         return [(literal_family, sockaddr)]
     if timeout <= 0:
         raise SessionError("dns_failure", f"no time left to resolve {host}")
-    outcome: dict[str, object] = {}
-    done = threading.Event()
 
-    def lookup() -> None:
+    def lookup() -> object:
         try:
-            outcome["answer"] = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+            return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
         except (OSError, UnicodeError) as error:
-            outcome["error"] = error
-        done.set()
+            return error
 
-    threading.Thread(target=lookup, name="smtpmon-resolve", daemon=True).start()
-    if not done.wait(timeout):
+    answered, answer = (_wait_thread if hub is None else hub.wait_thread)(lookup, time.monotonic() + timeout)
+    if not answered:
         raise SessionError("dns_failure", f"no answer resolving {host} within {timeout:.1f}s")
-    if "error" in outcome:
-        raise SessionError("dns_failure", f"cannot resolve {host}: {outcome['error']}")
-    answer = outcome["answer"]
+    if isinstance(answer, Exception):
+        raise SessionError("dns_failure", f"cannot resolve {host}: {answer}")
     unique = list(dict.fromkeys((info[0], info[4]) for info in answer))  # type: ignore[union-attr]
     if not unique:
         raise SessionError("dns_failure", f"no addresses for {host}")
     return unique
+
+
+def _wait_thread(function: Callable[[], object], until: float) -> tuple[bool, object]:
+    """Hub.wait_thread for a session on its own thread: block on an Event instead."""
+    outcome: list[object] = []
+    done = threading.Event()
+
+    def run() -> None:
+        outcome.append(function())
+        done.set()
+
+    threading.Thread(target=run, name="smtpmon-resolve", daemon=True).start()
+    if not done.wait(max(0.0, until - time.monotonic())):
+        return False, None
+    return True, outcome[0]
 
 
 def make_tls_context(
@@ -305,7 +322,9 @@ def _parsed_certificate_facts(der: bytes) -> tuple[tuple[str, object], ...]:
 class SmtpConnection:
     """One TCP (and maybe TLS) connection speaking SMTP, recording every line it moves."""
 
-    def __init__(self, deadline: float, transcript: Transcript, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, deadline: float, transcript: Transcript, clock: Callable[[], float] = time.monotonic,
+                 hub: Hub | None = None):
+        self._hub = hub  # with a hub, `clock` must be time.monotonic (the hub's deadlines)
         self._deadline = deadline
         self._clock = clock
         self._transcript = transcript
@@ -364,6 +383,9 @@ class SmtpConnection:
     def connect(self, family: int, sockaddr: tuple) -> None:
         left = self._time_left(self._deadline, "connect_timeout")
         sock = socket.socket(family, socket.SOCK_STREAM)
+        if self._hub is not None:
+            self._connect_parked(sock, sockaddr, left)
+            return
         try:
             if sock.gettimeout() is not None:  # socket.setdefaulttimeout() was called
                 sock.settimeout(None)
@@ -380,12 +402,34 @@ class SmtpConnection:
             raise self._noted(SessionError("connect_refused", f"connection failed: {error.strerror or error}")) from None
         self._sock = sock
 
+    def _connect_parked(self, sock: socket.socket, sockaddr: tuple, left: float) -> None:
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            error = sock.connect_ex(sockaddr)
+            if error == errno.EINPROGRESS:
+                if not self._hub.wait_socket(sock, WRITE, self._deadline):
+                    error = errno.ETIMEDOUT
+                else:
+                    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError as failed:
+            error = failed.errno or errno.EIO
+        if error:
+            self._hub.forget(sock)
+            sock.close()
+            if error == errno.ETIMEDOUT:
+                raise self._noted(SessionError("connect_timeout", f"no TCP connection within {left:.2f}s"))
+            raise self._noted(SessionError("connect_refused", f"connection failed: {os.strerror(error)}"))
+        self._sock = sock
+
     @property
     def local_address(self) -> str | None:
         return self._sock.getsockname()[0] if self._sock else None
 
     def close(self) -> None:
         if self._sock is not None:
+            if self._hub is not None:
+                self._hub.forget(self._sock)
             try:
                 self._sock.close()
             except OSError:
@@ -404,9 +448,16 @@ class SmtpConnection:
                 f"the server sent {len(self._buffer)} bytes after its reply to STARTTLS, "
                 "before the TLS handshake",
             ))
-        self._sock.settimeout(self._time_left(self._deadline))
+        if self._hub is None:
+            self._sock.settimeout(self._time_left(self._deadline))
         try:
-            tls_sock = context.wrap_socket(self._sock, server_hostname=server_name)
+            if self._hub is None:
+                tls_sock = context.wrap_socket(self._sock, server_hostname=server_name)
+            else:
+                tls_sock = context.wrap_socket(self._sock, server_hostname=server_name,
+                                               do_handshake_on_connect=False)
+                self._sock = tls_sock  # the fd moved: closed with the connection whatever happens
+                self._parked(tls_sock.do_handshake)
         except ssl.SSLCertVerificationError as error:
             reason = _VERIFY_REASONS.get(error.verify_code, "certificate_untrusted")
             words = error.verify_message or str(error)
@@ -428,9 +479,18 @@ class SmtpConnection:
 
     def _send(self, data: bytes) -> None:
         assert self._sock is not None
-        self._arm(socket.SO_SNDTIMEO, self._deadline)
         try:
-            self._sock.sendall(data)
+            # Not sendall: with a kernel timeout, each of its sends may wait that long again.
+            view = memoryview(data)
+            while view:
+                if self._hub is None:
+                    if self._clock() >= self._deadline:
+                        raise TimeoutError
+                    self._arm(socket.SO_SNDTIMEO, self._deadline)
+                    sent = self._sock.send(view)
+                else:
+                    sent = self._parked(self._sock.send, view, blocked=WRITE)
+                view = view[sent:]
             # A reply comes next. Having just sent, the kernel would delay its ACK of what
             # arrives now (up to 40 ms), and a server with Nagle on holds its reply until that
             # ACK when it wrote something just before: after STARTTLS, Postfix's TLS session
@@ -535,9 +595,16 @@ class SmtpConnection:
 
     def _receive(self, until: float) -> None:
         assert self._sock is not None
-        self._arm(socket.SO_RCVTIMEO, until)
         try:
-            chunk = self._sock.recv(_RECV_BYTES)
+            if self._hub is None:
+                self._arm(socket.SO_RCVTIMEO, until)
+                chunk = self._sock.recv(_RECV_BYTES)
+            else:
+                # A reply comes after a command, so wait before reading rather than try a
+                # read that would nearly always find nothing yet.
+                if not (self._tls and self._sock.pending()):
+                    self._wait(READ, until)
+                chunk = self._parked(self._sock.recv, _RECV_BYTES, until=until)
         except (TimeoutError, BlockingIOError):
             self._partial_line_to_transcript()
             raise self._noted(SessionError("timeout", "no complete reply before the deadline")) from None
@@ -549,6 +616,24 @@ class SmtpConnection:
             self._partial_line_to_transcript()
             raise self._noted(SessionError("connection_closed", f"the server closed the connection {where}"))
         self._buffer += chunk
+
+    def _parked(self, call: Callable, *args, until: float | None = None, blocked: int = READ):
+        """call(*args) on the non-blocking socket, parking on the hub while it would block:
+        `blocked` says for what when the kernel says so (TLS says for itself)."""
+        until = self._deadline if until is None else until
+        while True:
+            try:
+                return call(*args)
+            except BlockingIOError:
+                self._wait(blocked, until)
+            except ssl.SSLWantReadError:
+                self._wait(READ, until)
+            except ssl.SSLWantWriteError:
+                self._wait(WRITE, until)
+
+    def _wait(self, events: int, until: float) -> None:
+        if not self._hub.wait_socket(self._sock, events, until):
+            raise TimeoutError
 
     def _partial_line_to_transcript(self) -> None:
         if self._buffer:
@@ -577,6 +662,7 @@ def fetch_unverified_tls_info(
     verify_error: str,
     deadline: float,
     clock: Callable[[], float] = time.monotonic,
+    hub: Hub | None = None,
 ) -> TlsInfo | None:
     """The certificate of a server whose certificate failed verification.
 
@@ -586,7 +672,7 @@ def fetch_unverified_tls_info(
     when that does not work out: the verification error is the verdict either way.
     """
     scratch = Transcript(clock(), clock)  # its lines are not the probe's session
-    connection = SmtpConnection(deadline, scratch, clock)
+    connection = SmtpConnection(deadline, scratch, clock, hub)
     try:
         connection.connect(family, sockaddr)
         if not implicit_tls:

@@ -22,6 +22,7 @@ import pytest
 import trustme
 
 from daemon_process import start_daemon, value
+from probe_engines import ENGINES
 from smtpmon.module import Module
 from smtpmon.probe import run_probe
 from smtpmon.results import FAILURE_REASONS
@@ -224,12 +225,13 @@ def module_for(fault: Fault, kit: Kit) -> Module:
     return Module(timeout_seconds=TIMEOUT, **options)
 
 
+@pytest.mark.parametrize("engine", sorted(ENGINES))
 @pytest.mark.parametrize("fault", FAULTS, ids=[fault.id for fault in FAULTS])
-def test_misbehaviour_fails_the_right_stage_for_the_right_reason_in_time(fault, kit):
+def test_misbehaviour_fails_the_right_stage_for_the_right_reason_in_time(fault, engine, kit):
     target = serve(fault, kit)
     module = module_for(fault, kit)
     begun = time.monotonic()
-    result = run_probe(target, module)
+    result = ENGINES[engine](target, module)
     elapsed = time.monotonic() - begun
 
     assert not result.success

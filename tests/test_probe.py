@@ -15,6 +15,7 @@ from smtpmon.probe import default_ehlo_name, module_default_port, parse_target, 
 from smtpmon.replycodes import reply_category, reply_class
 from smtpmon.results import FAILURE_REASONS
 from smtpmon.smtpclient import MAX_REPLY_LINES
+from probe_engines import ENGINES
 from smtpservers import (
     BANNER,
     EHLO_OK,
@@ -32,6 +33,13 @@ from smtpservers import (
 
 TIMEOUT = 5.0
 FAST = 1.0  # a rejection must end the probe well before TIMEOUT
+
+
+@pytest.fixture(autouse=True, params=sorted(ENGINES))
+def engine(request, monkeypatch):
+    """Every case runs blocking on this thread and as a session on a hub, as the daemon runs it."""
+    monkeypatch.setitem(globals(), "run_probe", ENGINES[request.param])
+    return request.param
 
 
 def probe(target: str, **options):

@@ -23,6 +23,7 @@ from smtpmon.smtpclient import (
     printable,
     resolve,
 )
+from probe_engines import ENGINES, call_on_engine
 from smtpservers import BANNER, Expect, Send, Sleep, Trickle, reply
 
 
@@ -42,6 +43,26 @@ def test_each_read_gets_only_the_time_left_even_against_a_trickle(scripted_serve
     assert raised.value.reason == "timeout"
     assert 0.45 <= time.monotonic() - begun < 0.55
     connection.close()
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_a_server_that_stops_reading_ends_the_send_at_the_deadline(scripted_server, engine):
+    server = scripted_server([Sleep(30)])  # accepts, never reads
+
+    def session(hub):
+        now = time.monotonic()
+        connection = SmtpConnection(now + 0.5, Transcript(now, time.monotonic), hub=hub)
+        connection.connect(socket.AF_INET, ("127.0.0.1", server.port))
+        try:
+            with pytest.raises(SessionError) as raised:
+                connection.send_message(["x" * 1000] * 20_000)  # 20 MB: more than any buffer
+            return raised.value, time.monotonic() - now
+        finally:
+            connection.close()
+
+    error, elapsed = call_on_engine(engine, session)
+    assert error.reason == "timeout" and "stopped reading" in error.detail
+    assert 0.45 <= elapsed < 0.8
 
 
 def test_within_bounds_one_reply_below_the_deadline(scripted_server):

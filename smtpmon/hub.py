@@ -1,0 +1,211 @@
+"""Many probe sessions on one thread: greenlets over epoll.
+
+Why: a probe spends nearly all its time waiting for a server. With a thread per probe, each
+wait ended in a thread waking up and taking the GIL back, and the scheduler handed every probe
+to a worker thread: py-spy showed those wake-ups and hand-offs as about 40% of the daemon's CPU
+(1,000 targets every 10 s). Here the scheduler's own thread runs each session in a greenlet. A
+session that would block parks itself on its socket (or its deadline) and switches back to the
+loop, which waits on every socket at once with one epoll.
+
+Why greenlet and not asyncio: the probe engine stays plain functions. The command line and
+/probe run the very same session code on their own thread, blocking; only smtpclient's lowest
+calls (connect, send, receive, the TLS handshake) and the DNS wait ask the hub to wait when
+there is one. asyncio would mean a second, `async`, copy of the engine.
+
+Everything here runs on the hub's thread, except `post` and `wake`, which other threads use.
+A session must never block that thread: it waits through `wait_socket`, `wait_thread` or
+`sleep`, each bounded by a deadline.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+
+import greenlet
+
+from smtpmon.logs import get_logger
+
+log = get_logger("hub")
+
+READ = select.EPOLLIN
+WRITE = select.EPOLLOUT
+# Errors and hang-ups always wake the session parked on the socket: its next call sees them.
+_ALWAYS = select.EPOLLERR | select.EPOLLHUP
+
+
+class Hub:
+    """An epoll loop whose sessions are greenlets; `run_once` is called by the owning thread."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._registered: dict[int, int] = {}  # fd -> the events epoll watches for it
+        # What is parked, by key (an fd, or a private object for a thread or a sleep), with the
+        # token of that wait: a timer or a late thread only wakes the wait it was made for.
+        self._parked: dict[object, tuple[greenlet.greenlet, int]] = {}
+        self._timers: list[tuple[float, int, object]] = []  # (monotonic deadline, token, key)
+        self._tokens = itertools.count()
+        self._posted: collections.deque[Callable[[], None]] = collections.deque()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wake_fd, READ)
+        self._loop: greenlet.greenlet | None = None
+        self.sessions = 0  # spawned and not yet returned
+
+    def close(self) -> None:
+        self._epoll.close()
+        wake_fd, self._wake_fd = self._wake_fd, -1  # a late wake() must not hit a reused fd
+        os.close(wake_fd)
+
+    # -- for the owning thread -------------------------------------------------------------
+    def spawn(self, function: Callable, *args) -> None:
+        """Start function(*args) as a session now; it runs until its first wait. An exception
+        it lets out is logged, never raised here."""
+        self._loop = greenlet.getcurrent()
+        session = greenlet.greenlet(self._guarded, parent=self._loop)
+        self.sessions += 1
+        session.switch(function, args)
+
+    def _guarded(self, function: Callable, args: tuple) -> None:
+        try:
+            function(*args)
+        except Exception:
+            log.exception("session error")
+        finally:
+            self.sessions -= 1
+
+    def run_once(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds (less when a deadline comes first) for sockets, then
+        resume every session whose socket is ready or whose deadline passed."""
+        self._loop = greenlet.getcurrent()
+        timers = self._timers
+        # A wait that ended on its socket leaves its timer behind: drop such timers from the top
+        # rather than wake up for them.
+        while timers and not self._is_waiting(timers[0][2], timers[0][1]):
+            heapq.heappop(timers)
+        if timers:
+            timeout = min(timeout, timers[0][0] - time.monotonic())
+        for fd, events in self._epoll.poll(max(0.0, timeout)):
+            if fd == self._wake_fd:
+                self._run_posted()
+                continue
+            parked = self._parked.get(fd)
+            if parked is not None:
+                parked[0].switch(True)
+            elif fd in self._registered:
+                # Nobody waits on it (say a first connection kept open while a second one
+                # reads a certificate): level-triggered, it would wake every poll.
+                self._unregister(fd)
+        self._expire_timers()
+
+    def _expire_timers(self) -> None:
+        timers = self._timers
+        now = time.monotonic()
+        while timers and timers[0][0] <= now:
+            _, token, key = heapq.heappop(timers)
+            if self._is_waiting(key, token):
+                self._parked[key][0].switch(False)
+
+    def _is_waiting(self, key: object, token: int) -> bool:
+        parked = self._parked.get(key)
+        return parked is not None and parked[1] == token
+
+    def _run_posted(self) -> None:
+        try:
+            os.eventfd_read(self._wake_fd)
+        except BlockingIOError:
+            pass
+        while self._posted:
+            self._posted.popleft()()
+
+    # -- for other threads -----------------------------------------------------------------
+    def post(self, callback: Callable[[], None]) -> None:
+        """Run callback on the hub's thread at its next turn (thread-safe)."""
+        self._posted.append(callback)
+        self.wake()
+
+    def wake(self) -> None:
+        """End the current or next `run_once` wait at once (thread-safe)."""
+        if self._wake_fd < 0:  # closed: nothing waits any more
+            return
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except OSError:  # closed meanwhile
+            pass
+
+    # -- for sessions ----------------------------------------------------------------------
+    def wait_socket(self, sock, events: int, until: float) -> bool:
+        """Park the calling session until sock is ready for `events` (READ or WRITE), or an
+        error or hang-up, or until the monotonic time `until`. False when the time ran out."""
+        fd = sock.fileno()
+        wanted = events | _ALWAYS
+        registered = self._registered.get(fd)
+        if registered != wanted:
+            if registered is None:
+                self._epoll.register(fd, wanted)
+            else:
+                self._epoll.modify(fd, wanted)
+            self._registered[fd] = wanted
+        return self._park(fd, until)
+
+    def forget(self, sock) -> None:
+        """Call before closing a socket a session waited on: its fd number will be reused."""
+        fd = sock.fileno()
+        if fd >= 0 and fd in self._registered:
+            self._unregister(fd)
+
+    def _unregister(self, fd: int) -> None:
+        del self._registered[fd]
+        try:
+            self._epoll.unregister(fd)
+        except OSError:  # already closed: the kernel dropped it itself
+            pass
+
+    def sleep(self, seconds: float) -> None:
+        """Park the calling session for `seconds`."""
+        self._park(object(), time.monotonic() + seconds)
+
+    def wait_thread(self, function: Callable[[], object], until: float) -> tuple[bool, object]:
+        """Run function() on a new daemon thread (for calls that cannot be made non-blocking,
+        such as getaddrinfo) and park until it returns or `until` passes: (True, its value) or
+        (False, None). An exception it raises is returned as its value. A thread still running
+        at `until` is abandoned; its late answer is dropped."""
+        key = object()
+        outcome: list[object] = []
+        token_box: list[int] = []
+
+        def run() -> None:
+            try:
+                outcome.append(function())
+            except Exception as error:  # handed to the session, which decides
+                outcome.append(error)
+            self.post(resume)
+
+        def resume() -> None:
+            parked = self._parked.get(key)
+            if parked is not None and parked[1] == token_box[0]:
+                parked[0].switch(True)
+
+        token_box.append(next(self._tokens))
+        threading.Thread(target=run, name="smtpmon-hub-call", daemon=True).start()
+        if not self._park(key, until, token_box[0]):
+            return False, None
+        return True, outcome[0]
+
+    def _park(self, key: object, until: float, token: int | None = None) -> bool:
+        me = greenlet.getcurrent()
+        if me is self._loop or self._loop is None:
+            raise RuntimeError("only a session spawned on the hub can wait on it")
+        if token is None:
+            token = next(self._tokens)
+        self._parked[key] = (me, token)
+        heapq.heappush(self._timers, (until, token, key))
+        try:
+            return self._loop.switch()
+        finally:
+            del self._parked[key]

@@ -1,0 +1,176 @@
+"""The hub: sessions parked on sockets, deadlines, threads and sleeps, on one thread.
+
+Sockets here are socketpairs: the hub sees them exactly as it sees TCP connections. The probe
+engine on a hub is tested with the rest of the engine (tests/probe_engines.py).
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+
+import pytest
+
+from smtpmon.hub import READ, WRITE, Hub
+from smtpmon.logs import setup_logging
+
+
+@pytest.fixture
+def hub():
+    hub = Hub()
+    yield hub
+    hub.close()
+
+
+def drive(hub: Hub, seconds: float) -> None:
+    """Run the hub until no session is left, for `seconds` at most."""
+    limit = time.monotonic() + seconds
+    while hub.sessions and time.monotonic() < limit:
+        hub.run_once(limit - time.monotonic())
+
+
+def test_a_session_resumes_when_its_socket_is_ready(hub):
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    got = []
+
+    def session():
+        ready = hub.wait_socket(ours, READ, time.monotonic() + 2)
+        got.append((ready, ours.recv(100)))
+
+    hub.spawn(session)
+    assert hub.sessions == 1  # parked: nothing to read yet
+    threading.Timer(0.1, theirs.send, (b"220 ready\r\n",)).start()
+    begun = time.monotonic()
+    drive(hub, 2)
+    assert got == [(True, b"220 ready\r\n")]
+    assert 0.05 < time.monotonic() - begun < 1.0
+    ours.close(), theirs.close()
+
+
+def test_a_deadline_ends_a_wait_while_other_sessions_go_on(hub):
+    silent, _silent_peer = socket.socketpair()
+    busy, busy_peer = socket.socketpair()
+    waits = []
+    echoes = []
+
+    def waits_in_vain():
+        begun = time.monotonic()
+        ready = hub.wait_socket(silent, READ, begun + 0.3)
+        waits.append((ready, time.monotonic() - begun))
+
+    def echoes_ten_times():
+        for _ in range(10):
+            busy_peer.send(b"x")
+            assert hub.wait_socket(busy, READ, time.monotonic() + 2)
+            echoes.append(busy.recv(10))
+
+    hub.spawn(waits_in_vain)
+    hub.spawn(echoes_ten_times)
+    drive(hub, 2)
+    assert len(echoes) == 10
+    [(ready, waited)] = waits
+    assert not ready and 0.3 <= waited < 0.6
+    for sock in (silent, _silent_peer, busy, busy_peer):
+        sock.close()
+
+
+def test_wait_socket_for_writing_and_on_a_closed_peer(hub):
+    ours, theirs = socket.socketpair()
+    outcomes = []
+
+    def session():
+        outcomes.append(hub.wait_socket(ours, WRITE, time.monotonic() + 1))
+        theirs.close()
+        outcomes.append(hub.wait_socket(ours, READ, time.monotonic() + 1))  # EOF counts as ready
+        outcomes.append(ours.recv(10))
+
+    hub.spawn(session)
+    drive(hub, 2)
+    assert outcomes == [True, True, b""]
+    ours.close()
+
+
+def test_wait_thread_returns_the_value_or_gives_up_at_the_deadline(hub):
+    release = threading.Event()
+    outcomes = []
+
+    def session():
+        outcomes.append(hub.wait_thread(lambda: 42, time.monotonic() + 2))
+        outcomes.append(hub.wait_thread(lambda: 1 / 0, time.monotonic() + 2))
+        begun = time.monotonic()
+        outcomes.append(hub.wait_thread(release.wait, begun + 0.2))
+        outcomes.append(time.monotonic() - begun)
+        release.set()  # the abandoned thread now answers: nobody must be woken by it
+        hub.sleep(0.2)
+        outcomes.append("slept")
+
+    hub.spawn(session)
+    drive(hub, 3)
+    assert outcomes[0] == (True, 42)
+    assert outcomes[1][0] is True and isinstance(outcomes[1][1], ZeroDivisionError)
+    assert outcomes[2] == (False, None)
+    assert 0.2 <= outcomes[3] < 0.5
+    assert outcomes[4] == "slept"
+
+
+def test_a_session_error_is_logged_not_raised(hub):
+    stream = io.StringIO()
+    setup_logging("info", stream)
+    try:
+        hub.spawn(lambda: 1 / 0)
+    finally:
+        setup_logging("info")
+    assert hub.sessions == 0
+    assert 'msg="session error"' in stream.getvalue() and "ZeroDivisionError" in stream.getvalue()
+
+
+def test_wake_from_another_thread_ends_the_wait_at_once(hub):
+    threading.Timer(0.1, hub.wake).start()
+    begun = time.monotonic()
+    hub.run_once(5.0)
+    assert time.monotonic() - begun < 1.0
+
+
+def test_a_ready_socket_nobody_waits_on_does_not_keep_the_hub_awake(hub):
+    ours, theirs = socket.socketpair()
+
+    def leaves_a_socket_registered():
+        hub.wait_socket(ours, READ, time.monotonic() + 1)
+        ours.recv(1)
+        hub.sleep(0.6)  # parked elsewhere while more arrives on the first socket
+
+    theirs.send(b"a")
+    hub.spawn(leaves_a_socket_registered)
+    theirs.send(b"b")
+    rounds = 0
+    while hub.sessions:
+        hub.run_once(1.0)
+        rounds += 1
+    assert rounds < 10  # level-triggered, the unread byte would wake every round
+    ours.close(), theirs.close()
+
+
+def test_a_reused_file_descriptor_is_watched_afresh(hub):
+    outcomes = []
+
+    def session():
+        for _ in range(3):
+            ours, theirs = socket.socketpair()  # the previous pair's numbers come back
+            theirs.send(b"hi")
+            outcomes.append(hub.wait_socket(ours, READ, time.monotonic() + 1))
+            hub.forget(ours)
+            ours.close(), theirs.close()
+
+    hub.spawn(session)
+    drive(hub, 3)
+    assert outcomes == [True, True, True]
+
+
+def test_only_a_session_can_wait(hub):
+    ours, theirs = socket.socketpair()
+    with pytest.raises(RuntimeError, match="only a session"):
+        hub.wait_socket(ours, READ, time.monotonic() + 1)
+    ours.close(), theirs.close()
