@@ -1,4 +1,4 @@
-"""The schedule: probe every configured target at its interval, on a bounded worker pool.
+"""The schedule: probe every configured target at its interval, at most max_concurrency at once.
 
 The `schedule` library decides when each target is due: one `schedule.Job` per target, on a
 private `schedule.Scheduler()`. Its `run_pending()` and `idle_seconds` scan every job on every
@@ -6,8 +6,11 @@ tick, which at 10,000 targets costs about 7.5 ms, longer than the 6 ms between d
 (10,000 / 60 s): the loop would eat a core and fall behind. So the loop keeps a heap of the
 jobs' `next_run` times, runs each due job through `Job.run()` (which calls our dispatch and
 lets `schedule` compute the next run), and pushes the job back with its new `next_run`: O(log n)
-per due probe, nothing per idle tick. It sleeps on an Event until the next due time, so stop
-and reload wake it at once.
+per due probe, nothing per idle tick.
+
+The same thread runs the probes: each session is a greenlet on a `smtpmon.hub.Hub`, parked
+while it waits for its server, and the loop waits on the hub (every session's socket at once)
+until the next due time. Stop and reload wake it at once.
 
 Guarantees:
 - at most one probe per target in flight: a run that falls due while the previous one is still
@@ -17,7 +20,8 @@ Guarantees:
 - schedule lag (start on a worker - due time) is observed for every probe, so a saturated pool
   shows up as lag;
 - nothing a probe does (hang, raise, hostile server) reaches the loop: the probe has its own
-  deadline and every call is wrapped.
+  deadline, enforced by the hub, and every call is wrapped. A probe must only ever wait
+  through the hub it is given.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 import heapq
+import collections
 import itertools
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +38,7 @@ from typing import Callable, Protocol
 
 import schedule
 
+from smtpmon.hub import Hub
 from smtpmon.logs import get_logger
 from smtpmon.module import Module
 from smtpmon.probe import run_probe
@@ -51,16 +56,26 @@ MAX_SLEEP_SECONDS = 1.0
 CLOCK_STEP_SECONDS = 1.0
 _LOCAL_EPOCH = datetime.datetime(1970, 1, 1)
 
+# Due probes start in rounds at least this far apart (sooner when the loop is awake anyway for
+# a probe's socket): probes started together share one wake-up of the process and each other's
+# warm caches. At 1,000 targets every 10 s, one probe every 10 ms cost ~900 µs of CPU each,
+# started in 20 ms rounds ~610 µs, in 50 ms rounds ~520 µs. The price is up to this much
+# schedule lag, which the lag histogram shows.
+DISPATCH_ROUND_SECONDS = 0.05
+
 # New targets' first runs start at about this rate at most (spread over at most their interval).
 FIRST_RUNS_PER_SECOND = 20.0
 
-# (target "host:port", module name, module, absolute time.monotonic() deadline) -> result
-ProbeFunction = Callable[[str, str, Module, float], ProbeResult]
+# (target "host:port", module name, module, absolute time.monotonic() deadline, the hub to
+# wait on) -> result
+ProbeFunction = Callable[[str, str, Module, float, Hub], ProbeResult]
 
 
-def run_module_probe(target: str, module_name: str, module: Module, deadline: float) -> ProbeResult:
-    """The real probe engine, the result labelled with the module's configured name."""
-    return run_probe(target, module, deadline=deadline, module_name=module_name)
+def run_module_probe(target: str, module_name: str, module: Module, deadline: float,
+                     hub: Hub | None = None) -> ProbeResult:
+    """The real probe engine, the result labelled with the module's configured name; without
+    a hub (/probe) it blocks the calling thread."""
+    return run_probe(target, module, deadline=deadline, module_name=module_name, hub=hub)
 
 
 class Store(Protocol):
@@ -91,82 +106,9 @@ class _Entry:
     timeout_seconds: float
     signature: tuple  # (config Target, Module): equal on reload means "unchanged"
     job: schedule.Job | None = None
-    busy: bool = False  # a probe is queued or running
+    busy: bool = False  # a probe is waiting for a free slot or running
     active: bool = True  # False once removed by a reload or stop
     failure: tuple[str | None, str | None] | None = None  # (stage, reason) of the last probe
-
-
-class _Wakeup:
-    """An Event for one sleeper, on a bare lock: `threading.Event.wait` builds a Condition
-    waiter (a new lock, Python-level bookkeeping) on every call, and the loop sleeps once per
-    due probe. `wait` returns at once when `set` came first, and clears it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-
-    def set(self) -> None:
-        try:
-            self._lock.release()
-        except RuntimeError:  # already set
-            pass
-
-    def wait(self, timeout: float) -> None:
-        self._lock.acquire(timeout=max(0.0, timeout))
-
-
-class _Workers:
-    """Up to `size` probe threads fed by one queue, started as needed.
-
-    A ThreadPoolExecutor made a Future (with its Condition), a work item and a done callback
-    for every probe; the schedule needs none of them, since results go to the store. Here a
-    probe costs a queue put and get. Threads are counted idle once they finish a probe, so a
-    new thread starts only when none is free (as ThreadPoolExecutor does).
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._idle = 0
-        self._closed = False
-
-    def submit(self, function: Callable, *args) -> None:
-        """Queue function(*args); RuntimeError once closed."""
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the probe workers are closed")
-            if self._idle:
-                self._idle -= 1
-            elif len(self._threads) < self.size:
-                thread = threading.Thread(target=self._work, name=f"probe_{len(self._threads)}",
-                                          daemon=True)
-                thread.start()  # counted only once it runs: a failed start leaves no ghost
-                self._threads.append(thread)
-        self._queue.put((function, args))
-
-    def close(self) -> list[threading.Thread]:
-        """Accept nothing more; each thread ends after what is queued. Returns the threads."""
-        with self._lock:
-            self._closed = True
-            threads = list(self._threads)
-        for _ in threads:
-            self._queue.put(None)
-        return threads
-
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            function, args = item
-            try:
-                function(*args)
-            except Exception:  # the caller's own guard failed; keep the thread
-                log.exception("probe worker error")
-            with self._lock:
-                self._idle += 1
 
 
 class Scheduler:
@@ -175,14 +117,17 @@ class Scheduler:
         self._state = state
         self._probe = probe
         self._lock = threading.Lock()
-        self._wake = _Wakeup()
+        self._hub = Hub()
         self._stopping = threading.Event()
+        self._stop_deadline = 0.0  # monotonic; set by stop() before it wakes the loop
         self._schedule = schedule.Scheduler()
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._heap: list[tuple[datetime.datetime, int, _Entry]] = []
         self._sequence = itertools.count()
-        self._workers: _Workers | None = None
-        self._retired_threads: list[threading.Thread] = []  # of pools replaced by a reload
+        self._max_concurrency = 1
+        # Due probes waiting for a free slot, oldest first: (entry, due time). Filled under
+        # the lock by _dispatch, emptied by the loop outside it (a session may take the lock).
+        self._waiting: collections.deque[tuple[_Entry, datetime.datetime]] = collections.deque()
         self._thread: threading.Thread | None = None
         self._clock_offset: float | None = None  # local wall time - monotonic time, seconds
 
@@ -211,9 +156,10 @@ class Scheduler:
             wanted.update(((entry.name, entry.module_name), entry) for entry in added)
             self._entries = wanted
             self._schedule_first_runs(added)
-            self._resize_pool(config.settings.max_concurrency)
-        self._wake.set()
-        log.info("schedule applied", targets=len(wanted), max_concurrency=self._workers.size)
+            # Lowered, it holds from now on: running probes finish, no new one starts past it.
+            self._max_concurrency = max(1, int(config.settings.max_concurrency))
+        self._hub.wake()
+        log.info("schedule applied", targets=len(wanted), max_concurrency=self._max_concurrency)
 
     def _add(self, target, module: Module) -> _Entry:
         entry = _Entry(
@@ -253,17 +199,6 @@ class Scheduler:
         gone = {id(entry.job) for entry in entries}
         self._schedule.jobs[:] = [job for job in self._schedule.jobs if id(job) not in gone]
 
-    def _resize_pool(self, max_workers: int) -> None:
-        max_workers = max(1, int(max_workers))
-        if self._workers is not None and max_workers == self._workers.size:
-            return
-        old = self._workers
-        self._workers = _Workers(max_workers)
-        if old is not None:
-            # Probes already running finish on the old threads; stop() still waits for them.
-            alive = [thread for thread in self._retired_threads if thread.is_alive()]
-            self._retired_threads = alive + old.close()
-
     # -- running -------------------------------------------------------------------------
 
     @property
@@ -279,28 +214,43 @@ class Scheduler:
 
         Returns True when every probe finished in time.
         """
-        deadline = time.monotonic() + timeout
+        self._stop_deadline = time.monotonic() + timeout
         self._stopping.set()
         for entry in list(self._entries.values()):
-            entry.active = False  # probes still queued return at once
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        with self._lock:
-            threads = self._retired_threads + (self._workers.close() if self._workers else [])
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(thread.is_alive() for thread in threads)
+            entry.active = False  # probes still waiting for a slot never start
+        self._hub.wake()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                with self._lock:
-                    delay = self._run_due()
-            except Exception:  # a bug here must not silently end all monitoring
-                log.exception("scheduler loop error")
-                delay = MAX_SLEEP_SECONDS
-            self._wake.wait(min(delay, MAX_SLEEP_SECONDS))
+        hub = self._hub
+        try:
+            while not self._stopping.is_set():
+                try:
+                    with self._lock:
+                        delay = self._run_due()
+                    self._start_waiting()
+                except Exception:  # a bug here must not silently end all monitoring
+                    log.exception("scheduler loop error")
+                    delay = MAX_SLEEP_SECONDS
+                hub.run_once(min(max(delay, DISPATCH_ROUND_SECONDS), MAX_SLEEP_SECONDS))
+            for entry, _ in self._waiting:
+                entry.busy = False
+            self._waiting.clear()
+            # Probes in flight end by their own deadlines; stop() waits for them this long.
+            while hub.sessions and time.monotonic() < self._stop_deadline:
+                hub.run_once(self._stop_deadline - time.monotonic())
+        finally:
+            if not hub.sessions:
+                hub.close()
+
+    def _start_waiting(self) -> None:
+        """Start due probes while fewer than max_concurrency run."""
+        hub, waiting = self._hub, self._waiting
+        while waiting and hub.sessions < self._max_concurrency:
+            hub.spawn(self._run_probe, *waiting.popleft())
 
     def _run_due(self) -> float:
         """Dispatch every due job; return the seconds until the next one."""
@@ -311,8 +261,14 @@ class Scheduler:
             _, _, entry = heapq.heappop(heap)
             if not entry.active:
                 continue
+            due = entry.job.next_run
             try:
                 entry.job.run()  # calls self._dispatch(entry), then schedules the next run
+                # `schedule` counts the next run from now: count it from the due time, or
+                # every round's lag would stretch the interval (unless it is long past).
+                on_time = due + datetime.timedelta(seconds=entry.interval_seconds)
+                if on_time > now:
+                    entry.job.next_run = on_time
             except Exception:  # the target must stay scheduled whatever went wrong here
                 log.exception("dispatching a probe failed", target=entry.name, module=entry.module_name)
                 entry.job.next_run = now + datetime.timedelta(seconds=entry.interval_seconds)
@@ -344,23 +300,20 @@ class Scheduler:
             log.warning("probe skipped: previous run still in flight",
                         target=entry.name, module=entry.module_name)
             return
-        due = entry.job.next_run  # `schedule` moves it on only after this call returns
         entry.busy = True
-        try:
-            self._workers.submit(self._run_probe, entry, due)
-        except RuntimeError:  # the workers are closing
-            entry.busy = False
+        # `schedule` moves next_run on only after this call returns: it is the due time.
+        self._waiting.append((entry, entry.job.next_run))
 
     def _run_probe(self, entry: _Entry, due: datetime.datetime) -> None:
-        """On a worker thread: one probe of one target; never lets anything escape."""
+        """A session on the hub: one probe of one target; never lets anything escape."""
         try:
-            if not entry.active:  # removed by a reload, or stopping: not a probe, not a lag
+            if not entry.active:  # removed by a reload while waiting: not a probe, not a lag
                 return
             self._state.observe_schedule_lag((datetime.datetime.now() - due).total_seconds())
             self._state.probe_started()
             try:
                 deadline = time.monotonic() + entry.timeout_seconds
-                result = self._probe(entry.name, entry.module_name, entry.module, deadline)
+                result = self._probe(entry.name, entry.module_name, entry.module, deadline, self._hub)
             finally:
                 self._state.probe_finished()
             with self._lock:

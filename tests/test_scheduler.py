@@ -52,14 +52,14 @@ class RecordingProbe:
         self.lock = threading.Lock()
         self.behaviour = behaviour or {}
 
-    def __call__(self, target, module_name, module, deadline):
+    def __call__(self, target, module_name, module, deadline, hub):
         with self.lock:
             self.calls[target].append(time.monotonic())
         action = self.behaviour.get(target)
         if action == "raise":
             raise RuntimeError("probe engine bug")
-        if action == "hang":  # a probe that honours its deadline, as the engine does
-            time.sleep(max(0.0, deadline - time.monotonic()))
+        if action == "hang":  # a probe that honours its deadline, waiting on the hub as the engine does
+            hub.sleep(max(0.0, deadline - time.monotonic()))
         return ProbeResult(target=target, module=module_name, success=True, started_at=time.time(),
                            duration_seconds=0.001,
                            stages=(StageResult("banner", 0.001, True),))
@@ -274,7 +274,7 @@ def test_log_lines_mark_changes_not_every_probe(running):
     setup_logging("info", stream)
     outcomes = iter([False, False, False, True, True])
 
-    def flaky(target, module_name, module, deadline):
+    def flaky(target, module_name, module, deadline, hub):
         ok = next(outcomes, True)
         return ProbeResult(target=target, module=module_name, success=ok, started_at=time.time(),
                            duration_seconds=0.001, failed_stage=None if ok else "banner",
@@ -302,13 +302,13 @@ class ConcurrencyProbe(RecordingProbe):
         self.in_flight = 0
         self.most = 0
 
-    def __call__(self, target, module_name, module, deadline):
+    def __call__(self, target, module_name, module, deadline, hub):
         with self.lock:
             self.in_flight += 1
             self.most = max(self.most, self.in_flight)
         try:
-            time.sleep(max(0.0, deadline - time.monotonic()))
-            return super().__call__(target, module_name, module, deadline)
+            hub.sleep(max(0.0, deadline - time.monotonic()))
+            return super().__call__(target, module_name, module, deadline, hub)
         finally:
             with self.lock:
                 self.in_flight -= 1
@@ -324,17 +324,22 @@ def test_max_concurrency_bounds_the_probes_in_flight(running):
     assert all(probe.count(target) >= 1 for target in targets)  # queued, not dropped
 
 
-def test_stop_waits_for_probes_on_threads_a_reload_replaced(running):
+def test_a_lowered_max_concurrency_holds_from_the_reload_on(running):
     probe = ConcurrencyProbe()
-    targets = [f"127.0.0.{i}:25" for i in range(1, 4)]
-    scheduler, store, state = running(make_config(targets, timeout=0.8, max_concurrency=3), probe)
+    targets = [f"127.0.0.{i}:25" for i in range(1, 5)]
+    scheduler, store, state = running(make_config(targets, interval=1.0, timeout=0.6,
+                                                  max_concurrency=4), probe)
     deadline = time.monotonic() + 2.0
-    while probe.in_flight < 3 and time.monotonic() < deadline:
+    while probe.in_flight < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert probe.in_flight == 3
-    scheduler.apply(make_config(targets, timeout=0.8, max_concurrency=5))  # a new pool
+    assert probe.in_flight == 4
+    scheduler.apply(make_config(targets, interval=1.0, timeout=0.6, max_concurrency=1))
+    time.sleep(0.7)  # the four in flight have ended by their deadlines
+    probe.most = probe.in_flight
+    time.sleep(1.5)
+    assert probe.most == 1
     assert scheduler.stop(2.0)
-    assert probe.in_flight == 0  # the old pool's probes ended before stop returned
+    assert probe.in_flight == 0  # stop waited for the probe in flight
 
 
 @pytest.fixture
