@@ -2,7 +2,8 @@
 
 The main thread only waits for signals (`sigwait`, with the signals blocked in every thread, so
 no handler ever runs in the middle of other code): SIGHUP reloads the configuration, SIGTERM and
-SIGINT stop. The scheduler runs on its own thread and a worker pool; the HTTP server on another.
+SIGINT stop. The scheduler runs its probes on its own thread (smtpmon.hub); the HTTP server on
+others.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_CONFIG = 2
 
-# glibc gives each thread that allocates its own malloc arena (up to 8 per core); with a pool of
-# probe threads, memory freed in one arena is not reused by the others and the resident size
+# glibc gives each thread that allocates its own malloc arena (up to 8 per core); with many
+# threads (HTTP, /probe, DNS lookups; probe threads before smtpmon.hub), memory freed in one arena is not reused by the others and the resident size
 # creeps up for hours (soak, 1,000 targets: +13% in 10 min; with two arenas: +0.3% in 5 min).
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # from glibc's malloc.h
@@ -217,7 +218,7 @@ def run(options: Options) -> int:
     server.shutdown()
     server.server_close()
     if not finished:
-        # A probe overran its own deadline; its worker thread would hold the exit hostage.
+        # A probe overran its own deadline; the scheduler's thread would hold the exit hostage.
         log.warning("stopped with probes still running")
         sys.stderr.flush()
         os._exit(EXIT_OK)

@@ -17,8 +17,8 @@ Guarantees:
   queued or running is skipped and counted (`store.record_skip`);
 - first runs are spread by a stable hash of the target, not fired at once: over the interval,
   or over a shorter window when few targets are new (at most FIRST_RUNS_PER_SECOND start);
-- schedule lag (start on a worker - due time) is observed for every probe, so a saturated pool
-  shows up as lag;
+- schedule lag (start of the session - due time) is observed for every probe, so probes
+  waiting for a free slot show up as lag;
 - nothing a probe does (hang, raise, hostile server) reaches the loop: the probe has its own
   deadline, enforced by the hub, and every call is wrapped. A probe must only ever wait
   through the hub it is given.
