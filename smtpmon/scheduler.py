@@ -26,10 +26,10 @@ Guarantees:
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import heapq
-import collections
 import itertools
 import threading
 import time
@@ -219,7 +219,8 @@ class Scheduler:
         for entry in list(self._entries.values()):
             entry.active = False  # probes still waiting for a slot never start
         self._hub.wake()
-        if self._thread is None:
+        if self._thread is None:  # never started: nothing ran
+            self._hub.close()
             return True
         self._thread.join(timeout)
         return not self._thread.is_alive()
