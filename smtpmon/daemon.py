@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from smtpmon import __version__, webconfig
 from smtpmon.collector import ExporterState
@@ -39,17 +39,35 @@ EXIT_BAD_CONFIG = 2
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # from glibc's malloc.h
 
+# glibc gives memory back to the system by itself only from the top of its heap. Results
+# replaced every minute leave free pages all through it: at 10,000 targets the benchmark's
+# daemon held 155.6 MB, and 138.8 MB with malloc_trim(0) (which also releases free pages in
+# the middle of the heap) every 30 s, for no measurable CPU.
+TRIM_SECONDS = 30.0
+
+
+def _glibc_function(name: str):
+    """A glibc function by name, or None (musl, macOS: no such function)."""
+    library = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(library), name) if library else None
+    except (OSError, AttributeError):
+        return None
+
 
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """Cap glibc's malloc arenas, before any thread starts; False where libc has no mallopt."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return False  # the operator chose
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
-        return False
+    mallopt = _glibc_function("mallopt")
     return bool(mallopt and mallopt(_M_ARENA_MAX, arenas) == 1)
+
+
+def free_memory_trimmer() -> Callable[[], None]:
+    """A call that gives the heap's free pages back to the system (malloc_trim), or does
+    nothing where libc has no malloc_trim."""
+    trim = _glibc_function("malloc_trim")
+    return (lambda: trim(0)) if trim is not None else (lambda: None)
 
 
 # How often serve_forever checks for shutdown: bounds the extra time a stop takes.
@@ -204,8 +222,13 @@ def run(options: Options) -> int:
     log.info("smtpmon started", version=__version__, listen=f"{host}:{port}",
              config=config.source, targets=len(config.targets))
 
+    trim = free_memory_trimmer()
     while True:
-        received = signal.sigwait(handled)
+        received = signal.sigtimedwait(handled, TRIM_SECONDS)
+        if received is None:  # nothing to do but housekeeping
+            trim()
+            continue
+        received = received.si_signo
         if received == signal.SIGHUP:
             log.info("SIGHUP: reloading the configuration")
             daemon.reload()

@@ -17,7 +17,7 @@ import pytest
 
 from daemon_process import REPO, RunningDaemon, free_port, probed, start_daemon, value
 from smtpmon.config import DEFAULT_CONFIG_TEXT
-from smtpmon.daemon import limit_malloc_arenas
+from smtpmon.daemon import free_memory_trimmer, limit_malloc_arenas
 from smtpservers import (
     BANNER,
     EHLO_OK,
@@ -251,6 +251,21 @@ def test_malloc_arenas_are_capped_unless_the_operator_chose(monkeypatch):
     assert limit_malloc_arenas() is True
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert limit_malloc_arenas() is False
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_the_trimmer_gives_free_heap_pages_back_to_the_system():
+    def rss_mb() -> float:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+    chunks = [bytearray(1000) for _ in range(60_000)]  # ~60 MB from the heap, 1 KB each
+    kept = chunks[::100]  # one in a hundred stays: the heap cannot shrink from its top
+    del chunks
+    before = rss_mb()
+    free_memory_trimmer()()
+    assert before - rss_mb() > 30, "malloc_trim released less than half of the freed memory"
+    del kept
 
 
 def test_a_daemon_without_tls_probes_never_loads_cryptography(daemon, smtp_server):
