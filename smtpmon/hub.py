@@ -46,6 +46,9 @@ class Hub:
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._registered: dict[int, int] = {}  # fd -> the events epoll watches for it
+        # Unregistered during the current batch of events: a later event of the same batch for
+        # that number belongs to the closed socket, not to a new one that reused the number.
+        self._dropped: set[int] = set()
         # What is parked, by key (an fd, or a private object for a thread or a sleep), with the
         # token of that wait: a timer or a late thread only wakes the wait it was made for.
         self._parked: dict[object, tuple[greenlet.greenlet, int]] = {}
@@ -90,9 +93,12 @@ class Hub:
             heapq.heappop(timers)
         if timers:
             timeout = min(timeout, timers[0][0] - time.monotonic())
+        self._dropped.clear()
         for fd, events in self._epoll.poll(max(0.0, timeout)):
             if fd == self._wake_fd:
                 self._run_posted()
+                continue
+            if fd in self._dropped:
                 continue
             parked = self._parked.get(fd)
             if parked is not None:
@@ -161,6 +167,7 @@ class Hub:
 
     def _unregister(self, fd: int) -> None:
         del self._registered[fd]
+        self._dropped.add(fd)
         try:
             self._epoll.unregister(fd)
         except OSError:  # already closed: the kernel dropped it itself
@@ -176,8 +183,8 @@ class Hub:
         (False, None). An exception it raises is returned as its value. A thread still running
         at `until` is abandoned; its late answer is dropped."""
         key = object()
+        token = next(self._tokens)
         outcome: list[object] = []
-        token_box: list[int] = []
 
         def run() -> None:
             try:
@@ -187,13 +194,11 @@ class Hub:
             self.post(resume)
 
         def resume() -> None:
-            parked = self._parked.get(key)
-            if parked is not None and parked[1] == token_box[0]:
-                parked[0].switch(True)
+            if self._is_waiting(key, token):
+                self._parked[key][0].switch(True)
 
-        token_box.append(next(self._tokens))
         threading.Thread(target=run, name="smtpmon-hub-call", daemon=True).start()
-        if not self._park(key, until, token_box[0]):
+        if not self._park(key, until, token):
             return False, None
         return True, outcome[0]
 

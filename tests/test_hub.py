@@ -169,6 +169,38 @@ def test_a_reused_file_descriptor_is_watched_afresh(hub):
     assert outcomes == [True, True, True]
 
 
+def test_an_event_of_a_closed_socket_does_not_wake_the_socket_that_reused_its_number(hub):
+    first, first_peer = socket.socketpair()
+    other, other_peer = socket.socketpair()
+    reused = []
+    outcomes = []
+
+    def session():
+        for sock, peer in ((other, other_peer), (first, first_peer)):  # both watched by the hub
+            peer.send(b"0")
+            assert hub.wait_socket(sock, READ, time.monotonic() + 1)
+            sock.recv(10)
+        hub.sleep(0.05)  # a poll that finds them not ready takes them off epoll's ready list
+        other_peer.send(b"1")  # ready first ...
+        first_peer.send(b"2")  # ... then the first socket: one batch, in this order
+        hub.wait_socket(other, READ, time.monotonic() + 1)
+        number = first.fileno()
+        hub.forget(first)
+        first.close()
+        fresh, fresh_peer = socket.socketpair()  # the lowest free numbers: the first's again
+        reused.append(fresh.fileno() == number)
+        outcomes.append(hub.wait_socket(fresh, READ, time.monotonic() + 0.3))  # nothing sent
+        fresh.close(), fresh_peer.close()
+
+    hub.spawn(session)
+    drive(hub, 2)
+    if not reused[0]:
+        pytest.skip("the kernel did not reuse the descriptor number")
+    assert outcomes == [False]  # not woken by the closed socket's event
+    for sock in (first_peer, other, other_peer):
+        sock.close()
+
+
 def test_only_a_session_can_wait(hub):
     ours, theirs = socket.socketpair()
     with pytest.raises(RuntimeError, match="only a session"):
