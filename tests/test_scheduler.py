@@ -121,6 +121,19 @@ def test_first_runs_are_spread_over_the_interval(running):
     assert firsts[30] - firsts[10] > 0.5
 
 
+def test_first_runs_of_a_small_config_start_a_few_together(running):
+    probe = RecordingProbe()
+    names = [f"127.0.0.{i}:25" for i in range(1, 13)]
+    started = time.monotonic()
+    running(make_config(names, interval=1.0, timeout=0.5), probe)
+    time.sleep(1.0)
+    firsts = sorted(probe.calls[name][0] - started for name in names)
+    groups = 1 + sum(1 for a, b in zip(firsts, firsts[1:]) if b - a > 0.03)
+    # Twelve first runs over 0.6 s, in slots of about four: a few wake-ups, not twelve, and
+    # still spread out rather than all at once.
+    assert 2 <= groups <= 4, firsts
+
+
 def test_a_small_config_runs_at_once(running):
     probe = RecordingProbe()
     started = time.monotonic()
