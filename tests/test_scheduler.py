@@ -230,8 +230,9 @@ def test_apply_restarts_a_target_whose_module_options_changed(running):
     changed = make_config(["127.0.0.1:25"], interval=0.2, timeout=0.1,
                           modules={"m": Module(timeout_seconds=0.1, tls="none")})
     scheduler.apply(changed)
-    # Counters of the old options are gone; the target starts over from zero.
-    assert sample(render_metrics(store, state), "smtpmon_probes_total", target="127.0.0.1:25") == 0
+    # Counters of the old options are gone; the target starts over from zero (its first run
+    # under the new options may already have come: a lone new target runs at once).
+    assert sample(render_metrics(store, state), "smtpmon_probes_total", target="127.0.0.1:25") <= 1
 
 
 def test_stop_starts_nothing_new_and_waits_for_in_flight_probes(running):
