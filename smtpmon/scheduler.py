@@ -245,7 +245,11 @@ class Scheduler:
                 except Exception:  # a bug here must not silently end all monitoring
                     log.exception("scheduler loop error")
                     delay = MAX_SLEEP_SECONDS
-                hub.run_once(min(max(delay, DISPATCH_ROUND_SECONDS), MAX_SLEEP_SECONDS))
+                try:
+                    hub.run_once(min(max(delay, DISPATCH_ROUND_SECONDS), MAX_SLEEP_SECONDS))
+                except Exception:  # the same promise; and a broken poll must not spin
+                    log.exception("probe hub error")
+                    time.sleep(MAX_SLEEP_SECONDS)
             for entry, _ in self._waiting:
                 entry.busy = False
             self._waiting.clear()

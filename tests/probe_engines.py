@@ -1,7 +1,8 @@
 """The probe engine run both ways it runs in smtpmon: blocking on the caller's thread (the
 command line, /probe) and as a session parked on a hub (the daemon's scheduler).
 
-Engine tests take the `engine` fixture (see conftest.py) and run each case both ways.
+`ENGINES` maps each way's name to a function called like run_probe (test_probe.py and
+test_faults.py run every case both ways); `call_on_engine` runs any function either way.
 """
 
 from __future__ import annotations
@@ -19,17 +20,8 @@ HUB_GRACE_SECONDS = 5.0
 
 def run_probe_on_hub(target: str, module: Module, **options) -> ProbeResult:
     """run_probe as the only session of a fresh hub, driven on this thread to its end."""
-    hub = Hub()
-    results: list[ProbeResult] = []
-    try:
-        hub.spawn(lambda: results.append(run_probe(target, module, hub=hub, **options)))
-        limit = time.monotonic() + module.timeout_seconds + HUB_GRACE_SECONDS
-        while hub.sessions and time.monotonic() < limit:
-            hub.run_once(0.5)
-    finally:
-        hub.close()
-    assert results, "the session on the hub did not end in time"
-    return results[0]
+    return call_on_engine("hub", lambda hub: run_probe(target, module, hub=hub, **options),
+                          module.timeout_seconds + HUB_GRACE_SECONDS)
 
 
 ENGINES = {"thread": run_probe, "hub": run_probe_on_hub}

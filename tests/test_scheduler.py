@@ -416,3 +416,21 @@ def test_a_dispatch_error_keeps_the_target_scheduled(running):
         scheduler.stop(2.0)
     assert FailingOnce.failed
     assert probe.count("127.0.0.1:25") >= 3  # still probed after the error
+
+
+def test_an_error_in_the_hub_does_not_end_the_schedule(running, monkeypatch):
+    probe = RecordingProbe()
+    scheduler, store, state = running(make_config(["127.0.0.1:25"], interval=0.2, timeout=0.1), probe)
+    real_run_once = scheduler._hub.run_once
+    failures = []
+
+    def fails_once(timeout):
+        if not failures:
+            failures.append(timeout)
+            raise OSError("epoll broke")
+        return real_run_once(timeout)
+
+    monkeypatch.setattr(scheduler._hub, "run_once", fails_once)
+    time.sleep(2.2)
+    assert failures and scheduler.running
+    assert probe.count("127.0.0.1:25") >= 5  # a second's pause, then on every 0.2 s
