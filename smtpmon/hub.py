@@ -45,7 +45,8 @@ class Hub:
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        self._registered: dict[int, int] = {}  # fd -> the events epoll watches for it
+        # fd -> (the socket, the events epoll watches for it)
+        self._registered: dict[int, tuple[object, int]] = {}
         # Unregistered during the current batch of events: a later event of the same batch for
         # that number belongs to the closed socket, not to a new one that reused the number.
         self._dropped: set[int] = set()
@@ -56,14 +57,16 @@ class Hub:
         self._tokens = itertools.count()
         self._posted: collections.deque[Callable[[], None]] = collections.deque()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wake_lock = threading.Lock()  # a wake() never writes to a closed, reused number
         self._epoll.register(self._wake_fd, READ)
         self._loop: greenlet.greenlet | None = None
         self.sessions = 0  # spawned and not yet returned
 
     def close(self) -> None:
         self._epoll.close()
-        wake_fd, self._wake_fd = self._wake_fd, -1  # a late wake() must not hit a reused fd
-        os.close(wake_fd)
+        with self._wake_lock:
+            wake_fd, self._wake_fd = self._wake_fd, -1
+            os.close(wake_fd)
 
     # -- for the owning thread -------------------------------------------------------------
     def spawn(self, function: Callable, *args) -> None:
@@ -137,12 +140,9 @@ class Hub:
 
     def wake(self) -> None:
         """End the current or next `run_once` wait at once (thread-safe)."""
-        if self._wake_fd < 0:  # closed: nothing waits any more
-            return
-        try:
-            os.eventfd_write(self._wake_fd, 1)
-        except OSError:  # closed meanwhile
-            pass
+        with self._wake_lock:
+            if self._wake_fd >= 0:  # else closed: nothing waits any more
+                os.eventfd_write(self._wake_fd, 1)
 
     # -- for sessions ----------------------------------------------------------------------
     def wait_socket(self, sock, events: int, until: float) -> bool:
@@ -151,13 +151,21 @@ class Hub:
         fd = sock.fileno()
         wanted = events | _ALWAYS
         registered = self._registered.get(fd)
-        if registered != wanted:
-            if registered is None:
-                self._epoll.register(fd, wanted)
-            else:
-                self._epoll.modify(fd, wanted)
-            self._registered[fd] = wanted
+        if registered is None or registered[0] is not sock or registered[1] != wanted:
+            self._watch(fd, wanted, new=registered is None or registered[0] is not sock)
+            self._registered[fd] = (sock, wanted)
         return self._park(fd, until)
+
+    def _watch(self, fd: int, events: int, new: bool) -> None:
+        # A socket closed without forget() (ssl may close one itself) leaves the hub's entry
+        # out of date once its number comes back: the kernel's answer decides.
+        if not new:
+            self._epoll.modify(fd, events)
+            return
+        try:
+            self._epoll.register(fd, events)
+        except FileExistsError:  # the same fd under a new socket object: ssl's wrap_socket
+            self._epoll.modify(fd, events)
 
     def forget(self, sock) -> None:
         """Call before closing a socket a session waited on: its fd number will be reused."""

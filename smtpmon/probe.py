@@ -371,6 +371,7 @@ class _Session:
             self.tls = self.connection.start_tls(context, server_name)
         except CertificateError as error:
             self.connection_usable = False
+            self.connection.close()  # before the second connection: a server may allow one
             self.transcript.note("reading the certificate over a second connection, without verification, to report it")
             self.tls = fetch_unverified_tls_info(
                 *self.address,

@@ -201,6 +201,27 @@ def test_an_event_of_a_closed_socket_does_not_wake_the_socket_that_reused_its_nu
         sock.close()
 
 
+def test_a_socket_closed_without_forget_does_not_blind_the_next_with_its_number(hub):
+    outcomes = []
+
+    def session():
+        for first_wait in (READ, WRITE):  # the same events as the next wait, then others
+            ours, theirs = socket.socketpair()
+            theirs.send(b"x")
+            assert hub.wait_socket(ours, first_wait, time.monotonic() + 1)
+            ours.close(), theirs.close()  # no forget(): as when ssl closes a socket itself
+            fresh, fresh_peer = socket.socketpair()  # the same numbers again
+            fresh_peer.send(b"x")
+            begun = time.monotonic()
+            outcomes.append((hub.wait_socket(fresh, READ, begun + 1), time.monotonic() - begun < 0.5))
+            hub.forget(fresh)
+            fresh.close(), fresh_peer.close()
+
+    hub.spawn(session)
+    drive(hub, 3)
+    assert outcomes == [(True, True), (True, True)]
+
+
 def test_only_a_session_can_wait(hub):
     ours, theirs = socket.socketpair()
     with pytest.raises(RuntimeError, match="only a session"):
