@@ -157,8 +157,8 @@ class Hub:
         return self._park(fd, until)
 
     def _watch(self, fd: int, events: int, new: bool) -> None:
-        # A socket closed without forget() (ssl may close one itself) leaves the hub's entry
-        # out of date once its number comes back: the kernel's answer decides.
+        # A new socket object is registered afresh: its number may be that of a socket closed
+        # without forget() (ssl may close one itself), which the kernel has already dropped.
         if not new:
             self._epoll.modify(fd, events)
             return
