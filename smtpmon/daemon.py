@@ -35,7 +35,8 @@ EXIT_BAD_CONFIG = 2
 
 # glibc gives each thread that allocates its own malloc arena (up to 8 per core); with many
 # threads (HTTP, /probe, DNS lookups; probe threads before smtpmon.hub), memory freed in one
-# arena is not reused by the others and the resident size creeps up for hours (soak, 1,000 targets: +13% in 10 min; with two arenas: +0.3% in 5 min).
+# arena is not reused by the others and the resident size creeps up for hours (soak, 1,000
+# targets: +13% in 10 min; with two arenas: +0.3% in 5 min).
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # from glibc's malloc.h
 

@@ -210,13 +210,7 @@ def resolve(
         return [(literal_family, sockaddr)]
     if timeout <= 0:
         raise SessionError("dns_failure", f"no time left to resolve {host}")
-
-    def lookup() -> object:
-        try:
-            return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as error:
-            return error
-
+    lookup = functools.partial(socket.getaddrinfo, host, port, family, socket.SOCK_STREAM)
     answered, answer = (_wait_thread if hub is None else hub.wait_thread)(lookup, time.monotonic() + timeout)
     if not answered:
         raise SessionError("dns_failure", f"no answer resolving {host} within {timeout:.1f}s")
@@ -234,7 +228,10 @@ def _wait_thread(function: Callable[[], object], until: float) -> tuple[bool, ob
     done = threading.Event()
 
     def run() -> None:
-        outcome.append(function())
+        try:
+            outcome.append(function())
+        except Exception as error:  # handed to the caller, as Hub.wait_thread does
+            outcome.append(error)
         done.set()
 
     threading.Thread(target=run, name="smtpmon-resolve", daemon=True).start()
@@ -383,44 +380,41 @@ class SmtpConnection:
     def connect(self, family: int, sockaddr: tuple) -> None:
         left = self._time_left(self._deadline, "connect_timeout")
         sock = socket.socket(family, socket.SOCK_STREAM)
-        if self._hub is not None:
-            self._connect_parked(sock, sockaddr, left)
-            return
         try:
-            if sock.gettimeout() is not None:  # socket.setdefaulttimeout() was called
-                sock.settimeout(None)
             # Small commands must not wait for delayed ACKs (Nagle), e.g. before STARTTLS.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            set_kernel_timeout(sock, socket.SO_SNDTIMEO, left)  # bounds connect() too
-            self._armed = {socket.SO_SNDTIMEO: left}
-            sock.connect(sockaddr)
+            if self._hub is None:
+                if sock.gettimeout() is not None:  # socket.setdefaulttimeout() was called
+                    sock.settimeout(None)
+                set_kernel_timeout(sock, socket.SO_SNDTIMEO, left)  # bounds connect() too
+                self._armed = {socket.SO_SNDTIMEO: left}
+                sock.connect(sockaddr)
+            else:
+                self._connect_parked(sock, sockaddr)
         except (TimeoutError, BlockingIOError):
-            sock.close()
+            self._discard(sock)
             raise self._noted(SessionError("connect_timeout", f"no TCP connection within {left:.2f}s")) from None
         except OSError as error:
-            sock.close()
+            self._discard(sock)
             raise self._noted(SessionError("connect_refused", f"connection failed: {error.strerror or error}")) from None
         self._sock = sock
 
-    def _connect_parked(self, sock: socket.socket, sockaddr: tuple, left: float) -> None:
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            error = sock.connect_ex(sockaddr)
-            if error == errno.EINPROGRESS:
-                if not self._hub.wait_socket(sock, WRITE, self._deadline):
-                    error = errno.ETIMEDOUT
-                else:
-                    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        except OSError as failed:
-            error = failed.errno or errno.EIO
+    def _connect_parked(self, sock: socket.socket, sockaddr: tuple) -> None:
+        """connect() on a non-blocking socket, parked on the hub while the handshake runs;
+        raises as a blocking connect() would."""
+        sock.setblocking(False)
+        error = sock.connect_ex(sockaddr)
+        if error == errno.EINPROGRESS:
+            if not self._hub.wait_socket(sock, WRITE, self._deadline):
+                raise TimeoutError
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
+            raise OSError(error, os.strerror(error))  # ETIMEDOUT becomes a TimeoutError
+
+    def _discard(self, sock: socket.socket) -> None:
+        if self._hub is not None:
             self._hub.forget(sock)
-            sock.close()
-            if error == errno.ETIMEDOUT:
-                raise self._noted(SessionError("connect_timeout", f"no TCP connection within {left:.2f}s"))
-            raise self._noted(SessionError("connect_refused", f"connection failed: {os.strerror(error)}"))
-        self._sock = sock
+        sock.close()
 
     @property
     def local_address(self) -> str | None:
@@ -428,10 +422,8 @@ class SmtpConnection:
 
     def close(self) -> None:
         if self._sock is not None:
-            if self._hub is not None:
-                self._hub.forget(self._sock)
             try:
-                self._sock.close()
+                self._discard(self._sock)
             except OSError:
                 pass
             self._sock = None
@@ -448,10 +440,9 @@ class SmtpConnection:
                 f"the server sent {len(self._buffer)} bytes after its reply to STARTTLS, "
                 "before the TLS handshake",
             ))
-        if self._hub is None:
-            self._sock.settimeout(self._time_left(self._deadline))
         try:
             if self._hub is None:
+                self._sock.settimeout(self._time_left(self._deadline))
                 tls_sock = context.wrap_socket(self._sock, server_hostname=server_name)
             else:
                 tls_sock = context.wrap_socket(self._sock, server_hostname=server_name,

@@ -1,6 +1,7 @@
 """The latest result and cumulative counters of every (target, module), shared between threads.
 
-The scheduler's probe sessions call `record` as probes finish; HTTP threads read. One lock guards everything. Each
+The scheduler's probe sessions call `record` as probes finish; HTTP threads read. One lock
+guards everything. Each
 entry also keeps its exposition lines, rendered by the collector, so that a scrape of 10,000
 targets mostly joins bytes. When to render: the first change after a scrape read the entry is
 rendered at once, by the probe's session; later changes before the next scrape only mark it

@@ -204,6 +204,21 @@ def test_resolve_ip_literals_without_lookup_and_honours_the_family():
     assert raised.value.reason == "dns_failure"
 
 
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_resolve_looks_names_up_on_a_thread_and_reports_what_fails(engine):
+    # Both names are settled on this machine: localhost by /etc/hosts, the other before any
+    # query (it cannot be encoded), so no lookup leaves loopback.
+    def lookups(hub):
+        found = resolve("localhost", 25, socket.AF_INET, 2.0, hub)
+        with pytest.raises(SessionError, match="cannot resolve") as raised:
+            resolve("mx\udcff.example", 25, socket.AF_UNSPEC, 2.0, hub)
+        return found, raised.value.reason
+
+    found, reason = call_on_engine(engine, lookups)
+    assert found == [(socket.AF_INET, ("127.0.0.1", 25))]
+    assert reason == "dns_failure"
+
+
 def test_certificate_facts_from_der(ca):
     leaf = ca.issue_cert("mx.example.org", "192.0.2.25")
     der = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).public_bytes(Encoding.DER)
