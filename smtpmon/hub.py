@@ -7,9 +7,9 @@ wake-up (see scheduler.DISPATCH_ROUND_SECONDS): ~520 µs. A session that would b
 itself on its socket (or its deadline) and switches back to the loop, which waits on every
 socket at once with one epoll.
 
-Why greenlet and not asyncio: the probe engine stays plain functions. The command line and
-/probe run the very same session code on their own thread, blocking; only smtpclient's lowest
-calls (connect, send, receive, the TLS handshake) and the DNS wait ask the hub to wait when
+Why greenlet and not asyncio: the probe engine stays plain functions. The command line runs
+the very same session code on its own thread, blocking (so does /probe behind TLS or basic
+auth, see smtpmon.http); only smtpclient's lowest calls (connect, send, receive, the TLS handshake) and the DNS wait ask the hub to wait when
 there is one. asyncio would mean a second, `async`, copy of the engine.
 
 Everything here runs on the hub's thread, except `post` and `wake`, which other threads use.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import math
 import os
 import select
 import threading
@@ -56,6 +57,9 @@ class Hub:
         self._timers: list[tuple[float, int, object]] = []  # (monotonic deadline, token, key)
         self._tokens = itertools.count()
         self._posted: collections.deque[Callable[[], None]] = collections.deque()
+        # Spawned by a session (an accept loop): started by the loop, since the spawning
+        # session must not be left suspended outside any wait.
+        self._starting: collections.deque[tuple[Callable, tuple]] = collections.deque()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._wake_lock = threading.Lock()  # a wake() never writes to a closed, reused number
         self._epoll.register(self._wake_fd, READ)
@@ -71,8 +75,13 @@ class Hub:
     # -- for the owning thread -------------------------------------------------------------
     def spawn(self, function: Callable, *args) -> None:
         """Start function(*args) as a session now; it runs until its first wait. An exception
-        it lets out is logged, never raised here."""
-        self._loop = greenlet.getcurrent()
+        it lets out is logged, never raised here. Called from a session, it starts at the end
+        of the current turn instead."""
+        current = greenlet.getcurrent()
+        if self._loop is not None and current is not self._loop and current.parent is self._loop:
+            self._starting.append((function, args))
+            return
+        self._loop = current
         session = greenlet.greenlet(self._guarded, parent=self._loop)
         self.sessions += 1
         session.switch(function, args)
@@ -111,6 +120,9 @@ class Hub:
                 # reads a certificate): level-triggered, it would wake every poll.
                 self._unregister(fd)
         self._expire_timers()
+        while self._starting:
+            function, args = self._starting.popleft()
+            self.spawn(function, *args)
 
     def _expire_timers(self) -> None:
         timers = self._timers
@@ -147,7 +159,8 @@ class Hub:
     # -- for sessions ----------------------------------------------------------------------
     def wait_socket(self, sock, events: int, until: float) -> bool:
         """Park the calling session until sock is ready for `events` (READ or WRITE), or an
-        error or hang-up, or until the monotonic time `until`. False when the time ran out."""
+        error or hang-up, or until the monotonic time `until` (math.inf: no deadline). False
+        when the time ran out."""
         fd = sock.fileno()
         wanted = events | _ALWAYS
         registered = self._registered.get(fd)
@@ -217,7 +230,8 @@ class Hub:
         if token is None:
             token = next(self._tokens)
         self._parked[key] = (me, token)
-        heapq.heappush(self._timers, (until, token, key))
+        if until < math.inf:  # a timer that can never fire would stay in the heap for good
+            heapq.heappush(self._timers, (until, token, key))
         try:
             return self._loop.switch()
         finally:

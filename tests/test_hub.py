@@ -7,6 +7,7 @@ engine on a hub is tested with the rest of the engine (tests/probe_engines.py).
 from __future__ import annotations
 
 import io
+import math
 import socket
 import threading
 import time
@@ -226,4 +227,50 @@ def test_only_a_session_can_wait(hub):
     ours, theirs = socket.socketpair()
     with pytest.raises(RuntimeError, match="only a session"):
         hub.wait_socket(ours, READ, time.monotonic() + 1)
+    ours.close(), theirs.close()
+
+
+def test_a_session_may_spawn_sessions_and_goes_on_itself(hub):
+    """An accept loop spawns a session per connection and keeps accepting."""
+    listener, peer = socket.socketpair()
+    listener.setblocking(False)
+    served = []
+
+    def serve(number):
+        hub.sleep(0.01)
+        served.append(number)
+
+    def accept_loop():
+        for number in range(3):
+            hub.wait_socket(listener, READ, time.monotonic() + 2)
+            listener.recv(1)
+            hub.spawn(serve, number)
+
+    hub.spawn(accept_loop)
+    peer.send(b"xyz")
+    drive(hub, 2)
+    assert sorted(served) == [0, 1, 2]
+    assert hub.sessions == 0
+    listener.close(), peer.close()
+
+
+def test_a_wait_without_a_deadline_leaves_no_timer_behind(hub):
+    """An accept loop waits without a deadline, once per batch of connections: a timer per
+    wait that never fires would pile up for as long as the server runs."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    got = []
+
+    def reader():
+        for _ in range(100):
+            hub.wait_socket(ours, READ, math.inf)
+            got.append(ours.recv(1))
+
+    hub.spawn(hub.sleep, 30)  # a deadline that stays on top of the timer heap all along
+    hub.spawn(reader)
+    for _ in range(100):
+        theirs.send(b"x")
+        hub.run_once(1.0)
+    assert len(got) == 100
+    assert len(hub._timers) == 1  # the sleeper's
     ours.close(), theirs.close()
