@@ -2,8 +2,8 @@
 
 The main thread only waits for signals (`sigwait`, with the signals blocked in every thread, so
 no handler ever runs in the middle of other code): SIGHUP reloads the configuration, SIGTERM and
-SIGINT stop. The scheduler runs its probes on its own thread (smtpmon.hub); the HTTP server on
-others.
+SIGINT stop. The scheduler runs its probes on its own thread (smtpmon.hub); the HTTP server
+runs /probe on another hub, on its serving thread, and other requests on threads of their own.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, Callable
 from smtpmon import __version__, webconfig
 from smtpmon.collector import ExporterState
 from smtpmon.config import Config, ConfigError, default_config, load_config
+from smtpmon.hub import Hub
 from smtpmon.http import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server, parse_listen_address
 from smtpmon.logs import get_logger
 from smtpmon.module import Module
@@ -71,10 +72,10 @@ def free_memory_trimmer() -> Callable[[], None]:
     return (lambda: trim(0)) if trim is not None else (lambda: None)
 
 
-# How often serve_forever checks for shutdown: bounds the extra time a stop takes.
+# The HTTP server's longest wait; a shutdown wakes it at once.
 HTTP_POLL_SECONDS = 0.2
 # SIGTERM waits for in-flight probes up to their timeout plus this; the exit must come
-# within timeout + 1 s, and the HTTP server's shutdown poll takes up to 0.2 s more.
+# within timeout + 1 s.
 STOP_GRACE_SECONDS = 0.5
 # (target, module) pairs whose /probe counters are kept; the least recently probed goes first.
 MAX_PROBE_ENTRIES = 10_000
@@ -115,8 +116,9 @@ class Daemon:
         self.state.set_targets(len(self._config.targets))
         self.scheduler.start()
 
-    def probe(self, target: str, module_name: str, module: Module, deadline: float) -> ProbeResult:
-        return run_module_probe(target, module_name, module, deadline)
+    def probe(self, target: str, module_name: str, module: Module, deadline: float,
+              hub: Hub | None = None) -> ProbeResult:
+        return run_module_probe(target, module_name, module, deadline, hub)
 
     def reload(self) -> list[str]:
         """Load the file again and apply it; on failure keep the running config. The errors."""

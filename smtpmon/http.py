@@ -1,13 +1,19 @@
 """The HTTP side: `/metrics`, `/probe`, the landing page, health, readiness and reload.
 
-Every connection runs on its own thread (`ThreadingHTTPServer`), so a slow `/probe` never holds
-up `/metrics`. No client can hold those threads for long or take them all:
+The serving thread runs a hub (smtpmon.hub): it accepts every connection, and serves plain-HTTP
+`GET /probe?` requests itself, as hub sessions, the probe included. Prometheus keeps one
+connection per target alive, so at 64 probes at once that is 64 sessions sharing each wake-up of
+one thread, instead of 64 threads each woken, and each waiting for the GIL, for every read.
+Any other request, and every connection when TLS or basic auth is configured (a handshake or a
+bcrypt check would stall every session), goes on on a thread of its own (`Handler`), so a slow
+`/probe` never holds up `/metrics`, nor `/metrics` a probe. No client can hold either for long
+or take them all:
 
 - the TLS handshake, request line and headers must all arrive within `head_timeout` (10 s) of
   the accept, however slowly the bytes trickle (on a kept-alive connection: of the next
   request's first byte); an idle kept-alive connection is closed after `connection_timeout`;
 - at most `max_connections` connections are served at once; beyond that a new connection gets
-  an immediate 503 (plain HTTP) or is closed (TLS), with no thread started and nothing read;
+  an immediate 503 (plain HTTP) or is closed (TLS), with nothing read;
 - at most `max_concurrent_probes` `/probe` requests run at once; beyond that, an immediate 503.
 
 Bad input gets a 4xx with a reason in plain text; an internal failure is logged and answered
@@ -20,6 +26,7 @@ connection's own thread (so a slow TLS handshake holds only that thread), `autho
 
 from __future__ import annotations
 
+import email.utils
 import io
 import math
 import socket
@@ -28,12 +35,13 @@ import threading
 import time
 import urllib.parse
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Mapping, Protocol, Sequence
+from http.server import BaseHTTPRequestHandler
+from typing import Callable, Mapping, NamedTuple, Protocol, Sequence
 
 from smtpmon import __version__, landing, transcript
 from smtpmon.collector import CONTENT_TYPE, ExporterState, metrics_chunks, render_probe
 from smtpmon.config import Config, parse_address
+from smtpmon.hub import READ, WRITE, Hub
 from smtpmon.logs import get_logger
 from smtpmon.module import Module
 from smtpmon.results import ProbeResult
@@ -69,6 +77,10 @@ REFUSAL_LOG_INTERVAL_SECONDS = 60.0
 # send, one segment), a large /metrics (30 MB at 10,000 targets) in pieces joined from its
 # chunks as they go, never as one copy of the whole page.
 WRITE_BATCH_BYTES = 256 * 1024
+# The requests a hub session answers itself (see HubConnection), and how much of a head it
+# reads before it leaves a long one to the thread path's limits.
+PROBE_REQUEST = b"GET /probe?"
+HUB_HEAD_BYTES = 16384
 
 
 class Exporter(Protocol):
@@ -87,8 +99,10 @@ class Exporter(Protocol):
     def reload(self) -> list[str]:
         """Load the configuration file again; the errors, empty on success."""
 
-    def probe(self, target: str, module_name: str, module: Module, deadline: float) -> ProbeResult:
-        """Run one probe now (absolute time.monotonic() deadline)."""
+    def probe(self, target: str, module_name: str, module: Module, deadline: float,
+              hub: Hub | None) -> ProbeResult:
+        """Run one probe now (absolute time.monotonic() deadline), on the calling hub session
+        when `hub` is given, else blocking the calling thread."""
 
 
 class BadRequest(Exception):
@@ -160,8 +174,10 @@ class RequestHeadReader(io.RawIOBase):
     thread forever. Here each read gets at most the time left before the head's deadline.
     """
 
-    def __init__(self, sock: socket.socket, *, idle_timeout: float, head_timeout: float):
+    def __init__(self, sock: socket.socket, received: bytes = b"", *, idle_timeout: float,
+                 head_timeout: float):
         self._sock = sock
+        self._received = received  # already read off the socket: served first
         self._idle_timeout = idle_timeout
         self._head_timeout = head_timeout
         self._deadline: float | None = None
@@ -182,6 +198,11 @@ class RequestHeadReader(io.RawIOBase):
         self._sock.settimeout(self._idle_timeout)  # the answer's writes get the usual timeout
 
     def readinto(self, buffer) -> int:
+        if self._received:
+            count = min(len(buffer), len(self._received))
+            buffer[:count], self._received = self._received[:count], self._received[count:]
+            self._head_started()
+            return count
         timeout = self._idle_timeout
         if self._deadline is not None:
             left = self._deadline - time.monotonic()
@@ -190,10 +211,14 @@ class RequestHeadReader(io.RawIOBase):
             timeout = min(timeout, left)
         self._sock.settimeout(timeout)
         count = self._sock.recv_into(buffer)
-        if count and self._deadline_at_first_byte:
+        if count:
+            self._head_started()
+        return count
+
+    def _head_started(self) -> None:
+        if self._deadline_at_first_byte:
             self._deadline = time.monotonic() + self._head_timeout
             self._deadline_at_first_byte = False
-        return count
 
 
 class RequestHeaders(dict):
@@ -267,8 +292,224 @@ class ThrottledWarning:
         log.warning(self._message, **fields, left_out=left_out or None)
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
+class Answer(NamedTuple):
+    """What a route answers: a status, and a body as text, bytes or chunks of bytes (a large
+    /metrics page is never joined into one copy)."""
+
+    status: HTTPStatus
+    body: str | bytes | list[bytes]
+    content_type: str = TEXT
+    headers: Mapping[str, str] | None = None
+
+    def chunks(self) -> list[bytes]:
+        if isinstance(self.body, list):
+            return self.body
+        return [self.body.encode("utf-8") if isinstance(self.body, str) else self.body]
+
+    def encode(self, extra_headers: Mapping[str, str]) -> bytes:
+        """Head and body in one piece, for a small answer."""
+        chunks = self.chunks()
+        head = response_head(self.status, self.content_type, sum(map(len, chunks)),
+                             self.headers or {}, extra_headers)
+        return head + b"".join(chunks)
+
+
+INTERNAL_ERROR = Answer(HTTPStatus.SERVICE_UNAVAILABLE, "internal error; see the exporter's log\n")
+
+
+def response_head(status: HTTPStatus, content_type: str, length: int, headers: Mapping[str, str],
+                  extra_headers: Mapping[str, str], close: bool = False) -> bytes:
+    """The status line and header fields of an answer, on either path, as http.server
+    writes them (HTTP/1.1, Server, Date), then the route's headers and the configured ones."""
+    lines = [
+        f"HTTP/1.1 {status.value} {status.phrase}\r\n",
+        f"Server: smtpmon/{__version__}\r\n",
+        f"Date: {email.utils.formatdate(usegmt=True)}\r\n",
+        f"Content-Type: {content_type}\r\n",
+        f"Content-Length: {length}\r\n",
+        "Cache-Control: no-store\r\n",
+    ]
+    if close:
+        lines.append("Connection: close\r\n")
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+    lines.extend(f"{name}: {value}\r\n" for name, value in extra_headers.items())
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+def answer_request(route: Callable[..., Answer], server: Server, path: str,
+                   headers: Mapping[str, str], client: str, hub: Hub | None) -> Answer:
+    """route(server, query, headers, client, hub), its errors answered: a BadRequest with its
+    status and reason, anything else with a plain 503 (logged, never shown)."""
+    try:
+        return route(server, path.partition("?")[2], headers, client, hub)
+    except BadRequest as error:
+        return Answer(error.status, f"{error}\n")
+    except Exception:
+        log.exception("request failed", path=path[:200])
+        return INTERNAL_ERROR
+
+
+def answer_probe(server: Server, query: str, headers: Mapping[str, str], client: str,
+                 hub: Hub | None) -> Answer:
+    """/probe: one probe now, on `hub` when given (else blocking this thread)."""
+    exporter = server.exporter
+    params = single_parameters(query)
+    host, port = parse_probe_target(params.get("target"))
+    target = params["target"]
+    config = exporter.config
+    module_name = params.get("module")
+    if not module_name:
+        raise BadRequest(f"missing parameter 'module'; known: {', '.join(config.modules)}")
+    module = config.modules.get(module_name)
+    if module is None:
+        shown = module_name[:64].encode("unicode_escape").decode("ascii")
+        raise BadRequest(f"unknown module {shown!r}; known: {', '.join(config.modules)}")
+    debug = parse_debug(params.get("debug"))
+    if not config.probe_allowed(host, port):
+        raise BadRequest(
+            f"target {target} is neither a configured target nor allowed by probe_allow: "
+            "an exporter must not become a port scanner",
+            HTTPStatus.FORBIDDEN,
+        )
+    deadline = probe_deadline(headers.get(SCRAPE_TIMEOUT_HEADER), module, time.monotonic())
+    if not server.probe_slots.acquire(blocking=False):
+        # At once, not queued: Prometheus is waiting, and each waiting /probe holds a thread.
+        server.probes_refused.log(limit=server.max_concurrent_probes, client=client)
+        return Answer(HTTPStatus.SERVICE_UNAVAILABLE,
+                      f"too many concurrent probes (limit {server.max_concurrent_probes}); "
+                      "try again later\n")
+    exporter.state.probe_started()
+    try:
+        result = exporter.probe(target, module_name, module, deadline, hub)
+    finally:
+        exporter.state.probe_finished()
+        server.probe_slots.release()
+    # A failure at info, a success at debug: Prometheus asks for every target every
+    # scrape, and a line per answer would cost more than the probe's own work.
+    (log.debug if result.success else log.info)(
+        "probe via /probe", target=target, module=module_name, success=int(result.success),
+        reason=result.reason, client=client)
+    metrics = render_probe(result, exporter.probe_store)
+    if debug:
+        text = transcript.render(result).rstrip("\n")
+        body = f"{text}\n\nMetrics that would have been returned:\n".encode() + metrics
+        return Answer(HTTPStatus.OK, body, TEXT)
+    return Answer(HTTPStatus.OK, metrics, CONTENT_TYPE)
+
+
+class HubConnection:
+    """A plain-HTTP connection served as a hub session: `GET /probe?...` requests, answered
+    without leaving the hub, for as long as the client keeps the connection alive.
+
+    Anything else (another route, a method, an Expect header, bare-LF line ends, a long head)
+    is handed to a thread with the bytes already received, where `Handler` parses and
+    answers it as it answers every request: the hub's path only ever takes the common case,
+    and every error keeps http.server's wording.
+    """
+
+    def __init__(self, sock: socket.socket, hub: Hub, *, idle_timeout: float, head_timeout: float):
+        self._sock = sock
+        self._hub = hub
+        self._idle_timeout = idle_timeout
+        self._head_timeout = head_timeout
+        self.received = bytearray()
+        # The first head must be in within head_timeout of the accept; a later one within
+        # head_timeout of its first byte (None until that byte comes).
+        self.head_deadline: float | None = time.monotonic() + head_timeout
+
+    def serve(self, server: Server, client: str) -> bool:
+        """Answer requests until the connection ends (False) or is to be handed off (True)."""
+        self._sock.setblocking(False)
+        set_no_delay(self._sock)
+        while True:
+            end = self._receive_head()
+            if end is None:
+                return True
+            request = parse_probe_head(bytes(self.received[:end]))
+            if request is None:
+                return True
+            requestline, path, headers, keep_alive = request
+            del self.received[:end]
+            answer = answer_request(answer_probe, server, path, headers, client, self._hub)
+            if log.enabled("debug"):
+                log.debug(f'http "{requestline}" {answer.status.value} -', client=client)
+            self._send(answer.encode(server.extra_headers))
+            if not keep_alive:
+                return False
+            # The next head's deadline starts with its first byte, maybe sent already.
+            self.head_deadline = time.monotonic() + self._head_timeout if self.received else None
+
+    def _receive_head(self) -> int | None:
+        """Read until a whole `GET /probe?` head is in: where it ends, or None for a request
+        that is not one. Raises TimeoutError or EOFError when the connection is to close."""
+        received = self.received
+        while True:
+            if received[:len(PROBE_REQUEST)] != PROBE_REQUEST[:len(received)]:
+                return None
+            end = received.find(b"\r\n\r\n")
+            bare = received.find(b"\n\n")
+            if bare >= 0 and (end < 0 or bare < end):
+                return None  # bare-LF line ends: http.server's parser takes them
+            if end >= 0:
+                return end + 4
+            if len(received) > HUB_HEAD_BYTES:
+                return None  # the thread path enforces the real limits, with a 431
+            try:
+                data = self._sock.recv(65536)
+            except BlockingIOError:
+                # As on a thread: each read gets the idle timeout, within the head's deadline.
+                until = time.monotonic() + self._idle_timeout
+                if self.head_deadline is not None:
+                    until = min(until, self.head_deadline)
+                if not self._hub.wait_socket(self._sock, READ, until):
+                    raise TimeoutError("request head not received in time") from None
+                continue
+            if not data:
+                raise EOFError("the client closed the connection")
+            if self.head_deadline is None:
+                self.head_deadline = time.monotonic() + self._head_timeout
+            received += data
+
+    def _send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self._sock.send(view):]
+            except BlockingIOError:
+                until = time.monotonic() + self._idle_timeout
+                if not self._hub.wait_socket(self._sock, WRITE, until):
+                    raise TimeoutError("the client stopped reading the answer") from None
+
+
+def parse_probe_head(head: bytes) -> tuple[str, str, RequestHeaders, bool] | None:
+    """A `GET /probe?` request head as (request line, path, headers, keep-alive), or None
+    unless it is an ordinary HTTP/1.x one (the thread path answers those)."""
+    line, _, fields = head.partition(b"\r\n")
+    requestline = line.decode("iso-8859-1")
+    words = requestline.split()  # as http.server splits it
+    if len(words) != 3 or words[2] not in ("HTTP/1.1", "HTTP/1.0"):
+        return None
+    try:
+        headers = read_headers(io.BytesIO(fields))
+    except HeadTooLarge:
+        return None
+    if headers.get("Expect", "").lower() == "100-continue":
+        return None
+    connection = headers.get("Connection", "").lower()
+    keep_alive = words[2] == "HTTP/1.1"
+    if connection == "close":
+        keep_alive = False
+    elif connection == "keep-alive":
+        keep_alive = True
+    return requestline, words[1], headers, keep_alive
+
+
+class Server(socketserver.TCPServer):
+    """Accepts on a hub (smtpmon.hub) on the serving thread. A plain-HTTP `/probe` request is
+    served there, as a hub session, probe and all; any other request, and every connection
+    when TLS or basic auth is configured, gets a thread of its own (`Handler`)."""
+
     allow_reuse_address = True
     request_queue_size = 128
 
@@ -301,8 +542,15 @@ class Server(ThreadingHTTPServer):
             "connection limit reached; new connections get 503 until one closes")
         self.probes_refused = ThrottledWarning(
             "/probe limit reached; more concurrent /probe requests get 503")
+        self.accept_failed = ThrottledWarning("accepting a connection failed")
         self._too_many_connections = self._canned_503(
             f"too many connections (limit {max_connections}); try again later\n")
+        # Checking the password (bcrypt) or a TLS handshake would stall every session.
+        self.serves_probes_on_hub = wrap_connection is None and authorize is None
+        self.hub = Hub()
+        self._hub_connections: set[socket.socket] = set()
+        self._stopping = False
+        self._stopped = threading.Event()
         super().__init__(address, Handler)
 
     def _canned_503(self, body: str) -> bytes:
@@ -321,21 +569,92 @@ class Server(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
 
+    # -- the serving thread ----------------------------------------------------------------
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Run the hub until shutdown(): the accept loop and every hub connection."""
+        self.socket.setblocking(False)
+        try:
+            self.hub.spawn(self._accept_connections)
+            while not self._stopping:
+                self.hub.run_once(poll_interval)
+        finally:
+            for connection in self._hub_connections:
+                connection.close()
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever(), running on another thread, and wait until it has."""
+        self._stopping = True
+        self.hub.wake()
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.hub.close()
+
+    def _accept_connections(self) -> None:
+        listener = self.socket
+        while True:
+            try:
+                connection, client_address = listener.accept()
+            except BlockingIOError:
+                self.hub.wait_socket(listener, READ, math.inf)
+                continue
+            except OSError as error:  # out of file descriptors, say: wait rather than spin
+                self.accept_failed.log(error=error)
+                self.hub.sleep(0.1)
+                continue
+            self.process_request(connection, client_address)
+
     def process_request(self, request, client_address):
-        """On the accepting thread: a thread for the connection if a slot is free, else a 503."""
+        """A slot for the connection if one is free, else a 503; then its session or thread."""
         if not self.connection_slots.acquire(blocking=False):
             self._refuse(request, client_address)
             return
+        if self.serves_probes_on_hub:
+            self.hub.spawn(self._serve_on_hub, request, client_address)
+        else:
+            self._serve_on_thread(request, client_address, b"", time.monotonic() + self.head_timeout)
+
+    def _serve_on_hub(self, request: socket.socket, client_address) -> None:
+        self._hub_connections.add(request)
+        connection = HubConnection(request, self.hub, idle_timeout=self.connection_timeout,
+                                   head_timeout=self.head_timeout)
+        handed_off = False
         try:
-            super().process_request(request, client_address)
+            handed_off = connection.serve(self, client_address[0])
+            if handed_off:
+                self._hub_connections.discard(request)
+                self._serve_on_thread(request, client_address, connection.received,
+                                      connection.head_deadline)
+        except (OSError, EOFError) as error:  # the client left, or timed out: nobody to answer
+            log.debug("connection closed", client=client_address[0], error=error)
+        finally:
+            if not handed_off:
+                self._hub_connections.discard(request)
+                self.hub.forget(request)
+                self.shutdown_request(request)
+                self.connection_slots.release()
+
+    def _serve_on_thread(self, request: socket.socket, client_address, received: bytes,
+                         head_deadline: float) -> None:
+        """Go on with the connection on a new thread, from the bytes already `received`."""
+        try:
+            threading.Thread(target=self._connection_thread, name="http-connection", daemon=True,
+                             args=(request, client_address, received, head_deadline)).start()
         except BaseException:
+            self.shutdown_request(request)
             self.connection_slots.release()  # no thread started: nothing else will free it
             raise
 
-    def process_request_thread(self, request, client_address):
+    def _connection_thread(self, request, client_address, received: bytes,
+                           head_deadline: float) -> None:
         try:
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address, received, head_deadline)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
+            self.shutdown_request(request)
             self.connection_slots.release()
 
     def _refuse(self, request: socket.socket, client_address) -> None:
@@ -358,15 +677,12 @@ class Server(ThreadingHTTPServer):
                 pass
         self.shutdown_request(request)
 
-    def finish_request(self, request, client_address):
+    def finish_request(self, request, client_address, received: bytes = b"",
+                       head_deadline: float | None = None):
         """On the connection's thread: TLS if asked, then the requests, under the head deadline."""
-        head_deadline = time.monotonic() + self.head_timeout
-        try:
-            # A keep-alive client that delays its ACKs would otherwise stall each answer
-            # written in more than one send (Nagle) by ~40 ms.
-            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # not TCP, or already gone: nothing to tune
-            pass
+        if head_deadline is None:
+            head_deadline = time.monotonic() + self.head_timeout
+        set_no_delay(request)
         # The handshake is bounded as a whole by the socket timeout (CPython's ssl module).
         request.settimeout(min(self.connection_timeout, self.head_timeout))
         if self.wrap_connection is not None:
@@ -375,11 +691,20 @@ class Server(ThreadingHTTPServer):
             except (OSError, ValueError) as error:
                 log.debug("connection setup failed", client=client_address[0], error=error)
                 return
-        Handler(request, client_address, self, head_deadline)
+        Handler(request, client_address, self, head_deadline, received)
 
     def handle_error(self, request, client_address):
         # A client that vanished mid-answer is not worth a traceback on stderr.
         log.debug("connection error", client=client_address[0])
+
+
+def set_no_delay(connection: socket.socket) -> None:
+    """A keep-alive client that delays its ACKs would otherwise stall each answer written in
+    more than one send (Nagle) by ~40 ms."""
+    try:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # not TCP, or already gone: nothing to tune
+        pass
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
@@ -412,14 +737,16 @@ class Handler(BaseHTTPRequestHandler):
     # garbage line (or HTTP/2 spoken to this port) with a bare HTML page and no status line.
     default_request_version = "HTTP/1.0"
 
-    def __init__(self, request, client_address, server: Server, head_deadline: float):
+    def __init__(self, request, client_address, server: Server, head_deadline: float,
+                 received: bytes = b""):
         self._first_head_deadline = head_deadline
+        self._received = received  # read by the hub before it handed the connection over
         super().__init__(request, client_address, server)  # serves the connection
 
     def setup(self) -> None:
         super().setup()
         self.rfile.close()  # the plain socket file: replaced by one that keeps the head deadline
-        self._reader = RequestHeadReader(self.connection,
+        self._reader = RequestHeadReader(self.connection, self._received,
                                          idle_timeout=self.server.connection_timeout,
                                          head_timeout=self.server.head_timeout)
         self.rfile = io.BufferedReader(self._reader)
@@ -496,13 +823,9 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in self.server.extra_headers.items():
             self.send_header(name, value)
 
-    def _end_headers_with_body(self, chunks: Sequence[bytes]) -> None:
-        """end_headers(), then the body's chunks, in writes of about WRITE_BATCH_BYTES (the
-        head, which http.server keeps in `_headers_buffer`, in the first)."""
-        self._send_extra_headers()
-        self._headers_buffer.append(b"\r\n")
-        batch, self._headers_buffer = self._headers_buffer, []
-        size = sum(map(len, batch))
+    def _write(self, chunks: Sequence[bytes]) -> None:
+        """The chunks, joined into writes of about WRITE_BATCH_BYTES."""
+        batch, size = [], 0
         for chunk in chunks:
             batch.append(chunk)
             size += len(chunk)
@@ -568,25 +891,20 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client left; nobody to answer
         except Exception:
             log.exception("request failed", path=self.path[:200])
-            self._send(HTTPStatus.SERVICE_UNAVAILABLE, "internal error; see the exporter's log\n")
+            self._send(*INTERNAL_ERROR)
 
     def _send(self, status: HTTPStatus, body: str | bytes | list[bytes],
               content_type: str = TEXT, headers: Mapping[str, str] | None = None) -> None:
         """Answer with `body`: text, bytes, or bytes in chunks (sent without joining them)."""
-        if isinstance(body, list):
-            chunks = body
-        else:
-            chunks = [body.encode("utf-8") if isinstance(body, str) else body]
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(sum(map(len, chunks))))
-        self.send_header("Cache-Control", "no-store")
-        if self.command not in ("GET", "HEAD"):
-            # A request body we did not read must not be taken for the next request.
-            self.send_header("Connection", "close")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self._end_headers_with_body(() if self.command == "HEAD" else chunks)
+        chunks = Answer(status, body).chunks()
+        # A request body we did not read must not be taken for the next request.
+        close = self.command not in ("GET", "HEAD")
+        if close:
+            self.close_connection = True
+        self.log_request(status)
+        head = response_head(status, content_type, sum(map(len, chunks)), headers or {},
+                             self.server.extra_headers, close)
+        self._write([head] if self.command == "HEAD" else [head, *chunks])
 
     # -- routes --------------------------------------------------------------------------
 
@@ -595,52 +913,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, metrics_chunks(exporter.store, exporter.state), CONTENT_TYPE)
 
     def _probe(self, query: str) -> None:
-        exporter = self.server.exporter
-        params = single_parameters(query)
-        host, port = parse_probe_target(params.get("target"))
-        target = params["target"]
-        config = exporter.config
-        module_name = params.get("module")
-        if not module_name:
-            raise BadRequest(f"missing parameter 'module'; known: {', '.join(config.modules)}")
-        module = config.modules.get(module_name)
-        if module is None:
-            shown = module_name[:64].encode("unicode_escape").decode("ascii")
-            raise BadRequest(f"unknown module {shown!r}; known: {', '.join(config.modules)}")
-        debug = parse_debug(params.get("debug"))
-        if not config.probe_allowed(host, port):
-            raise BadRequest(
-                f"target {target} is neither a configured target nor allowed by probe_allow: "
-                "an exporter must not become a port scanner",
-                HTTPStatus.FORBIDDEN,
-            )
-        deadline = probe_deadline(self.headers.get(SCRAPE_TIMEOUT_HEADER), module, time.monotonic())
-        if not self.server.probe_slots.acquire(blocking=False):
-            # At once, not queued: Prometheus is waiting, and each waiting /probe holds a thread.
-            self.server.probes_refused.log(limit=self.server.max_concurrent_probes,
-                                           client=self.client_address[0])
-            self._send(HTTPStatus.SERVICE_UNAVAILABLE,
-                       f"too many concurrent probes (limit {self.server.max_concurrent_probes}); "
-                       "try again later\n")
-            return
-        exporter.state.probe_started()
-        try:
-            result = exporter.probe(target, module_name, module, deadline)
-        finally:
-            exporter.state.probe_finished()
-            self.server.probe_slots.release()
-        # A failure at info, a success at debug: Prometheus asks for every target every
-        # scrape, and a line per answer would cost more than the probe's own work.
-        (log.debug if result.success else log.info)(
-            "probe via /probe", target=target, module=module_name, success=int(result.success),
-            reason=result.reason, client=self.client_address[0])
-        metrics = render_probe(result, exporter.probe_store)
-        if debug:
-            text = transcript.render(result).rstrip("\n")
-            body = f"{text}\n\nMetrics that would have been returned:\n".encode() + metrics
-            self._send(HTTPStatus.OK, body, TEXT)
-        else:
-            self._send(HTTPStatus.OK, metrics, CONTENT_TYPE)
+        self._send(*answer_probe(self.server, query, self.headers, self.client_address[0], None))
 
     def _transcript(self, query: str) -> None:
         params = single_parameters(query)

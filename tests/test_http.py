@@ -208,11 +208,13 @@ def test_a_slow_probe_does_not_block_metrics(exporter):
     slow.join(10)
 
 
-def test_a_silent_client_does_not_block_metrics_and_is_dropped(daemon, serve):
+@pytest.mark.parametrize("path", ["/metrics", "/probe?target=127.0.0.1:25&module=plain"],
+                         ids=["thread", "hub"])
+def test_a_silent_client_does_not_block_metrics_and_is_dropped(daemon, serve, path):
     client = serve(daemon, connection_timeout=0.5)
     idle = [socket.create_connection(("127.0.0.1", client.port)) for _ in range(20)]
     half = socket.create_connection(("127.0.0.1", client.port))
-    half.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+    half.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode())  # headers never finished
     status, _, _ = client.get("/metrics", timeout=2)
     assert status == 200
     half.settimeout(3)
@@ -365,19 +367,25 @@ def closed_after(sock: socket.socket, send: bytes, interval: float, limit: float
 
 
 SLOW_HEAD = b"GET /metrics HTTP/1.1\r\nHost: x\r\nUser-Agent: slowloris\r\nX-Padding: " + b"z" * 100
+# The same, read by the hub's session to its end, not handed to a thread.
+SLOW_PROBE_HEAD = SLOW_HEAD.replace(b"/metrics", b"/probe?target=127.0.0.1:25&module=plain")
+SLOW_HEADS = pytest.mark.parametrize("slow_head", [SLOW_HEAD, SLOW_PROBE_HEAD], ids=["thread", "hub"])
 
 
-def test_a_head_trickling_a_byte_a_second_is_cut_off_at_the_head_deadline(daemon, serve):
+@SLOW_HEADS
+def test_a_head_trickling_a_byte_a_second_is_cut_off_at_the_head_deadline(daemon, serve, slow_head):
     """Each byte comes long before the 30 s read timeout; the whole head still gets 2 s."""
     client = serve(daemon, head_timeout=2.0)
     with socket.create_connection(("127.0.0.1", client.port)) as slow:
-        elapsed = closed_after(slow, SLOW_HEAD, interval=1.0, limit=6.0)
+        elapsed = closed_after(slow, slow_head, interval=1.0, limit=6.0)
     assert elapsed is not None, "a head trickled for 6 s was never cut off"
     assert 1.9 <= elapsed <= 2.5
     assert client.get("/metrics", timeout=2)[0] == 200
 
 
-def test_a_kept_alive_connection_may_idle_but_its_next_head_gets_the_deadline(daemon, serve):
+@SLOW_HEADS
+def test_a_kept_alive_connection_may_idle_but_its_next_head_gets_the_deadline(daemon, serve,
+                                                                              slow_head):
     client = serve(daemon, head_timeout=1.0)
     connection = http.client.HTTPConnection("127.0.0.1", client.port, timeout=5)
     connection.request("GET", "/-/healthy")
@@ -386,7 +394,7 @@ def test_a_kept_alive_connection_may_idle_but_its_next_head_gets_the_deadline(da
     connection.request("GET", "/-/healthy")
     assert connection.getresponse().read() == b"Healthy\n"
     # The next head trickles: cut off 1 s after its first byte.
-    elapsed = closed_after(connection.sock, SLOW_HEAD, interval=0.4, limit=4.0)
+    elapsed = closed_after(connection.sock, slow_head, interval=0.4, limit=4.0)
     assert elapsed is not None and 0.9 <= elapsed <= 1.5
     connection.close()
 
@@ -438,3 +446,118 @@ def test_beyond_max_concurrent_probes_a_probe_gets_503_at_once(exporter, serve):
         thread.join(5)
     assert [status for status, _, _ in answers] == [200, 200]
     assert client.get(f"/probe?target={healthy.target}&module=plain")[0] == 200  # freed
+
+
+# -- /probe on the serving thread's hub, everything else handed to a thread ------------------
+
+def succeeded(server) -> str:
+    return f'smtpmon_probe_success{{target="{server.target}",module="plain"}} 1.0'
+
+
+def read_answers(sock: socket.socket, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """`count` answers read off one connection: (status, headers by lower-case name, body)."""
+    reader = sock.makefile("rb")
+    answers = []
+    for _ in range(count):
+        status = int(reader.readline().split()[1])
+        headers = {}
+        while (line := reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        answers.append((status, headers, reader.read(int(headers["content-length"]))))
+    return answers
+
+
+def test_one_kept_alive_connection_serves_probes_and_other_routes_in_turn(exporter):
+    """A /probe on the hub, /metrics on the thread it hands the connection to, then a /probe
+    on that thread: one connection, as Prometheus keeps it."""
+    _, client, healthy, _ = exporter
+    probe = f"/probe?target={healthy.target}&module=plain"
+    connection = http.client.HTTPConnection("127.0.0.1", client.port, timeout=10)
+    answers = []
+    for path in (probe, "/metrics", probe, "/-/healthy"):
+        connection.request("GET", path)
+        response = connection.getresponse()
+        answers.append((response.status, response.read().decode()))
+    connection.close()
+    assert [status for status, _ in answers] == [200, 200, 200, 200]
+    assert succeeded(healthy) in answers[0][1] and succeeded(healthy) in answers[2][1]
+    assert f'smtpmon_probes_total{{target="{healthy.target}",module="plain"}} 2.0' in answers[2][1]
+    assert "smtpmon_probes_in_flight 0.0" in answers[1][1]
+    assert answers[3][1] == "Healthy\n"
+
+
+def test_pipelined_requests_are_answered_in_order(exporter):
+    """Requests sent in one write: the hub reads past the first head; what it read of the
+    next request goes with the connection to the thread that answers it."""
+    _, client, healthy, _ = exporter
+    probe = f"GET /probe?target={healthy.target}&module=plain HTTP/1.1\r\nHost: x\r\n\r\n"
+    rest = "GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n" + probe.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", client.port), timeout=10) as sock:
+        sock.sendall((probe + rest).encode())
+        answers = read_answers(sock, 3)
+        assert sock.recv(1) == b""  # closed as the last request asked
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    assert succeeded(healthy).encode() in answers[0][2]
+    assert answers[1][2] == b"Healthy\n"
+    assert succeeded(healthy).encode() in answers[2][2]
+
+
+def test_probes_on_the_hub_wait_together_not_in_turn(scripted_server, serve):
+    """Sixteen probes of a server that takes 0.5 s to greet finish in about 0.5 s, not 8 s."""
+    slow = scripted_server([Sleep(0.5), BANNER, EHLO_OK, QUIT_OK])
+    daemon = Daemon(parse_config(CONFIG.format(healthy=slow.target), "test"), None)
+    client = serve(daemon)
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(
+                   client.get(f"/probe?target={slow.target}&module=plain")))
+               for _ in range(16)]
+    begun = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    elapsed = time.monotonic() - begun
+    assert [status for status, _, _ in answers] == [200] * 16
+    assert all(succeeded(slow) in body for _, _, body in answers)
+    assert elapsed < 2.5, f"16 probes took {elapsed:.1f} s: they waited in turn"
+
+
+def test_a_probe_is_answered_alike_on_the_hub_and_on_a_thread(exporter, serve):
+    """With basic auth configured (here: anyone passes) every request is served on a thread;
+    the answer is the same but for the date and the counters."""
+    daemon, on_hub, healthy, _ = exporter
+    on_thread = serve(daemon, authorize=lambda headers: True, extra_headers={"X-Extra": "1"})
+    on_hub_too = serve(daemon, extra_headers={"X-Extra": "1"})
+    request = (f"GET /probe?target={healthy.target}&module=plain HTTP/1.1\r\n"
+               "Host: x\r\nConnection: close\r\n\r\n").encode()
+    answers = []
+    for client in (on_hub_too, on_thread):
+        with socket.create_connection(("127.0.0.1", client.port), timeout=10) as sock:
+            sock.sendall(request)
+            answers.extend(read_answers(sock, 1))
+            assert sock.recv(1) == b""  # closed, as the request asked
+    (hub_status, hub_headers, hub_body), (thread_status, thread_headers, thread_body) = answers
+    assert hub_status == thread_status == 200
+    assert hub_headers.keys() == thread_headers.keys()
+    assert {k: v for k, v in hub_headers.items() if k not in ("date", "content-length")} == \
+        {k: v for k, v in thread_headers.items() if k not in ("date", "content-length")}
+    assert hub_headers["x-extra"] == "1"
+    assert succeeded(healthy).encode() in hub_body and succeeded(healthy).encode() in thread_body
+
+
+@pytest.mark.parametrize("version, connection", [("HTTP/1.0", ""), ("HTTP/1.1", "close"),
+                                                 ("HTTP/1.0", "keep-alive"), ("HTTP/1.1", "")])
+def test_a_probe_on_the_hub_keeps_the_connection_as_http_does(exporter, version, connection):
+    _, client, healthy, _ = exporter
+    fields = f"Connection: {connection}\r\n" if connection else ""
+    request = f"GET /probe?target={healthy.target}&module=plain {version}\r\n{fields}\r\n"
+    with socket.create_connection(("127.0.0.1", client.port), timeout=2) as sock:
+        sock.sendall(request.encode())
+        assert read_answers(sock, 1)[0][0] == 200
+        sock.settimeout(0.5)
+        try:
+            kept = sock.recv(1) != b""
+        except TimeoutError:
+            kept = True
+    assert kept == (connection == "keep-alive" or (version, connection) == ("HTTP/1.1", ""))
