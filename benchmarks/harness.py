@@ -111,22 +111,30 @@ def make_certificates(workdir: Path) -> Certificates:
 class SmtpServer:
     process: subprocess.Popen
     ports: list[int]
+    banner_delays_file: Path  # written when the server stops (see smtpserver.py --timings)
+
+    def banner_delays(self) -> dict[int, list[tuple[float, float]]]:
+        """Per port: (accept time, seconds to the banner's write) of each delayed banner."""
+        with open(self.banner_delays_file, encoding="utf-8") as handle:
+            return {int(port): [tuple(pair) for pair in pairs]
+                    for port, pairs in json.load(handle).items()}
 
 
 def start_smtp_server(procs: Processes, certs: Certificates, behaviours: list[str],
                       rotate_seconds: float = 20.0) -> SmtpServer:
     spec = procs.workdir / f"spec-{len(procs.started)}.json"
     spec.write_text(json.dumps(behaviours))
+    delays = procs.workdir / f"banner-delays-{len(procs.started)}.json"
     process = procs.spawn(
         [PYTHON, str(ROOT / "benchmarks" / "smtpserver.py"), "--spec", str(spec),
          "--cert", certs.cert_file, "--key", certs.key_file,
-         "--rotate-seconds", str(rotate_seconds)],
+         "--rotate-seconds", str(rotate_seconds), "--timings", str(delays)],
         log_name="smtpserver.log", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )
     line = process.stdout.readline()
     if not line:
         raise RuntimeError(f"the SMTP server did not start: see {procs.workdir}/smtpserver.log")
-    return SmtpServer(process, json.loads(line))
+    return SmtpServer(process, json.loads(line), delays)
 
 
 def smtpmon_config(path: Path, ports: list[int], *, interval: float, timeout: float,

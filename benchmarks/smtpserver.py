@@ -9,7 +9,10 @@ The bound ports are printed as one JSON line on stdout; the server runs until st
 SIGTERM. Behaviours:
 
 - "ok": banner, EHLO (with STARTTLS), STARTTLS, QUIT; other commands get 250.
-- "delay:S": "ok" with the banner sent S seconds after the accept (timing accuracy).
+- "delay:S": "ok" with the banner sent S seconds after the accept (timing accuracy). With
+  `--timings FILE`, the delay each session really got (its timer fires late by up to a
+  millisecond or so: libuv counts time in milliseconds) goes to FILE at exit, as JSON:
+  {port: [[accept time (time.time()), seconds from the accept to the write], ...]}.
 - "tarpit": accepts and never says anything.
 - "reset": banner, then a TCP reset on EHLO.
 - "421": banner 421 and close.
@@ -49,6 +52,7 @@ EHLO_TLS_REPLY = ("250-mx{index}.bench.example.org\r\n250-PIPELINING\r\n250-SIZE
                   "250-ENHANCEDSTATUSCODES\r\n250 8BITMIME\r\n")
 MISBEHAVIOURS = ("tarpit", "reset", "421", "garbage", "slowloris", "tlsjunk")
 SESSIONS: collections.Counter[str] = collections.Counter()
+BANNER_DELAYS: collections.defaultdict[int, list[tuple[float, float]]] = collections.defaultdict(list)
 
 
 def rotating_behaviour(index: int, rotate_seconds: float) -> str:
@@ -78,7 +82,8 @@ class Session(asyncio.Protocol):
         if self.behaviour == "tarpit":
             return
         if self.behaviour.startswith("delay:"):
-            self.timers.append(loop.call_later(float(self.behaviour[6:]), self.write, self.listener.banner))
+            accepted = time.time(), time.monotonic()
+            self.timers.append(loop.call_later(float(self.behaviour[6:]), self.delayed_banner, accepted))
         elif self.behaviour == "421":
             transport.write(b"421 4.3.2 bench.example.org busy, try later\r\n")
             transport.close()
@@ -89,6 +94,10 @@ class Session(asyncio.Protocol):
                 self.timers.append(loop.call_later(0.5 * offset, self.write, bytes([byte])))
         else:
             transport.write(self.listener.banner)
+
+    def delayed_banner(self, accepted: tuple[float, float]) -> None:
+        BANNER_DELAYS[self.listener.port].append((accepted[0], time.monotonic() - accepted[1]))
+        self.write(self.listener.banner)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -141,6 +150,7 @@ class Listener:
     def __init__(self, index: int, behaviour: str, tls_context, rotate_seconds: float) -> None:
         self.index = index
         self.fixed = behaviour
+        self.port = 0  # once bound
         self.tls_context = tls_context
         self.rotate_seconds = rotate_seconds
         self.banner = BANNER.format(index=index).encode()
@@ -153,7 +163,7 @@ class Listener:
         return self.fixed
 
 
-async def serve(spec: list[str], tls_context, rotate_seconds: float) -> None:
+async def serve(spec: list[str], tls_context, rotate_seconds: float, timings: str | None) -> None:
     loop = asyncio.get_running_loop()
     ports = []
     servers = []
@@ -162,7 +172,8 @@ async def serve(spec: list[str], tls_context, rotate_seconds: float) -> None:
         server = await loop.create_server(lambda l=listener: Session(l), "127.0.0.1", 0,
                                           backlog=256, reuse_address=True)
         servers.append(server)
-        ports.append(server.sockets[0].getsockname()[1])
+        listener.port = server.sockets[0].getsockname()[1]
+        ports.append(listener.port)
     print(json.dumps(ports), flush=True)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -170,6 +181,9 @@ async def serve(spec: list[str], tls_context, rotate_seconds: float) -> None:
     await stop.wait()
     for server in servers:
         server.close()
+    if timings:
+        with open(timings, "w", encoding="utf-8") as handle:
+            json.dump(BANNER_DELAYS, handle)
     print(json.dumps({"sessions": dict(SESSIONS)}), file=sys.stderr, flush=True)
 
 
@@ -179,6 +193,7 @@ def main() -> None:
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--rotate-seconds", type=float, default=20.0)
+    parser.add_argument("--timings", help="JSON file written at exit: each delayed banner's delay")
     args = parser.parse_args()
     with open(args.spec, encoding="utf-8") as handle:
         spec = json.load(handle)
@@ -186,7 +201,7 @@ def main() -> None:
     context.load_cert_chain(args.cert, args.key)
     if uvloop is not None:
         uvloop.install()
-    asyncio.run(serve(spec, context, args.rotate_seconds))
+    asyncio.run(serve(spec, context, args.rotate_seconds, args.timings))
 
 
 if __name__ == "__main__":
