@@ -81,6 +81,8 @@ WRITE_BATCH_BYTES = 256 * 1024
 # reads before it leaves a long one to the thread path's limits.
 PROBE_REQUEST = b"GET /probe?"
 HUB_HEAD_BYTES = 16384
+# Connections accepted before the hub's other sessions get their turn.
+ACCEPTS_PER_TURN = 64
 
 
 class Exporter(Protocol):
@@ -447,10 +449,9 @@ class HubConnection:
         while True:
             if received[:len(PROBE_REQUEST)] != PROBE_REQUEST[:len(received)]:
                 return None
+            if received.count(b"\n") != received.count(b"\r\n"):
+                return None  # a line ending in a bare LF: http.server's parser takes those
             end = received.find(b"\r\n\r\n")
-            bare = received.find(b"\n\n")
-            if bare >= 0 and (end < 0 or bare < end):
-                return None  # bare-LF line ends: http.server's parser takes them
             if end >= 0:
                 return end + 4
             if len(received) > HUB_HEAD_BYTES:
@@ -594,17 +595,26 @@ class Server(socketserver.TCPServer):
 
     def _accept_connections(self) -> None:
         listener = self.socket
+        accepted = 0
         while True:
+            if accepted == ACCEPTS_PER_TURN:  # a flood of connections must not starve the probes
+                accepted = 0
+                self.hub.sleep(0)
             try:
                 connection, client_address = listener.accept()
             except BlockingIOError:
+                accepted = 0
                 self.hub.wait_socket(listener, READ, math.inf)
                 continue
             except OSError as error:  # out of file descriptors, say: wait rather than spin
                 self.accept_failed.log(error=error)
                 self.hub.sleep(0.1)
                 continue
-            self.process_request(connection, client_address)
+            accepted += 1
+            try:
+                self.process_request(connection, client_address)
+            except Exception:  # no thread could be started, say: the next one may be
+                log.exception("serving a connection failed", client=client_address[0])
 
     def process_request(self, request, client_address):
         """A slot for the connection if one is free, else a 503; then its session or thread."""
@@ -625,7 +635,10 @@ class Server(socketserver.TCPServer):
             handed_off = connection.serve(self, client_address[0])
             if handed_off:
                 self._hub_connections.discard(request)
-                self._serve_on_thread(request, client_address, connection.received,
+                # Before the thread owns it: once the thread closes it, the hub could take a
+                # late event of this fd number for a new socket of its own.
+                self.hub.forget(request)
+                self._serve_on_thread(request, client_address, bytes(connection.received),
                                       connection.head_deadline)
         except (OSError, EOFError) as error:  # the client left, or timed out: nobody to answer
             log.debug("connection closed", client=client_address[0], error=error)

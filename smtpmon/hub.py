@@ -105,6 +105,8 @@ class Hub:
             heapq.heappop(timers)
         if timers:
             timeout = min(timeout, timers[0][0] - time.monotonic())
+        if self._starting:  # spawned by a session that ran outside run_once (its first step)
+            timeout = 0.0
         self._dropped.clear()
         for fd, events in self._epoll.poll(max(0.0, timeout)):
             if fd == self._wake_fd:

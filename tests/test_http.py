@@ -77,6 +77,7 @@ def serve():
         started.append(server)
         return Client(server.server_address[1])
 
+    start.started = started
     yield start
     for server in started:
         server.shutdown()
@@ -561,3 +562,46 @@ def test_a_probe_on_the_hub_keeps_the_connection_as_http_does(exporter, version,
         except TimeoutError:
             kept = True
     assert kept == (connection == "keep-alive" or (version, connection) == ("HTTP/1.1", ""))
+
+
+def test_a_head_with_a_bare_lf_line_is_answered_on_the_thread_path(exporter):
+    """The hub reads CRLF heads only; one line ending in a bare LF sends the request to
+    http.server's parser, which takes it, rather than leaving it to wait for a CRLF CRLF."""
+    _, client, healthy, _ = exporter
+    request = f"GET /probe?target={healthy.target}&module=plain HTTP/1.1\r\nHost: x\n\r\n"
+    with socket.create_connection(("127.0.0.1", client.port), timeout=2) as sock:
+        sock.sendall(request.encode())
+        status, _, body = read_answers(sock, 1)[0]
+    assert status == 200 and succeeded(healthy).encode() in body
+
+
+def test_a_connection_handed_to_a_thread_is_no_longer_watched_by_the_hub(daemon, serve):
+    """The thread closes it in the end; the hub must not take a late event of that fd number
+    for a socket of its own that reuses it."""
+    client = serve(daemon)
+    server = serve.started[-1]
+    with socket.create_connection(("127.0.0.1", client.port), timeout=5) as sock:
+        time.sleep(0.2)  # the hub's session waits on the connection for its first bytes
+        sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")  # not /probe: a thread's
+        assert read_answers(sock, 1)[0][2] == b"Healthy\n"
+        watched = [watched for watched, _ in server.hub._registered.values()
+                   if watched is not server.socket]
+    assert watched == []
+
+
+def test_a_thread_that_cannot_start_does_not_stop_the_server(daemon, serve, monkeypatch):
+    """With basic auth every connection gets a thread; when one cannot be started, that
+    connection is closed and the next one is served."""
+    client = serve(daemon, authorize=lambda headers: True)
+    start = threading.Thread.start
+    failures = [RuntimeError("can't start new thread")]
+
+    def start_or_fail(thread):
+        if thread.name == "http-connection" and failures:
+            raise failures.pop()
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_or_fail)
+    with pytest.raises((ConnectionError, http.client.RemoteDisconnected)):
+        client.get("/-/healthy", timeout=2)
+    assert client.get("/-/healthy", timeout=2)[0] == 200

@@ -274,3 +274,14 @@ def test_a_wait_without_a_deadline_leaves_no_timer_behind(hub):
     assert len(got) == 100
     assert len(hub._timers) == 1  # the sleeper's
     ours.close(), theirs.close()
+
+
+def test_a_session_spawned_in_a_first_step_starts_at_the_next_turn_at_once(hub):
+    """spawn() runs a session's first step outside run_once: what that step spawns must not
+    wait for the poll's timeout (a server accepting the connections queued at its start)."""
+    started = []
+    hub.spawn(lambda: hub.spawn(started.append, "second"))
+    begun = time.monotonic()
+    hub.run_once(5.0)
+    assert started == ["second"]
+    assert time.monotonic() - begun < 1.0
