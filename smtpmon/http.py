@@ -339,12 +339,12 @@ def response_head(status: HTTPStatus, content_type: str, length: int, headers: M
     return "".join(lines).encode("latin-1")
 
 
-def answer_request(route: Callable[..., Answer], server: Server, path: str,
-                   headers: Mapping[str, str], client: str, hub: Hub | None) -> Answer:
-    """route(server, query, headers, client, hub), its errors answered: a BadRequest with its
-    status and reason, anything else with a plain 503 (logged, never shown)."""
+def answer_probe_or_error(server: Server, path: str, headers: Mapping[str, str], client: str,
+                          hub: Hub) -> Answer:
+    """answer_probe on the hub, its errors answered as Handler._dispatch answers them: a
+    BadRequest with its status and reason, anything else with a plain 503 (logged)."""
     try:
-        return route(server, path.partition("?")[2], headers, client, hub)
+        return answer_probe(server, path.partition("?")[2], headers, client, hub)
     except BadRequest as error:
         return Answer(error.status, f"{error}\n")
     except Exception:
@@ -433,7 +433,7 @@ class HubConnection:
                 return True
             requestline, path, headers, keep_alive = request
             del self.received[:end]
-            answer = answer_request(answer_probe, server, path, headers, client, self._hub)
+            answer = answer_probe_or_error(server, path, headers, client, self._hub)
             if log.enabled("debug"):
                 log.debug(f'http "{requestline}" {answer.status.value} -', client=client)
             self._send(answer.encode(server.extra_headers))
@@ -624,7 +624,8 @@ class Server(socketserver.TCPServer):
         if self.serves_probes_on_hub:
             self.hub.spawn(self._serve_on_hub, request, client_address)
         else:
-            self._serve_on_thread(request, client_address, b"", time.monotonic() + self.head_timeout)
+            head_deadline = time.monotonic() + self.head_timeout
+            self._serve_on_thread(request, client_address, b"", head_deadline)
 
     def _serve_on_hub(self, request: socket.socket, client_address) -> None:
         self._hub_connections.add(request)

@@ -9,8 +9,9 @@ socket at once with one epoll.
 
 Why greenlet and not asyncio: the probe engine stays plain functions. The command line runs
 the very same session code on its own thread, blocking (so does /probe behind TLS or basic
-auth, see smtpmon.http); only smtpclient's lowest calls (connect, send, receive, the TLS handshake) and the DNS wait ask the hub to wait when
-there is one. asyncio would mean a second, `async`, copy of the engine.
+auth, see smtpmon.http); only smtpclient's lowest calls (connect, send, receive, the TLS
+handshake) and the DNS wait ask the hub to wait when there is one. asyncio would mean a
+second, `async`, copy of the engine.
 
 Everything here runs on the hub's thread, except `post` and `wake`, which other threads use.
 A session must never block that thread: it waits through `wait_socket`, `wait_thread` or

@@ -1,13 +1,12 @@
 """The latest result and cumulative counters of every (target, module), shared between threads.
 
 The scheduler's probe sessions call `record` as probes finish; HTTP threads read. One lock
-guards everything. Each
-entry also keeps its exposition lines, rendered by the collector, so that a scrape of 10,000
-targets mostly joins bytes. When to render: the first change after a scrape read the entry is
-rendered at once, by the probe's session; later changes before the next scrape only mark it
-stale, and the scrape renders it (`rows`). A target probed less often than it is scraped is
-thus rendered by its session, never on the scrape's time; one probed every second and scraped
-every 15 s is rendered twice per scrape, not 15 times.
+guards everything. Each entry also keeps its exposition lines, rendered by the collector, so
+that a scrape of 10,000 targets mostly joins bytes. When to render: the first change after a
+scrape read the entry is rendered at once, by the probe's session; later changes before the
+next scrape only mark it stale, and the scrape renders it (`rows`). A target probed less often
+than it is scraped is thus rendered by its session, never on the scrape's time; one probed
+every second and scraped every 15 s is rendered twice per scrape, not 15 times.
 
 The daemon keeps a second, bounded store for `/probe` (`record_on_demand`): its counters grow
 from one request to the next as in daemon mode, so `rate()` means the same in both modes.
