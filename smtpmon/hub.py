@@ -14,7 +14,7 @@ handshake) and the DNS wait ask the hub to wait when there is one. asyncio would
 second, `async`, copy of the engine.
 
 Everything here runs on the hub's thread, except `post` and `wake`, which other threads use.
-A session must never block that thread: it waits through `wait_socket`, `wait_thread` or
+A session must never block that thread: it waits through `wait_socket`, `wait_callback` or
 `sleep`, each bounded by a deadline.
 """
 
@@ -201,30 +201,19 @@ class Hub:
         """Park the calling session for `seconds`."""
         self._park(object(), time.monotonic() + seconds)
 
-    def wait_thread(self, function: Callable[[], object], until: float) -> tuple[bool, object]:
-        """Run function() on a new daemon thread (for calls that cannot be made non-blocking,
-        such as getaddrinfo) and park until it returns or `until` passes: (True, its value) or
-        (False, None). An exception it raises is returned as its value. A thread still running
-        at `until` is abandoned; its late answer is dropped."""
+    def wait_callback(self, start: Callable[[Callable[[], None]], None], until: float) -> bool:
+        """Park until the callback handed to start(callback) is called, from any thread (for
+        work done elsewhere, such as a name lookup on smtpmon.lookups' threads), or until
+        `until` passes: False then, and a later call of the callback wakes nobody."""
         key = object()
         token = next(self._tokens)
-        outcome: list[object] = []
-
-        def run() -> None:
-            try:
-                outcome.append(function())
-            except Exception as error:  # handed to the session, which decides
-                outcome.append(error)
-            self.post(resume)
 
         def resume() -> None:
             if self._is_waiting(key, token):
                 self._parked[key][0].switch(True)
 
-        threading.Thread(target=run, name="smtpmon-hub-call", daemon=True).start()
-        if not self._park(key, until, token):
-            return False, None
-        return True, outcome[0]
+        start(lambda: self.post(resume))
+        return self._park(key, until, token)
 
     def _park(self, key: object, until: float, token: int | None = None) -> bool:
         me = greenlet.getcurrent()

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from smtpmon.hub import READ, WRITE, Hub
+from smtpmon.lookups import LookupPool
 from smtpmon.replycodes import make_reply, parse_line
 from smtpmon.results import Reply, TlsInfo, TranscriptLine
 
@@ -164,6 +165,8 @@ class ReplyCache:
 # The banner, EHLO (before and after TLS) and QUIT replies of some 10,000 distinct servers
 # (about 700 bytes each). Past that, oldest-out-first misses for targets probed in turn.
 REPLIES = ReplyCache(max_bytes=32 * 1024 * 1024)
+# Name lookups of every probe in the process (the daemon's, /probe's, the command line's).
+LOOKUPS = LookupPool()
 
 
 def set_kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
@@ -198,8 +201,8 @@ def resolve(
 ) -> list[tuple[int, tuple]]:
     """Addresses for host as (family, sockaddr), IP literals without a lookup.
 
-    getaddrinfo cannot be given a timeout, so it runs in a daemon thread that is abandoned
-    when the deadline comes first (with a hub, the session parks on the hub meanwhile).
+    getaddrinfo cannot be given a timeout: it runs on smtpmon.lookups' threads, and the probe
+    gives up at the deadline (with a hub, the session parks on the hub meanwhile).
     """
     literal_family = _literal_family(host)
     if literal_family is not None:
@@ -211,7 +214,7 @@ def resolve(
     if timeout <= 0:
         raise SessionError("dns_failure", f"no time left to resolve {host}")
     lookup = functools.partial(socket.getaddrinfo, host, port, family, socket.SOCK_STREAM)
-    answered, answer = (_wait_thread if hub is None else hub.wait_thread)(lookup, time.monotonic() + timeout)
+    answered, answer = LOOKUPS.run((host, port, family), lookup, time.monotonic() + timeout, hub)
     if not answered:
         raise SessionError("dns_failure", f"no answer resolving {host} within {timeout:.1f}s")
     if isinstance(answer, Exception):
@@ -220,24 +223,6 @@ def resolve(
     if not unique:
         raise SessionError("dns_failure", f"no addresses for {host}")
     return unique
-
-
-def _wait_thread(function: Callable[[], object], until: float) -> tuple[bool, object]:
-    """Hub.wait_thread for a session on its own thread: block on an Event instead."""
-    outcome: list[object] = []
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            outcome.append(function())
-        except Exception as error:  # handed to the caller, as Hub.wait_thread does
-            outcome.append(error)
-        done.set()
-
-    threading.Thread(target=run, name="smtpmon-resolve", daemon=True).start()
-    if not done.wait(max(0.0, until - time.monotonic())):
-        return False, None
-    return True, outcome[0]
 
 
 def make_tls_context(

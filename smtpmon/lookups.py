@@ -1,0 +1,133 @@
+"""Blocking calls (name lookups) on a bounded pool of threads, shared by every probe.
+
+getaddrinfo cannot be given a timeout, so a probe waits for it on another thread and gives up
+at its deadline. One thread per lookup would leave every abandoned lookup running: when the
+resolver stops answering, 10,000 targets a minute start ~170 threads a second, each living as
+long as the resolver's own timeouts (up to 30 s), until the process or its unit (TasksMax)
+can start no more threads, and then /metrics, served on threads, fails too. Here at most
+`max_threads` lookups run at once and the rest queue; identical lookups in flight share one
+call (several modules probing one host); a queued lookup that every caller gave up on is
+never run.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
+
+from smtpmon.logs import get_logger
+
+if TYPE_CHECKING:
+    from smtpmon.hub import Hub
+
+log = get_logger("lookups")
+
+MAX_THREADS = 32  # lookups in flight at once; ~100 ms each would still serve 320 a second
+IDLE_SECONDS = 30.0  # a worker with nothing to do for this long ends
+
+
+class _Lookup:
+    __slots__ = ("key", "function", "until", "finished", "outcome", "callbacks")
+
+    def __init__(self, key: Hashable, function: Callable[[], object], until: float) -> None:
+        self.key = key
+        self.function = function
+        self.until = until  # the latest deadline of its callers: after it, nobody waits
+        self.finished = False
+        self.outcome: object = None
+        self.callbacks: list[Callable[[], None]] = []
+
+
+class LookupPool:
+    def __init__(self, max_threads: int = MAX_THREADS, idle_seconds: float = IDLE_SECONDS) -> None:
+        self._max_threads = max_threads
+        self._idle_seconds = idle_seconds
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._queue: collections.deque[_Lookup] = collections.deque()
+        self._in_flight: dict[Hashable, _Lookup] = {}  # queued or running, by key
+        self._threads = 0
+        self._idle = 0
+
+    @property
+    def threads(self) -> int:
+        """Worker threads alive now."""
+        with self._lock:
+            return self._threads
+
+    def run(self, key: Hashable, function: Callable[[], object], until: float,
+            hub: Hub | None = None) -> tuple[bool, object]:
+        """function() on a pool thread, or the outcome of the call already in flight for the
+        same key: (True, its value, or the exception it raised) or (False, None) when the
+        monotonic time `until` passed first. With a hub the calling session parks on it;
+        without one the calling thread blocks."""
+        lookup = self._submit(key, function, until)
+        if hub is not None:
+            answered = hub.wait_callback(lambda done: self._on_finish(lookup, done), until)
+        else:
+            finished = threading.Event()
+            self._on_finish(lookup, finished.set)
+            answered = finished.wait(max(0.0, until - time.monotonic()))
+        return (True, lookup.outcome) if answered else (False, None)
+
+    def _submit(self, key: Hashable, function: Callable[[], object], until: float) -> _Lookup:
+        with self._lock:
+            lookup = self._in_flight.get(key)
+            if lookup is not None:
+                lookup.until = max(lookup.until, until)
+                return lookup
+            lookup = self._in_flight[key] = _Lookup(key, function, until)
+            self._queue.append(lookup)
+            if self._idle > 0:
+                self._work.notify()
+                return lookup
+            if self._threads >= self._max_threads:
+                return lookup  # queued for the next worker that is done
+            self._threads += 1
+        try:
+            threading.Thread(target=self._work_loop, name="smtpmon-lookup", daemon=True).start()
+        except RuntimeError as error:  # no more threads: the queue waits for a running worker
+            with self._lock:
+                self._threads -= 1
+            log.warning("cannot start a lookup thread", error=str(error))
+        return lookup
+
+    def _on_finish(self, lookup: _Lookup, callback: Callable[[], None]) -> None:
+        """callback() once the lookup is finished: now (on this thread) if it is already."""
+        with self._lock:
+            if not lookup.finished:
+                lookup.callbacks.append(callback)
+                return
+        callback()
+
+    def _work_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue:
+                    self._idle += 1
+                    woken = self._work.wait(self._idle_seconds)
+                    self._idle -= 1
+                    if not woken and not self._queue:
+                        self._threads -= 1
+                        return
+                lookup = self._queue.popleft()
+            if time.monotonic() < lookup.until:
+                try:
+                    outcome = lookup.function()
+                except Exception as error:  # handed to the callers, who decide
+                    outcome = error
+            else:
+                outcome = None  # every caller gave up while it queued: nobody to answer
+            self._finish(lookup, outcome)
+
+    def _finish(self, lookup: _Lookup, outcome: object) -> None:
+        with self._lock:
+            lookup.outcome = outcome
+            lookup.finished = True
+            del self._in_flight[lookup.key]
+            callbacks, lookup.callbacks = lookup.callbacks, []
+        for callback in callbacks:
+            callback()

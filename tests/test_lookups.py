@@ -1,0 +1,166 @@
+"""The lookup pool: blocking calls (getaddrinfo) on a bounded set of threads.
+
+A resolver that stops answering cannot be staged from a test (getaddrinfo asks the machine's
+resolver, off loopback), so a call held on an Event stands in for the hung lookup; the last
+test holds socket.getaddrinfo itself the same way and runs real probes through it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from probe_engines import call_on_engine
+from smtpmon import smtpclient
+from smtpmon.hub import Hub
+from smtpmon.lookups import LookupPool
+from smtpmon.module import Module
+from smtpmon.probe import run_probe
+
+
+class HeldCall:
+    """A stand-in lookup that blocks until released, counting calls and how many ran at once."""
+
+    def __init__(self, value: object = "answer"):
+        self.value = value
+        self.release = threading.Event()
+        self.calls = 0
+        self.running = 0
+        self.most_at_once = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> object:
+        with self._lock:
+            self.calls += 1
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        self.release.wait(10)
+        with self._lock:
+            self.running -= 1
+        return self.value
+
+
+def on_threads(count: int, call) -> list:
+    """call(i) on `count` threads at once; their values in order."""
+    values: list = [None] * count
+
+    def one(index: int) -> None:
+        values[index] = call(index)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    return values
+
+
+def wait_until(condition, seconds: float = 5.0) -> bool:
+    limit = time.monotonic() + seconds
+    while not condition() and time.monotonic() < limit:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_hung_lookups_hold_at_most_max_threads_and_queued_ones_that_expired_never_run():
+    pool = LookupPool(max_threads=3, idle_seconds=0.2)
+    held = HeldCall()
+    begun = time.monotonic()
+    outcomes = on_threads(10, lambda i: pool.run(f"mx{i}.example", held, begun + 0.3))
+    waited = time.monotonic() - begun
+
+    assert outcomes == [(False, None)] * 10  # each caller gave up at its deadline
+    assert 0.3 <= waited < 1.5
+    assert held.most_at_once == 3 and pool.threads == 3
+    held.release.set()
+    # The three running calls end; the seven that queued past their callers' deadline are
+    # dropped unrun, and the idle workers end.
+    assert wait_until(lambda: pool.threads == 0)
+    assert held.calls == 3
+
+
+def test_callers_of_the_same_lookup_in_flight_share_one_call():
+    pool = LookupPool(max_threads=4)
+    held = HeldCall(value=[("127.0.0.1", 25)])
+    threading.Timer(0.1, held.release.set).start()
+    outcomes = on_threads(8, lambda i: pool.run("mx.example", held, time.monotonic() + 5))
+    assert outcomes == [(True, [("127.0.0.1", 25)])] * 8
+    assert held.calls == 1
+    # Finished lookups are not cached: the next caller asks again.
+    assert pool.run("mx.example", held, time.monotonic() + 5) == (True, [("127.0.0.1", 25)])
+    assert held.calls == 2
+
+
+def test_an_exception_is_handed_back_as_the_value():
+    pool = LookupPool(max_threads=1)
+    answered, value = pool.run("bad", lambda: 1 / 0, time.monotonic() + 5)
+    assert answered is True and isinstance(value, ZeroDivisionError)
+    assert pool.run("good", lambda: 42, time.monotonic() + 5) == (True, 42)  # the worker lives on
+
+
+def test_sessions_on_a_hub_park_while_lookups_queue_and_the_hub_goes_on():
+    pool = LookupPool(max_threads=2)
+    held = HeldCall()
+    hub = Hub()
+    outcomes: list = []
+    ticks: list = []
+
+    def lookup(index: int) -> None:
+        outcomes.append(pool.run(index % 4, held, time.monotonic() + 0.5, hub))
+
+    def ticker() -> None:  # the hub's own thread must stay free for other sessions
+        for _ in range(8):
+            hub.sleep(0.05)
+            ticks.append(time.monotonic())
+
+    try:
+        for index in range(12):
+            hub.spawn(lookup, index)
+        hub.spawn(ticker)
+        threading.Timer(0.2, held.release.set).start()
+        limit = time.monotonic() + 5
+        while hub.sessions and time.monotonic() < limit:
+            hub.run_once(0.5)
+    finally:
+        hub.close()
+
+    assert len(ticks) == 8 and max(b - a for a, b in zip(ticks, ticks[1:])) < 0.2
+    # Four keys, two threads: two lookups ran, and after the release the other two.
+    assert outcomes == [(True, "answer")] * 12
+    assert held.calls == 4 and held.most_at_once == 2
+
+
+@pytest.mark.parametrize("engine", ["thread", "hub"])
+def test_probes_against_a_resolver_that_stopped_answering_fail_at_resolve_with_bounded_threads(
+        monkeypatch, engine):
+    held = HeldCall()
+    monkeypatch.setattr(smtpclient.socket, "getaddrinfo", lambda *args: held())
+    monkeypatch.setattr(smtpclient, "LOOKUPS", LookupPool(max_threads=4, idle_seconds=0.2))
+    module = Module(tls="none", timeout_seconds=0.3)
+    threads_before = threading.active_count()
+
+    def probes(first: int):
+        def three(hub):
+            found = [run_probe(f"mx{first + i}.example.test:25", module, hub=hub) for i in range(3)]
+            return found, threading.active_count()
+        return three
+
+    # Rounds of probes to distinct hosts, three at a time, as a scheduler would start them.
+    results = []
+    most_threads = 0
+    for round_number in range(4):
+        round_results = on_threads(3, lambda i: call_on_engine(engine, probes(9 * round_number + 3 * i)))
+        for found, threads in round_results:
+            results += found
+            most_threads = max(most_threads, threads)
+    held.release.set()
+
+    assert len(results) == 36
+    for result in results:
+        assert (result.failed_stage, result.reason) == ("resolve", "dns_failure")
+        assert "no answer resolving" in result.detail
+    assert held.most_at_once == 4
+    # Three probe threads and the four lookup threads, beyond what ran before.
+    assert most_threads <= threads_before + 3 + 4
