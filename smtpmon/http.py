@@ -942,7 +942,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _landing(self, query: str) -> None:
         exporter = self.server.exporter
-        page = landing.render(exporter.config, exporter.store.snapshot(), ready=exporter.ready)
+        page = landing.render(exporter.config, exporter.store.snapshot(counts=False),
+                              ready=exporter.ready)
         self._send(HTTPStatus.OK, page, HTML)
 
     def _healthy(self, query: str) -> None:

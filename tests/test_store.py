@@ -155,6 +155,19 @@ def test_snapshot_is_a_copy():
     assert before.skipped == 0
 
 
+def test_snapshot_without_counts_has_the_rest():
+    """The landing page's snapshot: no counters (copying them holds the lock), all it shows."""
+    store = ResultStore()
+    store.register(*MX)
+    store.record(probe_results.banner_421(*MX))
+    store.record_skip(*MX)
+    (full,) = store.snapshot()
+    (light,) = store.snapshot(counts=False)
+    assert light.counts is None and full.counts.probes == 1
+    assert (light.target, light.module, light.latest, light.skipped, light.tls) == (
+        full.target, full.module, full.latest, full.skipped, full.tls)
+
+
 def test_concurrent_records_and_renders():
     """Workers record while HTTP threads render: no count is lost, every page parses."""
     store = ResultStore()
