@@ -263,8 +263,10 @@ def test_ten_thousand_targets_keep_schedule_lag_low(running):
     done = sum(len(calls) for calls in probe.calls.values())
     assert done >= 2500
     # The issue asks for p99 < 1 s at a sixth of this rate; a loop that scanned every job on
-    # every tick (schedule.run_pending) would fall seconds behind here.
-    assert lag_quantile(metrics, 0.99) <= 0.25
+    # every tick (schedule.run_pending) would fall seconds behind here. ~0.1 s is usual; the
+    # bound leaves room for a busy machine (0.25 s was once exceeded while the tests ran
+    # beside another load) and still catches a loop that falls behind.
+    assert lag_quantile(metrics, 0.99) <= 0.5
 
 
 def test_real_probes_a_tarpit_does_not_hold_up_a_healthy_server(running, scripted_server):
