@@ -30,13 +30,14 @@ IDLE_SECONDS = 30.0  # a worker with nothing to do for this long ends
 
 
 class _Lookup:
-    __slots__ = ("key", "function", "until", "finished", "outcome", "callbacks")
+    __slots__ = ("key", "function", "until", "finished", "ran", "outcome", "callbacks")
 
     def __init__(self, key: Hashable, function: Callable[[], object], until: float) -> None:
         self.key = key
         self.function = function
         self.until = until  # the latest deadline of its callers: after it, nobody waits
         self.finished = False
+        self.ran = False  # False for a lookup dropped unrun
         self.outcome: object = None
         self.callbacks: list[Callable[[], None]] = []
 
@@ -50,7 +51,7 @@ class LookupPool:
         self._queue: collections.deque[_Lookup] = collections.deque()
         self._in_flight: dict[Hashable, _Lookup] = {}  # queued or running, by key
         self._threads = 0
-        self._idle = 0
+        self._busy = 0  # threads running a lookup; the others wait for one
 
     @property
     def threads(self) -> int:
@@ -71,7 +72,7 @@ class LookupPool:
             finished = threading.Event()
             self._on_finish(lookup, finished.set)
             answered = finished.wait(max(0.0, until - time.monotonic()))
-        return (True, lookup.outcome) if answered else (False, None)
+        return (True, lookup.outcome) if answered and lookup.ran else (False, None)
 
     def _submit(self, key: Hashable, function: Callable[[], object], until: float) -> _Lookup:
         with self._lock:
@@ -81,11 +82,10 @@ class LookupPool:
                 return lookup
             lookup = self._in_flight[key] = _Lookup(key, function, until)
             self._queue.append(lookup)
-            if self._idle > 0:
-                self._work.notify()
-                return lookup
-            if self._threads >= self._max_threads:
-                return lookup  # queued for the next worker that is done
+            self._work.notify()
+            waiting = self._threads - self._busy
+            if len(self._queue) <= waiting or self._threads >= self._max_threads:
+                return lookup  # a waiting worker takes it, or the next one that is done
             self._threads += 1
         try:
             threading.Thread(target=self._work_loop, name="smtpmon-lookup", daemon=True).start()
@@ -106,28 +106,43 @@ class LookupPool:
     def _work_loop(self) -> None:
         while True:
             with self._lock:
-                while not self._queue:
-                    self._idle += 1
-                    woken = self._work.wait(self._idle_seconds)
-                    self._idle -= 1
-                    if not woken and not self._queue:
-                        self._threads -= 1
-                        return
-                lookup = self._queue.popleft()
-            if time.monotonic() < lookup.until:
-                try:
-                    outcome = lookup.function()
-                except Exception as error:  # handed to the callers, who decide
-                    outcome = error
-            else:
-                outcome = None  # every caller gave up while it queued: nobody to answer
-            self._finish(lookup, outcome)
+                lookup = self._take()
+                if lookup is None:
+                    self._threads -= 1
+                    return
+                self._busy += 1
+            try:
+                outcome = lookup.function()
+            except Exception as error:  # handed to the callers, who decide
+                outcome = error
+            with self._lock:
+                self._busy -= 1
+                lookup.outcome = outcome
+                lookup.ran = True
+                callbacks = self._finished(lookup)
+            for callback in callbacks:
+                callback()
 
-    def _finish(self, lookup: _Lookup, outcome: object) -> None:
-        with self._lock:
-            lookup.outcome = outcome
-            lookup.finished = True
-            del self._in_flight[lookup.key]
-            callbacks, lookup.callbacks = lookup.callbacks, []
-        for callback in callbacks:
-            callback()
+    def _take(self) -> _Lookup | None:
+        """The next lookup someone still waits for (under the lock), or None after
+        idle_seconds without one. A lookup every caller gave up on is dropped unrun: its
+        callers' waits have ended, or end at their deadline, which has passed."""
+        idle_until = time.monotonic() + self._idle_seconds
+        while True:
+            while self._queue:
+                lookup = self._queue.popleft()
+                if time.monotonic() < lookup.until:
+                    return lookup
+                self._finished(lookup)
+            left = idle_until - time.monotonic()
+            if left <= 0:
+                return None
+            self._work.wait(left)
+
+    def _finished(self, lookup: _Lookup) -> list[Callable[[], None]]:
+        """Mark it finished (under the lock): later callers of its key start a new lookup.
+        Its callbacks, to call outside the lock."""
+        lookup.finished = True
+        del self._in_flight[lookup.key]
+        callbacks, lookup.callbacks = lookup.callbacks, []
+        return callbacks

@@ -164,3 +164,13 @@ def test_probes_against_a_resolver_that_stopped_answering_fail_at_resolve_with_b
     assert held.most_at_once == 4
     # Three probe threads and the four lookup threads, beyond what ran before.
     assert most_threads <= threads_before + 3 + 4
+
+
+def test_a_new_caller_revives_a_queued_lookup_whose_callers_gave_up():
+    pool = LookupPool(max_threads=1)
+    held = HeldCall()
+    on_threads(1, lambda i: pool.run("busy", held, time.monotonic() + 0.05))  # holds the worker
+    assert pool.run("mx.example", lambda: "early", time.monotonic() + 0.05) == (False, None)
+    threading.Timer(0.1, held.release.set).start()
+    # Still queued behind the held call, past its only caller's deadline: joined, it runs.
+    assert pool.run("mx.example", lambda: "late", time.monotonic() + 5) == (True, "early")
