@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import resource
 import signal
 import sys
 import threading
@@ -63,6 +64,20 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
         return False  # the operator chose
     mallopt = _glibc_function("mallopt")
     return bool(mallopt and mallopt(_M_ARENA_MAX, arenas) == 1)
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard one, as Go programs (blackbox_exporter)
+    do at start: the default soft limit of 1,024 is below what a large max_concurrency with
+    the web port's connections can hold. The soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard != resource.RLIM_INFINITY:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # refused (a seccomp filter, say): keep the soft one
+            pass
+    return soft
 
 
 def free_memory_trimmer() -> Callable[[], None]:
@@ -200,6 +215,7 @@ def run(options: Options) -> int:
         return EXIT_BAD_CONFIG
 
     limit_malloc_arenas()
+    open_files = raise_open_files_limit()
     handled = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
     # Blocked before any thread starts, so every thread inherits the mask and only sigwait()
     # below ever sees these signals.
@@ -223,7 +239,7 @@ def run(options: Options) -> int:
     http_thread.start()
     host, port = server.server_address[:2]
     log.info("smtpmon started", version=__version__, listen=f"{host}:{port}",
-             config=config.source, targets=len(config.targets))
+             config=config.source, targets=len(config.targets), open_files_limit=open_files)
 
     trim = free_memory_trimmer()
     while True:

@@ -253,6 +253,21 @@ def test_malloc_arenas_are_capped_unless_the_operator_chose(monkeypatch):
     assert limit_malloc_arenas() is False
 
 
+def test_the_open_files_limit_is_raised_to_the_hard_limit(tmp_path, smtp_server):
+    """The default soft limit (1,024) is below what a large max_concurrency can hold open; the
+    daemon raises it as Go's runtime does for blackbox_exporter."""
+    server = smtp_server()
+    running = start_daemon(tmp_path, config_text([(server.target, "plain")]),
+                           command_prefix=["prlimit", "--nofile=256:2048"])
+    try:
+        with open(f"/proc/{running.process.pid}/limits") as limits:
+            line = next(line for line in limits if line.startswith("Max open files"))
+        assert line.split()[3:5] == ["2048", "2048"]
+        assert "open_files_limit=2048" in running.log()
+    finally:
+        running.stop()
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_the_trimmer_gives_free_heap_pages_back_to_the_system():
     def rss_mb() -> float:
