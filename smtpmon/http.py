@@ -42,7 +42,7 @@ from smtpmon import __version__, landing, transcript
 from smtpmon.collector import CONTENT_TYPE, ExporterState, metrics_chunks, render_probe
 from smtpmon.config import Config, parse_address
 from smtpmon.hub import READ, WRITE, Hub
-from smtpmon.logs import get_logger
+from smtpmon.logs import ThrottledWarning, get_logger
 from smtpmon.module import Module
 from smtpmon.results import ProbeResult
 from smtpmon.store import ResultStore
@@ -72,7 +72,6 @@ CONNECTION_TIMEOUT_SECONDS = 30.0
 MAX_CONNECTIONS = 256
 MAX_CONCURRENT_PROBES = 64
 # A flood of refused clients must not become a flood of log lines.
-REFUSAL_LOG_INTERVAL_SECONDS = 60.0
 # An answer goes out in writes of about this size: a small one with its head in one write (one
 # send, one segment), a large /metrics (30 MB at 10,000 targets) in pieces joined from its
 # chunks as they go, never as one copy of the whole page.
@@ -272,26 +271,6 @@ def read_headers(rfile) -> RequestHeaders:
             continue
         headers[last] = value.strip()
     raise HeadTooLarge("Too many headers", f"got more than {MAX_HEADER_LINES} headers")
-
-
-class ThrottledWarning:
-    """A warning logged at most once per interval, with how many were left out since."""
-
-    def __init__(self, message: str, interval: float = REFUSAL_LOG_INTERVAL_SECONDS):
-        self._message = message
-        self._interval = interval
-        self._next = 0.0
-        self._left_out = 0
-        self._lock = threading.Lock()
-
-    def log(self, **fields) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now < self._next:
-                self._left_out += 1
-                return
-            left_out, self._left_out, self._next = self._left_out, 0, now + self._interval
-        log.warning(self._message, **fields, left_out=left_out or None)
 
 
 class Answer(NamedTuple):
@@ -540,10 +519,10 @@ class Server(socketserver.TCPServer):
         self.connection_slots = threading.BoundedSemaphore(max_connections)
         self.probe_slots = threading.BoundedSemaphore(max_concurrent_probes)
         self.connections_refused = ThrottledWarning(
-            "connection limit reached; new connections get 503 until one closes")
+            log, "connection limit reached; new connections get 503 until one closes")
         self.probes_refused = ThrottledWarning(
-            "/probe limit reached; more concurrent /probe requests get 503")
-        self.accept_failed = ThrottledWarning("accepting a connection failed")
+            log, "/probe limit reached; more concurrent /probe requests get 503")
+        self.accept_failed = ThrottledWarning(log, "accepting a connection failed")
         self._too_many_connections = self._canned_503(
             f"too many connections (limit {max_connections}); try again later\n")
         # Checking the password (bcrypt) or a TLS handshake would stall every session.

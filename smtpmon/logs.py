@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -76,6 +77,29 @@ class Logger:
     def exception(self, msg: str, **fields: Any) -> None:
         """An error with the current exception's traceback (call from an except block)."""
         self._log(logging.ERROR, msg, True, fields)
+
+
+class ThrottledWarning:
+    """A warning logged at most once per interval, with how many were left out since: for
+    events that can come hundreds of times a second (refused connections, failed thread
+    starts), where one line a minute says all."""
+
+    def __init__(self, logger: Logger, message: str, interval: float = 60.0):
+        self._logger = logger
+        self._message = message
+        self._interval = interval
+        self._next = 0.0
+        self._left_out = 0
+        self._lock = threading.Lock()
+
+    def log(self, **fields: Any) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next:
+                self._left_out += 1
+                return
+            left_out, self._left_out, self._next = self._left_out, 0, now + self._interval
+        self._logger.warning(self._message, **fields, left_out=left_out or None)
 
 
 def get_logger(name: str) -> Logger:

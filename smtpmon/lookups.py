@@ -7,7 +7,8 @@ long as the resolver's own timeouts (up to 30 s), until the process or its unit 
 can start no more threads, and then /metrics, served on threads, fails too. Here at most
 `max_threads` lookups run at once and the rest queue; identical lookups in flight share one
 call (several modules probing one host); a queued lookup that every caller gave up on is
-never run.
+never run. The sharing has a price: while one lookup of a host hangs, every probe of that host
+waits on it, and fails at its deadline, until it returns (at most the resolver's timeouts).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import time
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
-from smtpmon.logs import get_logger
+from smtpmon.logs import ThrottledWarning, get_logger
 
 if TYPE_CHECKING:
     from smtpmon.hub import Hub
 
 log = get_logger("lookups")
+_start_failed = ThrottledWarning(log, "cannot start a lookup thread; lookups queue for the running ones")
 
 MAX_THREADS = 32  # lookups in flight at once; ~100 ms each would still serve 320 a second
 IDLE_SECONDS = 30.0  # a worker with nothing to do for this long ends
@@ -55,7 +57,7 @@ class LookupPool:
 
     @property
     def threads(self) -> int:
-        """Worker threads alive now."""
+        """Worker threads started (or being started) and not yet ended."""
         with self._lock:
             return self._threads
 
@@ -79,20 +81,22 @@ class LookupPool:
             lookup = self._in_flight.get(key)
             if lookup is not None:
                 lookup.until = max(lookup.until, until)
-                return lookup
-            lookup = self._in_flight[key] = _Lookup(key, function, until)
-            self._queue.append(lookup)
-            self._work.notify()
+            else:
+                lookup = self._in_flight[key] = _Lookup(key, function, until)
+                self._queue.append(lookup)
+                self._work.notify()
+            # Checked on joining too: after a failed thread start, a queued lookup may have no
+            # worker, and a caller of its key is the one to start one.
             waiting = self._threads - self._busy
             if len(self._queue) <= waiting or self._threads >= self._max_threads:
                 return lookup  # a waiting worker takes it, or the next one that is done
             self._threads += 1
         try:
             threading.Thread(target=self._work_loop, name="smtpmon-lookup", daemon=True).start()
-        except RuntimeError as error:  # no more threads: the queue waits for a running worker
+        except RuntimeError as error:  # no more threads: the next caller tries again
             with self._lock:
                 self._threads -= 1
-            log.warning("cannot start a lookup thread", error=str(error))
+            _start_failed.log(error=str(error))
         return lookup
 
     def _on_finish(self, lookup: _Lookup, callback: Callable[[], None]) -> None:
@@ -115,13 +119,20 @@ class LookupPool:
                 outcome = lookup.function()
             except Exception as error:  # handed to the callers, who decide
                 outcome = error
-            with self._lock:
-                self._busy -= 1
-                lookup.outcome = outcome
-                lookup.ran = True
-                callbacks = self._finished(lookup)
-            for callback in callbacks:
-                callback()
+            except BaseException as error:  # ends this thread; the counts must stay true
+                self._done(lookup, error, thread_ends=True)
+                raise
+            self._done(lookup, outcome)
+
+    def _done(self, lookup: _Lookup, outcome: object, *, thread_ends: bool = False) -> None:
+        with self._lock:
+            self._busy -= 1
+            self._threads -= thread_ends
+            lookup.outcome = outcome
+            lookup.ran = True
+            callbacks = self._finished(lookup)
+        for callback in callbacks:
+            callback()
 
     def _take(self) -> _Lookup | None:
         """The next lookup someone still waits for (under the lock), or None after
@@ -133,7 +144,7 @@ class LookupPool:
                 lookup = self._queue.popleft()
                 if time.monotonic() < lookup.until:
                     return lookup
-                self._finished(lookup)
+                self._finished(lookup)  # its callbacks are not called: nobody waits any more
             left = idle_until - time.monotonic()
             if left <= 0:
                 return None

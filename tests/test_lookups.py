@@ -13,7 +13,7 @@ import time
 import pytest
 
 from probe_engines import call_on_engine
-from smtpmon import smtpclient
+from smtpmon import lookups, smtpclient
 from smtpmon.hub import Hub
 from smtpmon.lookups import LookupPool
 from smtpmon.module import Module
@@ -174,3 +174,38 @@ def test_a_new_caller_revives_a_queued_lookup_whose_callers_gave_up():
     threading.Timer(0.1, held.release.set).start()
     # Still queued behind the held call, past its only caller's deadline: joined, it runs.
     assert pool.run("mx.example", lambda: "late", time.monotonic() + 5) == (True, "early")
+
+
+def test_after_a_failed_thread_start_the_next_caller_of_the_lookup_starts_one(monkeypatch):
+    # The process out of threads (a unit's TasksMax, say) for one moment: a stand-in Thread
+    # whose first start fails as CPython's does then.
+    failures = [RuntimeError("can't start new thread")]
+
+    class OnceFailingThread(threading.Thread):
+        def start(self):
+            if failures:
+                raise failures.pop()
+            super().start()
+
+    monkeypatch.setattr(lookups.threading, "Thread", OnceFailingThread)
+    pool = LookupPool(max_threads=2)
+    assert pool.run("mx.example", lambda: "addr", time.monotonic() + 0.1) == (False, None)
+    assert pool.threads == 0
+    # The same host again: it joins the lookup still queued, and starts a worker for it.
+    assert pool.run("mx.example", lambda: "addr", time.monotonic() + 5) == (True, "addr")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # on purpose
+def test_a_lookup_that_ends_its_thread_leaves_the_pool_counting_true():
+    pool = LookupPool(max_threads=1)
+    worker = []
+
+    def ends_the_thread():
+        worker.append(threading.current_thread())
+        raise SystemExit
+
+    answered, value = pool.run("first", ends_the_thread, time.monotonic() + 5)
+    assert answered is True and isinstance(value, SystemExit)
+    worker[0].join(5)  # its end is reported (and ignored) within this test
+    assert pool.threads == 0
+    assert pool.run("second", lambda: 42, time.monotonic() + 5) == (True, 42)
