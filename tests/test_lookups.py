@@ -1,21 +1,26 @@
 """The lookup pool: blocking calls (getaddrinfo) on a bounded set of threads.
 
-A resolver that stops answering cannot be staged from a test (getaddrinfo asks the machine's
-resolver, off loopback), so a call held on an Event stands in for the hung lookup; the last
-test holds socket.getaddrinfo itself the same way and runs real probes through it.
+Most tests hold a call on an Event as the hung lookup, or hold socket.getaddrinfo itself and
+run real probes through it. The last runs the daemon against a real name server on loopback
+that never answers, given to it as its only one (as root, in a mount namespace).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import socket
 import threading
 import time
 
 import pytest
 
+from daemon_process import start_daemon
 from probe_engines import call_on_engine
 from smtpmon import lookups, smtpclient
 from smtpmon.hub import Hub
-from smtpmon.lookups import LookupPool
+from smtpmon.lookups import MAX_THREADS, LookupPool
 from smtpmon.module import Module
 from smtpmon.probe import run_probe
 
@@ -209,3 +214,51 @@ def test_a_lookup_that_ends_its_thread_leaves_the_pool_counting_true():
     worker[0].join(5)  # its end is reported (and ignored) within this test
     assert pool.threads == 0
     assert pool.run("second", lambda: 42, time.monotonic() + 5) == (True, 42)
+
+
+# A name server that never answers, for a daemon of its own: the daemon runs in a mount
+# namespace where /etc/resolv.conf names it (needs root and unshare; loopback only).
+SILENT_NAME_SERVER = "127.53.53.53"
+OWN_RESOLV_CONF = ["unshare", "-m", "--", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"']
+
+
+def _own_resolver_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "a resolv.conf of the daemon's own needs root (a bind mount in a mount namespace)"
+    if shutil.which("unshare") is None:
+        return "unshare is not installed (Debian: util-linux)"
+    return None
+
+
+def test_a_daemon_whose_resolver_never_answers_keeps_its_threads_bounded(tmp_path):
+    reason = _own_resolver_unavailable()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    name_server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    name_server.bind((SILENT_NAME_SERVER, 53))  # queries queue up in it, unanswered
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {SILENT_NAME_SERVER}\noptions timeout:5 attempts:2\n")
+    targets = "\n".join(f"  - {{address: 'mx{i}.outage.test:25', module: plain}}" for i in range(300))
+    config = ("global: {interval: 1s, timeout: 0.5s, max_concurrency: 64}\n"
+              f"modules: {{plain: {{tls: none}}}}\ntargets:\n{targets}\n")
+    running = start_daemon(tmp_path, config, command_prefix=[*OWN_RESOLV_CONF, str(resolv)])
+    try:
+        most_threads = 0
+        for _ in range(8):  # 4 s: 64 probes in flight, each giving up after 0.5 s
+            time.sleep(0.5)
+            with open(f"/proc/{running.process.pid}/status") as status:
+                threads = next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+            most_threads = max(most_threads, threads)
+        status_code, metrics = running.get("/metrics")
+    finally:
+        running.stop()
+        name_server.close()
+    # The main thread, the scheduler's and the web server's, the 32 lookup threads, and the
+    # threads answering this test's requests. A thread per lookup made ~500 here.
+    assert most_threads <= 3 + MAX_THREADS + 4
+    assert status_code == 200
+    failed = re.findall(r'smtpmon_probe_failures_total\{target="mx\d+\.outage\.test:25",module="plain",'
+                        r'stage="resolve",reason="dns_failure"\} (\d+)', metrics)
+    assert len(failed) >= 100
