@@ -77,7 +77,8 @@ def main() -> None:
             "global: {interval: 10s, timeout: 2s, max_concurrency: %d}" % args.max_concurrency,
             "modules: {plain: {tls: none}}",
             "targets:",
-            *(f"  - {{address: 'mx{i}.outage.test:25', module: plain}}" for i in range(args.targets)),
+            *(f"  - {{address: 'mx{i}.outage.test:25', module: plain}}"
+              for i in range(args.targets)),
         ]) + "\n")
         port = h.free_port()
         daemon = procs.spawn(

@@ -71,7 +71,6 @@ HEAD_TIMEOUT_SECONDS = 10.0
 CONNECTION_TIMEOUT_SECONDS = 30.0
 MAX_CONNECTIONS = 256
 MAX_CONCURRENT_PROBES = 64
-# A flood of refused clients must not become a flood of log lines.
 # An answer goes out in writes of about this size: a small one with its head in one write (one
 # send, one segment), a large /metrics (30 MB at 10,000 targets) in pieces joined from its
 # chunks as they go, never as one copy of the whole page.
@@ -518,6 +517,7 @@ class Server(socketserver.TCPServer):
         self.max_concurrent_probes = max_concurrent_probes
         self.connection_slots = threading.BoundedSemaphore(max_connections)
         self.probe_slots = threading.BoundedSemaphore(max_concurrent_probes)
+        # A flood of refused clients must not become a flood of log lines.
         self.connections_refused = ThrottledWarning(
             log, "connection limit reached; new connections get 503 until one closes")
         self.probes_refused = ThrottledWarning(

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from smtpmon.hub import Hub
 
 log = get_logger("lookups")
-_start_failed = ThrottledWarning(log, "cannot start a lookup thread; lookups queue for the running ones")
+_start_failed = ThrottledWarning(
+    log, "cannot start a lookup thread; lookups queue for the running ones")
 
 MAX_THREADS = 32  # lookups in flight at once; ~100 ms each would still serve 320 a second
 IDLE_SECONDS = 30.0  # a worker with nothing to do for this long ends
