@@ -354,7 +354,8 @@ def answer_probe(server: Server, query: str, headers: Mapping[str, str], client:
         )
     deadline = probe_deadline(headers.get(SCRAPE_TIMEOUT_HEADER), module, time.monotonic())
     if not server.probe_slots.acquire(blocking=False):
-        # At once, not queued: Prometheus is waiting, and each waiting /probe holds a thread.
+        # At once, not queued: Prometheus is waiting, and each waiting /probe holds a
+        # connection (and, behind TLS or basic auth, its thread).
         server.probes_refused.log(limit=server.max_concurrent_probes, client=client)
         return Answer(HTTPStatus.SERVICE_UNAVAILABLE,
                       f"too many concurrent probes (limit {server.max_concurrent_probes}); "
