@@ -10,8 +10,8 @@ last full run. Phases:
   blackbox_exporter driven through /probe by a load client at the same rate over the same
   targets, both at once. CPU per probe, schedule lag, /metrics time and size, RSS, and the
   banner-stage timing error against the delay the server really made (and the nominal 20 ms).
-- probe: /probe mode, closed loop at concurrency 1, 16 and 64 (plain) and 1 and 16 (STARTTLS), each
-  exporter in turn: CPU per probe.
+- probe: /probe mode, closed loop at concurrency 1, 16 and 64 (plain) and 1 and 16 (STARTTLS), the
+  exporters alternating in rounds: CPU per probe, and each round's ratio.
 - isolation: 1,000 targets, one in ten a tarpit: the schedule lag of the probes.
 - postfix: a STARTTLS session against a real Postfix (needs root): smtpmon, smtplib and
   blackbox_exporter wall time per session.
@@ -231,7 +231,10 @@ def banner_errors(reported: dict[tuple[str, float], float],
 
 # -- phase: /probe mode ------------------------------------------------------------------------
 
-async def probe_phase(seconds: float) -> list[dict]:
+async def probe_phase(seconds: float, rounds: int) -> list[dict]:
+    """Each case: `rounds` rounds of seconds / rounds per exporter, their order alternating
+    (ABBA...), so that the machine's other work, which drifts over seconds, weighs on both
+    alike. The figures are over all rounds; each round's ratio is kept for its spread."""
     wd = h.workdir("smtpmon-bench-probe-")
     procs = h.Processes(wd)
     rows = []
@@ -244,24 +247,41 @@ async def probe_phase(seconds: float) -> list[dict]:
         blackbox = h.start_blackbox(procs, certs.ca_file)
         cases = [("plain", 1), ("plain", 16), ("plain", 64), ("starttls", 1), ("starttls", 16)]
         for module, concurrency in cases:
-            row = {"module": module, "concurrency": concurrency}
             contenders = [("smtpmon", smtpmon.pid, port, module)]
             if blackbox:
                 contenders.append(("blackbox", blackbox[0].pid, blackbox[1], f"smtp_{module}"))
-            for name, pid, http_port, module_name in contenders:
-                paths = [f"/probe?target=127.0.0.1:{p}&module={module_name}" for p in server.ports]
-                await closed_loop(http_port, paths, concurrency, 1.0)  # warm-up: threads, TLS
-                window = Window(pid)
-                window.start()
-                done = await closed_loop(http_port, paths, concurrency, seconds)
-                window.stop()
-                row[name] = window.cpu / max(done, 1)
-                row[f"{name}_rate"] = done / window.seconds
+            totals = {name: [0.0, 0, 0.0] for name, *_ in contenders}  # CPU, probes, seconds
+            round_ratios = []
+            for name, _, http_port, module_name in contenders:  # warm-up: threads, TLS
+                await closed_loop(http_port, probe_paths(server, module_name), concurrency, 1.0)
+            for index in range(rounds):
+                per_probe = {}
+                for name, pid, http_port, module_name in contenders[::1 if index % 2 == 0 else -1]:
+                    window = Window(pid)
+                    window.start()
+                    done = await closed_loop(http_port, probe_paths(server, module_name),
+                                             concurrency, seconds / rounds)
+                    window.stop()
+                    total = totals[name]
+                    total[0] += window.cpu
+                    total[1] += done
+                    total[2] += window.seconds
+                    per_probe[name] = window.cpu / max(done, 1)
+                if "blackbox" in per_probe:
+                    round_ratios.append(per_probe["smtpmon"] / per_probe["blackbox"])
+            row = {"module": module, "concurrency": concurrency, "round_ratios": round_ratios}
+            for name, (cpu, done, window_seconds) in totals.items():
+                row[name] = cpu / max(done, 1)
+                row[f"{name}_rate"] = done / window_seconds
             rows.append(row)
             log(f"probe {module} c={concurrency}: {row}")
         return rows
     finally:
         procs.close()
+
+
+def probe_paths(server: h.SmtpServer, module_name: str) -> list[str]:
+    return [f"/probe?target=127.0.0.1:{p}&module={module_name}" for p in server.ports]
 
 
 # -- phase: isolation --------------------------------------------------------------------------
@@ -404,13 +424,16 @@ def print_tables(daemon: list[dict], probe: list[dict], isolation: dict | None,
                   f"| {r['nominal_p50_ms']:.2f} / {r['nominal_p99_ms']:.2f} ms |")
         print()
     if probe:
-        print("/probe mode, closed loop (CPU per probe; probes per second in brackets)\n")
-        print("| module | concurrency | smtpmon | blackbox | ratio |")
-        print("|---|---:|---:|---:|---:|")
+        print("/probe mode, closed loop (CPU per probe; probes per second in brackets; the "
+              "exporters alternate in rounds)\n")
+        print("| module | concurrency | smtpmon | blackbox | ratio | rounds' ratios |")
+        print("|---|---:|---:|---:|---:|---|")
         for r in probe:
             bb = f"{r['blackbox'] * 1e6:.0f} µs ({r['blackbox_rate']:.0f}/s)" if "blackbox" in r else "n/a"
+            spread = " ".join(f"{ratio:.2f}" for ratio in sorted(r["round_ratios"])) or "n/a"
             print(f"| {r['module']} | {r['concurrency']} | {r['smtpmon'] * 1e6:.0f} µs "
-                  f"({r['smtpmon_rate']:.0f}/s) | {bb} | {fmt_ratio(r['smtpmon'], r.get('blackbox'))} |")
+                  f"({r['smtpmon_rate']:.0f}/s) | {bb} | {fmt_ratio(r['smtpmon'], r.get('blackbox'))} "
+                  f"| {spread} |")
         print()
     if isolation:
         r = isolation
@@ -446,7 +469,7 @@ async def main_async(args) -> None:
             timings[f"daemon N={n}"] = time.monotonic() - begun
     if "probe" not in args.skip:
         begun = time.monotonic()
-        probe = await probe_phase(4.0 if quick else 10.0)
+        probe = await probe_phase(4.0 if quick else 10.0, 2 if quick else 5)
         timings["probe mode"] = time.monotonic() - begun
     if "isolation" not in args.skip:
         begun = time.monotonic()
