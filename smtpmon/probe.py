@@ -34,6 +34,7 @@ from smtpmon.smtpclient import (
     Transcript,
     fetch_unverified_tls_info,
     make_tls_context,
+    prepare_tls,
     printable,
     resolve,
 )
@@ -191,6 +192,9 @@ class _Session:
         self.module = module
         self.module_name = module_name
         self.clock = clock
+        self.tls_context = None if module.tls == "none" else prepare_tls(
+            verify=module.tls_verify, ca_file=module.tls_ca_file, min_version=module.tls_min_version
+        )
         self.started_at = time.time()
         self.start = clock()
         self.deadline = self.start + module.timeout_seconds if deadline is None else deadline
@@ -364,7 +368,7 @@ class _Session:
     def handshake(self) -> None:
         module = self.module
         server_name = module.tls_server_name or self.host
-        context = make_tls_context(
+        context = self.tls_context or make_tls_context(  # the latter says why there is none
             verify=module.tls_verify, ca_file=module.tls_ca_file, min_version=module.tls_min_version
         )
         try:

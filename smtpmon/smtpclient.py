@@ -266,6 +266,22 @@ def _cached_tls_context(
     return context
 
 
+def prepare_tls(
+    *, verify: bool, ca_file: str | None = None, min_version: str | None = None
+) -> ssl.SSLContext | None:
+    """The local set-up a TLS session needs, for a caller to do before it starts timing: the
+    client context (as make_tls_context; None when it cannot be made, which the handshake then
+    reports) and the certificate parser. A process's first TLS probe would otherwise count
+    them (~30 ms loading the system's CA bundle, ~35 ms importing the parser) as the server's
+    time in its starttls stage."""
+    from cryptography import x509  # noqa: F401 - imported now rather than in the stage
+
+    try:
+        return make_tls_context(verify=verify, ca_file=ca_file, min_version=min_version)
+    except SessionError:
+        return None
+
+
 def certificate_facts(der: bytes | None) -> dict:
     """Subject, issuer, SANs and validity from a DER certificate (TlsInfo's field names)."""
     if not der:
