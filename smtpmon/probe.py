@@ -67,7 +67,8 @@ def module_default_port(module: Module) -> int:
 
 
 def parse_target(target: str, default_port: int = SMTP_PORT) -> tuple[str, int]:
-    """"host:port", "[v6]:port", "host", "[v6]" or a bare IPv6 address -> (host, port).
+    """"host:port", "[v6]:port", "host", "[v6]" or a bare IPv6 address that cannot be read as
+    an address and a port -> (host, port).
 
     Raises ValueError with a message fit for a user.
     """
@@ -87,6 +88,11 @@ def parse_target(target: str, default_port: int = SMTP_PORT) -> tuple[str, int]:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"target {target!r}: write IPv6 addresses as [ADDRESS]:PORT") from None
+        head, _, tail = text.rpartition(":")
+        if _is_ipv6(head) and tail.isascii() and tail.isdigit() and 1 <= int(tail) <= 65535:
+            # "2001:db8::25:587" is an address, and also an address and a port.
+            raise ValueError(f"target {target!r} is ambiguous: write [{host}] for port "
+                             f"{default_port}, or [{head}]:{tail}")
     else:
         host, colon, port_text = text.partition(":")
         port_text = port_text if colon else None
@@ -97,6 +103,14 @@ def parse_target(target: str, default_port: int = SMTP_PORT) -> tuple[str, int]:
     if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"target {target!r}: port must be 1-65535, got {port_text!r}")
     return host, int(port_text)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_capabilities(reply: Reply, *, used_helo: bool = False) -> Capabilities:

@@ -5,6 +5,7 @@ Rejections must come back well before the timeout (FAST), never by waiting for i
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
@@ -315,7 +316,15 @@ def test_implicit_tls_default_port_is_465():
 def test_parse_target_forms_and_bad_ports():
     assert parse_target("mx.example.org", 465) == ("mx.example.org", 465)
     assert parse_target("[::1]:2525") == ("::1", 2525)
-    assert parse_target("::1") == ("::1", 25)
+    assert parse_target("[::1]") == ("::1", 25)
+    assert parse_target("::1") == ("::1", 25)  # ":" is no address
+    assert parse_target("2001:db8::1") == ("2001:db8::1", 25)  # "2001:db8:" is no address
+    assert parse_target("2001:db8::25:abcd") == ("2001:db8::25:abcd", 25)  # "abcd" is no port
+    # An address, and also an address and a port: refused rather than read one way silently.
+    for ambiguous, advice in (("2001:db8::25:587", "[2001:db8::25:587] for port 25, or [2001:db8::25]:587"),
+                              ("::1:2525", "[::1:2525] for port 25, or [::1]:2525")):
+        with pytest.raises(ValueError, match=re.escape(f"is ambiguous: write {advice}")):
+            parse_target(ambiguous)
     for bad in ("mx.example.org:70000", "mx.example.org:\u0662\u0665", "mx.example.org:\u00b2"):
         with pytest.raises(ValueError, match="1-65535"):
             parse_target(bad)
