@@ -366,7 +366,9 @@ class SmtpConnection:
         earlier call still fits when it ends at most REARM_SLACK_SECONDS past `until`: a
         session of a few milliseconds sets each option once instead of before every call.
         """
-        left = self._time_left(until)
+        left = until - self._clock()
+        if left <= 0:
+            raise TimeoutError  # each caller says what did not happen in time
         if self._tls:
             self._sock.settimeout(left)
             return
@@ -436,6 +438,7 @@ class SmtpConnection:
         if self._buffer:
             # Bytes sent before the handshake would be read as if they came over TLS: the
             # STARTTLS command-injection attack (CVE-2011-0411 and friends).
+            self._transcript.add("S", self._shown(self._buffer) + " (unsolicited)")
             raise self._noted(SessionError(
                 "protocol_error",
                 f"the server sent {len(self._buffer)} bytes after its reply to STARTTLS, "
@@ -476,8 +479,6 @@ class SmtpConnection:
             view = memoryview(data)
             while view:
                 if self._hub is None:
-                    if self._clock() >= self._deadline:
-                        raise TimeoutError
                     self._arm(socket.SO_SNDTIMEO, self._deadline)
                     sent = self._sock.send(view)
                 else:
@@ -528,24 +529,26 @@ class SmtpConnection:
         code None (a protocol error). A timeout or a closed connection raises SessionError.
         """
         until = self._deadline if within is None else min(self._deadline, self._clock() + within)
+        # A shorter wait than the session's (QUIT's courtesy) must not be told as its deadline.
+        late = "before the deadline" if until >= self._deadline else f"within {within:g} s"
         if not self._buffer and not self._secrets:
-            self._receive(until)
+            self._receive(until, late)
             cached = REPLIES.get(bytes(self._buffer))
             if cached is not None:
                 self._buffer.clear()
                 reply, texts = cached
                 self._transcript.add_received(texts)
                 return reply
-        return self._parse_reply(until)
+        return self._parse_reply(until, late)
 
-    def _parse_reply(self, until: float) -> Reply:
+    def _parse_reply(self, until: float, late: str) -> Reply:
         """read_reply line by line; a clean reply goes into the cache for the next probe."""
         lines = []
         raws = []
         size = 0
         first_line = len(self._transcript.lines)
         while True:
-            raw = self._read_line(until)
+            raw = self._read_line(until, late)
             if raw is None:
                 texts = tuple(line.text for line in lines) + ("(line too long)",)
                 return Reply(code=None, lines=texts, error=f"reply line longer than {MAX_LINE_BYTES} bytes")
@@ -566,7 +569,7 @@ class SmtpConnection:
                 texts = tuple(line.text for line in lines)
                 return Reply(code=None, lines=texts, error=f"reply longer than {MAX_REPLY_BYTES} bytes")
 
-    def _read_line(self, until: float) -> bytes | None:
+    def _read_line(self, until: float, late: str) -> bytes | None:
         """One line with its terminator, recorded in the transcript; None when over-long."""
         while True:
             end = self._buffer.find(b"\n")
@@ -583,9 +586,10 @@ class SmtpConnection:
                 self._transcript.add("S", f"{head}... (more than {MAX_LINE_BYTES} bytes without a line end)")
                 self._buffer.clear()
                 return None
-            self._receive(until)
+            self._receive(until, late)
 
-    def _receive(self, until: float) -> None:
+    def _receive(self, until: float, late: str) -> None:
+        """Read what has arrived into the buffer; `late` ends the message when nothing comes."""
         assert self._sock is not None
         try:
             if self._hub is None:
@@ -599,7 +603,7 @@ class SmtpConnection:
                 chunk = self._parked(self._sock.recv, _RECV_BYTES, until=until)
         except (TimeoutError, BlockingIOError):
             self._partial_line_to_transcript()
-            raise self._noted(SessionError("timeout", "no complete reply before the deadline")) from None
+            raise self._noted(SessionError("timeout", f"no complete reply {late}")) from None
         except OSError as error:  # includes ssl.SSLError
             self._partial_line_to_transcript()
             raise self._noted(SessionError("connection_closed", f"receiving failed: {error}")) from None

@@ -112,6 +112,7 @@ class Fault:
     options: dict = field(default_factory=dict)
     code: int | None = None  # the reply code the failed stage must show
     words: str | None = None  # in the failure detail (lower case)
+    shows: str | None = None  # a line of the transcript (what the server sent, made printable)
 
 
 def fast(id, server, stage, reason, **kwargs) -> Fault:
@@ -132,8 +133,10 @@ FAULTS = [
     silent("tarpit before the banner", [Sleep(30)], "banner"),
     silent("tarpit mid-reply in the banner", [Send(b"220-mx.test.example ESMTP\r\n"), Sleep(30)], "banner"),
     silent("tarpit mid-reply in EHLO", [BANNER, Expect(r"EHLO "), Send(b"250-mx.test.example\r\n250-PIPELI"), Sleep(30)],
-           "ehlo"),
-    silent("slowloris banner, a byte every 0.1 s", [Trickle(b"220 " + b"x" * 200 + b"\r\n", 0.1)], "banner"),
+           "ehlo", shows="250-PIPELI (incomplete)"),
+    # What arrived is shown even when the deadline passes between two bytes, not during a read.
+    silent("slowloris banner, a byte every 0.1 s", [Trickle(b"220 " + b"x" * 200 + b"\r\n", 0.1)], "banner",
+           shows="(incomplete)"),
     silent("slowloris continuation lines, each complete",
            [Trickle(b"220-please wait\r\n" * 200, 0.01)], "banner"),
     silent("TLS server on a plain port", lambda kit: kit.implicit_tls([BANNER, EHLO_OK, QUIT_OK]), "banner",
@@ -242,6 +245,8 @@ def test_misbehaviour_fails_the_right_stage_for_the_right_reason_in_time(fault, 
         assert failed.reply.code == fault.code
     if fault.words is not None:
         assert fault.words in result.detail.lower()
+    if fault.shows is not None:
+        assert any(line.text.endswith(fault.shows) for line in result.transcript if line.direction == "S")
     if fault.ends == "timeout":
         assert TIMEOUT <= elapsed < LATE and TIMEOUT <= result.duration_seconds < LATE
     else:

@@ -151,6 +151,8 @@ def test_a_rejection_does_not_wait_for_an_unanswered_quit(scripted_server):
     assert_failed(result, "banner", "banner_rejected", code=554, cls="permanent_negative", category="mail_system", enhanced="5.7.1")
     assert time.monotonic() - started < 0.6  # the courtesy QUIT gets a moment, not the timeout
     assert not result.stage("quit").ok
+    # ... and says so: the session's deadline is still seconds away.
+    assert [line.text for line in result.transcript][-1] == "no complete reply within 0.25 s"
 
 
 # -- EHLO and HELO ------------------------------------------------------------------------------
@@ -229,6 +231,7 @@ def test_bytes_after_starttls_reply_are_a_protocol_error(scripted_server):
 
     assert_failed(result, "starttls", "protocol_error")
     assert result.tls is None
+    assert ("S", "250 injected\\x0d\\x0a (unsolicited)") in [(line.direction, line.text) for line in result.transcript]
 
 
 def test_trusted_certificate(smtp_server, tls_contexts, ca_file):
