@@ -27,7 +27,9 @@ import dataclasses
 import errno
 import functools
 import ipaddress
+import math
 import os
+import select
 import socket
 import ssl
 import struct
@@ -53,6 +55,11 @@ _RECV_BYTES = 4096
 _MASK = "********"
 # A kernel timeout set for an earlier call is kept while it overshoots the deadline by no more.
 REARM_SLACK_SECONDS = 0.005
+# The longest socket timeout given to the kernel; a longer wait is several, one after the other.
+# The kernel rounds a timeout up to its timer wheel's slot, which is coarse for long ones: a
+# 5 s SO_RCVTIMEO ended after 5.2 - 5.25 s here, enough to overrun a scrape's 0.5 s margin.
+# Up to 0.25 s the slots are 4 - 8 ms.
+KERNEL_TIMEOUT_CAP_SECONDS = 0.25
 _TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO / SO_SNDTIMEO
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
@@ -359,12 +366,27 @@ class SmtpConnection:
             raise self._noted(SessionError(reason, "the deadline passed"))
         return left
 
+    def _blocking(self, option: int, until: float, call: Callable, *args):
+        """call(*args) on the blocking socket, giving up at `until` (TimeoutError): the next
+        read (option SO_RCVTIMEO) or write (SO_SNDTIMEO) waits at most that long."""
+        while True:
+            self._arm(option, until)
+            try:
+                return call(*args)
+            except (TimeoutError, BlockingIOError):
+                if self._clock() >= until:
+                    raise
+                # else a capped kernel timeout ended (KERNEL_TIMEOUT_CAP_SECONDS): wait on
+
     def _arm(self, option: int, until: float) -> None:
-        """The next read (SO_RCVTIMEO) or write (SO_SNDTIMEO) gives up at `until`.
+        """Set the timeout of the next blocking call: what is left until `until`, and for the
+        kernel at most KERNEL_TIMEOUT_CAP_SECONDS (see _blocking). TLS sockets wait in poll(),
+        whose timeout is exact.
 
         The kernel counts its timeout from the start of each call, so the one set for an
-        earlier call still fits when it ends at most REARM_SLACK_SECONDS past `until`: a
-        session of a few milliseconds sets each option once instead of before every call.
+        earlier call still fits when it ends at most REARM_SLACK_SECONDS past `until`, or
+        before `until` when it is the cap: a session of a few milliseconds sets each option
+        once instead of before every call.
         """
         left = until - self._clock()
         if left <= 0:
@@ -374,8 +396,11 @@ class SmtpConnection:
             return
         now = until - left
         armed = self._armed.get(option)
-        if armed is not None and until <= now + armed <= until + REARM_SLACK_SECONDS:
+        if armed is not None and now + armed <= until + REARM_SLACK_SECONDS and (
+            now + armed >= until or armed == KERNEL_TIMEOUT_CAP_SECONDS
+        ):
             return
+        left = min(left, KERNEL_TIMEOUT_CAP_SECONDS)
         set_kernel_timeout(self._sock, option, left)
         self._armed[option] = left
 
@@ -386,14 +411,10 @@ class SmtpConnection:
         try:
             # Small commands must not wait for delayed ACKs (Nagle), e.g. before STARTTLS.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._connect_nonblocking(sock, sockaddr)
             if self._hub is None:
-                if sock.gettimeout() is not None:  # socket.setdefaulttimeout() was called
-                    sock.settimeout(None)
-                set_kernel_timeout(sock, socket.SO_SNDTIMEO, left)  # bounds connect() too
-                self._armed = {socket.SO_SNDTIMEO: left}
-                sock.connect(sockaddr)
-            else:
-                self._connect_parked(sock, sockaddr)
+                sock.setblocking(True)  # reads and writes wait under kernel timeouts (_arm)
+                self._armed = {}
         except (TimeoutError, BlockingIOError):
             self._discard(sock)
             raise self._noted(SessionError("connect_timeout", f"no TCP connection within {left:.2f}s")) from None
@@ -402,13 +423,21 @@ class SmtpConnection:
             raise self._noted(SessionError("connect_refused", f"connection failed: {error.strerror or error}")) from None
         self._sock = sock
 
-    def _connect_parked(self, sock: socket.socket, sockaddr: tuple) -> None:
-        """connect() on a non-blocking socket, parked on the hub while the handshake runs;
-        raises as a blocking connect() would."""
+    def _connect_nonblocking(self, sock: socket.socket, sockaddr: tuple) -> None:
+        """connect() on a non-blocking socket, waiting for the handshake parked on the hub,
+        or without one in poll() (exact, unlike a kernel socket timeout of seconds); raises
+        as a blocking connect() would."""
         sock.setblocking(False)
         error = sock.connect_ex(sockaddr)
         if error == errno.EINPROGRESS:
-            if not self._hub.wait_socket(sock, WRITE, self._deadline):
+            if self._hub is not None:
+                connected = self._hub.wait_socket(sock, WRITE, self._deadline)
+            else:
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+                left = self._deadline - self._clock()
+                connected = left > 0 and bool(poller.poll(math.ceil(left * 1000)))
+            if not connected:
                 raise TimeoutError
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
@@ -479,8 +508,7 @@ class SmtpConnection:
             view = memoryview(data)
             while view:
                 if self._hub is None:
-                    self._arm(socket.SO_SNDTIMEO, self._deadline)
-                    sent = self._sock.send(view)
+                    sent = self._blocking(socket.SO_SNDTIMEO, self._deadline, self._sock.send, view)
                 else:
                     sent = self._parked(self._sock.send, view, blocked=WRITE)
                 view = view[sent:]
@@ -593,8 +621,7 @@ class SmtpConnection:
         assert self._sock is not None
         try:
             if self._hub is None:
-                self._arm(socket.SO_RCVTIMEO, until)
-                chunk = self._sock.recv(_RECV_BYTES)
+                chunk = self._blocking(socket.SO_RCVTIMEO, until, self._sock.recv, _RECV_BYTES)
             else:
                 # A reply comes after a command, so wait before reading rather than try a
                 # read that would nearly always find nothing yet.

@@ -11,6 +11,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from smtpmon.module import Module
+from smtpmon.probe import run_probe
 from smtpmon.smtpclient import (
     MAX_LINE_BYTES,
     REPLIES,
@@ -24,7 +26,7 @@ from smtpmon.smtpclient import (
     resolve,
 )
 from probe_engines import ENGINES, call_on_engine
-from smtpservers import BANNER, Expect, Send, Sleep, Trickle, reply
+from smtpservers import BANNER, Expect, FullBacklogListener, Send, Sleep, Trickle, reply
 
 
 def connect(server, timeout: float = 5.0) -> SmtpConnection:
@@ -43,6 +45,27 @@ def test_each_read_gets_only_the_time_left_even_against_a_trickle(scripted_serve
     assert raised.value.reason == "timeout"
     assert 0.45 <= time.monotonic() - begun < 0.55
     connection.close()
+
+
+@pytest.mark.parametrize("stage", ["connect", "banner"])
+def test_a_long_timeout_ends_on_time_without_a_hub(stage, scripted_server):
+    """The kernel rounds a socket timeout of seconds up to a coarse slot (a 5 s one ended 0.2 -
+    0.25 s late here), and a /probe has only 0.5 s before its scrape gives up: the blocking
+    path must end at its deadline all the same."""
+    listener = FullBacklogListener() if stage == "connect" else None
+    try:
+        if listener is not None:
+            time.sleep(0.05)  # let the fillers' handshakes fill the queue
+        target = listener.target if listener is not None else scripted_server([Sleep(30)]).target
+        begun = time.monotonic()
+        result = run_probe(target, Module(tls="none", timeout_seconds=5.0))
+        elapsed = time.monotonic() - begun
+    finally:
+        if listener is not None:
+            listener.close()
+
+    assert (result.failed_stage, result.reason) == (stage, "connect_timeout" if stage == "connect" else "timeout")
+    assert 5.0 <= result.duration_seconds < 5.05 and elapsed < 5.1
 
 
 @pytest.mark.parametrize("engine", sorted(ENGINES))
