@@ -194,6 +194,7 @@ class _StageRecord:
         self.replies: list[Reply] = []
         self.reason: str | None = None
         self.detail: str | None = None
+        self.ended: float | None = None  # set when the stage's own work ended before its body
 
     def fail(self, reason: str, detail: str) -> None:
         self.reason, self.detail = reason, detail
@@ -268,8 +269,9 @@ class _Session:
         except SessionError as error:  # already in the transcript
             record.fail(error.reason, error.detail)
             self.connection_usable = False
+        ended = self.clock() if record.ended is None else record.ended
         self.stages.append(
-            StageResult(name, self.clock() - begun, record.reason is None, tuple(record.replies), record.reason)
+            StageResult(name, ended - begun, record.reason is None, tuple(record.replies), record.reason)
         )
         if record.reason is not None:
             self.failure = (name, record.reason, record.detail or record.reason)
@@ -345,7 +347,7 @@ class _Session:
         raise error
 
     def implicit_tls(self, record: _StageRecord) -> None:
-        self.handshake()
+        self.handshake(record)
 
     def banner(self, record: _StageRecord) -> None:
         self.final(record, "banner", self.connection.read_reply(), "the banner")
@@ -377,9 +379,9 @@ class _Session:
         if reply.code != 220:  # RFC 3207: only 220 starts the handshake
             record.fail("unexpected_code", f"STARTTLS answered {reply.code}, not 220")
             return
-        self.handshake()
+        self.handshake(record)
 
-    def handshake(self) -> None:
+    def handshake(self, record: _StageRecord) -> None:
         module = self.module
         server_name = module.tls_server_name or self.host
         context = self.tls_context or make_tls_context(  # the latter says why there is none
@@ -388,6 +390,9 @@ class _Session:
         try:
             self.tls = self.connection.start_tls(context, server_name)
         except CertificateError as error:
+            # The stage is the server's handshake: the second connection, made only to show
+            # the certificate, counts in the probe's duration but not in this stage's.
+            record.ended = self.clock()
             self.connection_usable = False
             self.connection.close()  # before the second connection: a server may allow one
             self.transcript.note("reading the certificate over a second connection, without verification, to report it")

@@ -5,6 +5,7 @@ Rejections must come back well before the timeout (FAST), never by waiting for i
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import time
@@ -273,6 +274,22 @@ def test_bad_certificates_fail_and_are_still_reported(smtp_server, tls_contexts,
     if kind == "wrong_host":
         assert tls.sans == ("DNS:mx.elsewhere.example",)
     assert any(words in line.text.lower() for line in result.transcript)
+
+
+class SlowEhlo(ScriptedHandler):
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        await asyncio.sleep(0.3)
+        return await super().handle_EHLO(server, session, envelope, hostname, responses)
+
+
+def test_the_second_connection_that_reads_a_bad_certificate_is_not_the_handshakes_time(smtp_server, tls_contexts, ca_file):
+    server = smtp_server(SlowEhlo(), starttls_context=tls_contexts["untrusted"])
+    result = probe(server.target, tls="starttls", tls_ca_file=ca_file)
+
+    assert_failed(result, "starttls", "certificate_untrusted")
+    assert result.tls.subject  # read over the second connection, whose EHLO took 0.3 s
+    assert result.stage("starttls").duration_seconds < 0.15
+    assert result.duration_seconds >= 0.6  # the probe did take both EHLOs' time
 
 
 @pytest.mark.parametrize("kind", ["untrusted", "self_signed", "expired", "wrong_host"])
