@@ -120,8 +120,10 @@ def single_parameters(query: str) -> dict[str, str]:
             query, keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_PARAMETERS,
             errors="strict",
         )
+    except UnicodeDecodeError:  # a ValueError too: checked first
+        raise BadRequest("query parameters must be percent-encoded UTF-8") from None
     except ValueError:
-        raise BadRequest(f"too many or malformed query parameters (at most {MAX_PARAMETERS})") from None
+        raise BadRequest(f"too many query parameters (at most {MAX_PARAMETERS})") from None
     params: dict[str, str] = {}
     for name, value in pairs:
         if name in params:

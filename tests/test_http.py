@@ -160,7 +160,7 @@ def test_probe_allow_pattern_admits_an_unconfigured_target(exporter, scripted_se
         ("target=127.0.0.1:25%0d%0aRCPT&module=plain", 400, "whitespace or control characters"),
         ("target=mx%0a.example.org:25&module=plain", 400, "whitespace or control characters"),
         ("target=" + "a" * 400 + ":25&module=plain", 400, "longer than 300 characters"),
-        ("target=%ff:25&module=plain", 400, "malformed query parameters"),
+        ("target=%ff:25&module=plain", 400, "percent-encoded UTF-8"),
         ("target={healthy}&module=plain&debug=yes", 400, "'debug' must be true or false"),
         ("target=127.0.0.2:25&module=plain", 403, "must not become a port scanner"),
         ("target=[::1]:25&module=plain", 403, "must not become a port scanner"),

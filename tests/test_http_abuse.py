@@ -73,7 +73,7 @@ BAD_PROBE_QUERIES = [
     ("NUL injected", "target=127.0.0.1%00:25&module=plain", 400, "control characters"),
     ("space in the target", "target=127.0.0.1+:25&module=plain", 400, "whitespace"),
     ("bad host name", "target=mx..example.org:25&module=plain", 400, 'invalid host name "mx..example.org"'),
-    ("percent-encoding that is not UTF-8", "target=%ff%fe:25&module=plain", 400, "malformed query parameters"),
+    ("percent-encoding that is not UTF-8", "target=%ff%fe:25&module=plain", 400, "percent-encoded UTF-8"),
     ("unknown module", f"target={TARGET}&module=smtps", 400, "unknown module 'smtps'; known: plain, other"),
     ("module name with CR LF", f"target={TARGET}&module=x%0d%0aSet-Cookie:%20a", 400, "unknown module"),
     ("module name of 10,000 characters", f"target={TARGET}&module=" + "m" * 10_000, 400, "unknown module"),
