@@ -346,7 +346,7 @@ def answer_probe(server: Server, query: str, headers: Mapping[str, str], client:
     module = config.modules.get(module_name)
     if module is None:
         shown = module_name[:64].encode("unicode_escape").decode("ascii")
-        raise BadRequest(f"unknown module {shown!r}; known: {', '.join(config.modules)}")
+        raise BadRequest(f"unknown module '{shown}'; known: {', '.join(config.modules)}")
     debug = parse_debug(params.get("debug"))
     if not config.probe_allowed(host, port):
         raise BadRequest(

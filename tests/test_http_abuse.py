@@ -75,7 +75,8 @@ BAD_PROBE_QUERIES = [
     ("bad host name", "target=mx..example.org:25&module=plain", 400, 'invalid host name "mx..example.org"'),
     ("percent-encoding that is not UTF-8", "target=%ff%fe:25&module=plain", 400, "percent-encoded UTF-8"),
     ("unknown module", f"target={TARGET}&module=smtps", 400, "unknown module 'smtps'; known: plain, other"),
-    ("module name with CR LF", f"target={TARGET}&module=x%0d%0aSet-Cookie:%20a", 400, "unknown module"),
+    ("module name with CR LF", f"target={TARGET}&module=x%0d%0aSet-Cookie:%20a", 400,
+     "unknown module 'x\\r\\nSet-Cookie: a'"),  # escaped once, as a person would write it
     ("module name of 10,000 characters", f"target={TARGET}&module=" + "m" * 10_000, 400, "unknown module"),
     ("debug neither true nor false", f"target={TARGET}&module=plain&debug=yes", 400, "'debug' must be true or false"),
     ("too many parameters", "&".join(f"p{i}=1" for i in range(40)), 400, "too many"),
