@@ -194,7 +194,7 @@ class _StageRecord:
         self.replies: list[Reply] = []
         self.reason: str | None = None
         self.detail: str | None = None
-        self.ended: float | None = None  # set when the stage's own work ended before its body
+        self.ended: float | None = None  # when the stage ended, if before its body returned
 
     def fail(self, reason: str, detail: str) -> None:
         self.reason, self.detail = reason, detail
