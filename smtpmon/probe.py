@@ -21,6 +21,7 @@ import base64
 import email.utils
 import ipaddress
 import socket
+import ssl
 import time
 from collections.abc import Callable
 
@@ -207,9 +208,9 @@ class _Session:
         self.module = module
         self.module_name = module_name
         self.clock = clock
-        self.tls_context = None if module.tls == "none" else prepare_tls(
-            verify=module.tls_verify, ca_file=module.tls_ca_file, min_version=module.tls_min_version
-        )
+        # Opportunistic TLS is set up once STARTTLS is offered (wants_starttls), so that a
+        # daemon whose servers never offer it does not load the parser and CA bundle for nothing.
+        self.tls_context = self.prepare_tls() if module.tls in ("starttls", "implicit") else None
         self.started_at = time.time()
         self.start = clock()
         self.deadline = self.start + module.timeout_seconds if deadline is None else deadline
@@ -257,7 +258,18 @@ class _Session:
         """starttls: always (not offered fails the stage); opportunistic: only when offered."""
         if self.module.tls == "starttls":
             return True
-        return self.module.tls == "opportunistic" and self.ehlo is not None and "STARTTLS" in self.ehlo.extensions
+        offered = self.module.tls == "opportunistic" and self.ehlo is not None and "STARTTLS" in self.ehlo.extensions
+        if offered:
+            self.tls_context = self.prepare_tls()  # between stages: not in the starttls stage
+        return offered
+
+    def prepare_tls(self) -> ssl.SSLContext | None:
+        module = self.module
+        try:
+            return prepare_tls(verify=module.tls_verify, ca_file=module.tls_ca_file,
+                               min_version=module.tls_min_version)
+        except Exception:  # noqa: BLE001 - outside any stage: the handshake meets it again and says what
+            return None
 
     def run_stage(self, name: str, body: Callable[[_StageRecord], None]) -> bool:
         """Run and record one stage; False when the session must stop."""

@@ -284,10 +284,14 @@ def test_the_trimmer_gives_free_heap_pages_back_to_the_system():
 
 
 def test_a_daemon_without_tls_probes_never_loads_cryptography(daemon, smtp_server):
-    """cryptography (certificate facts) is 11 MB of resident memory; plain probes skip it."""
+    """cryptography (certificate facts) is 11 MB of resident memory; plain probes skip it, and
+    so do opportunistic ones (the default) of servers that never offer STARTTLS."""
     server = smtp_server()
-    running = daemon(config_text([(server.target, "plain")]))
-    running.wait_for(probed(server.target))
+    running = daemon(config_text([(server.target, "plain"), (server.target, "opportunistic")],
+                                 extra_modules="  opportunistic: {tls: opportunistic}"))
+    running.wait_for(lambda text: all(
+        (value(text, "smtpmon_probes_total", target=server.target, module=module) or 0) >= 1
+        for module in ("plain", "opportunistic")))
     with open(f"/proc/{running.process.pid}/maps") as maps:
         libraries = {line.split()[-1] for line in maps if "/" in line}
     assert not [path for path in libraries if "/cryptography/" in path or "/bcrypt/" in path]

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from smtpmon.config import REPLY_STAGES
 from smtpmon.module import AUTH_MECHANISMS, AUTH_TLS_MODES, TLS_MODES, TLS_VERSIONS, Module
 from smtpmon.probe import module_default_port, parse_target, run_probe
+from smtpmon.smtpclient import prepare_tls
 from smtpmon.results import ProbeResult
 from smtpmon.transcript import days_until_expiry, render, summary_line
 
@@ -89,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"smtpmon probe: error: {error}", file=sys.stderr)
         return UNKNOWN
+    if module.tls != "none":
+        # One probe per process: its TLS set-up (see prepare_tls) comes before the session, so
+        # that no part of it counts as the server's time. (The engine defers it for
+        # opportunistic TLS until STARTTLS is offered, to spare daemons the memory.)
+        prepare_tls(verify=module.tls_verify, ca_file=module.tls_ca_file, min_version=module.tls_min_version)
     result = run_probe(_join(host, port), module, module_name="cli")
     status, notes = judge(result, args)
     if args.json:
