@@ -60,6 +60,7 @@ REARM_SLACK_SECONDS = 0.005
 # 5 s SO_RCVTIMEO ended after 5.2 - 5.25 s here, enough to overrun a scrape's 0.5 s margin.
 # Up to 0.25 s the slots are 4 - 8 ms.
 KERNEL_TIMEOUT_CAP_SECONDS = 0.25
+_MAX_POLL_MILLISECONDS = 2**31 - 1  # poll() takes a C int
 _TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO / SO_SNDTIMEO
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
@@ -451,15 +452,23 @@ class SmtpConnection:
             if self._hub is not None:
                 connected = self._hub.wait_socket(sock, WRITE, self._deadline)
             else:
-                poller = select.poll()
-                poller.register(sock, select.POLLOUT)
-                left = self._deadline - self._clock()
-                connected = left > 0 and bool(poller.poll(math.ceil(left * 1000)))
+                connected = self._poll_writable(sock)
             if not connected:
                 raise TimeoutError
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             raise OSError(error, os.strerror(error))  # ETIMEDOUT becomes a TimeoutError
+
+    def _poll_writable(self, sock: socket.socket) -> bool:
+        """Wait in poll() until sock is writable (True) or the deadline passes (False)."""
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        while True:
+            left = self._deadline - self._clock()
+            if left <= 0:
+                return False
+            if poller.poll(min(math.ceil(left * 1000), _MAX_POLL_MILLISECONDS)):
+                return True
 
     def _discard(self, sock: socket.socket) -> None:
         if self._hub is not None:

@@ -560,6 +560,13 @@ def test_connect_refused():
     assert result.address is None
 
 
+def test_a_timeout_of_weeks_is_only_a_long_timeout(smtp_server):
+    """poll() takes milliseconds in a C int: 25 days do not fit, and must not crash a probe."""
+    result = probe(smtp_server().target, timeout_seconds=2_200_000.0)
+
+    assert result.success, result.detail
+
+
 def test_connect_timeout_ends_at_the_deadline():
     listener = FullBacklogListener()
     try:
