@@ -252,7 +252,7 @@ async def probe_phase(seconds: float, rounds: int) -> list[dict]:
                 contenders.append(("blackbox", blackbox[0].pid, blackbox[1], f"smtp_{module}"))
             totals = {name: [0.0, 0, 0.0] for name, *_ in contenders}  # CPU, probes, seconds
             round_ratios = []
-            for name, _, http_port, module_name in contenders:  # warm-up: threads, TLS
+            for _, _, http_port, module_name in contenders:  # warm-up: threads, TLS
                 await closed_loop(http_port, probe_paths(server, module_name), concurrency, 1.0)
             for index in range(rounds):
                 per_probe = {}

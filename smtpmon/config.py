@@ -200,7 +200,7 @@ def parse_address(text: str) -> tuple[str, int]:
         port_text = rest[1:]
     elif text.count(":") > 1:
         host, _, port_text = text.rpartition(":")
-        example = f"[{host}]:{port_text}" if _is_ipv6(host) and port_text else "[2001:db8::1]:25"
+        example = f"[{host}]:{port_text}" if is_ipv6(host) and port_text else "[2001:db8::1]:25"
         raise ValueError(f"an IPv6 address must be in brackets, e.g. {example}")
     else:
         host, colon, port_text = text.partition(":")
@@ -237,7 +237,7 @@ def _parse_port(text: str) -> int:
     return port
 
 
-def _is_ipv6(text: str) -> bool:
+def is_ipv6(text: str) -> bool:
     try:
         ipaddress.IPv6Address(text)
     except ValueError:
@@ -367,7 +367,7 @@ class _Parser:
         """A host name, or an address literal as RFC 5321 writes it: [192.0.2.1], [IPv6:...]."""
         if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
             literal = value[1:-1]
-            if literal.startswith("IPv6:") and _is_ipv6(literal[5:]):
+            if literal.startswith("IPv6:") and is_ipv6(literal[5:]):
                 return value
             try:
                 ipaddress.IPv4Address(literal)

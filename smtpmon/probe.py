@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import base64
 import email.utils
-import ipaddress
 import socket
 import ssl
 import time
 from collections.abc import Callable
 
+from smtpmon.config import is_ipv6
 from smtpmon.hub import Hub
 from smtpmon.module import Module
 from smtpmon.results import Capabilities, ProbeResult, Reply, StageResult, TlsInfo
@@ -85,12 +85,10 @@ def parse_target(target: str, default_port: int = SMTP_PORT) -> tuple[str, int]:
         port_text = rest[1:] if rest else None
     elif text.count(":") > 1:
         host, port_text = text, None  # a bare IPv6 address
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"target {target!r}: write IPv6 addresses as [ADDRESS]:PORT") from None
+        if not is_ipv6(host):
+            raise ValueError(f"target {target!r}: write IPv6 addresses as [ADDRESS]:PORT")
         head, _, tail = text.rpartition(":")
-        if _is_ipv6(head) and tail.isascii() and tail.isdigit() and 1 <= int(tail) <= 65535:
+        if is_ipv6(head) and tail.isascii() and tail.isdigit() and 1 <= int(tail) <= 65535:
             # "2001:db8::25:587" is an address, and also an address and a port.
             raise ValueError(f"target {target!r} is ambiguous: write [{host}] for port "
                              f"{default_port}, or [{head}]:{tail}")
@@ -104,14 +102,6 @@ def parse_target(target: str, default_port: int = SMTP_PORT) -> tuple[str, int]:
     if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"target {target!r}: port must be 1-65535, got {port_text!r}")
     return host, int(port_text)
-
-
-def _is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def parse_capabilities(reply: Reply, *, used_helo: bool = False) -> Capabilities:

@@ -10,7 +10,8 @@ for the transcript, with AUTH secrets masked before they are recorded. What woul
 
 Every blocking call gets `deadline - now` as its socket timeout, so the session ends at the
 deadline whatever the server does. On plain TCP that timeout is the kernel's (SO_RCVTIMEO /
-SO_SNDTIMEO on a blocking socket): one syscall per read or write. Python's own socket timeout
+SO_SNDTIMEO on a blocking socket, at most KERNEL_TIMEOUT_CAP_SECONDS at a time), set once
+per session when replies come fast, and connect() waits in poll(). Python's own socket timeout
 costs a poll() before every call and an ioctl() for each settimeout(), and each of those hands
 the GIL to another thread when many probes run at once. A TLS socket keeps Python's timeout:
 the ssl module retries a blocking read that the kernel timed out instead of giving up.
@@ -178,8 +179,8 @@ LOOKUPS = LookupPool()
 
 
 def set_kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
-    """SO_RCVTIMEO or SO_SNDTIMEO: a blocking call on `sock` gives up after `seconds` (> 0)
-    with EAGAIN (EINPROGRESS for connect)."""
+    """SO_RCVTIMEO or SO_SNDTIMEO: a blocking read or write on `sock` gives up after
+    `seconds` (> 0) with EAGAIN."""
     whole = int(seconds)
     micros = max(int((seconds - whole) * 1e6), 0 if whole else 1)  # 0 s would mean "never"
     sock.setsockopt(socket.SOL_SOCKET, option, _TIMEVAL.pack(whole, micros))
