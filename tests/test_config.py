@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from smtpmon.cli import main
-from smtpmon.config import (
+from smtpmon.config.load import (
     DEFAULT_CONFIG_TEXT,
     ConfigError,
     Config,
@@ -576,7 +576,7 @@ CONFIGURATION_DOC = REPO / "docs" / "configuration.md"
 
 
 def test_reference_page_documents_every_key():
-    from smtpmon.config import _AUTH_KEYS, _GLOBAL_KEYS, _MODULE_KEYS, _TARGET_KEYS
+    from smtpmon.config.load import _AUTH_KEYS, _GLOBAL_KEYS, _MODULE_KEYS, _TARGET_KEYS
 
     page = CONFIGURATION_DOC.read_text(encoding="utf-8")
     for key in (*_GLOBAL_KEYS, *_MODULE_KEYS, *_AUTH_KEYS, *_TARGET_KEYS):
