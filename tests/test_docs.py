@@ -30,13 +30,12 @@ from smtpmon.exposition.metrics import (
     EXPORTER_FAMILIES,
     TARGET_FAMILIES,
     ExporterState,
-    render_metrics,
     render_probe,
 )
 from smtpmon.config.load import parse_config
 from smtpmon.smtp.module import Module
-from smtpmon.smtp.session import run_probe
 from smtpmon.exposition.store import ResultStore
+from helpers import render_metrics, run_probe_at
 from smtpservers import SERVER_NAME, AiosmtpdServer, ScriptedHandler
 
 REPO = Path(__file__).resolve().parent.parent
@@ -153,9 +152,9 @@ def real_results(ca_file, tls_contexts):
     module = Module(tls="starttls", tls_ca_file=ca_file, tls_server_name=SERVER_NAME,
                     mail_from="probe@example.org", timeout_seconds=5.0)
     try:
-        healthy = run_probe(server.target, replace(module, rcpt_to=("ok@example.org",), data=True),
+        healthy = run_probe_at(server.target, replace(module, rcpt_to=("ok@example.org",), data=True),
                             module_name="mx")
-        greylisted = run_probe(server.target, replace(module, rcpt_to=("grey@example.org",)),
+        greylisted = run_probe_at(server.target, replace(module, rcpt_to=("grey@example.org",)),
                                module_name="greylist")
     finally:
         server.stop()

@@ -415,11 +415,6 @@ def metrics_chunks(store: ResultStore, state: ExporterState) -> list[bytes]:
     return parts
 
 
-def render_metrics(store: ResultStore, state: ExporterState) -> bytes:
-    """The whole `/metrics` page as one bytes object."""
-    return b"".join(metrics_chunks(store, state))
-
-
 def render_probe(result: ProbeResult, store: ResultStore) -> bytes:
     """The `/probe` page: `result` recorded in `store` (the daemon's /probe store), rendered
     with the counters of every /probe of the same target and module, as daemon mode counts."""

@@ -123,10 +123,6 @@ class ResultStore:
         with self._lock:
             self._entries.pop((target, module), None)
 
-    def keys(self) -> list[tuple[str, str]]:
-        with self._lock:
-            return list(self._entries)
-
     def latest(self, target: str, module: str) -> ProbeResult | None:
         with self._lock:
             entry = self._entries.get((target, module))
