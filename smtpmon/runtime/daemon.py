@@ -22,7 +22,7 @@ from smtpmon import __version__
 from smtpmon.config import webconfig
 from smtpmon.config.addresses import parse_listen_address
 from smtpmon.config.load import Config, ConfigError, default_config, load_config
-from smtpmon.exposition.metrics import ExporterState
+from smtpmon.exposition.state import ExporterState
 from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server
 from smtpmon.logs import get_logger
 from smtpmon.runtime.scheduler import Scheduler

@@ -41,7 +41,8 @@ from typing import Callable, Mapping, NamedTuple, Protocol, Sequence
 from smtpmon import __version__
 from smtpmon.web import landing
 from smtpmon.smtp import transcript
-from smtpmon.exposition.metrics import CONTENT_TYPE, ExporterState, metrics_chunks, render_probe
+from smtpmon.exposition.metrics import CONTENT_TYPE, metrics_chunks, render_probe
+from smtpmon.exposition.state import ExporterState
 from smtpmon.config.addresses import parse_address
 from smtpmon.config.load import Config
 from smtpmon.net.hub import READ, WRITE, Hub
@@ -373,7 +374,8 @@ def answer_probe(server: Server, query: str, headers: Mapping[str, str], client:
     (log.debug if result.success else log.info)(
         "probe via /probe", target=target, module=module_name, success=int(result.success),
         reason=result.reason, client=client)
-    metrics = render_probe(result, exporter.probe_store)
+    # Counted with every /probe of the same target and module before, as daemon mode counts.
+    metrics = render_probe(exporter.probe_store.record_on_demand(result))
     if debug:
         text = transcript.render(result).rstrip("\n")
         body = f"{text}\n\nMetrics that would have been returned:\n".encode() + metrics
@@ -893,7 +895,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _metrics(self, query: str) -> None:
         exporter = self.server.exporter
-        self._send(HTTPStatus.OK, metrics_chunks(exporter.store, exporter.state), CONTENT_TYPE)
+        self._send(HTTPStatus.OK, metrics_chunks(exporter.store.rows(), exporter.state), CONTENT_TYPE)
 
     def _probe(self, query: str) -> None:
         self._send(*answer_probe(self.server, query, self.headers, self.client_address[0], None))
