@@ -1,7 +1,9 @@
 # Two commands set up everything on a fresh machine:
 #   make run    install smtpmon in .venv and run the daemon (default: watch the MTA on 127.0.0.1:25)
 #   make test   install smtpmon with its test tools in .venv and run the whole test suite
-#   make deb    build the Debian package dist/smtpmon_<version>_all.deb (Debian 12 tools)
+# On Debian 12 with its package tools (README.md, "Installing"):
+#   make deb                    build the Debian package dist/smtpmon_<version>_all.deb
+#   make test-debian-versions   run the test suite on Debian's python3-* packages
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin

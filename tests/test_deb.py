@@ -104,7 +104,6 @@ def test_default_flags_file_sets_no_flag():
 def test_man_page_names_every_command():
     page = (DEBIAN / "smtpmon.1").read_text(encoding="utf-8")
     assert re.findall(r"^\.TP\n\.B (\S+)$", page, re.M) == list(SUBCOMMANDS)
-    assert f'"smtpmon {__version__}"' in page.splitlines()[0]
 
 
 def exposure(unit: Path) -> float:
@@ -149,8 +148,9 @@ def package_status() -> str:
 
 
 def smtpmon_paths() -> set[str]:
+    """Paths named after smtpmon where packages install and keep files (this checkout aside)."""
     found = run("find", *SCANNED, "-xdev", "-name", "*smtpmon*", timeout=60, check=False)
-    return set(found.stdout.split())
+    return {path for path in found.stdout.split() if not Path(path).is_relative_to(REPO)}
 
 
 def user_exists(name: str) -> bool:
