@@ -10,7 +10,7 @@ import subprocess
 import probe_results
 import pytest
 from helpers import render_metrics, sample_value, samples, stored_keys
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client import exposition
 from prometheus_client.parser import text_string_to_metric_families
 
 from smtpmon import __version__
@@ -39,7 +39,11 @@ def metrics_after(*results) -> bytes:
 
 
 def test_content_type_is_text_format_0_0_4():
-    assert CONTENT_TYPE == CONTENT_TYPE_PLAIN_0_0_4
+    # Newer prometheus_client names this type CONTENT_TYPE_PLAIN_0_0_4; older ones (Debian 12's
+    # 0.16) have no such name, and their CONTENT_TYPE_LATEST is this format.
+    text_0_0_4 = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", None) or exposition.CONTENT_TYPE_LATEST
+    assert text_0_0_4.startswith("text/plain; version=0.0.4")
+    assert CONTENT_TYPE == text_0_0_4
 
 
 def test_healthy_target():

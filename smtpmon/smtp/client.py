@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import datetime
 import errno
 import functools
 import ipaddress
@@ -341,9 +342,19 @@ def _parsed_certificate_facts(der: bytes) -> tuple[tuple[str, object], ...]:
         ("subject", cert.subject.rfc4514_string()),
         ("issuer", cert.issuer.rfc4514_string()),
         ("sans", sans),
-        ("not_before", cert.not_valid_before_utc.timestamp()),
-        ("not_after", cert.not_valid_after_utc.timestamp()),
+        ("not_before", _utc_timestamp(cert, "not_valid_before")),
+        ("not_after", _utc_timestamp(cert, "not_valid_after")),
     )
+
+def _utc_timestamp(cert, name: str) -> float:
+    """The certificate's `name` date as a Unix time. cryptography 42 added the aware
+    `<name>_utc` and deprecated the naive `<name>` (in UTC), the only one before 42 (Debian 12
+    ships 38)."""
+    aware = getattr(cert, f"{name}_utc", None)
+    if aware is None:
+        aware = getattr(cert, name).replace(tzinfo=datetime.UTC)
+    return aware.timestamp()
+
 
 
 class SmtpConnection:
