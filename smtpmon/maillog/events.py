@@ -46,8 +46,10 @@ INBOUND_REASONS = ("client_host", "helo", "sender", "recipient", "relay_access",
 OUTBOUND_REASONS = ("delivered", "remote_reply", "connection_refused", "connect_timeout",
                     "no_route", "dns_failure", "tls_failure", "tls_not_offered", "timeout",
                     "lost_connection", "suspended", "expired", "other")
-# reason of a malformed event
-MALFORMED_REASONS = ("no_header", "too_long")
+# reason of a malformed event: no syslog header (or not a journal entry), longer than the
+# reader's cap, cut off by a truncation or rotation, or shaped like a reply line (a reject,
+# a delivery status) that does not parse.
+MALFORMED_REASONS = ("no_header", "not_json", "too_long", "incomplete", "unrecognized")
 
 # class and category of an outbound event where no server answered (code "000"): not a
 # protocol error, there was no reply at all; the event's reason says why.

@@ -90,6 +90,7 @@ class FileFollower:
         self._rotations = 0
         self._truncations = 0
         self._skipped = 0
+        self._skipped_catch_ups = 0
         self._errors: dict[str, int] = {}
         self._condition: str | None = None
         self._condition_detail: str | None = None
@@ -127,6 +128,7 @@ class FileFollower:
             rotations=self._rotations,
             truncations=self._truncations,
             skipped_bytes=self._skipped,
+            skipped_catch_ups=self._skipped_catch_ups,
             errors=dict(self._errors),
             condition=self._condition,
             condition_detail=self._condition_detail,
@@ -246,6 +248,7 @@ class FileFollower:
         assert self._fd is not None
         size = os.fstat(self._fd).st_size
         self._skipped += max(size - self._read_offset, 0)
+        self._skipped_catch_ups += 1
         self._offset = self._read_offset = size
         self._pending, self._discarding = b"", False
         os.lseek(self._fd, size, os.SEEK_SET)

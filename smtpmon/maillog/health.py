@@ -20,6 +20,7 @@ class ReaderHealth:
     rotations: int = 0  # the file was replaced (renamed away, or another file put in place)
     truncations: int = 0  # the file was truncated in place (copy-and-truncate rotation)
     skipped_bytes: int = 0  # left unread because catch-up hit its bound in lines or time
+    skipped_catch_ups: int = 0  # times catch-up hit its bound and the rest was skipped
     errors: dict[str, int] = field(default_factory=dict)  # kind -> times it began
     condition: str | None = None  # the error kind in effect now, None when reading is fine
     condition_detail: str | None = None  # its words (strerror), for a log line

@@ -103,7 +103,8 @@ _REJECT_REASON = re.compile(
     r"|(?P<recipient>Recipient address rejected)"
     r"|(?P<size>Message size exceeds)"
     r"|(?P<tls_required>Session encryption is required)"
-    r"|(?P<protocol>Improper use of SMTP command pipelining|Bad (?:sender|recipient) address syntax)"
+    r"|(?P<protocol>(?:Data command rejected: )?Improper use of SMTP command pipelining"
+    r"|Bad (?:sender|recipient) address syntax)"
     r"|(?P<data>Data command rejected|End-of-data rejected)"
 )
 _CLEANUP_REJECT = re.compile(
@@ -157,6 +158,8 @@ class PostfixParser:
         }
         self._unrelated: dict[str, LogEvent] = {}
         self._malformed = LogEvent(MALFORMED, reason="no_header")
+        # A line shaped like a reject or a delivery status that does not parse.
+        self._unrecognized = LogEvent(MALFORMED, reason="unrecognized")
         self._codes: dict[tuple[str, str], tuple[str, str, str, str]] = {}
 
     # -- entry points -------------------------------------------------------------------------
@@ -199,7 +202,7 @@ class PostfixParser:
         if "reject: " in message:
             match = _REJECT.match(message)
             if match is None:
-                return None  # reject_warning and the like: nothing was refused
+                return self._unrecognized
             action, where, code, enhanced = match.groups()
             text = message[match.end():]
             if action == "milter-reject":
@@ -208,7 +211,7 @@ class PostfixParser:
                 reason, rbl = self._reject_reason(text, service)
             if code is None:
                 if enhanced is None:
-                    return None
+                    return self._unrecognized
                 code = (_MILTER_CODE_FOR_CLASS if action == "milter-reject"
                         else _CODE_FOR_CLASS)[enhanced[0]]
             return self._reply(service, INBOUND, _STAGES.get(where, OTHER), "reject", code,
@@ -236,7 +239,7 @@ class PostfixParser:
             return None
         match = _CLEANUP_REJECT.match(message)
         if match is None:
-            return None
+            return self._unrecognized
         action, code, enhanced = match.groups()
         milter = action == "milter-reject"
         if code is None:
@@ -249,7 +252,7 @@ class PostfixParser:
         if ", status=" in message:
             match = _STATUS.match(message)
             if match is None:
-                return None
+                return self._unrecognized
             domain, dsn, status, detail = match.groups()
             domain_label = self._domain_label(domain)
             if status == "sent":
