@@ -92,6 +92,7 @@ class FileFollower:
         self._skipped = 0
         self._skipped_catch_ups = 0
         self._errors: dict[str, int] = {}
+        self._found: tuple[str, str] | None = None
         self._condition: str | None = None
         self._condition_detail: str | None = None
         self._caught_up = False
@@ -102,19 +103,20 @@ class FileFollower:
         """Read what is there now (at most max_lines_per_poll lines), count each line; return
         how many lines were handled. Never raises OSError."""
         handled = 0
+        self._found: tuple[str, str] | None = None  # the condition this poll ran into
         try:
-            if self._fd is None and not self._open():
-                return 0
-            handled = self._read(parser, tally)
-            if handled < self._max_lines_per_poll:
-                handled += self._check_replaced(parser, tally)
-            self._clear_condition()
+            if self._fd is not None or self._open():
+                self._check_truncated(tally)
+                handled = self._read(parser, tally)
+                if handled < self._max_lines_per_poll:
+                    handled += self._check_replaced(parser, tally)
         except OSError as error:
             self._fail(error)
             self._close_fd()
         if handled:
             self._last_read_at = time.time()
         self._maybe_save()
+        self._settle_condition()
         return handled
 
     def health(self) -> ReaderHealth:
@@ -143,6 +145,7 @@ class FileFollower:
     # -- opening ------------------------------------------------------------------------------
     def _open(self) -> bool:
         first_open, self._first_open = self._first_open, False
+        saved = self._load_position() if first_open else None
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as error:
@@ -153,7 +156,7 @@ class FileFollower:
             if stat.S_ISDIR(info.st_mode):
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.path)
             if not stat.S_ISREG(info.st_mode):
-                self._condition_begins("not_a_file", "not a regular file")
+                self._found = ("not_a_file", "not a regular file")
                 os.close(fd)
                 return False
         except OSError as error:
@@ -164,7 +167,14 @@ class FileFollower:
         self._identity = (info.st_dev, info.st_ino)
         self._size = info.st_size
         self._pending, self._discarding = b"", False
-        start = self._resume_offset(info) if first_open else 0
+        start = 0
+        if first_open:
+            if saved is not None and self._same_file(saved, info):
+                start = saved.offset
+            elif saved is not None and self._open_rotated(saved, fd):
+                return True  # read the rest of the old file first, then this one from its start
+            elif saved is None and not self._from_start:
+                start = info.st_size
         if start < info.st_size and self._catching_up_until is None:
             self._catching_up_until = self._clock() + self._catch_up_max_seconds
             self._catch_up_lines = 0
@@ -173,13 +183,47 @@ class FileFollower:
         self._head = self._read_head() if info.st_size else None
         return True
 
-    def _resume_offset(self, info: os.stat_result) -> int:
-        """Where a first open starts: the saved position if it is this file, else the end (or
-        the start when asked)."""
-        saved = saved_position.load(self.state_file) if self.state_file else None
-        if isinstance(saved, saved_position.FilePosition) and self._same_file(saved, info):
-            return saved.offset
-        return 0 if self._from_start else info.st_size
+    def _load_position(self) -> saved_position.FilePosition | None:
+        if self.state_file is None:
+            return None
+        saved = saved_position.load(self.state_file)
+        return saved if isinstance(saved, saved_position.FilePosition) else None
+
+    def _open_rotated(self, saved: saved_position.FilePosition, current_fd: int) -> bool:
+        """The file was rotated while smtpmon was stopped: find the old file beside the path
+        (mail.log.1, mail.log-20261203), by its device, inode and first bytes, and make it the
+        open file at the saved offset, so the lines written to it after the stop are read.
+        Without it, the current file is read from its start."""
+        directory, name = os.path.split(os.path.abspath(self.path))
+        try:
+            siblings = [entry for entry in os.scandir(directory)
+                        if entry.name.startswith(name) and entry.name != name]
+        except OSError:
+            siblings = []
+        for entry in siblings:
+            try:
+                info = entry.stat(follow_symlinks=False)
+                if (info.st_dev, info.st_ino) != (saved.device, saved.inode):
+                    continue
+                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            self._fd = fd
+            if not stat.S_ISREG(info.st_mode) or not self._same_file(saved, info):
+                os.close(fd)
+                continue
+            os.close(current_fd)
+            self._identity = (info.st_dev, info.st_ino)
+            self._size = info.st_size
+            self._offset = self._read_offset = saved.offset
+            os.lseek(fd, saved.offset, os.SEEK_SET)
+            self._head = self._read_head()
+            if saved.offset < info.st_size:
+                self._catching_up_until = self._clock() + self._catch_up_max_seconds
+                self._catch_up_lines = 0
+            return True
+        self._fd = current_fd
+        return False
 
     def _same_file(self, saved: saved_position.FilePosition, info: os.stat_result) -> bool:
         if (saved.device, saved.inode) != (info.st_dev, info.st_ino) or saved.offset > info.st_size:
@@ -247,7 +291,7 @@ class FileFollower:
     def _skip_backlog(self) -> None:
         assert self._fd is not None
         size = os.fstat(self._fd).st_size
-        self._skipped += max(size - self._read_offset, 0)
+        self._skipped += max(size - self._offset, 0)
         self._skipped_catch_ups += 1
         self._offset = self._read_offset = size
         self._pending, self._discarding = b"", False
@@ -256,25 +300,34 @@ class FileFollower:
         self._caught_up = True
 
     # -- rotation -----------------------------------------------------------------------------
-    def _check_replaced(self, parser: LogParser, tally: Tally) -> int:
-        """At the end of the open file: was it truncated, or replaced by another file? Returns
-        the lines read from the start of the truncated or new file."""
+    def _check_truncated(self, tally: Tally) -> None:
+        """Before reading on: was the file truncated in place (it shrank below the offset, or
+        its first bytes changed because it was truncated and written past the offset since
+        the last poll)? Then it is read again from its start."""
         assert self._fd is not None
-        info = os.fstat(self._fd)
-        self._size = info.st_size
-        if info.st_size < self._read_offset or self._head_changed():
+        size = os.fstat(self._fd).st_size
+        if size < self._read_offset or self._head_changed():
             self._truncations += 1
             self._drop_partial(tally)
             os.lseek(self._fd, 0, os.SEEK_SET)
             self._offset = self._read_offset = 0
-            self._head = self._read_head() if info.st_size else None
-            return self._read(parser, tally)
+            self._head = self._read_head() if size else None
+
+    def _check_replaced(self, parser: LogParser, tally: Tally) -> int:
+        """At the end of the open file: was another file put at the path? Returns the lines
+        read from the start of the new file."""
+        assert self._fd is not None
+        info = os.fstat(self._fd)
+        self._size = info.st_size
         if self._head is None or self._head[0] < saved_position.HEAD_BYTES:
             self._head = self._read_head() if info.st_size else None  # a young file grew
         try:
             current = os.stat(self.path)
-        except FileNotFoundError:
-            return 0  # renamed away and not recreated yet: keep the old file open
+        except FileNotFoundError as error:
+            # Renamed away and not recreated yet: keep the old file open (a writer may still
+            # hold it), and say the path is missing.
+            self._fail(error)
+            return 0
         if (current.st_dev, current.st_ino) == self._identity:
             return 0
         handled = self._read(parser, tally)  # what reached the old file before the switch
@@ -323,23 +376,25 @@ class FileFollower:
                 path=self.path, device=self._identity[0], inode=self._identity[1],
                 offset=self._offset, head_length=head_length, head_sha256=head_sha256))
             self._saved_offset = current
-            if self._condition == "state_file":
-                self._clear_condition()
         except OSError as error:
-            self._condition_begins("state_file", error.strerror or str(error))
+            self._last_save = float("-inf")  # retried at the next poll
+            self._found = self._found or ("state_file", error.strerror or str(error))
 
     # -- conditions ---------------------------------------------------------------------------
     def _fail(self, error: OSError) -> None:
-        self._condition_begins(_ERRNO_KINDS.get(error.errno or 0, "io_error"),
-                               error.strerror or str(error))
+        self._found = (_ERRNO_KINDS.get(error.errno or 0, "io_error"), error.strerror or str(error))
 
-    def _condition_begins(self, kind: str, detail: str) -> None:
+    def _settle_condition(self) -> None:
+        """Make this poll's finding the condition in effect; a condition is counted when it
+        begins, not at every poll that still finds it."""
+        found = self._found
+        if found is None:
+            self._condition = self._condition_detail = None
+            return
+        kind, detail = found
         if self._condition != kind:
             self._errors[kind] = self._errors.get(kind, 0) + 1
         self._condition, self._condition_detail = kind, detail
-
-    def _clear_condition(self) -> None:
-        self._condition = self._condition_detail = None
 
     def _close_fd(self) -> None:
         if self._fd is not None:
