@@ -131,15 +131,6 @@ class PostfixInstance:
     def maillog(self) -> str:
         return str(Path(self.workdir, "maillog"))
 
-    def flush_queue(self) -> None:
-        """`postqueue -f`: attempt delivery of every queued message now (deferred mail too),
-        so a test does not wait for the queue manager's retry schedule."""
-        run = subprocess.run(
-            ["postqueue", "-c", self.config_dir, "-f"], capture_output=True, text=True,
-            timeout=COMMAND_TIMEOUT_SECONDS, env=_command_env())
-        if run.returncode != 0:
-            raise RuntimeError(f"postqueue -f failed: {run.stdout}{run.stderr}")
-
     def stop(self) -> None:
         """Stop the master and its children (and remove an own workdir); idempotent."""
         if self._stopped:

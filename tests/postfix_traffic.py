@@ -6,6 +6,8 @@ so client, HELO and sender rejects happen where they are asked, not at RCPT), an
 transport map that relays the test domains to loopback SMTP servers scripted to refuse in
 each way a remote server does. The `drive_*` functions make the traffic with smtplib and
 return what they drove: the expected counts come from here, never from reading the log.
+Deferred mail is not retried while a test runs (the queue manager's first retry is minutes
+away), so each message is exactly one delivery attempt.
 
 Used by tests/test_maillog_postfix.py and by benchmarks/maillog_parse.py (which captures
 the lines this traffic produces and replicates them into a large log).
@@ -181,6 +183,7 @@ def drive_inbound(mx: PostfixInstance) -> Driven:
     client.ehlo()
     client.close()
     driven.replies["inbound", "connect", "554", "5.7.1"] += 1
+    driven.session_ends["connect", "lost_connection"] += 1  # closed without QUIT
 
     client = _client(PLAIN_CLIENT, helo="bad.helo.test")
     client.connect(mx.host, mx.port)
@@ -188,6 +191,7 @@ def drive_inbound(mx: PostfixInstance) -> Driven:
     assert code == 554, code
     client.close()
     driven.replies["inbound", "ehlo", "554", "5.7.1"] += 1
+    driven.session_ends["ehlo", "lost_connection"] += 1
 
     with _client(PLAIN_CLIENT) as client:
         client.connect(mx.host, mx.port)
@@ -206,7 +210,7 @@ def drive_inbound(mx: PostfixInstance) -> Driven:
         assert client.rcpt(f"greylist@{HOSTNAME}")[0] == 450
         driven.replies["inbound", "rcpt", "450", "4.2.0"] += 1
         assert client.rcpt(f"tlsonly@{HOSTNAME}")[0] == 530
-        driven.replies["inbound", "rcpt", "530", "4.7.1"] += 1
+        driven.replies["inbound", "rcpt", "530", "5.7.1"] += 1  # Postfix makes the DSN 5.x.x
         assert client.rcpt(f"nosuchuser@{HOSTNAME}")[0] == 550
         driven.replies["inbound", "rcpt", "550", "5.1.1"] += 1
 
@@ -254,8 +258,9 @@ def drive_outbound(mx: PostfixInstance) -> Driven:
         (f"user@{DOMAIN_THROTTLE}", ("deferred", "banner", "421", "4.7.0"), "remote_reply"),
         (f"user@{DOMAIN_GREETING_REJECT}", ("deferred", "banner", "554", "5.7.1"), "remote_reply"),
         (f"user@{DOMAIN_MAIL_REJECT}", ("bounced", "mail", "550", "5.7.1"), "remote_reply"),
-        (f"user@{DOMAIN_REFUSED}", ("deferred", "connect", "000", ""), "connection_refused"),
-        (f"user@{DOMAIN_SILENT}", ("deferred", "banner", "000", ""), "timeout"),
+        # No reply: the enhanced code is Postfix's own DSN for the failure.
+        (f"user@{DOMAIN_REFUSED}", ("deferred", "connect", "000", "4.4.1"), "connection_refused"),
+        (f"user@{DOMAIN_SILENT}", ("deferred", "banner", "000", "4.4.2"), "timeout"),
     ]
     for recipient, (status, stage, code, enhanced), reason in plan:
         send_outbound(mx, recipient)
