@@ -12,12 +12,15 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smtpmon.maillog.events import MALFORMED, REPLY, UNRELATED, LogEvent, Tally
 from smtpmon.maillog.follow import FileFollower
@@ -323,3 +326,23 @@ def test_reader_thread_counts_in_the_background_and_saves_its_position(tmp_path)
         reader.stop()
     assert json.loads(state.read_text())["offset"] == log.stat().st_size
     assert not any(thread.name == "smtpmon-maillog" for thread in threading.enumerate())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=200), st.sampled_from([
+    REJECT_LINE.encode() + b"\n", b"\n", b"\xff\xfe\n", b"x" * 150]),
+), max_size=30))
+def test_every_line_written_is_counted_exactly_once(chunks):
+    """Whatever bytes arrive in whatever pieces: one event per newline, never an exception."""
+    with tempfile.TemporaryDirectory() as directory:
+        log = Path(directory, "mail.log")
+        log.touch()
+        follower, tally = FileFollower(str(log), max_line_bytes=64, chunk_bytes=37), Tally()
+        poll(follower, tally)
+        for chunk in chunks:
+            append(log, chunk)
+            poll(follower, tally)
+        append(log, b"\n")
+        poll(follower, tally)
+        assert sum(tally.counts.values()) == b"".join(chunks).count(b"\n") + 1
+        assert follower.health().condition is None

@@ -92,7 +92,7 @@ class FileFollower:
         self._skipped = 0
         self._skipped_catch_ups = 0
         self._errors: dict[str, int] = {}
-        self._found: tuple[str, str] | None = None
+        self._found: tuple[str, str] | None = None  # the condition the current poll ran into
         self._condition: str | None = None
         self._condition_detail: str | None = None
         self._caught_up = False
@@ -103,7 +103,7 @@ class FileFollower:
         """Read what is there now (at most max_lines_per_poll lines), count each line; return
         how many lines were handled. Never raises OSError."""
         handled = 0
-        self._found: tuple[str, str] | None = None  # the condition this poll ran into
+        self._found = None
         try:
             if self._fd is not None or self._open():
                 self._check_truncated(tally)
@@ -187,7 +187,9 @@ class FileFollower:
         if self.state_file is None:
             return None
         saved = saved_position.load(self.state_file)
-        return saved if isinstance(saved, saved_position.FilePosition) else None
+        if not isinstance(saved, saved_position.FilePosition) or saved.path != self.path:
+            return None  # no position, or one of another file: a first start
+        return saved
 
     def _open_rotated(self, saved: saved_position.FilePosition, current_fd: int) -> bool:
         """The file was rotated while smtpmon was stopped: find the old file beside the path

@@ -32,6 +32,9 @@ DEFAULT_IDENTIFIERS = ("postfix/smtpd", "postfix/postscreen", "postfix/cleanup",
 _TOO_LONG = LogEvent(MALFORMED, reason="too_long")
 _NOT_JSON = LogEvent(MALFORMED, reason="not_json")
 _RESTART_DELAY_SECONDS = 5.0
+# journalctl still running this long after its start has opened the journal: a failure
+# condition ends (it exits at once when it cannot).
+_HEALTHY_AFTER_SECONDS = 2.0
 
 
 class JournalFollower:
@@ -72,6 +75,7 @@ class JournalFollower:
         self._last_save = float("-inf")
         self._next_start = float("-inf")
         self._started_once = False
+        self._started_at = float("-inf")
         self._skip_to_end = False  # catch-up ran out: the next start begins at the end
         self._catching_up_until: float | None = None
         self._catch_up_lines = 0
@@ -101,9 +105,11 @@ class JournalFollower:
                 break
             try:
                 chunk = os.read(fd, 256 * 1024)
-            except BlockingIOError:
+            except BlockingIOError:  # journalctl waits for new entries
                 self._catching_up_until = None
                 self._caught_up = True
+                if self._clock() - self._started_at > _HEALTHY_AFTER_SECONDS:
+                    self._clear_failure()
                 break
             except OSError as error:
                 self._failed(error.strerror or str(error))
@@ -118,8 +124,7 @@ class JournalFollower:
         self._lines += handled
         if handled:
             self._last_read_at = time.time()
-            if self._condition == "journal_failed":
-                self._condition = self._condition_detail = None
+            self._clear_failure()
         self._maybe_save()
         return handled
 
@@ -185,9 +190,14 @@ class JournalFollower:
             self._catch_up_lines = 0
             self._caught_up = False
         self._started_once = True
+        self._started_at = self._clock()
         self._skip_to_end = False
         self._pending, self._discarding = b"", False
         return True
+
+    def _clear_failure(self) -> None:
+        if self._condition == "journal_failed":
+            self._condition = self._condition_detail = None
 
     def _failed(self, detail: str) -> None:
         self._condition_begins("journal_failed", detail)
