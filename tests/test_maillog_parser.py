@@ -314,3 +314,18 @@ def test_real_lines_with_any_text_spliced_in_never_raise(noise, line):
         if event.kind == REPLY:
             assert event.code == "000" or 100 <= int(event.code) <= 599
     assert isinstance(PARSER.parse_message(noise, noise), LogEvent)
+
+
+@pytest.mark.parametrize("line, text", [
+    (INBOUND_LINES[4][0], "Recipient address rejected: User unknown in local recipient table"),
+    (INBOUND_LINES[9][0], "Service unavailable; Client host [192.0.2.1] blocked using "
+     "zen.spamhaus.org; https://www.spamhaus.org/query/ip/192.0.2.1"),
+    (INBOUND_LINES[17][0], "message content rejected"),
+    (OUTBOUND_LINES[1][0], "Greylisted, please try again later"),
+    (OUTBOUND_LINES[4][0], "Too many connections, slow down"),
+    (OUTBOUND_LINES[6][0], "connect to 127.0.0.1[127.0.0.1]:40161: Connection refused"),
+    (UNRELATED_LINES[0][0], None),
+    ("garbage", None),
+])
+def test_reply_text_for_people(line, text):
+    assert PARSER.reply_text(line) == text

@@ -125,6 +125,10 @@ _IN_REPLY_TO = re.compile(r"\(in reply to (.+?) command\)$")
 _ATTEMPT = re.compile(r"[0-9A-Za-z]+: host [^ ]+ (?:said|refused to talk to me): ")
 _SENT_REPLY = re.compile(r"([2-5][0-9][0-9])[ -](?:([245]\.[0-9]{1,3}\.[0-9]{1,3}) )?")
 
+# Where a reply's words end in a log line, and the address Postfix puts before them.
+_TEXT_END = re.compile(r"; (?:from|to|proto)=| \(in reply to .+ command\)$")
+_RECIPIENT_PREFIX = re.compile(r"^<[^>]*>: ")
+
 _CONNECT_ERRORS = (
     ("Connection refused", "connection_refused"),
     ("Connection timed out", "connect_timeout"),
@@ -186,6 +190,36 @@ class PostfixParser:
             if event is not None:
                 return event
         return self.unrelated(program)
+
+    def reply_text(self, line: str) -> str | None:
+        """The words of the reply a line is about ("Recipient address rejected: User unknown
+        in local recipient table", "Greylisted, please try again later"), for people: the
+        log report and the status page, never a label. None for a line about no reply. Not on
+        the hot path: it parses the line again."""
+        parts = split_line(line)
+        if parts is None:
+            return None
+        program, message = parts
+        service = program.rpartition("/")[2] if program.startswith("postfix") else ""
+        if service in ("smtpd", "postscreen"):
+            match = _REJECT.match(message)
+            text = message[match.end():] if match else None
+        elif service == "cleanup":
+            match = _CLEANUP_REJECT.match(message)
+            text = message[match.end():] if match else None
+        elif service in ("smtp", "lmtp"):
+            status = _STATUS.match(message)
+            text = status.group(4) if status else (
+                message.partition(": ")[2] if _ATTEMPT.match(message) else None)
+            if text is not None:
+                reply = _REMOTE_REPLY.match(text) or _SENT_REPLY.match(text)
+                text = text[reply.end():] if reply else text
+        else:
+            return None
+        if text is None:
+            return None
+        text = _TEXT_END.split(text, 1)[0]
+        return _RECIPIENT_PREFIX.sub("", text, 1).strip() or None
 
     def unrelated(self, program: str) -> LogEvent:
         """The (cached) event of a line of `program` that is not about replies."""
