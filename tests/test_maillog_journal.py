@@ -145,3 +145,33 @@ def test_a_journal_that_cannot_be_read_is_a_condition_and_retried(journal, tmp_p
     assert health.errors == {"journal_failed": 1}
     assert health.condition_detail
     assert not any(event.kind in (REPLY, MALFORMED) for event in tally.counts)
+
+
+def test_a_backlog_beyond_the_catch_up_bound_is_skipped_and_said(journal, tmp_path):
+    state = tmp_path / "position.json"
+    write_journal(journal, [REJECT])
+    first = JournalFollower(journal_file=str(journal), state_file=str(state), from_start=True)
+    tally = Tally()
+    try:
+        poll_until(first, tally, 1)
+    finally:
+        first.close()
+    write_journal(journal, [REJECT] * 50, 10)  # the backlog while stopped
+    second = JournalFollower(journal_file=str(journal), state_file=str(state),
+                             catch_up_max_lines=10)
+    try:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while second.health().skipped_catch_ups == 0 and time.monotonic() < deadline:
+            second.poll(PARSER, tally)
+            time.sleep(0.05)
+        second.poll(PARSER, tally)  # started again at the end
+        time.sleep(0.5)
+        second.poll(PARSER, tally)
+        write_journal(journal, [DEFER], 100)
+        poll_until(second, tally, tally.counts[REJECT_EVENT] + 1)
+        health = second.health()
+    finally:
+        second.close()
+    assert health.skipped_catch_ups == 1
+    assert 1 + 10 <= tally.counts[REJECT_EVENT] < 1 + 50
+    assert tally.counts[DEFER_EVENT] == 1

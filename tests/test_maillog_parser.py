@@ -17,7 +17,7 @@ from smtpmon.maillog.events import (
     UNRELATED,
     LogEvent,
 )
-from smtpmon.maillog.postfix import MAX_PROGRAMS, PostfixParser
+from smtpmon.maillog.postfix import MAX_ENHANCED_CODES, MAX_PROGRAMS, PostfixParser
 from smtpmon.maillog.syslog import line_timestamp
 
 H = "Dec 03 08:13:59 mx postfix/"  # the header postlogd writes (maillog_file)
@@ -290,6 +290,16 @@ def test_program_labels_are_capped():
               for n in range(MAX_PROGRAMS * 3)}
     assert len(labels) <= MAX_PROGRAMS + 1
     assert "other" in labels
+
+
+def test_enhanced_code_labels_are_capped():
+    parser = PostfixParser()
+    template = OUTBOUND_LINES[2][0]  # 552 5.2.2 at RCPT
+    labels = {parser.parse_line(template.replace("552 5.2.2", f"552 5.7.{n}")).enhanced
+              for n in range(MAX_ENHANCED_CODES + 50)}
+    assert len(labels) == MAX_ENHANCED_CODES + 1
+    assert "other" in labels
+    assert parser.parse_line(template.replace("552 5.2.2", "552 5.7.3")).enhanced == "5.7.3"
 
 
 def test_unrelated_lines_share_one_event_object():

@@ -67,7 +67,7 @@ class LogEvent(NamedTuple):
     stage: str = ""
     status: str = ""
     code: str = ""  # "550", or "000" when no server answered
-    enhanced: str = ""  # RFC 3463 status ("5.1.1"), "" when none
+    enhanced: str = ""  # RFC 3463 status ("5.1.1"); "" when none; "other" past the parser's cap
     reply_class: str = ""  # smtpmon.replycodes.reply_class of the code, or NO_REPLY
     category: str = ""  # smtpmon.replycodes.reply_category of the code, or NO_REPLY
     reason: str = ""

@@ -8,6 +8,10 @@ SYSLOG_IDENTIFIER go to the parser's `parse_message` (no syslog header to split)
 `from_start` (`--no-tail`). `journal_file` / `journal_directory` read a journal file or
 directory instead of the system journal (`--file` / `--directory`).
 
+Catching up (after a restart, or `from_start`) ends at the entry that was the newest when
+journalctl started (asked once with `--lines=1`); it is bounded in entries and time like the
+file's, and past the bound journalctl is started again at the journal's end.
+
 If journalctl exits (a missing journal, no permission), the condition `journal_failed` is
 set with its first line of complaint, and it is started again at a later poll.
 """
@@ -35,6 +39,7 @@ _RESTART_DELAY_SECONDS = 5.0
 # journalctl still running this long after its start has opened the journal: a failure
 # condition ends (it exits at once when it cannot).
 _HEALTHY_AFTER_SECONDS = 2.0
+_LAST_CURSOR_TIMEOUT_SECONDS = 10.0
 
 
 class JournalFollower:
@@ -79,6 +84,7 @@ class JournalFollower:
         self._skip_to_end = False  # catch-up ran out: the next start begins at the end
         self._catching_up_until: float | None = None
         self._catch_up_lines = 0
+        self._catch_up_target: str | None = None  # the newest entry's cursor when started
 
         self._lines = 0
         self._bytes = 0
@@ -105,9 +111,9 @@ class JournalFollower:
                 break
             try:
                 chunk = os.read(fd, 256 * 1024)
-            except BlockingIOError:  # journalctl waits for new entries
-                self._catching_up_until = None
-                self._caught_up = True
+            except BlockingIOError:  # nothing more yet (the backlog's end is its last cursor)
+                if self._catching_up_until is None:
+                    self._caught_up = True
                 if self._clock() - self._started_at > _HEALTHY_AFTER_SECONDS:
                     self._clear_failure()
                 break
@@ -118,7 +124,13 @@ class JournalFollower:
                 self._failed(self._complaint())
                 break
             self._bytes += len(chunk)
-            handled += self._lines_of(chunk, parser, tally)
+            limit = (self._catch_up_max_lines - self._catch_up_lines - handled
+                     if self._catching_up_until is not None else None)
+            lines, within = self._lines_of(chunk, parser, tally, limit)
+            handled += lines
+            if not within:
+                self._abandon_catch_up()
+                break
         if self._catching_up_until is not None:
             self._catch_up_lines += handled
         self._lines += handled
@@ -149,13 +161,32 @@ class JournalFollower:
         self._stop_process()
 
     # -- the child ----------------------------------------------------------------------------
+    def _source_arguments(self) -> list[str]:
+        if self._journal_file is not None:
+            return [f"--file={self._journal_file}"]
+        if self._journal_directory is not None:
+            return [f"--directory={self._journal_directory}"]
+        return []
+
+    def _matches(self) -> list[str]:
+        return [f"SYSLOG_IDENTIFIER={identifier}" for identifier in self._identifiers]
+
+    def _last_cursor(self) -> str | None:
+        """The cursor of the newest matching entry now: where catching up ends."""
+        try:
+            run = subprocess.run(
+                [self._journalctl, "--output=json", "--lines=1", "--no-pager",
+                 "--output-fields=SYSLOG_IDENTIFIER", *self._source_arguments(), *self._matches()],
+                stdin=subprocess.DEVNULL, capture_output=True, timeout=_LAST_CURSOR_TIMEOUT_SECONDS)
+            lines = run.stdout.strip().splitlines()
+            cursor = json.loads(lines[-1])["__CURSOR"] if lines else None
+            return cursor if isinstance(cursor, str) else None
+        except (OSError, subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
+            return None
+
     def _command(self) -> list[str]:
         command = [self._journalctl, "--output=json", "--follow", "--all", "--no-pager",
-                   "--output-fields=MESSAGE,SYSLOG_IDENTIFIER"]
-        if self._journal_file is not None:
-            command.append(f"--file={self._journal_file}")
-        elif self._journal_directory is not None:
-            command.append(f"--directory={self._journal_directory}")
+                   "--output-fields=MESSAGE,SYSLOG_IDENTIFIER", *self._source_arguments()]
         if self._cursor is not None and not self._skip_to_end:
             command.append(f"--after-cursor={self._cursor}")
             command.append("--no-tail")
@@ -163,8 +194,7 @@ class JournalFollower:
             command.append("--no-tail")
         else:
             command.append("--lines=0")
-        command.extend(f"SYSLOG_IDENTIFIER={identifier}" for identifier in self._identifiers)
-        return command
+        return command + self._matches()
 
     def _start(self) -> bool:
         if self._clock() < self._next_start:
@@ -185,10 +215,14 @@ class JournalFollower:
         assert self._process.stdout is not None
         fd = self._process.stdout.fileno()
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
-        if "--lines=0" not in command:
+        self._catch_up_target = None if "--lines=0" in command else self._last_cursor()
+        if self._catch_up_target is not None and self._catch_up_target != self._cursor:
             self._catching_up_until = self._clock() + self._catch_up_max_seconds
             self._catch_up_lines = 0
             self._caught_up = False
+        else:
+            self._catching_up_until = None
+            self._caught_up = True
         self._started_once = True
         self._started_at = self._clock()
         self._skip_to_end = False
@@ -238,7 +272,10 @@ class JournalFollower:
                 stream.close()
 
     # -- entries ------------------------------------------------------------------------------
-    def _lines_of(self, chunk: bytes, parser: LogParser, tally: Tally) -> int:
+    def _lines_of(self, chunk: bytes, parser: LogParser, tally: Tally,
+                  limit: int | None) -> tuple[int, bool]:
+        """Count the entries the chunk completes, at most `limit` of them; returns how many,
+        and False when the limit stopped it (the rest is skipped with the backlog)."""
         data = self._pending + chunk if self._pending else chunk
         if self._discarding:
             newline = data.find(b"\n")
@@ -248,6 +285,8 @@ class JournalFollower:
         handled = 0
         if end >= 0:
             for raw in data[:end].split(b"\n"):
+                if limit is not None and handled >= limit:
+                    return handled, False
                 event = (_TOO_LONG if len(raw) > self._max_line_bytes
                          else self._entry_event(raw, parser))
                 tally.add(event)
@@ -258,7 +297,7 @@ class JournalFollower:
             handled += 1
             data, self._discarding = b"", True
         self._pending = data
-        return handled
+        return handled, True
 
     def _entry_event(self, raw: bytes, parser: LogParser) -> LogEvent:
         try:
@@ -270,6 +309,9 @@ class JournalFollower:
             return _NOT_JSON
         if isinstance(cursor, str):
             self._cursor = cursor
+            if cursor == self._catch_up_target:
+                self._catching_up_until = None
+                self._caught_up = True
         stamp = entry.get("__REALTIME_TIMESTAMP")
         if isinstance(stamp, str) and stamp.isdigit():
             self._last_timestamp = int(stamp) / 1e6

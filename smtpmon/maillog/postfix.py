@@ -54,6 +54,11 @@ from smtpmon.replycodes import parse_enhanced, reply_category, reply_class
 
 # At most this many distinct program labels for `unrelated` lines; later ones are "other".
 MAX_PROGRAMS = 64
+# At most this many distinct enhanced codes; later ones are "other". Remote servers anywhere
+# answer our outbound mail, and some use hundreds of their own (5.7.606 ...): the first ones
+# seen keep their label, so a flood of odd codes cannot grow the label set without bound.
+MAX_ENHANCED_CODES = 256
+_CODE_CACHE_SIZE = 4096
 
 _STAGES = {
     "CONNECT": "connect",
@@ -165,6 +170,7 @@ class PostfixParser:
         # A line shaped like a reject or a delivery status that does not parse.
         self._unrecognized = LogEvent(MALFORMED, reason="unrecognized")
         self._codes: dict[tuple[str, str], tuple[str, str, str, str]] = {}
+        self._enhanced_seen: set[str] = set()
 
     # -- entry points -------------------------------------------------------------------------
     def parse_line(self, line: str) -> LogEvent:
@@ -341,7 +347,13 @@ class PostfixParser:
         labels = self._codes.get((code, enhanced))
         if labels is None:
             labels = _code_labels(code, enhanced)
-            if len(self._codes) < 4096:
+            label = labels[1]
+            if label and label not in self._enhanced_seen:
+                if len(self._enhanced_seen) < MAX_ENHANCED_CODES:
+                    self._enhanced_seen.add(label)
+                else:
+                    labels = (labels[0], OTHER, labels[2], labels[3])
+            if len(self._codes) < _CODE_CACHE_SIZE:
                 self._codes[code, enhanced] = labels
         code, enhanced, klass, category = labels
         return LogEvent(REPLY, service, direction, stage, status, code, enhanced, klass, category,
