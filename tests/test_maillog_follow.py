@@ -22,8 +22,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtpmon.maillog.events import MALFORMED, REPLY, UNRELATED, LogEvent, Tally
+from smtpmon.maillog.events import MALFORMED, UNRELATED, LogEvent, Tally
 from smtpmon.maillog.follow import FileFollower
+from smtpmon.maillog.health import ERROR_KINDS
 from smtpmon.maillog.postfix import PostfixParser
 from smtpmon.maillog.reader import LogReader
 from test_maillog_parser import INBOUND_LINES, OUTBOUND_LINES
@@ -245,6 +246,7 @@ def test_a_directory_is_a_condition_and_retried(tmp_path):
     poll(follower, tally, times=2)
     health = follower.health()
     assert (health.condition, health.errors) == ("is_directory", {"is_directory": 1})
+    assert health.condition in ERROR_KINDS
     log.rmdir()
     append(log, REJECT_LINE)
     poll(follower, tally)
@@ -268,6 +270,7 @@ PERMISSION_CHILD = """
 import json, sys
 from smtpmon.maillog.events import Tally
 from smtpmon.maillog.follow import FileFollower
+from smtpmon.maillog.health import ERROR_KINDS
 from smtpmon.maillog.postfix import PostfixParser
 follower, tally, parser = FileFollower(sys.argv[1], from_start=True), Tally(), PostfixParser()
 for _ in range(3):

@@ -11,12 +11,22 @@ from hypothesis import strategies as st
 
 from smtpmon.maillog.events import (
     CONNECT_FAILURE,
+    INBOUND_REASONS,
+    KINDS,
+    LOG_STAGES,
     MALFORMED,
+    MALFORMED_REASONS,
+    NO_REPLY,
+    OTHER,
+    OUTBOUND_REASONS,
     REPLY,
     SESSION_END,
+    SESSION_END_STATUSES,
+    STATUSES,
     UNRELATED,
     LogEvent,
 )
+from smtpmon.replycodes import CATEGORY_NAMES, CLASS_NAMES, PROTOCOL_ERROR
 from smtpmon.maillog.postfix import MAX_ENHANCED_CODES, MAX_PROGRAMS, PostfixParser
 from smtpmon.maillog.syslog import line_timestamp
 
@@ -226,9 +236,31 @@ UNRELATED_LINES = [
 ]
 
 
+def assert_in_vocabulary(event: LogEvent) -> None:
+    """Every label value of an event comes from the documented, bounded vocabularies."""
+    assert event.kind in KINDS
+    if event.kind == REPLY:
+        assert event.direction in ("inbound", "outbound")
+        assert event.stage in LOG_STAGES
+        assert event.status in STATUSES
+        assert event.reason in (INBOUND_REASONS if event.direction == "inbound" else OUTBOUND_REASONS)
+        assert event.code == "000" or 200 <= int(event.code) <= 599
+        assert event.reply_class in (*CLASS_NAMES.values(), PROTOCOL_ERROR, NO_REPLY)
+        assert event.category in (*CATEGORY_NAMES.values(), PROTOCOL_ERROR, NO_REPLY)
+    elif event.kind == SESSION_END:
+        assert (event.stage, event.status) in {(stage, status) for stage in LOG_STAGES
+                                               for status in SESSION_END_STATUSES}
+    elif event.kind == CONNECT_FAILURE:
+        assert event.reason in OUTBOUND_REASONS
+    elif event.kind == MALFORMED:
+        assert event.reason in MALFORMED_REASONS
+
+
 @pytest.mark.parametrize("line, expected", INBOUND_LINES + SESSION_LINES + OUTBOUND_LINES)
 def test_reply_lines(line, expected):
-    assert PARSER.parse_line(line) == expected
+    event = PARSER.parse_line(line)
+    assert event == expected
+    assert_in_vocabulary(event)
 
 
 @pytest.mark.parametrize("line, program", UNRELATED_LINES)
@@ -298,7 +330,7 @@ def test_enhanced_code_labels_are_capped():
     labels = {parser.parse_line(template.replace("552 5.2.2", f"552 5.7.{n}")).enhanced
               for n in range(MAX_ENHANCED_CODES + 50)}
     assert len(labels) == MAX_ENHANCED_CODES + 1
-    assert "other" in labels
+    assert OTHER in labels
     assert parser.parse_line(template.replace("552 5.2.2", "552 5.7.3")).enhanced == "5.7.3"
 
 
@@ -310,8 +342,7 @@ def test_unrelated_lines_share_one_event_object():
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=600))
 def test_any_bytes_never_raise(data):
-    event = PARSER.parse_line(data.decode("utf-8", "replace"))
-    assert event.kind in (REPLY, SESSION_END, CONNECT_FAILURE, UNRELATED, MALFORMED)
+    assert_in_vocabulary(PARSER.parse_line(data.decode("utf-8", "replace")))
 
 
 @settings(max_examples=400, deadline=None)
@@ -319,11 +350,8 @@ def test_any_bytes_never_raise(data):
 def test_real_lines_with_any_text_spliced_in_never_raise(noise, line):
     cut = len(noise) % len(line)
     for candidate in (line[:cut] + noise, line[:cut] + noise + line[cut:], noise + line):
-        event = PARSER.parse_line(candidate)
-        assert isinstance(event, LogEvent)
-        if event.kind == REPLY:
-            assert event.code == "000" or 100 <= int(event.code) <= 599
-    assert isinstance(PARSER.parse_message(noise, noise), LogEvent)
+        assert_in_vocabulary(PARSER.parse_line(candidate))
+    assert_in_vocabulary(PARSER.parse_message(noise, noise))
 
 
 @pytest.mark.parametrize("line, text", [

@@ -101,8 +101,3 @@ class Tally:
 
     def snapshot(self) -> dict[LogEvent, int]:
         return dict(self.counts)
-
-    def total(self, **labels: str) -> int:
-        """The sum of the counts of events whose fields equal `labels` (kind="reply", ...)."""
-        return sum(count for event, count in self.counts.items()
-                   if all(getattr(event, name) == value for name, value in labels.items()))
