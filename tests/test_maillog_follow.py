@@ -349,3 +349,17 @@ def test_every_line_written_is_counted_exactly_once(chunks):
         poll(follower, tally)
         assert sum(tally.counts.values()) == b"".join(chunks).count(b"\n") + 1
         assert follower.health().condition is None
+
+
+def test_health_says_how_far_behind_the_reader_is(tmp_path):
+    log = tmp_path / "mail.log"
+    append(log, *[REJECT_LINE] * 100)
+    follower, tally = FileFollower(str(log), from_start=True, max_lines_per_poll=10,
+                                   chunk_bytes=len(REJECT_LINE) + 1), Tally()
+    poll(follower, tally)
+    health = follower.health()
+    assert health.lines_read == 10 and not health.caught_up
+    assert health.bytes_behind == 90 * (len(REJECT_LINE) + 1)
+    assert health.last_line_timestamp is not None and health.last_read_at is not None
+    poll(follower, tally, times=10)
+    assert follower.health().bytes_behind == 0 and follower.health().caught_up

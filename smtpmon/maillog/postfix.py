@@ -322,7 +322,8 @@ class PostfixParser:
             if " refused to talk to me: " in detail[:match.end()]:
                 stage = "banner"
             else:
-                where = _IN_REPLY_TO.search(detail)
+                at = detail.rfind("(in reply to ")
+                where = _IN_REPLY_TO.match(detail, at) if at >= 0 else None
                 stage = _STAGES.get(where.group(1), OTHER) if where else OTHER
             return self._reply(service, OUTBOUND, stage, status, code, enhanced or dsn,
                                "remote_reply", domain_label, "")
