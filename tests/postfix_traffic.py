@@ -1,7 +1,8 @@
 """Mail traffic through a real Postfix that makes it log the replies smtpmon's log parser reads.
 
 `start_logging_postfix()` starts the private Postfix of tests/postfix.py with restrictions
-that reject at every stage Postfix logs (an access map per stage, `smtpd_delay_reject = no`
+that reject at every stage Postfix logs (501 and 503 included: an invalid HELO name and
+unauthorized pipelining are logged, unlike a plain syntax error or a bad sequence) (an access map per stage, `smtpd_delay_reject = no`
 so client, HELO and sender rejects happen where they are asked, not at RCPT), and with a
 transport map that relays the test domains to loopback SMTP servers scripted to refuse in
 each way a remote server does. The `drive_*` functions make the traffic with smtplib and
@@ -66,7 +67,9 @@ smtpd_delay_reject = no
 smtpd_helo_required = yes
 smtpd_timeout = {smtpd_timeout}s
 smtpd_client_restrictions = check_client_access texthash:{{config_dir}}/client_access
-smtpd_helo_restrictions = check_helo_access texthash:{{config_dir}}/helo_access
+smtpd_helo_restrictions = check_helo_access texthash:{{config_dir}}/helo_access,
+    reject_invalid_helo_hostname
+smtpd_data_restrictions = reject_unauth_pipelining
 smtpd_sender_restrictions = check_sender_access texthash:{{config_dir}}/sender_access
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 smtpd_recipient_restrictions = check_recipient_access texthash:{{config_dir}}/recipient_access
@@ -192,6 +195,27 @@ def drive_inbound(mx: PostfixInstance) -> Driven:
     client.close()
     driven.replies["inbound", "ehlo", "554", "5.7.1"] += 1
     driven.session_ends["ehlo", "lost_connection"] += 1
+
+    # 501 5.5.2 to an EHLO name that is no host name (reject_invalid_helo_hostname).
+    with _client(PLAIN_CLIENT, helo="not_a[host]name") as client:
+        client.connect(mx.host, mx.port)
+        assert client.ehlo()[0] == 501
+        driven.replies["inbound", "ehlo", "501", "5.5.2"] += 1
+
+    # 503 5.5.0 to DATA sent ahead of the replies by a client that never saw PIPELINING
+    # offered (HELO, not EHLO): reject_unauth_pipelining.
+    with socket.create_connection((mx.host, mx.port), timeout=NETWORK_TIMEOUT,
+                                  source_address=(PLAIN_CLIENT, 0)) as raw:
+        replies = raw.makefile("rb")
+        replies.readline()
+        raw.sendall(b"HELO client.smtpmon.test\r\n")
+        replies.readline()
+        raw.sendall(f"MAIL FROM:<ok@sender.test>\r\nRCPT TO:<{LOCAL_USER}>\r\nDATA\r\n".encode())
+        answers = [replies.readline()[:3] for _ in range(3)]
+        assert answers == [b"250", b"250", b"503"], answers
+        raw.sendall(b"QUIT\r\n")
+        replies.readline()
+        driven.replies["inbound", "data", "503", "5.5.0"] += 1
 
     with _client(PLAIN_CLIENT) as client:
         client.connect(mx.host, mx.port)

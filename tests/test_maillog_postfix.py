@@ -75,12 +75,14 @@ def test_inbound_rejects_and_session_ends_by_stage(logging_postfix):
     assert reasons == {
         ("connect", "554", "client_host"), ("ehlo", "554", "helo"), ("mail", "554", "sender"),
         ("mail", "552", "size"), ("rcpt", "550", "recipient"), ("rcpt", "554", "relay_access"),
-        ("rcpt", "450", "recipient"), ("rcpt", "530", "tls_required"),
+        ("rcpt", "450", "recipient"), ("rcpt", "530", "tls_required"), ("ehlo", "501", "helo"),
+        ("data", "503", "protocol"),
     }
     classes = {(event.code, event.reply_class, event.category)
                for event in of_kind(tally, REPLY, "inbound")}
     assert ("450", "transient_negative", "mail_system") in classes
     assert ("530", "permanent_negative", "unspecified") in classes
+    assert ("501", "permanent_negative", "syntax") in classes
     assert not any(event.kind == MALFORMED for event in tally.counts)
     assert follower.health().lines_read == sum(tally.counts.values())
 
