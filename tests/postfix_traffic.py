@@ -1,10 +1,10 @@
 """Mail traffic through a real Postfix that makes it log the replies smtpmon's log parser reads.
 
 `start_logging_postfix()` starts the private Postfix of tests/postfix.py with restrictions
-that reject at every stage Postfix logs (501 and 503 included: an invalid HELO name and
-unauthorized pipelining are logged, unlike a plain syntax error or a bad sequence) (an access map per stage, `smtpd_delay_reject = no`
-so client, HELO and sender rejects happen where they are asked, not at RCPT), and with a
-transport map that relays the test domains to loopback SMTP servers scripted to refuse in
+that reject at every stage Postfix logs (an access map per stage; `smtpd_delay_reject = no`
+so client, HELO and sender rejects happen where they are asked, not at RCPT; 501 and 503
+through an invalid HELO name and unauthorized pipelining, which Postfix logs, unlike a plain
+syntax error or a bad sequence), and with a transport map that relays the test domains to loopback SMTP servers scripted to refuse in
 each way a remote server does. The `drive_*` functions make the traffic with smtplib and
 return what they drove: the expected counts come from here, never from reading the log.
 Deferred mail is not retried while a test runs (the queue manager's first retry is minutes
