@@ -14,6 +14,11 @@ Needs root (Postfix drops to the `postfix` user itself).
 
     with start_postfix() as mx:
         run_probe_at(mx.target, Module(tls="starttls", tls_ca_file=mx.ca_file, ...))
+
+Tests of the log reader give the instance more behaviour through `main_cf_extra` (lines
+appended to main.cf, so they override the defaults above) and `config_files` (access maps,
+transport maps: written into the config directory, where `{config_dir}` in main_cf_extra
+points), and read what it logged from `maillog`.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,12 +156,19 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def start_postfix(workdir: str | os.PathLike[str] | None = None) -> PostfixInstance:
+def start_postfix(
+    workdir: str | os.PathLike[str] | None = None,
+    *,
+    main_cf_extra: str = "",
+    config_files: Mapping[str, str] | None = None,
+) -> PostfixInstance:
     """Start a private Postfix on 127.0.0.1 and a free port; ready when this returns.
 
     `workdir` must not hold an earlier instance and must be reachable by the `postfix` user
     (every parent searchable by others, so not pytest's tmp_path); without one, a directory
-    under the system temp dir is made and removed on stop().
+    under the system temp dir is made and removed on stop(). `main_cf_extra` is appended to
+    main.cf after `{config_dir}` is replaced by the config directory; `config_files` maps
+    file names to contents written into that directory (e.g. `texthash:` maps).
     """
     reason = unavailable_reason()
     if reason is not None:
@@ -165,7 +177,7 @@ def start_postfix(workdir: str | os.PathLike[str] | None = None) -> PostfixInsta
     owned = workdir is None
     root = Path(tempfile.mkdtemp(prefix="smtpmon-postfix-") if owned else workdir).resolve()
     try:
-        config_dir, ca_file, maillog = _prepare(root)
+        config_dir, ca_file, maillog = _prepare(root, main_cf_extra, config_files or {})
         last_error = ""
         for _ in range(START_ATTEMPTS):
             port = _free_port()
@@ -190,7 +202,8 @@ def start_postfix(workdir: str | os.PathLike[str] | None = None) -> PostfixInsta
         raise
 
 
-def _prepare(root: Path) -> tuple[Path, Path, Path]:
+def _prepare(root: Path, main_cf_extra: str = "",
+             config_files: Mapping[str, str] | None = None) -> tuple[Path, Path, Path]:
     """Write certificate, main.cf and directories; return (config dir, CA file, maillog)."""
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)  # the postfix user must reach the queue and data directories
@@ -224,7 +237,10 @@ def _prepare(root: Path) -> tuple[Path, Path, Path]:
             cert_file=cert_file,
             key_file=key_file,
         )
+        + main_cf_extra.replace("{config_dir}", str(config_dir)),
     )
+    for name, text in (config_files or {}).items():
+        _write_config(config_dir / name, text)
     return config_dir, ca_file, maillog
 
 
@@ -258,8 +274,12 @@ def _postfix(config_dir: Path | str, command: str) -> subprocess.CompletedProces
         capture_output=True,
         text=True,
         timeout=COMMAND_TIMEOUT_SECONDS,
-        env={**os.environ, "PATH": f"/usr/sbin:/usr/bin:/sbin:/bin:{os.environ.get('PATH', '')}"},
+        env=_command_env(),
     )
+
+
+def _command_env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"/usr/sbin:/usr/bin:/sbin:/bin:{os.environ.get('PATH', '')}"}
 
 
 def _wait_for_banner(port: int) -> None:
