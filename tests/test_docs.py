@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from markdown_pages import anchors, broken_links, relative_links, without_code_blocks
 from prometheus_tools import require_tool
 from smtpmon.cli import SUBCOMMANDS, build_parser, main
 from smtpmon.collector import (
@@ -50,15 +51,11 @@ RUNTIME_PREFIXES = ("process_", "python_")
 
 
 # -- reading markdown ------------------------------------------------------------------------------
-def _without_code_blocks(text: str) -> str:
-    return re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
-
-
 def tables_by_heading(text: str) -> dict[str, list[dict[str, str]]]:
     """Each heading's first table, as rows of {column header: cell}; backticks kept."""
     tables: dict[str, list[dict[str, str]]] = {}
     heading, header, rows = None, None, None
-    for line in _without_code_blocks(text).splitlines():
+    for line in without_code_blocks(text).splitlines():
         if line.startswith("#"):
             heading, header, rows = line.lstrip("#").strip(), None, None
             continue
@@ -77,18 +74,6 @@ def tables_by_heading(text: str) -> dict[str, list[dict[str, str]]]:
 
 def backticked(cell: str) -> list[str]:
     return re.findall(r"`([^`]+)`", cell)
-
-
-def github_anchor(heading: str) -> str:
-    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
-    text = heading.strip().lower()
-    text = re.sub(r"[^\w\- ]", "", text)
-    return text.replace(" ", "-")
-
-
-def anchors(path: Path) -> set[str]:
-    text = _without_code_blocks(path.read_text(encoding="utf-8"))
-    return {github_anchor(line.lstrip("#")) for line in text.splitlines() if line.startswith("#")}
 
 
 # -- the metrics reference -------------------------------------------------------------------------
@@ -238,20 +223,9 @@ def test_reply_codes_page_lists_the_enhanced_codes():
 PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
 
 
-def relative_links(path: Path) -> list[str]:
-    text = _without_code_blocks(path.read_text(encoding="utf-8"))
-    links = re.findall(r"\[[^\]]*\]\(([^)\s]+)\)", text)
-    return [link for link in links if not re.match(r"[a-z][a-z0-9+.-]*:", link)]
-
-
 @pytest.mark.parametrize("page", PAGES, ids=lambda path: path.name)
 def test_every_relative_link_resolves(page):
-    for link in relative_links(page):
-        file_part, _, anchor = link.partition("#")
-        target = (page.parent / file_part).resolve() if file_part else page
-        assert target.exists(), f"{page.name}: link {link} leads nowhere"
-        if anchor and target.suffix == ".md":
-            assert anchor in anchors(target), f"{page.name}: link {link}: no such heading"
+    assert broken_links(page) == [], page.name
 
 
 def test_index_links_every_reference_page_and_the_readme_links_the_index():
@@ -268,6 +242,7 @@ def test_the_link_checker_sees_a_broken_link(tmp_path):
     page.write_text("# Title\n[ok](#title) [bad](missing.md)\n```\n[in code](nowhere.md)\n```\n")
     assert relative_links(page) == ["#title", "missing.md"]
     assert anchors(page) == {"title"}
+    assert broken_links(page) == ["missing.md leads nowhere"]
 
 
 # -- examples in the pages ------------------------------------------------------------------------
