@@ -20,7 +20,9 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 
-from smtpmon.module import AUTH_MECHANISMS, AUTH_TLS_MODES, IP_PROTOCOLS, TLS_MODES, TLS_VERSIONS, Module
+from smtpmon.module import (
+    AUTH_MECHANISMS, AUTH_TLS_MODES, IP_PROTOCOLS, TLS_MODES, TLS_VERSIONS, Module, PasswordUnavailable,
+)
 from smtpmon.results import STAGES
 from smtpmon.yamldoc import YamlSyntaxError, describe, read_document
 
@@ -97,6 +99,10 @@ class Config:
     modules: Mapping[str, Module]
     targets: tuple[Target, ...]
     source: str  # the file's path, or EMBEDDED_SOURCE
+    # "path: reason" for each AUTH password that cannot be read now. Not errors: a secret is
+    # read when a probe uses it, so its module's probes fail at AUTH (auth_password_unavailable)
+    # while everything else runs; `run` and `check-config` warn about each.
+    secret_problems: tuple[str, ...] = ()
 
     def probe_allowed(self, host: str, port: int) -> bool:
         """May /probe run against host:port? Configured targets always; others by probe_allow."""
@@ -127,8 +133,9 @@ class ConfigError(Exception):
 def load_config(path: str, *, check_secrets: bool = True) -> Config:
     """Read and validate a configuration file; raises ConfigError listing every problem.
 
-    check_secrets=False skips checking that AUTH password files exist and password environment
-    variables are set (`check-config --skip-secrets`, outside the service's environment).
+    check_secrets=False does not look whether AUTH password files can be read and password
+    environment variables are set (`check-config --skip-secrets`); with it, those that cannot
+    are listed in Config.secret_problems (never errors).
     """
     try:
         with open(path, "rb") as handle:
@@ -268,6 +275,7 @@ class _Parser:
         self.source = source
         self.check_secrets = check_secrets
         self.errors: list[str] = []
+        self.secret_problems: list[str] = []
         self.modules_with_timeout: set[str] = set()  # to say where a target's timeout came from
         self.global_durations_ok = True  # else comparing a target with them would mislead
 
@@ -302,7 +310,8 @@ class _Parser:
         if self.errors:
             raise self.fail()
         valid_modules = {name: module for name, module in modules.items() if module is not None}
-        return Config(settings, MappingProxyType(valid_modules), targets, self.source)
+        return Config(settings, MappingProxyType(valid_modules), targets, self.source,
+                      tuple(self.secret_problems))
 
     def check_keys(self, node: dict, path: str, allowed: tuple[str, ...]) -> None:
         for key in node:
@@ -385,13 +394,7 @@ class _Parser:
         if _CREDENTIALS_VARIABLE.search(file_name):
             directory = os.environ.get("CREDENTIALS_DIRECTORY")
             if directory is None:
-                if check:
-                    self.error(
-                        path,
-                        "$CREDENTIALS_DIRECTORY is not set (systemd sets it for LoadCredential=; "
-                        "outside the service, use check-config --skip-secrets)",
-                    )
-                return file_name
+                return file_name  # left as written: Module.read_password says why it fails
             file_name = _CREDENTIALS_VARIABLE.sub(lambda _: directory, file_name)
         if check:
             try:
@@ -559,7 +562,19 @@ class _Parser:
             **{key: value for key, value in options.items() if key not in failed}
         )
         self.check_module_consistency(node, module, path, failed)
-        return module if len(self.errors) == errors_before else None
+        if len(self.errors) != errors_before:
+            return None
+        self.check_password(module, path)
+        return module
+
+    def check_password(self, module: Module, path: str) -> None:
+        if not self.check_secrets or module.auth_mechanism is None:
+            return
+        key = "password_file" if module.auth_password_file else "password_env"
+        try:
+            module.read_password()
+        except PasswordUnavailable as error:
+            self.secret_problems.append(f"{path}.auth.{key}: {error}")
 
     def check_module_consistency(
         self, node: dict, module: Module, path: str, failed: set[str]
@@ -630,7 +645,7 @@ class _Parser:
             self.error(path, "needs password_file or password_env")
         elif has_file:
             options["auth_password_file"] = self.file_path(
-                node["password_file"], _join(path, "password_file"), check=self.check_secrets
+                node["password_file"], _join(path, "password_file"), check=False
             )
         else:
             options["auth_password_env"] = self.password_env(
@@ -645,8 +660,6 @@ class _Parser:
         if not _ENV_NAME.fullmatch(name):
             self.error(path, f"invalid environment variable name {describe(name)}")
             return None
-        if self.check_secrets and name not in os.environ:
-            self.error(path, f"environment variable {name} is not set")
         return name
 
     def parse_expect(self, node: Any, path: str) -> Mapping[str, tuple[int, ...]] | None:

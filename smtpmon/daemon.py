@@ -126,6 +126,7 @@ class Daemon:
         return self.scheduler.running
 
     def start(self) -> None:
+        warn_about_secrets(self._config)
         self.scheduler.apply(self._config)
         self.state.config_loaded(True)
         self.state.set_targets(len(self._config.targets))
@@ -150,6 +151,7 @@ class Daemon:
                 log.exception("configuration reload failed", source=self.config_file)
                 self.state.config_loaded(False)
                 return [f"internal error while loading the configuration: {error}"]
+            warn_about_secrets(config)
             self.scheduler.apply(config)
             self._config = config
             self.state.config_loaded(True)
@@ -165,6 +167,14 @@ class Daemon:
         """
         longest = max((target.timeout_seconds for target in self._config.targets), default=0.0)
         return longest + STOP_GRACE_SECONDS
+
+
+def warn_about_secrets(config: Config) -> None:
+    """A password that cannot be read does not stop the daemon: its module's probes fail at
+    auth, and this says why at every load."""
+    for problem in config.secret_problems:
+        log.warning("AUTH password not readable: this module's probes fail at auth "
+                    "(auth_password_unavailable) until it is", source=config.source, problem=problem)
 
 
 def load_startup_config(path: str | None) -> Config | None:

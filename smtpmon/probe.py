@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from smtpmon.config import is_ipv6
 from smtpmon.hub import Hub
-from smtpmon.module import Module
+from smtpmon.module import Module, PasswordUnavailable
 from smtpmon.results import Capabilities, ProbeResult, Reply, StageResult, TlsInfo
 from smtpmon.smtpclient import (
     CertificateError,
@@ -439,8 +439,8 @@ class _Session:
             return
         try:
             password = module.read_password()
-        except (OSError, KeyError) as error:
-            record.fail("internal_error", f"cannot read the AUTH password: {error!r}")
+        except PasswordUnavailable as error:
+            record.fail("auth_password_unavailable", f"cannot read the AUTH password: {error}")
             return
         if password is None:
             record.fail("internal_error", "AUTH needs a password file or environment variable")

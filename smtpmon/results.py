@@ -39,6 +39,7 @@ FAILURE_REASONS: tuple[str, ...] = (
     "certificate_untrusted",
     "certificate_hostname_mismatch",
     "auth_not_offered",
+    "auth_password_unavailable",
     "auth_failed",
     "mail_rejected",
     "rcpt_rejected",

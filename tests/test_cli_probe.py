@@ -136,7 +136,7 @@ def test_slow_session_is_a_warning(scripted_server, capsys):
     [
         (["127.0.0.1:70000"], "port must be 1-65535"),
         (["127.0.0.1", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
-        (["127.0.0.1", "--auth", "PLAIN", "--user", "u", "--password-file", "/nonexistent/pw"], "--password-file /nonexistent/pw"),
+        (["127.0.0.1", "--auth", "PLAIN", "--user", "u", "--password-file", "/nonexistent/pw"], "--password-file: file not found: /nonexistent/pw"),
         (["127.0.0.1", "--auth", "LOGIN", "--user", "u", "--password-env", "SMTPMON_TEST_UNSET"], "SMTPMON_TEST_UNSET"),
         (["127.0.0.1", "--expect", "rcpt=5x0"], "codes must be numbers"),
         (["127.0.0.1", "--expect", "bogus=250"], "STAGE one of"),

@@ -13,7 +13,7 @@ import sys
 from types import MappingProxyType
 
 from smtpmon.config import REPLY_STAGES
-from smtpmon.module import AUTH_MECHANISMS, AUTH_TLS_MODES, TLS_MODES, TLS_VERSIONS, Module
+from smtpmon.module import AUTH_MECHANISMS, AUTH_TLS_MODES, TLS_MODES, TLS_VERSIONS, Module, PasswordUnavailable
 from smtpmon.probe import module_default_port, parse_target, run_probe
 from smtpmon.smtpclient import prepare_tls
 from smtpmon.results import ProbeResult
@@ -143,10 +143,9 @@ def module_from_args(args: argparse.Namespace) -> Module:
         # Fail now, with a clear line, rather than half way through the session.
         try:
             module.read_password()
-        except OSError as error:
-            raise ValueError(f"--password-file {args.password_file}: {error.strerror or error}") from None
-        except KeyError:
-            raise ValueError(f"--password-env {args.password_env}: the variable is not set") from None
+        except PasswordUnavailable as error:
+            flag = "--password-file" if args.password_file else "--password-env"
+            raise ValueError(f"{flag}: {error}") from None
         if module.tls not in AUTH_TLS_MODES:  # the rule the config file has
             raise ValueError(f"--auth needs --tls {' or '.join(AUTH_TLS_MODES)}, so the password "
                              f"never crosses the network in clear; got --tls {module.tls}")
