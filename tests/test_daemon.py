@@ -102,7 +102,7 @@ def test_metrics_carry_each_reply_code_class_and_category(daemon, smtp_server, s
     assert value(text, "smtpmon_schedule_lag_seconds_count") >= 4
     assert value(text, "process_resident_memory_bytes") > 0
     # One event, one logfmt line, with the target and module on it.
-    assert re.search(rf'level=info msg="probe failed" target={re.escape(busy.target)} '
+    assert re.search(rf'level=warn msg="probe failed" target={re.escape(busy.target)} '
                      r'module=plain stage=banner reason=banner_rejected', running.log())
 
 
