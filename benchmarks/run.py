@@ -321,8 +321,8 @@ async def isolation_phase(n: int, measure_seconds: float) -> dict:
 async def postfix_phase(sessions: int) -> dict | None:
     sys.path.insert(0, str(h.ROOT))
     from tests.postfix import start_postfix, unavailable_reason
-    from smtpmon.module import Module
-    from smtpmon.probe import run_probe
+    from smtpmon.smtp.module import Module
+    from smtpmon.smtp.session import run_probe
 
     if unavailable_reason():
         log(f"postfix phase skipped: {unavailable_reason()}")

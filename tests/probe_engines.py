@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 
-from smtpmon.hub import Hub
-from smtpmon.module import Module
-from smtpmon.probe import run_probe
-from smtpmon.results import ProbeResult
+from smtpmon.net.hub import Hub
+from smtpmon.smtp.module import Module
+from smtpmon.smtp.session import run_probe
+from smtpmon.smtp.results import ProbeResult
 
 # Past the probe's own deadline, how long the hub may take to hand its result back.
 HUB_GRACE_SECONDS = 5.0

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import probe_results
 from smtpmon import __version__
-from smtpmon.collector import (
+from smtpmon.exposition.metrics import (
     CONTENT_TYPE,
     EXPORTER_FAMILIES,
     TARGET_FAMILIES,
@@ -21,7 +21,7 @@ from smtpmon.collector import (
     render_metrics,
     render_probe,
 )
-from smtpmon.store import ResultStore
+from smtpmon.exposition.store import ResultStore
 
 
 def samples(exposition: bytes) -> list[tuple[str, dict[str, str], float]]:

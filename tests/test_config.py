@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from smtpmon.cli import main
-from smtpmon.config import (
+from smtpmon.config.load import (
     DEFAULT_CONFIG_TEXT,
     ConfigError,
     Config,
@@ -24,7 +24,7 @@ from smtpmon.config import (
     parse_config,
     parse_duration,
 )
-from smtpmon.module import PasswordUnavailable
+from smtpmon.smtp.module import PasswordUnavailable
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -581,7 +581,7 @@ CONFIGURATION_DOC = REPO / "docs" / "configuration.md"
 
 
 def test_reference_page_documents_every_key():
-    from smtpmon.config import _AUTH_KEYS, _GLOBAL_KEYS, _MODULE_KEYS, _TARGET_KEYS
+    from smtpmon.config.load import _AUTH_KEYS, _GLOBAL_KEYS, _MODULE_KEYS, _TARGET_KEYS
 
     page = CONFIGURATION_DOC.read_text(encoding="utf-8")
     for key in (*_GLOBAL_KEYS, *_MODULE_KEYS, *_AUTH_KEYS, *_TARGET_KEYS):

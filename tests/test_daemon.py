@@ -16,8 +16,8 @@ import time
 import pytest
 
 from daemon_process import REPO, RunningDaemon, free_port, probed, start_daemon, value
-from smtpmon.config import DEFAULT_CONFIG_TEXT
-from smtpmon.daemon import free_memory_trimmer, limit_malloc_arenas
+from smtpmon.config.load import DEFAULT_CONFIG_TEXT
+from smtpmon.runtime.daemon import free_memory_trimmer, limit_malloc_arenas
 from smtpservers import (
     BANNER,
     EHLO_OK,

@@ -23,10 +23,10 @@ import trustme
 
 from daemon_process import start_daemon, value
 from probe_engines import ENGINES
-from smtpmon.module import Module
-from smtpmon.probe import run_probe
-from smtpmon.results import FAILURE_REASONS
-from smtpmon.smtpclient import MAX_LINE_BYTES, MAX_REPLY_LINES
+from smtpmon.smtp.module import Module
+from smtpmon.smtp.session import run_probe
+from smtpmon.smtp.results import FAILURE_REASONS
+from smtpmon.smtp.client import MAX_LINE_BYTES, MAX_REPLY_LINES
 from smtpservers import (
     BANNER,
     EHLO_OK,

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from smtpmon.config import parse_config
-from smtpmon.daemon import Daemon
-from smtpmon.http import Server
+from smtpmon.config.load import parse_config
+from smtpmon.runtime.daemon import Daemon
+from smtpmon.web.server import Server
 from smtpservers import BANNER, EHLO_OK, QUIT_OK, Send, Sleep
 
 CONFIG = """

@@ -18,11 +18,12 @@ import pytest
 
 from daemon_process import start_daemon
 from probe_engines import call_on_engine
-from smtpmon import lookups, smtpclient
-from smtpmon.hub import Hub
-from smtpmon.lookups import MAX_THREADS, LookupPool
-from smtpmon.module import Module
-from smtpmon.probe import run_probe
+from smtpmon.net import lookups
+from smtpmon.smtp import client as smtpclient
+from smtpmon.net.hub import Hub
+from smtpmon.net.lookups import MAX_THREADS, LookupPool
+from smtpmon.smtp.module import Module
+from smtpmon.smtp.session import run_probe
 
 
 class HeldCall:

@@ -81,7 +81,7 @@ def test_stop_releases_port_and_removes_workdir():
 # smtpmon's probe engine against it.
 
 def starttls_module(**options):
-    from smtpmon.module import Module
+    from smtpmon.smtp.module import Module
 
     return Module(tls="starttls", tls_ca_file=options.pop("tls_ca_file"),
                   tls_server_name=options.pop("tls_server_name", HOSTNAME),
@@ -89,7 +89,7 @@ def starttls_module(**options):
 
 
 def test_probe_starttls_session(postfix):
-    from smtpmon.probe import run_probe
+    from smtpmon.smtp.session import run_probe
 
     result = run_probe(postfix.target, starttls_module(tls_ca_file=postfix.ca_file))
 
@@ -112,7 +112,7 @@ def test_ehlo_after_starttls_carries_no_delayed_ack_stall(postfix):
     """Postfix's TLS session tickets cross our EHLO after the handshake; with a delayed ACK on
     our side, Nagle on Postfix's holds its reply ~40 ms (a third of the probes did, before
     TCP_QUICKACK). A stage duration must show the server, not that artefact. Normal: ~0.3 ms."""
-    from smtpmon.probe import run_probe
+    from smtpmon.smtp.session import run_probe
 
     module = starttls_module(tls_ca_file=postfix.ca_file)
     durations = []
@@ -125,7 +125,7 @@ def test_ehlo_after_starttls_carries_no_delayed_ack_stall(postfix):
 
 
 def test_probe_expecting_550_for_unknown_user_succeeds(postfix):
-    from smtpmon.probe import run_probe
+    from smtpmon.smtp.session import run_probe
 
     module = starttls_module(tls_ca_file=postfix.ca_file, mail_from=MAIL_FROM,
                              rcpt_to=(UNKNOWN_USER,), expect={"rcpt": (550,)})
@@ -137,7 +137,7 @@ def test_probe_expecting_550_for_unknown_user_succeeds(postfix):
 
 
 def test_probe_fails_at_rcpt_for_unknown_user(postfix):
-    from smtpmon.probe import run_probe
+    from smtpmon.smtp.session import run_probe
 
     module = starttls_module(tls_ca_file=postfix.ca_file, mail_from=MAIL_FROM,
                              rcpt_to=(UNKNOWN_USER,))
@@ -150,7 +150,7 @@ def test_probe_fails_at_rcpt_for_unknown_user(postfix):
 
 
 def test_probe_reports_hostname_mismatch(postfix):
-    from smtpmon.probe import run_probe
+    from smtpmon.smtp.session import run_probe
 
     result = run_probe(postfix.target, starttls_module(tls_ca_file=postfix.ca_file,
                                                        tls_server_name="mx.example.org"))

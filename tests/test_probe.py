@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from smtpmon.module import Module
-from smtpmon.probe import default_ehlo_name, module_default_port, parse_target, run_probe
-from smtpmon.replycodes import reply_category, reply_class
-from smtpmon.results import FAILURE_REASONS
-from smtpmon.smtpclient import MAX_REPLY_LINES
+from smtpmon.smtp.module import Module
+from smtpmon.smtp.session import default_ehlo_name, module_default_port, parse_target, run_probe
+from smtpmon.smtp.replycodes import reply_category, reply_class
+from smtpmon.smtp.results import FAILURE_REASONS
+from smtpmon.smtp.client import MAX_REPLY_LINES
 from probe_engines import ENGINES
 from smtpservers import (
     BANNER,

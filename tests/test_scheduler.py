@@ -19,13 +19,13 @@ from types import MappingProxyType
 
 import pytest
 
-from smtpmon.collector import ExporterState, render_metrics
-from smtpmon.config import Config, Settings, Target
+from smtpmon.exposition.metrics import ExporterState, render_metrics
+from smtpmon.config.load import Config, Settings, Target
 from smtpmon.logs import setup_logging
-from smtpmon.module import Module
-from smtpmon.results import ProbeResult, StageResult
-from smtpmon.scheduler import Scheduler, run_module_probe, spread_offset
-from smtpmon.store import ResultStore
+from smtpmon.smtp.module import Module
+from smtpmon.smtp.results import ProbeResult, StageResult
+from smtpmon.runtime.scheduler import Scheduler, run_module_probe, spread_offset
+from smtpmon.exposition.store import ResultStore
 from smtpservers import BANNER, EHLO_OK, QUIT_OK, Sleep
 
 
@@ -365,7 +365,7 @@ def stepped_clock(monkeypatch):
     `offset` to step the clock as a daylight-saving change or NTP does."""
     import schedule as schedule_module
 
-    import smtpmon.scheduler as scheduler_module
+    import smtpmon.runtime.scheduler as scheduler_module
 
     clock = types.SimpleNamespace(offset=0.0)
 

@@ -11,9 +11,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from smtpmon.module import Module
-from smtpmon.probe import run_probe
-from smtpmon.smtpclient import (
+from smtpmon.smtp.module import Module
+from smtpmon.smtp.session import run_probe
+from smtpmon.smtp.client import (
     MAX_LINE_BYTES,
     REPLIES,
     ReplyCache,
@@ -210,7 +210,7 @@ def test_reply_cache_is_bounded_oldest_out_first_and_admits_on_the_second_sighti
 
 
 def reply_for(i: int):
-    from smtpmon.results import Reply
+    from smtpmon.smtp.results import Reply
     return Reply(code=250, lines=(f"line {i}",))
 
 

@@ -7,8 +7,8 @@ import threading
 from prometheus_client.parser import text_string_to_metric_families
 
 import probe_results
-from smtpmon.collector import ExporterState, render_metrics
-from smtpmon.store import ResultStore
+from smtpmon.exposition.metrics import ExporterState, render_metrics
+from smtpmon.exposition.store import ResultStore
 
 MX = ("mx.example.org:25", "mx")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from smtpmon.config import ConfigError, load_config
+from smtpmon.config.load import ConfigError, load_config
 
 SECRET_CONSEQUENCE = ("this module's probes fail at auth (auth_password_unavailable) until it "
                       "can be read; outside the service, --skip-secrets leaves this out")

@@ -12,12 +12,12 @@ import json
 import sys
 from types import MappingProxyType
 
-from smtpmon.config import REPLY_STAGES
-from smtpmon.module import AUTH_MECHANISMS, AUTH_TLS_MODES, TLS_MODES, TLS_VERSIONS, Module, PasswordUnavailable
-from smtpmon.probe import module_default_port, parse_target, run_probe
-from smtpmon.smtpclient import prepare_tls
-from smtpmon.results import ProbeResult
-from smtpmon.transcript import days_until_expiry, render, summary_line
+from smtpmon.config.load import REPLY_STAGES
+from smtpmon.smtp.module import AUTH_MECHANISMS, AUTH_TLS_MODES, TLS_MODES, TLS_VERSIONS, Module, PasswordUnavailable
+from smtpmon.smtp.session import module_default_port, parse_target, run_probe
+from smtpmon.smtp.client import prepare_tls
+from smtpmon.smtp.results import ProbeResult
+from smtpmon.smtp.transcript import days_until_expiry, render, summary_line
 
 DESCRIPTION = """\
 Run one SMTP session against HOST[:PORT] (default port 25, 465 with --tls implicit) and

@@ -1,6 +1,6 @@
 """The HTTP side: `/metrics`, `/probe`, the landing page, health, readiness and reload.
 
-The serving thread runs a hub (smtpmon.hub): it accepts every connection, and serves plain-HTTP
+The serving thread runs a hub (smtpmon.net.hub): it accepts every connection, and serves plain-HTTP
 `GET /probe?` requests itself, as hub sessions, the probe included. Prometheus keeps one
 connection per target alive, so at 64 probes at once that is 64 sessions sharing each wake-up of
 one thread, instead of 64 threads each woken, and each waiting for the GIL, for every read.
@@ -38,15 +38,17 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Callable, Mapping, NamedTuple, Protocol, Sequence
 
-from smtpmon import __version__, landing, transcript
-from smtpmon.collector import CONTENT_TYPE, ExporterState, metrics_chunks, render_probe
-from smtpmon.config import Config, parse_address
-from smtpmon.hub import READ, WRITE, Hub
+from smtpmon import __version__
+from smtpmon.web import landing
+from smtpmon.smtp import transcript
+from smtpmon.exposition.metrics import CONTENT_TYPE, ExporterState, metrics_chunks, render_probe
+from smtpmon.config.load import Config, parse_address
+from smtpmon.net.hub import READ, WRITE, Hub
 from smtpmon.logs import ThrottledWarning, get_logger
-from smtpmon.module import Module
-from smtpmon.results import ProbeResult
-from smtpmon.store import ResultStore
-from smtpmon.webconfig import WWW_AUTHENTICATE
+from smtpmon.smtp.module import Module
+from smtpmon.smtp.results import ProbeResult
+from smtpmon.exposition.store import ResultStore
+from smtpmon.config.webconfig import WWW_AUTHENTICATE
 
 log = get_logger("http")
 
@@ -488,7 +490,7 @@ def parse_probe_head(head: bytes) -> tuple[str, str, RequestHeaders, bool] | Non
 
 
 class Server(socketserver.TCPServer):
-    """Accepts on a hub (smtpmon.hub) on the serving thread. A plain-HTTP `/probe` request is
+    """Accepts on a hub (smtpmon.net.hub) on the serving thread. A plain-HTTP `/probe` request is
     served there, as a hub session, probe and all; any other request, and every connection
     when TLS or basic auth is configured, gets a thread of its own (`Handler`)."""
 

@@ -1,8 +1,8 @@
 """The probe engine: `run_probe(target, module) -> ProbeResult`.
 
-Walks the stages a module asks for (smtpmon.results.STAGES), times each one and keeps every
+Walks the stages a module asks for (smtpmon.smtp.results.STAGES), times each one and keeps every
 reply. It never raises: a failure is a result naming the stage and a reason from
-results.FAILURE_REASONS. Sockets and TLS live in smtpmon.smtpclient; this module decides what
+results.FAILURE_REASONS. Sockets and TLS live in smtpmon.smtp.client; this module decides what
 to send and what a reply means for the session.
 
 Rules worth knowing:
@@ -24,11 +24,11 @@ import ssl
 import time
 from collections.abc import Callable
 
-from smtpmon.config import is_ipv6
-from smtpmon.hub import Hub
-from smtpmon.module import Module, PasswordUnavailable
-from smtpmon.results import Capabilities, ProbeResult, Reply, StageResult, TlsInfo
-from smtpmon.smtpclient import (
+from smtpmon.config.load import is_ipv6
+from smtpmon.net.hub import Hub
+from smtpmon.smtp.module import Module, PasswordUnavailable
+from smtpmon.smtp.results import Capabilities, ProbeResult, Reply, StageResult, TlsInfo
+from smtpmon.smtp.client import (
     CertificateError,
     SessionError,
     SmtpConnection,

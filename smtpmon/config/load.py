@@ -3,7 +3,7 @@
 `parse_config` walks the whole document and collects one message per problem, each with the
 path of the offending key (`targets[2].module: unknown module "smpt_tls"; known: mx`), then
 raises `ConfigError` with all of them, so a user fixes a file in one round. Module options end
-up in `smtpmon.module.Module`; global defaults (timeout, EHLO name) are resolved into each
+up in `smtpmon.smtp.module.Module`; global defaults (timeout, EHLO name) are resolved into each
 module and target here, so the scheduler and the probe engine never look anything up.
 """
 
@@ -20,11 +20,11 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 
-from smtpmon.module import (
+from smtpmon.smtp.module import (
     AUTH_MECHANISMS, AUTH_TLS_MODES, IP_PROTOCOLS, TLS_MODES, TLS_VERSIONS, Module, PasswordUnavailable,
 )
-from smtpmon.results import STAGES
-from smtpmon.yamldoc import YamlSyntaxError, describe, read_document
+from smtpmon.smtp.results import STAGES
+from smtpmon.config.yamldoc import YamlSyntaxError, describe, read_document
 
 EMBEDDED_SOURCE = "<embedded default>"
 

@@ -28,17 +28,17 @@ from prometheus_client import (
 from prometheus_client.utils import floatToGoString
 
 from smtpmon import __version__
-from smtpmon.replycodes import (
+from smtpmon.smtp.replycodes import (
     ENHANCED_CLASS_NAMES,
     PROTOCOL_ERROR,
     code_label,
     reply_category,
     reply_class,
 )
-from smtpmon.results import Capabilities, ProbeResult, Reply, TlsInfo
+from smtpmon.smtp.results import Capabilities, ProbeResult, Reply, TlsInfo
 
 if TYPE_CHECKING:
-    from smtpmon.store import ResultStore
+    from smtpmon.exposition.store import ResultStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from smtpmon.collector import TargetCounts, render_target
-from smtpmon.results import ProbeResult, TlsInfo
+from smtpmon.exposition.metrics import TargetCounts, render_target
+from smtpmon.smtp.results import ProbeResult, TlsInfo
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ jobs' `next_run` times, runs each due job through `Job.run()` (which calls our d
 lets `schedule` compute the next run), and pushes the job back with its new `next_run`: O(log n)
 per due probe, nothing per idle tick.
 
-The same thread runs the probes: each session is a greenlet on a `smtpmon.hub.Hub`, parked
+The same thread runs the probes: each session is a greenlet on a `smtpmon.net.hub.Hub`, parked
 while it waits for its server, and the loop waits on the hub (every session's socket at once)
 until the next due time. Stop and reload wake it at once.
 
@@ -38,11 +38,11 @@ from typing import Callable, Protocol
 
 import schedule
 
-from smtpmon.hub import Hub
+from smtpmon.net.hub import Hub
 from smtpmon.logs import get_logger
-from smtpmon.module import Module
-from smtpmon.probe import run_probe
-from smtpmon.results import ProbeResult
+from smtpmon.smtp.module import Module
+from smtpmon.smtp.session import run_probe
+from smtpmon.smtp.results import ProbeResult
 
 log = get_logger("scheduler")
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from smtpmon.yamldoc import YamlSyntaxError, describe, read_document
+from smtpmon.config.yamldoc import YamlSyntaxError, describe, read_document
 
 WWW_AUTHENTICATE = 'Basic realm="smtpmon"'
 
