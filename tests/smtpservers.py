@@ -237,11 +237,14 @@ class ScriptedServer:
     """Plays `script` to every client; when the script ends it reads until the client closes.
 
     `received` holds every line clients sent; `mismatches` the Expect steps that failed.
+    `later` is played instead to every connection after the first (a server that answers a
+    second connection differently).
     """
 
     def __init__(self, script: list, *, implicit_tls_context: ssl.SSLContext | None = None,
-                 host: str = LOOPBACK, port: int = 0):
-        self.script = [step for item in script for step in (item if isinstance(item, list) else [item])]
+                 host: str = LOOPBACK, port: int = 0, later: list | None = None):
+        self.script = self._flat(script)
+        self.later = self.script if later is None else self._flat(later)
         self.implicit_tls_context = implicit_tls_context
         self.received: list[str] = []
         self.mismatches: list[str] = []
@@ -254,6 +257,10 @@ class ScriptedServer:
         self._listener.settimeout(0.1)
         self.port = self._listener.getsockname()[1]
         self._threads: list[threading.Thread] = []
+
+    @staticmethod
+    def _flat(script: list) -> list:
+        return [step for item in script for step in (item if isinstance(item, list) else [item])]
 
     @property
     def target(self) -> str:
@@ -288,14 +295,14 @@ class ScriptedServer:
                 continue
             self.connections += 1
             self._sockets.append(sock)
-            self._spawn(self._play, sock)
+            self._spawn(self._play, sock, self.script if self.connections == 1 else self.later)
 
-    def _play(self, sock: socket.socket) -> None:
+    def _play(self, sock: socket.socket, script: list) -> None:
         reader = _LineReader(sock, self._stop)
         try:
             if self.implicit_tls_context is not None:
                 sock = reader.sock = self._wrap(sock, self.implicit_tls_context)
-            for step in self.script:
+            for step in script:
                 if isinstance(step, Send):
                     sock.sendall(step.data)
                 elif isinstance(step, Trickle):

@@ -98,6 +98,17 @@ def test_healthy_target():
                      "other"}
     tls = {l["extension"] for l in series(out, "smtpmon_ehlo_extension_info", phase="tls")}
     assert tls == {"AUTH", "SIZE"}
+    assert series(out, "smtpmon_tls_certificate_verify_failure_info") == []
+
+
+def test_an_unverified_certificate_under_opportunistic_tls_is_a_fact_not_a_failure():
+    result = probe_results.opportunistic_unverified()
+    out = metrics_after(result)
+    t = {"target": result.target, "module": "mx"}
+    assert value(out, "smtpmon_probe_success", **t) == 1
+    assert value(out, "smtpmon_tls_certificate_verified", **t) == 0
+    assert value(out, "smtpmon_tls_certificate_verify_failure_info", reason="certificate_untrusted", **t) == 1
+    assert series(out, "smtpmon_probe_failure_info") == []
     assert value(out, "smtpmon_ehlo_size_limit_bytes", phase="plain", **t) == 10240000
     assert value(out, "smtpmon_ehlo_size_limit_bytes", phase="tls", **t) == 20480000
 
@@ -228,7 +239,7 @@ def test_label_values_are_escaped():
 
 def test_each_family_is_declared_once_with_its_samples_together():
     out = metrics_after(probe_results.healthy(), probe_results.banner_421(),
-                        probe_results.data_554())
+                        probe_results.data_554(), probe_results.opportunistic_unverified())
     text = out.decode()
     for family in TARGET_FAMILIES + EXPORTER_FAMILIES:
         assert text.count(f"# TYPE {family.name} ") == 1, family.name

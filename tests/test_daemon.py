@@ -216,6 +216,25 @@ def test_landing_page(daemon, smtp_server, scripted_server):
     assert status == 200 and "S: 554 5.7.1 <b>not</b> welcome" in transcript
 
 
+def test_opportunistic_tls_over_a_self_signed_certificate_passes_and_says_so(daemon, smtp_server, tls_contexts):
+    """The default TLS mode judges as MTAs do: mail would flow, so the probe passes; the
+    failed verification shows on /metrics, the landing page and the transcript."""
+    server = smtp_server(starttls_context=tls_contexts["self_signed"])
+    running = daemon(config_text([(server.target, "opportunistic")],
+                                 extra_modules="  opportunistic: {tls: opportunistic}", timeout="900ms"))
+    text = running.wait_for(probed(server.target))
+    assert value(text, "smtpmon_probe_success", target=server.target) == 1
+    assert value(text, "smtpmon_tls_certificate_verified", target=server.target) == 0
+    assert value(text, "smtpmon_tls_certificate_verify_failure_info", target=server.target,
+                 reason="certificate_untrusted") == 1
+    row = next(r for r in running.get("/")[1].split("<tr>") if server.target in r)
+    assert "OK" in row and "not verified: " in row and "certificate_untrusted: " in row
+    status, transcript = running.get(f"/transcript?target={server.target}&module=opportunistic")
+    assert status == 200
+    assert "(opportunistic TLS: reported, not a failure)" in transcript
+    assert "success in " in transcript and "certificate NOT verified: certificate_untrusted" in transcript
+
+
 def test_sigterm_stops_within_the_timeout_plus_one_second(daemon, scripted_server):
     tarpit = scripted_server([Sleep(30)])
     running = daemon(config_text([(tarpit.target, "plain")], interval="5s", timeout="2s"))

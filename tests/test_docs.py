@@ -131,22 +131,28 @@ def exported_families(page: bytes) -> dict[str, Documented]:
 
 @pytest.fixture(scope="module")
 def real_results(ca_file, tls_contexts):
-    """Two real probes against aiosmtpd on loopback: a healthy session through STARTTLS, MAIL,
-    RCPT and DATA, and one whose RCPT gets 450 (greylisting), so that every family has samples."""
+    """Three real probes against aiosmtpd on loopback: a healthy session through STARTTLS, MAIL,
+    RCPT and DATA, one whose RCPT gets 450 (greylisting), and opportunistic TLS going on over a
+    self-signed certificate, so that every family has samples."""
     handler = ScriptedHandler(rcpt_replies={"grey@example.org": "450 4.2.0 Greylisted, try again later"})
     server = AiosmtpdServer(handler, starttls_context=tls_contexts["trusted"]).start()
     module = Module(tls="starttls", tls_ca_file=ca_file, tls_server_name=SERVER_NAME,
                     mail_from="probe@example.org", timeout_seconds=5.0)
+    self_signed = AiosmtpdServer(starttls_context=tls_contexts["self_signed"]).start()
     try:
         healthy = run_probe(server.target, replace(module, rcpt_to=("ok@example.org",), data=True),
                             module_name="mx")
         greylisted = run_probe(server.target, replace(module, rcpt_to=("grey@example.org",)),
                                module_name="greylist")
+        unverified = run_probe(self_signed.target, Module(tls="opportunistic", timeout_seconds=5.0),
+                               module_name="opportunistic")
     finally:
         server.stop()
+        self_signed.stop()
     assert healthy.success, healthy
     assert (greylisted.success, greylisted.reason) == (False, "rcpt_rejected")
-    return healthy, greylisted
+    assert unverified.success and unverified.tls.verify_reason == "certificate_untrusted", unverified
+    return healthy, greylisted, unverified
 
 
 def test_every_family_on_metrics_is_documented_with_its_labels(real_results):

@@ -28,6 +28,7 @@ from smtpservers import (
     ScriptedHandler,
     Send,
     Sleep,
+    StartTls,
     Trickle,
     password_authenticator,
     reply,
@@ -614,3 +615,55 @@ def test_an_unusable_module_gives_a_result_not_an_exception(smtp_server, tls_con
     assert (result.failed_stage, result.reason) == ("starttls", "internal_error")
     assert "missing.pem" in result.detail
 
+
+
+# -- opportunistic TLS: judged as sending MTAs judge it ---------------------------------------
+@pytest.mark.parametrize(
+    "kind, reason, words",
+    [
+        ("untrusted", "certificate_untrusted", "unable to get local issuer"),
+        ("self_signed", "certificate_untrusted", "self-signed"),
+        ("expired", "certificate_expired", "expired"),
+        ("wrong_host", "certificate_hostname_mismatch", "ip address mismatch"),
+    ],
+)
+def test_opportunistic_tls_reports_an_unverifiable_certificate_and_goes_on(smtp_server, tls_contexts, ca_file,
+                                                                           kind, reason, words):
+    """RFC 3207 / RFC 7435: a sending MTA delivers over TLS whatever the certificate; so does
+    the probe, and the failed verification is a reported fact."""
+    server = smtp_server(starttls_context=tls_contexts[kind])
+    result = probe(server.target, tls="opportunistic", tls_ca_file=ca_file, mail_from="probe@example.org",
+                   rcpt_to=("ok@example.org",), data=True)
+
+    assert result.success, result.detail
+    assert stage_names(result) == ["resolve", "connect", "banner", "ehlo", "starttls", "ehlo_tls", "mail",
+                                   "rcpt", "data", "quit"]
+    tls = result.tls
+    assert (tls.verified, tls.verify_reason) == (False, reason)
+    assert words in tls.verify_error.lower() and tls.subject and tls.version
+    assert result.ehlo_tls is not None and len(server.handler.messages) == 1
+    notes = [line.text for line in result.transcript if line.direction == "*"]
+    assert any(note.startswith("opportunistic TLS goes on without verification") for note in notes)
+    assert any(note.startswith("certificate NOT verified: ") and note.endswith("(opportunistic TLS: reported, not a failure)")
+               for note in notes)
+
+
+def test_opportunistic_tls_with_a_verified_certificate_makes_one_connection(smtp_server, tls_contexts, ca_file):
+    server = smtp_server(starttls_context=tls_contexts["trusted"])
+    result = probe(server.target, tls="opportunistic", tls_ca_file=ca_file)
+
+    assert result.success and result.tls.verified and result.tls.verify_reason is None
+    assert not any("reconnecting" in line.text for line in result.transcript)
+
+
+def test_opportunistic_tls_fails_when_the_server_refuses_the_second_connection(scripted_server, tls_contexts):
+    """Going on needs a second connection: a server that refuses it fails the probe, saying why."""
+    ehlo = reply(r"EHLO ", b"250-mx.test.example\r\n250 STARTTLS\r\n")
+    server = scripted_server([BANNER, ehlo, reply(r"STARTTLS", b"220 go ahead\r\n"), StartTls(tls_contexts["untrusted"]),
+                              reply(r"EHLO ", b"250 mx.test.example\r\n"), QUIT_OK],
+                             later=[Send(b"554 5.3.2 one connection at a time\r\n"), Close()])
+    result = probe(server.target, tls="opportunistic")
+
+    assert_failed(result, "starttls", "unexpected_code")
+    assert "going on without verification over a new connection failed" in result.detail
+    assert result.tls.verify_reason == "certificate_untrusted"

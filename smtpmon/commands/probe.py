@@ -46,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", metavar="HOST[:PORT]", type=_target, help="server to probe; [ADDRESS]:PORT for IPv6")
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls", choices=TLS_MODES, default="opportunistic",
-                     help="none; starttls (required); opportunistic (when offered, the default); implicit (port 465)")
+                     help="none; starttls (required, the certificate must verify); opportunistic "
+                          "(when offered, the default: as sending MTAs do, a certificate that does "
+                          "not verify is reported, not a failure); implicit (port 465, the "
+                          "certificate must verify)")
     tls.add_argument("--no-verify", "--insecure", dest="tls_verify", action="store_false",
                      help="do not verify the certificate (it is still inspected and reported)")
     tls.add_argument("--ca-file", metavar="PEM", help="trust only these CA certificates")

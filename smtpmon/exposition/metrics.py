@@ -86,6 +86,8 @@ TARGET_FAMILIES: tuple[Family, ...] = (
            "The server certificate's start of validity (Unix time)."),
     Family("smtpmon_tls_certificate_verified", "gauge",
            "1 if the certificate chain and host name verified, else 0."),
+    Family("smtpmon_tls_certificate_verify_failure_info", "gauge",
+           "Constant 1 while the last certificate failed verification: why."),
     Family("smtpmon_starttls_offered", "gauge", "1 if the plain EHLO advertised STARTTLS, else 0."),
     Family("smtpmon_ehlo_extension_info", "gauge",
            "Constant 1 for each extension keyword an EHLO advertised (unknown ones as other)."),
@@ -310,6 +312,8 @@ def _add_tls(out: _Lines, tls: TlsInfo) -> None:
     if tls.not_before is not None:
         out.add("smtpmon_tls_certificate_not_before_timestamp_seconds", tls.not_before)
     out.add("smtpmon_tls_certificate_verified", tls.verified)
+    if tls.verify_reason is not None:
+        out.add("smtpmon_tls_certificate_verify_failure_info", 1, _labels(("reason",), (tls.verify_reason,)))
 
 
 def _family_chunks(rows: Sequence[tuple[bytes, ...]]) -> list[bytes]:

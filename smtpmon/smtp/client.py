@@ -359,6 +359,10 @@ class SmtpConnection:
         self._buffer = bytearray()
         self._secrets: list[bytes] = []
 
+    def record_into(self, transcript: Transcript) -> None:
+        """From now on, record this connection's lines in `transcript`."""
+        self._transcript = transcript
+
     def hide(self, *secrets: str) -> None:
         """Mask these wherever the server's words show them: a server may quote the line it
         could not accept (a 535 or 501 with the AUTH data), and its words reach the replies,
@@ -702,6 +706,43 @@ def tls_info(tls_sock: ssl.SSLSocket, *, verified: bool, verify_error: str | Non
     )
 
 
+def open_unverified_tls(
+    family: int,
+    sockaddr: tuple,
+    *,
+    implicit_tls: bool,
+    ehlo_name: str,
+    server_name: str,
+    min_version: str | None,
+    deadline: float,
+    clock: Callable[[], float] = time.monotonic,
+    hub: Hub | None = None,
+) -> tuple[SmtpConnection, TlsInfo]:
+    """A new connection to a server whose certificate failed verification, up to an
+    unverified TLS session: (the connection, the TLS facts). Raises SessionError.
+
+    Python 3.11 cannot hand out the peer certificate after a failed verifying handshake, nor
+    go on without verification, so in that failure path only a second connection (within the
+    same deadline) repeats the session up to the handshake without verification. Its lines go
+    to a transcript of their own (`record_into` sends the connection's later lines to the
+    probe's): they repeat what the probe's transcript already shows.
+    """
+    connection = SmtpConnection(deadline, Transcript(clock(), clock), clock, hub)
+    try:
+        connection.connect(family, sockaddr)
+        if not implicit_tls:
+            for command, wanted in ((None, 2), (f"EHLO {ehlo_name}", 2), ("STARTTLS", 220)):
+                reply = connection.read_reply() if command is None else connection.command(command)
+                if (_code(reply) // 100 if wanted == 2 else _code(reply)) != wanted:
+                    said = f"{command} answered" if command else "the banner was"
+                    raise SessionError("unexpected_code", f"{said} {_code(reply)} this time")
+        info = connection.start_tls(make_tls_context(verify=False, min_version=min_version), server_name)
+    except SessionError:
+        connection.close()
+        raise
+    return connection, info
+
+
 def fetch_unverified_tls_info(
     family: int,
     sockaddr: tuple,
@@ -711,34 +752,24 @@ def fetch_unverified_tls_info(
     server_name: str,
     min_version: str | None,
     verify_error: str,
+    verify_reason: str,
     deadline: float,
     clock: Callable[[], float] = time.monotonic,
     hub: Hub | None = None,
 ) -> TlsInfo | None:
-    """The certificate of a server whose certificate failed verification.
-
-    Python 3.11 cannot hand out the peer certificate after a failed verifying handshake, so
-    in that failure path only, a second connection (within the same deadline) repeats the
-    session up to the handshake without verification, just to read the certificate. None
-    when that does not work out: the verification error is the verdict either way.
-    """
-    scratch = Transcript(clock(), clock)  # its lines are not the probe's session
-    connection = SmtpConnection(deadline, scratch, clock, hub)
+    """The certificate of a server whose certificate failed verification, read over a second
+    connection (see open_unverified_tls) that is closed again; None when that does not work
+    out: the verification error is the verdict either way."""
     try:
-        connection.connect(family, sockaddr)
-        if not implicit_tls:
-            if _code(connection.read_reply()) // 100 != 2:
-                return None
-            if _code(connection.command(f"EHLO {ehlo_name}")) // 100 != 2:
-                return None
-            if _code(connection.command("STARTTLS")) != 220:
-                return None
-        info = connection.start_tls(make_tls_context(verify=False, min_version=min_version), server_name)
-        return dataclasses.replace(info, verified=False, verify_error=verify_error)
+        connection, info = open_unverified_tls(
+            family, sockaddr, implicit_tls=implicit_tls, ehlo_name=ehlo_name,
+            server_name=server_name, min_version=min_version, deadline=deadline, clock=clock,
+            hub=hub)
     except SessionError:
         return None
-    finally:
-        connection.close()
+    connection.close()
+    return dataclasses.replace(info, verified=False, verify_error=verify_error,
+                               verify_reason=verify_reason)
 
 
 def _code(reply: Reply) -> int:

@@ -117,6 +117,9 @@ class TlsInfo:
     not_after: float | None = None
     verified: bool = False
     verify_error: str | None = None  # OpenSSL's words when verification failed
+    # Why verification failed, when it did: certificate_untrusted, certificate_expired or
+    # certificate_hostname_mismatch (a label value, so from that fixed list).
+    verify_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ Rules worth knowing:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import email.utils
 import socket
 import ssl
@@ -35,6 +36,7 @@ from smtpmon.smtp.client import (
     Transcript,
     fetch_unverified_tls_info,
     make_tls_context,
+    open_unverified_tls,
     prepare_tls,
     printable,
     resolve,
@@ -392,11 +394,15 @@ class _Session:
         try:
             self.tls = self.connection.start_tls(context, server_name)
         except CertificateError as error:
-            # The stage is the server's handshake: the second connection, made only to show
-            # the certificate, counts in the probe's duration but not in this stage's.
+            # The stage is the server's handshake: a second connection, made to show the
+            # certificate or to go on without verification, counts in the probe's duration
+            # but not in this stage's.
             record.ended = self.clock()
             self.connection_usable = False
             self.connection.close()  # before the second connection: a server may allow one
+            if module.tls == "opportunistic":
+                self.go_on_unverified(error, server_name)
+                return
             self.transcript.note("reading the certificate over a second connection, without verification, to report it")
             self.tls = fetch_unverified_tls_info(
                 *self.address,
@@ -405,12 +411,45 @@ class _Session:
                 server_name=server_name,
                 min_version=module.tls_min_version,
                 verify_error=error.verify_error,
+                verify_reason=error.reason,
                 deadline=self.deadline,
                 clock=self.clock,
                 hub=self.hub,
-            ) or TlsInfo(verified=False, verify_error=error.verify_error)
+            ) or TlsInfo(verified=False, verify_error=error.verify_error, verify_reason=error.reason)
             self.note_tls()
             raise
+        self.note_tls()
+
+    def go_on_unverified(self, error: CertificateError, server_name: str) -> None:
+        """Opportunistic TLS, as sending MTAs do it (RFC 3207, RFC 7435): a certificate that
+        does not verify is a fact to report, not a reason to stop. The session goes on over an
+        unverified TLS session on a new connection (see open_unverified_tls)."""
+        self.transcript.note(
+            "opportunistic TLS goes on without verification, as sending MTAs do: "
+            f"reconnecting to {self.address[1][0]} port {self.address[1][1]} "
+            "(banner, EHLO and STARTTLS again, not shown)")
+        try:
+            connection, info = open_unverified_tls(
+                *self.address,
+                implicit_tls=False,
+                ehlo_name=self.ehlo_name,
+                server_name=server_name,
+                min_version=self.module.tls_min_version,
+                deadline=self.deadline,
+                clock=self.clock,
+                hub=self.hub,
+            )
+        except SessionError as failed:
+            self.tls = TlsInfo(verified=False, verify_error=error.verify_error, verify_reason=error.reason)
+            self.note_tls()
+            detail = f"{error.detail}; going on without verification over a new connection failed: {failed.detail}"
+            self.transcript.note(detail)
+            raise SessionError(failed.reason, detail) from None
+        connection.record_into(self.transcript)
+        self.connection = connection
+        self.connection_usable = True
+        self.tls = dataclasses.replace(info, verified=False, verify_error=error.verify_error,
+                                       verify_reason=error.reason)
         self.note_tls()
 
     def note_tls(self) -> None:
@@ -425,7 +464,8 @@ class _Session:
         if tls.verified:
             self.transcript.note("certificate verified")
         elif tls.verify_error:
-            self.transcript.note(f"certificate NOT verified: {tls.verify_error}")
+            going_on = " (opportunistic TLS: reported, not a failure)" if self.module.tls == "opportunistic" else ""
+            self.transcript.note(f"certificate NOT verified: {tls.verify_error}{going_on}")
         else:
             self.transcript.note("certificate not verified (verification is switched off)")
 

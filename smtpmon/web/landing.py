@@ -76,6 +76,8 @@ def _certificate(snapshot: TargetSnapshot, now: float) -> str:
     days_left = int((tls.not_after - now) // 86400)
     left = f"expired {-days_left} days ago" if days_left < 0 else f"{days_left} days left"
     verified = "verified" if tls.verified else "not verified"
+    if tls.verify_reason is not None:
+        verified += f': <span class="detail">{_e(tls.verify_reason)}: {_e((tls.verify_error or "")[:200])}</span>'
     return f"{_e(day)} ({_e(left)}, {verified})"
 
 
