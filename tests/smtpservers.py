@@ -32,6 +32,28 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def on_a_loopback_address_of_its_own(start, attempts: int = 8):
+    """start(host) on a random 127.x.y.z, for a server that needs a fixed port (465, 25) that
+    another test or program may hold on 127.0.0.1. Binding a port below 1024 needs root: a test
+    without it skips locally and fails in CI (CI=true), where it runs as root."""
+    import os
+    import random
+
+    import pytest
+
+    for _ in range(attempts):
+        host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+        try:
+            return start(host)
+        except PermissionError as error:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"CI=true but cannot bind a privileged port: {error}")
+            pytest.skip(f"binding a port below 1024 needs root: {error}")
+        except OSError:  # in use on that address: another one
+            continue
+    raise AssertionError(f"no free loopback address in {attempts} attempts")
+
+
 def server_tls_context(cert: trustme.LeafCert | trustme.CA) -> ssl.SSLContext:
     """A server context presenting a trustme leaf certificate, or a CA's own (self-signed) one."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -155,7 +177,12 @@ class AiosmtpdServer:
                 ssl=self._implicit_tls_context,
             )
 
-        self._server = self._loop_thread.call(serve())
+        try:
+            self._server = self._loop_thread.call(serve())
+        except BaseException:  # cannot bind: no loop thread left behind
+            self._loop_thread.stop()
+            self._loop_thread = None
+            raise
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

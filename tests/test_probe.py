@@ -19,6 +19,7 @@ from smtpmon.smtp.results import FAILURE_REASONS
 from smtpmon.smtp.client import MAX_REPLY_LINES
 from probe_engines import ENGINES
 from smtpservers import (
+    AiosmtpdServer,
     BANNER,
     EHLO_OK,
     QUIT_OK,
@@ -30,6 +31,7 @@ from smtpservers import (
     Sleep,
     StartTls,
     Trickle,
+    on_a_loopback_address_of_its_own,
     password_authenticator,
     reply,
 )
@@ -310,7 +312,7 @@ def test_implicit_tls(smtp_server, tls_contexts, ca_file):
     result = probe(server.target, tls="implicit", tls_ca_file=ca_file)
 
     assert result.success, result.detail
-    assert stage_names(result) == ["resolve", "connect", "starttls", "banner", "ehlo", "quit"]
+    assert stage_names(result) == ["resolve", "connect", "tls", "banner", "ehlo", "quit"]
     assert result.tls.verified and result.ehlo_tls is None
     assert "STARTTLS" not in result.ehlo.extensions
 
@@ -319,14 +321,14 @@ def test_implicit_tls_with_expired_certificate(smtp_server, tls_contexts, ca_fil
     server = smtp_server(implicit_tls_context=tls_contexts["expired"])
     result = probe(server.target, tls="implicit", tls_ca_file=ca_file)
 
-    assert_failed(result, "starttls", "certificate_expired")
+    assert_failed(result, "tls", "certificate_expired")
     assert result.tls.not_after < time.time() and result.stage("banner") is None
 
 
 def test_implicit_tls_against_plain_smtp_fails_the_handshake(smtp_server):
     result = probe(smtp_server().target, tls="implicit")
 
-    assert_failed(result, "starttls", "tls_handshake_failed")
+    assert_failed(result, "tls", "tls_handshake_failed")
 
 
 def test_implicit_tls_default_port_is_465():
@@ -667,3 +669,30 @@ def test_opportunistic_tls_fails_when_the_server_refuses_the_second_connection(s
     assert_failed(result, "starttls", "unexpected_code")
     assert "going on without verification over a new connection failed" in result.detail
     assert result.tls.verify_reason == "certificate_untrusted"
+
+
+# -- a plain probe of a TLS port ----------------------------------------------------------------
+def test_tls_bytes_where_the_banner_belongs_fail_at_once_suggesting_implicit_tls(scripted_server):
+    """A TLS record holds no line end: without looking at it, the probe would wait for one
+    until the deadline."""
+    alert = b"\x15\x03\x03\x00\x02\x02\x32"  # a TLS fatal alert record
+    server = scripted_server([Send(alert), Sleep(30)])
+    result = probe(server.target, tls="opportunistic")
+
+    assert_failed(result, "banner", "protocol_error")
+    assert "speaks TLS from the first byte" in result.detail and "--tls implicit" in result.detail
+    assert any(line.text.startswith("15 03 03 00 02 ... (7 bytes of a TLS record)") for line in result.transcript)
+
+
+def test_plain_probe_of_port_465_times_out_at_the_banner_suggesting_implicit_tls(tls_contexts):
+    """An SMTPS server waits for the client's handshake: the plain probe's banner timeout says
+    why and what to do. Port 465 on a loopback address of its own (binding it needs root)."""
+    server = on_a_loopback_address_of_its_own(
+        lambda host: AiosmtpdServer(implicit_tls_context=tls_contexts["trusted"], host=host, port=465).start())
+    try:
+        result = probe(server.target, tls="opportunistic", timeout_seconds=0.5)
+    finally:
+        server.stop()
+
+    assert (result.failed_stage, result.reason) == ("banner", "timeout")
+    assert "port 465 is SMTPS" in result.detail and "--tls implicit" in result.detail

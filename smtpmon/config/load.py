@@ -46,7 +46,7 @@ targets:
 """
 
 # Stages that receive a reply, so a module may say which codes it expects there.
-REPLY_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s not in ("resolve", "connect"))
+REPLY_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s not in ("resolve", "connect", "tls"))
 
 _TOP_KEYS = ("global", "probe_allow", "modules", "targets")
 _GLOBAL_KEYS = ("interval", "timeout", "max_concurrency", "ehlo_name")

@@ -632,6 +632,8 @@ class SmtpConnection:
     def _read_line(self, until: float, late: str) -> bytes | None:
         """One line with its terminator, recorded in the transcript; None when over-long."""
         while True:
+            if self._buffer and 20 <= self._buffer[0] <= 23 and self._buffer[1:2] == b"\x03" and not self._tls:
+                self._refuse_tls_record()
             end = self._buffer.find(b"\n")
             if end >= 0 and end < MAX_LINE_BYTES:
                 raw = bytes(self._buffer[: end + 1])
@@ -647,6 +649,19 @@ class SmtpConnection:
                 self._buffer.clear()
                 return None
             self._receive(until, late)
+
+    def _refuse_tls_record(self) -> None:
+        """A TLS record (content type 20-23, major version 3: no SMTP reply starts so) where an
+        SMTP reply belongs: the server speaks TLS from the first byte.
+        Said at once: its bytes hold no line end, so waiting for one would take the deadline."""
+        shown = " ".join(f"{byte:02x}" for byte in self._buffer[:5])
+        self._transcript.add("S", f"{shown} ... ({len(self._buffer)} bytes of a TLS record)")
+        self._buffer.clear()
+        raise self._noted(SessionError(
+            "protocol_error",
+            "the server sent a TLS record, not an SMTP reply: it speaks TLS from the first byte "
+            "(implicit TLS, as SMTPS on port 465 does); probe it with --tls implicit (tls: implicit)",
+        ))
 
     def _receive(self, until: float, late: str) -> None:
         """Read what has arrived into the buffer; `late` ends the message when nothing comes."""

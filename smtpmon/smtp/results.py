@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 STAGES: tuple[str, ...] = (
     "resolve",
     "connect",
+    "tls",  # implicit TLS (port 465): the handshake before the banner; STARTTLS is `starttls`
     "banner",
     "ehlo",
     "starttls",

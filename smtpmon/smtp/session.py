@@ -12,7 +12,8 @@ Rules worth knowing:
 - A rejection ends the session at once with QUIT; the QUIT stage is recorded but never
   changes the verdict. After a transport failure (timeout, closed connection, protocol error,
   TLS failure) nothing more is sent.
-- Implicit TLS (port 465) records its handshake as the `starttls` stage, right after connect.
+- Implicit TLS (port 465) records its handshake as the `tls` stage, right after connect; a
+  STARTTLS command and its handshake are the `starttls` stage.
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ class _Session:
         steps = (
             ("resolve", self.resolve, lambda: True),
             ("connect", self.connect, lambda: True),
-            ("starttls", self.implicit_tls, lambda: implicit),
+            ("tls", self.implicit_tls, lambda: implicit),
             ("banner", self.banner, lambda: True),
             ("ehlo", lambda record: self.greet(record, "ehlo"), lambda: True),
             ("starttls", self.starttls, self.wants_starttls),
@@ -354,7 +355,17 @@ class _Session:
         self.handshake(record)
 
     def banner(self, record: _StageRecord) -> None:
-        self.final(record, "banner", self.connection.read_reply(), "the banner")
+        try:
+            reply = self.connection.read_reply()
+        except SessionError as error:
+            if error.reason == "timeout" and self.port == SUBMISSIONS_PORT and self.module.tls != "implicit":
+                # An SMTPS server says nothing until the client's TLS handshake.
+                hint = ("; port 465 is SMTPS (RFC 8314), where the server waits for a TLS handshake "
+                        "before its banner: probe it with --tls implicit (tls: implicit)")
+                self.transcript.note(hint[2:])
+                raise SessionError(error.reason, error.detail + hint) from None
+            raise
+        self.final(record, "banner", reply, "the banner")
 
     def greet(self, record: _StageRecord, stage: str) -> None:
         reply = self.connection.command(f"EHLO {self.ehlo_name}")
