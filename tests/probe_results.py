@@ -44,6 +44,8 @@ def _result(target, module, stages, *, reason=None, failed_stage=None, tls=True)
         stages=stages,
         failed_stage=failed_stage,
         reason=reason,
+        address="192.0.2.25",
+        address_family="ipv4",
         ehlo=Capabilities(EXTENSIONS, size_limit=10240000) if tls else None,
         ehlo_tls=Capabilities(frozenset({"AUTH", "SIZE"}), size_limit=20480000) if tls else None,
         tls=TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", not_before=NOT_BEFORE,

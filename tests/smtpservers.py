@@ -407,21 +407,22 @@ class FullBacklogListener:
     """A listening socket whose accept queue is full: connecting to it hangs (Linux drops the
     SYN), which is how a connect timeout looks without leaving loopback."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = LOOPBACK) -> None:
+        self.host = host
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind((LOOPBACK, 0))
+        self._listener.bind((host, 0))
         self._listener.listen(0)
         self.port = self._listener.getsockname()[1]
         self._fillers = []
         for _ in range(3):
             filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             filler.setblocking(False)
-            filler.connect_ex((LOOPBACK, self.port))
+            filler.connect_ex((host, self.port))
             self._fillers.append(filler)
 
     @property
     def target(self) -> str:
-        return host_port(LOOPBACK, self.port)
+        return host_port(self.host, self.port)
 
     def close(self) -> None:
         for sock in [*self._fillers, self._listener]:

@@ -99,6 +99,7 @@ def test_healthy_target():
     tls = {l["extension"] for l in series(out, "smtpmon_ehlo_extension_info", phase="tls")}
     assert tls == {"AUTH", "SIZE"}
     assert series(out, "smtpmon_tls_certificate_verify_failure_info") == []
+    assert value(out, "smtpmon_probe_address_info", address="192.0.2.25", family="ipv4", **t) == 1
 
 
 def test_an_unverified_certificate_under_opportunistic_tls_is_a_fact_not_a_failure():

@@ -202,8 +202,10 @@ def test_probe_endpoint(daemon, smtp_server):
 def test_landing_page(daemon, smtp_server, scripted_server):
     healthy = smtp_server()
     refused = scripted_server([Send(b"554 5.7.1 <b>not</b> welcome\r\n")])
-    running = daemon(config_text([(healthy.target, "plain"), (refused.target, "plain")]))
-    running.wait_for(lambda t: probed(healthy.target)(t) and probed(refused.target)(t))
+    by_name = f"localhost:{healthy.port}"
+    running = daemon(config_text([(healthy.target, "plain"), (refused.target, "plain"), (by_name, "plain")]))
+    metrics = running.wait_for(lambda t: probed(healthy.target)(t) and probed(refused.target)(t)
+                               and probed(by_name)(t))
     status, page = running.get("/")
     assert status == 200
     row = next(r for r in page.split("<tr>") if refused.target in r)
@@ -212,6 +214,11 @@ def test_landing_page(daemon, smtp_server, scripted_server):
     assert f"/transcript?target=127.0.0.1%3A{refused.port}&amp;module=plain" in row
     healthy_row = next(r for r in page.split("<tr>") if healthy.target in r)
     assert "OK" in healthy_row and "banner&nbsp;<code>220</code>" in healthy_row
+    # A name: the address its session used is shown, and exported as an _info series.
+    named_row = next(r for r in page.split("<tr>") if f"<code>{by_name}</code>" in r)
+    assert '<span class="detail">via 127.0.0.1</span>' in named_row
+    assert "via " not in healthy_row  # an address target needs no "via"
+    assert value(metrics, "smtpmon_probe_address_info", target=by_name, address="127.0.0.1", family="ipv4") == 1
     status, transcript = running.get(f"/transcript?target={refused.target}&module=plain")
     assert status == 200 and "S: 554 5.7.1 <b>not</b> welcome" in transcript
 

@@ -13,11 +13,13 @@ import time
 import pytest
 
 from smtpmon.smtp.module import Module
-from smtpmon.smtp.session import default_ehlo_name, module_default_port, parse_target, run_probe
+from smtpmon.smtp.session import connect_first, default_ehlo_name, module_default_port, parse_target, run_probe
 from smtpmon.smtp.replycodes import reply_category, reply_class
 from smtpmon.smtp.results import FAILURE_REASONS
 from smtpmon.smtp.client import MAX_REPLY_LINES
-from probe_engines import ENGINES
+from daemon_process import free_port
+from probe_engines import ENGINES, call_on_engine
+from smtpmon.smtp.client import SessionError, SmtpConnection, Transcript
 from smtpservers import (
     AiosmtpdServer,
     BANNER,
@@ -582,6 +584,82 @@ def test_connect_timeout_ends_at_the_deadline():
     assert 1.0 <= result.duration_seconds < 1.1
 
 
+def test_connect_timeout_is_per_address_not_the_whole_deadline():
+    listener = FullBacklogListener()
+    try:
+        time.sleep(0.05)
+        result = probe(listener.target, timeout_seconds=5.0, connect_timeout_seconds=0.3)
+    finally:
+        listener.close()
+
+    assert (result.failed_stage, result.reason) == ("connect", "connect_timeout")
+    assert 0.3 <= result.duration_seconds < 0.5
+    assert "no TCP connection within 0.30s" in result.detail
+
+
+def test_several_addresses_are_tried_in_turn_as_an_mta_does(engine, smtp_server):
+    """RFC 5321 5.1: a silent address (connect timeout) and a refusing one are passed over,
+    each attempt noted, and the session goes on with the first that answers."""
+    silent = FullBacklogListener()
+    refused_port = free_port()
+    server = smtp_server()
+    addresses = [(socket.AF_INET, ("127.0.0.1", silent.port)), (socket.AF_INET, ("127.0.0.1", refused_port)),
+                 (socket.AF_INET, ("127.0.0.1", server.port))]
+
+    def attempt(hub):
+        transcript = Transcript(time.monotonic(), time.monotonic)
+        deadline = time.monotonic() + 5.0
+        connection = SmtpConnection(deadline, transcript, hub=hub)
+        begun = time.monotonic()
+        try:
+            used = connect_first(connection, addresses, transcript, 0.3, deadline)
+            banner = connection.read_reply()
+        finally:
+            connection.close()
+        return used, banner, time.monotonic() - begun, [line.text for line in transcript.lines]
+
+    try:
+        time.sleep(0.05)
+        used, banner, took, lines = call_on_engine(engine, attempt)
+    finally:
+        silent.close()
+
+    assert used == addresses[2] and banner.code == 220
+    assert 0.3 <= took < 1.0
+    assert lines[:7] == [
+        f"connecting to 127.0.0.1 port {silent.port}", "no TCP connection within 0.30s",
+        "trying the next address (2 of 3)", f"connecting to 127.0.0.1 port {refused_port}",
+        "connection failed: Connection refused",
+        "trying the next address (3 of 3)", f"connecting to 127.0.0.1 port {server.port}",
+    ]
+
+
+def test_when_no_address_answers_the_failure_lists_every_attempt(engine):
+    ports = [free_port(), free_port()]
+    addresses = [(socket.AF_INET, ("127.0.0.1", port)) for port in ports]
+
+    def attempt(hub):
+        transcript = Transcript(time.monotonic(), time.monotonic)
+        connection = SmtpConnection(time.monotonic() + 5.0, transcript, hub=hub)
+        try:
+            connect_first(connection, addresses, transcript, 0.3, time.monotonic() + 5.0)
+        except SessionError as error:
+            return error
+        finally:
+            connection.close()
+
+    error = call_on_engine(engine, attempt)
+    assert error.reason == "connect_refused"
+    assert error.detail == ("no address took the connection: "
+                            f"127.0.0.1:{ports[0]}: connection failed: Connection refused; "
+                            f"127.0.0.1:{ports[1]}: connection failed: Connection refused")
+
+
+def test_the_result_names_the_address_used_and_its_family(smtp_server):
+    result = probe(smtp_server().target)
+    assert result.success and (result.address, result.address_family) == ("127.0.0.1", "ipv4")
+
+
 def ipv6_loopback_available() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as sock:
@@ -597,7 +675,7 @@ def test_ipv6_target(scripted_server):
     result = probe(server.target, ip_protocol="ip6")
 
     assert result.success, result.detail
-    assert result.address == "::1"
+    assert (result.address, result.address_family) == ("::1", "ipv6")
     # without a dotted host name, the EHLO name is the IPv6 address literal of RFC 5321
     assert ("C", f"EHLO {default_ehlo_name('::1')}") in [(line.direction, line.text) for line in result.transcript]
     assert default_ehlo_name("::1") in (socket.gethostname(), "[IPv6:::1]")

@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="codes a stage must get, e.g. rcpt=550 (repeatable)")
     session.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds, default=10.0,
                          help="deadline for the whole session (default 10)")
+    session.add_argument("--connect-timeout", metavar="SECONDS", type=_positive_seconds, default=3.0,
+                         help="give up each address's TCP connect after this and try the host's next "
+                              "address, as MTAs do (default 3)")
     family = session.add_mutually_exclusive_group()
     family.add_argument("-4", dest="ip_protocol", action="store_const", const="ip4", default="any", help="IPv4 only")
     family.add_argument("-6", dest="ip_protocol", action="store_const", const="ip6", help="IPv6 only")
@@ -140,6 +143,7 @@ def module_from_args(args: argparse.Namespace) -> Module:
         data=args.data,
         expect=MappingProxyType(dict(args.expect)),
         timeout_seconds=args.timeout,
+        connect_timeout_seconds=args.connect_timeout,
         ip_protocol=args.ip_protocol,
     )
     if module.auth_mechanism:

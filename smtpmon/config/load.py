@@ -53,6 +53,7 @@ _GLOBAL_KEYS = ("interval", "timeout", "max_concurrency", "ehlo_name")
 _MODULE_KEYS = (
     "tls", "tls_verify", "tls_ca_file", "tls_server_name", "tls_min_version", "ehlo_name",
     "helo_fallback", "auth", "mail_from", "rcpt_to", "data", "expect", "timeout", "ip_protocol",
+    "connect_timeout",
 )  # fmt: skip
 _AUTH_KEYS = ("mechanism", "username", "password_file", "password_env")
 _TARGET_KEYS = ("address", "module", "interval", "timeout")
@@ -545,6 +546,8 @@ class _Parser:
         if "timeout" in node:
             options["timeout_seconds"] = self.duration(node["timeout"], at("timeout"))
             self.modules_with_timeout.add(path)
+        if "connect_timeout" in node:
+            options["connect_timeout_seconds"] = self.duration(node["connect_timeout"], at("connect_timeout"))
         if "mail_from" in node:
             options["mail_from"] = self.mail_address(
                 node["mail_from"], at("mail_from"), allow_null=True

@@ -67,6 +67,8 @@ TARGET_FAMILIES: tuple[Family, ...] = (
            "Constant 1: the last reply of each stage, described."),
     Family("smtpmon_probe_failure_info", "gauge",
            "Constant 1 while the last probe failed: where and why."),
+    Family("smtpmon_probe_address_info", "gauge",
+           "Constant 1: the IP address the last probe's session used, and its family."),
     Family("smtpmon_probe_last_timestamp_seconds", "gauge",
            "When the last probe finished (Unix time)."),
     Family("smtpmon_probes_total", "counter", "Probes run."),
@@ -121,6 +123,7 @@ KNOWN_EHLO_EXTENSIONS: frozenset[str] = frozenset({
 OTHER_EXTENSION = "other"
 
 FAILURE_LABELS = ("stage", "reason")
+ADDRESS_LABELS = ("address", "family")
 REPLY_LABELS = ("stage", "code", "class", "category")
 ENHANCED_LABELS = ("stage", "enhanced_code", "class")
 
@@ -264,6 +267,9 @@ def _add_last_probe(out: _Lines, result: ProbeResult) -> None:
     out.add("smtpmon_probe_last_timestamp_seconds", result.started_at + result.duration_seconds)
     if not result.success:
         out.add("smtpmon_probe_failure_info", 1, _labels(FAILURE_LABELS, _failure_key(result)))
+    if result.address is not None:
+        out.add("smtpmon_probe_address_info", 1,
+                _labels(ADDRESS_LABELS, (result.address, result.address_family or "")))
     for stage in result.stages:
         stage_label = _labels(("stage",), (stage.stage,))
         out.add("smtpmon_probe_stage_duration_seconds", stage.duration_seconds, stage_label)

@@ -429,13 +429,15 @@ class SmtpConnection:
         self._armed[option] = left
 
     # -- connection ------------------------------------------------------------------------
-    def connect(self, family: int, sockaddr: tuple) -> None:
-        left = self._time_left(self._deadline, "connect_timeout")
+    def connect(self, family: int, sockaddr: tuple, until: float | None = None) -> None:
+        """A TCP connection to sockaddr, given up at `until` (the deadline at the latest)."""
+        until = self._deadline if until is None else min(until, self._deadline)
+        left = self._time_left(until, "connect_timeout")
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             # Small commands must not wait for delayed ACKs (Nagle), e.g. before STARTTLS.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._connect_nonblocking(sock, sockaddr)
+            self._connect_nonblocking(sock, sockaddr, until)
             if self._hub is None:
                 sock.setblocking(True)  # reads and writes wait under kernel timeouts (_arm)
                 self._armed = {}
@@ -447,7 +449,7 @@ class SmtpConnection:
             raise self._noted(SessionError("connect_refused", f"connection failed: {error.strerror or error}")) from None
         self._sock = sock
 
-    def _connect_nonblocking(self, sock: socket.socket, sockaddr: tuple) -> None:
+    def _connect_nonblocking(self, sock: socket.socket, sockaddr: tuple, until: float) -> None:
         """connect() on a non-blocking socket, waiting for the handshake parked on the hub,
         or without one in poll() (exact, unlike a kernel socket timeout of seconds); raises
         as a blocking connect() would."""
@@ -455,21 +457,21 @@ class SmtpConnection:
         error = sock.connect_ex(sockaddr)
         if error == errno.EINPROGRESS:
             if self._hub is not None:
-                connected = self._hub.wait_socket(sock, WRITE, self._deadline)
+                connected = self._hub.wait_socket(sock, WRITE, until)
             else:
-                connected = self._poll_writable(sock)
+                connected = self._poll_writable(sock, until)
             if not connected:
                 raise TimeoutError
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             raise OSError(error, os.strerror(error))  # ETIMEDOUT becomes a TimeoutError
 
-    def _poll_writable(self, sock: socket.socket) -> bool:
-        """Wait in poll() until sock is writable (True) or the deadline passes (False)."""
+    def _poll_writable(self, sock: socket.socket, until: float) -> bool:
+        """Wait in poll() until sock is writable (True) or `until` passes (False)."""
         poller = select.poll()
         poller.register(sock, select.POLLOUT)
         while True:
-            left = self._deadline - self._clock()
+            left = until - self._clock()
             if left <= 0:
                 return False
             if poller.poll(min(math.ceil(left * 1000), _MAX_POLL_MILLISECONDS)):

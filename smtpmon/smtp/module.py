@@ -47,6 +47,9 @@ class Module:
     # A stage not named here passes on 2xx/3xx as the protocol expects.
     expect: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: MappingProxyType({}))
     timeout_seconds: float = 10.0
+    # Each address's TCP connect gives up after this (the session's deadline at the latest)
+    # and the next address is tried: a host with a dead address is still reached in time.
+    connect_timeout_seconds: float = 3.0
     ip_protocol: str = "any"  # one of IP_PROTOCOLS
 
     def read_password(self) -> str | None:

@@ -147,7 +147,8 @@ class ProbeResult:
     failed_stage: str | None = None
     reason: str | None = None  # one of FAILURE_REASONS when not success
     detail: str | None = None  # human words on the failure: for logs and the transcript only
-    address: str | None = None  # the IP address actually connected to
+    address: str | None = None  # the IP address the session used (of those the host has)
+    address_family: str | None = None  # "ipv4" or "ipv6", with `address`
     ehlo: Capabilities | None = None  # before TLS (or the only EHLO, for implicit TLS)
     ehlo_tls: Capabilities | None = None  # after STARTTLS
     tls: TlsInfo | None = None

@@ -53,6 +53,7 @@ QUIT_AFTER_FAILURE_WAIT_SECONDS = 0.25
 CACHED_EHLO_BYTES = 2048
 CACHED_EHLO_REPLIES = 4096
 _FAMILIES = {"any": socket.AF_UNSPEC, "ip4": socket.AF_INET, "ip6": socket.AF_INET6}
+_FAMILY_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 _REJECTION_REASONS = {
     "banner": "banner_rejected",
     "ehlo": "ehlo_rejected",
@@ -141,6 +142,40 @@ def _capabilities(lines: tuple[str, ...], used_helo: bool) -> Capabilities:
 # shared (immutable) Capabilities per distinct reply (after its first line, the server's name)
 # instead of a frozenset per probe. At most CACHED_EHLO_REPLIES, oldest out first.
 _CAPABILITIES: dict[tuple[tuple[str, ...], bool], Capabilities] = {}
+
+
+def connect_first(
+    connection: SmtpConnection,
+    addresses: list[tuple[int, tuple]],
+    transcript: Transcript,
+    connect_timeout: float,
+    deadline: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[int, tuple]:
+    """Connect to the first of `addresses` that takes the connection, as a sending MTA does
+    (RFC 5321 5.1): a refusal, an unreachable route or a connect timeout (`connect_timeout`
+    each, `deadline` at the latest) moves on to the next one. Every attempt is noted in the
+    transcript. The (family, sockaddr) connected to; SessionError when none took it."""
+    failures: list[str] = []
+    error: SessionError | None = None
+    for number, (family, sockaddr) in enumerate(addresses, 1):
+        if number > 1:
+            transcript.note(f"trying the next address ({number} of {len(addresses)})")
+        transcript.note(f"connecting to {sockaddr[0]} port {sockaddr[1]}")
+        try:
+            connection.connect(family, sockaddr, clock() + connect_timeout)
+        except SessionError as failed:
+            error = failed
+            failures.append(f"{_shown_address(sockaddr)}: {failed.detail}")
+            if clock() >= deadline:
+                break  # the session's deadline is gone: no time for another address
+            continue
+        transcript.note(f"connected to {sockaddr[0]} port {sockaddr[1]}")
+        return family, sockaddr
+    assert error is not None
+    if len(failures) > 1:
+        raise SessionError(error.reason, f"no address took the connection: {'; '.join(failures)}")
+    raise error
 
 
 def default_ehlo_name(local_address: str | None) -> str:
@@ -332,24 +367,11 @@ class _Session:
             raise
 
     def connect(self, record: _StageRecord) -> None:
-        error: SessionError | None = None
-        for family, sockaddr in self.addresses:
-            self.transcript.note(f"connecting to {sockaddr[0]} port {sockaddr[1]}")
-            try:
-                self.connection.connect(family, sockaddr)
-            except SessionError as failed:
-                error = failed
-                if failed.reason == "connect_timeout":
-                    break  # the deadline is gone; no time for another address
-                continue
-            self.address = (family, sockaddr)
-            self.connection_usable = True
-            self.transcript.note(f"connected to {sockaddr[0]} port {sockaddr[1]}")
-            if not self.ehlo_name:
-                self.ehlo_name = default_ehlo_name(self.connection.local_address)
-            return
-        assert error is not None
-        raise error
+        self.address = connect_first(self.connection, self.addresses, self.transcript,
+                                     self.module.connect_timeout_seconds, self.deadline, self.clock)
+        self.connection_usable = True
+        if not self.ehlo_name:
+            self.ehlo_name = default_ehlo_name(self.connection.local_address)
 
     def implicit_tls(self, record: _StageRecord) -> None:
         self.handshake(record)
@@ -579,11 +601,17 @@ class _Session:
             reason=reason,
             detail=detail,
             address=self.address[1][0] if self.address else None,
+            address_family=_FAMILY_NAMES.get(self.address[0]) if self.address else None,
             ehlo=self.ehlo,
             ehlo_tls=self.ehlo_tls,
             tls=self.tls,
             transcript=tuple(self.transcript.lines),
         )
+
+
+def _shown_address(sockaddr: tuple) -> str:
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _b64(text: str) -> str:

@@ -89,8 +89,11 @@ def _row(snapshot: TargetSnapshot, now: float) -> str:
         when = f"{_ago(now - finished)}<br>{result.duration_seconds:.3f} s"
     query = urllib.parse.urlencode({"target": snapshot.target, "module": snapshot.module})
     link = f'<a href="/transcript?{_e(query)}">transcript</a>' if result is not None else ""
+    address = ""
+    if result is not None and result.address is not None and result.address not in snapshot.target:
+        address = f'<br><span class="detail">via {_e(result.address)}</span>'
     cells = (
-        f"<code>{_e(snapshot.target)}</code>",
+        f"<code>{_e(snapshot.target)}</code>{address}",
         _e(snapshot.module),
         _status(result),
         when,
