@@ -147,6 +147,7 @@ class AiosmtpdServer:
         auth_require_tls: bool = True,
         host: str = LOOPBACK,
         port: int = 0,
+        data_size_limit: int = 33554432,
     ):
         self.handler = handler or ScriptedHandler()
         self._smtp_options = dict(
@@ -154,6 +155,7 @@ class AiosmtpdServer:
             tls_context=starttls_context,
             authenticator=authenticator,
             auth_require_tls=auth_require_tls,
+            data_size_limit=data_size_limit,  # beyond it: 552 after the message (aiosmtpd)
         )
         self._implicit_tls_context = implicit_tls_context
         self._loop_thread: _LoopThread | None = None

@@ -190,6 +190,18 @@ INVALID = [
      ['modules.mx.rcpt_to: must be a list of addresses, got "a@example.org"']),
     ("empty mail_from value is null, not <>", "modules: {mx: {mail_from: }}\n",
      ['modules.mx.mail_from: must be a string (write "" for the null sender <>), got null']),
+    ("message_size without data", "modules: {mx: {mail_from: a@b.example, rcpt_to: [c@d.example], message_size: 1000}}\n",
+     ["modules.mx.message_size: needs data: true (the size is the test message's)"]),
+    ("message_size not a size", "modules: {mx: {mail_from: a@b.example, rcpt_to: [c@d.example], data: true, "
+     "message_size: 10 parsecs}}\n",
+     ['modules.mx.message_size: invalid size "10 parsecs": use bytes (1048576) or a number with KB, MB, KiB or MiB '
+      "(500KB, 10MiB)"]),
+    ("message_size too large", "modules: {mx: {mail_from: a@b.example, rcpt_to: [c@d.example], data: true, "
+     "message_size: 1000MiB}}\n",
+     ["modules.mx.message_size: must be 1 byte to 256MiB, got 1048576000"]),
+    ("connect_timeout not a duration", "modules: {mx: {connect_timeout: soon}}\n",
+     ['modules.mx.connect_timeout: invalid duration "soon": use seconds (30) or numbers with units ms, s, m, h '
+      "(500ms, 30s, 2m, 1m30s)"]),
     (
         "angle brackets in mail_from",
         "modules: {mx: {mail_from: '<>'}}\n",
@@ -242,6 +254,16 @@ INVALID = [
          "targets[0].address: port must be 1-65535, got 0"],
     ),
 ]
+
+
+def test_message_size_and_connect_timeout_are_read_with_their_units():
+    config = parse_config("modules: {mx: {mail_from: a@b.example, rcpt_to: [c@d.example], data: true, "
+                          "message_size: 10MiB, connect_timeout: 1500ms}, big: {mail_from: a@b.example, "
+                          "rcpt_to: [c@d.example], data: true, message_size: 500KB}, plain: {}}\n", "test.yml")
+    assert config.modules["mx"].message_size == 10 * 1024 * 1024
+    assert config.modules["mx"].connect_timeout_seconds == 1.5
+    assert config.modules["big"].message_size == 500_000
+    assert (config.modules["plain"].message_size, config.modules["plain"].connect_timeout_seconds) == (None, 3.0)
 
 
 def test_the_table_has_at_least_20_invalid_configurations():

@@ -774,3 +774,30 @@ def test_plain_probe_of_port_465_times_out_at_the_banner_suggesting_implicit_tls
 
     assert (result.failed_stage, result.reason) == ("banner", "timeout")
     assert "port 465 is SMTPS" in result.detail and "--tls implicit" in result.detail
+
+
+# -- the test message's size ----------------------------------------------------------------------
+def test_message_size_pads_the_test_message_and_keeps_the_transcript_short(smtp_server):
+    server = smtp_server()
+    result = probe(server.target, mail_from="probe@example.org", rcpt_to=("ok@example.org",), data=True,
+                   message_size=200_000)
+
+    assert result.success, result.detail
+    (message,) = server.handler.messages
+    # aiosmtpd keeps the message with its line ends as received, less the final dot line.
+    assert len(message) == 200_000
+    notes = [line.text for line in result.transcript if line.direction == "*"]
+    assert any(re.fullmatch(r"\(\d+ more lines, \d+ bytes, not shown\)", note) for note in notes)
+    assert len(result.transcript) < 40
+
+
+def test_a_message_over_the_servers_size_limit_fails_at_data_with_552(smtp_server):
+    server = smtp_server(data_size_limit=100_000)
+    small = probe(server.target, mail_from="probe@example.org", rcpt_to=("ok@example.org",), data=True,
+                  message_size=90_000)
+    large = probe(server.target, mail_from="probe@example.org", rcpt_to=("ok@example.org",), data=True,
+                  message_size=150_000)
+
+    assert small.success, small.detail
+    assert_failed(large, "data", "data_rejected", code=552, cls="permanent_negative", category="mail_system")
+    assert "the end of the message answered 552" in large.detail

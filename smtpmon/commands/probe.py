@@ -12,7 +12,7 @@ import json
 import sys
 from types import MappingProxyType
 
-from smtpmon.config.load import REPLY_STAGES
+from smtpmon.config.load import REPLY_STAGES, parse_size
 from smtpmon.smtp.module import AUTH_MECHANISMS, AUTH_TLS_MODES, TLS_MODES, TLS_VERSIONS, Module, PasswordUnavailable
 from smtpmon.smtp.session import module_default_port, parse_target, run_probe
 from smtpmon.smtp.client import prepare_tls
@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     session.add_argument("--mail-from", metavar="ADDRESS", help='send MAIL FROM (use "" for the null sender)')
     session.add_argument("--rcpt", metavar="ADDRESS", action="append", default=[], help="send RCPT TO (repeatable)")
     session.add_argument("--data", action="store_true", help="send a small test message after RCPT")
+    session.add_argument("--message-size", metavar="SIZE", type=_size,
+                         help="pad the test message to this size (bytes, or 500KB, 10MiB...) to check "
+                              "the server's size limit (552 5.3.4 after the message); needs --data")
     session.add_argument("--expect", metavar="STAGE=CODE[,CODE]", action="append", default=[], type=_expectation,
                          help="codes a stage must get, e.g. rcpt=550 (repeatable)")
     session.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds, default=10.0,
@@ -124,6 +127,8 @@ def module_from_args(args: argparse.Namespace) -> Module:
         raise ValueError("--rcpt needs --mail-from")
     if args.data and not args.rcpt:
         raise ValueError("--data needs at least one --rcpt")
+    if args.message_size is not None and not args.data:
+        raise ValueError("--message-size needs --data")
     if args.ca_file is not None and not _readable(args.ca_file):
         raise ValueError(f"--ca-file {args.ca_file}: cannot read it")
     module = Module(
@@ -141,6 +146,7 @@ def module_from_args(args: argparse.Namespace) -> Module:
         mail_from=args.mail_from,
         rcpt_to=tuple(args.rcpt),
         data=args.data,
+        message_size=args.message_size,
         expect=MappingProxyType(dict(args.expect)),
         timeout_seconds=args.timeout,
         connect_timeout_seconds=args.connect_timeout,
@@ -229,6 +235,13 @@ def _expectation(text: str) -> tuple[str, tuple[int, ...]]:
     if not numbers or not all(100 <= code <= 599 for code in numbers):
         raise argparse.ArgumentTypeError(f"{text!r}: codes must be numbers 100-599")
     return stage, numbers
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(int(text) if text.isdigit() else text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _positive_seconds(text: str) -> float:

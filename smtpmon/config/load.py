@@ -53,7 +53,7 @@ _GLOBAL_KEYS = ("interval", "timeout", "max_concurrency", "ehlo_name")
 _MODULE_KEYS = (
     "tls", "tls_verify", "tls_ca_file", "tls_server_name", "tls_min_version", "ehlo_name",
     "helo_fallback", "auth", "mail_from", "rcpt_to", "data", "expect", "timeout", "ip_protocol",
-    "connect_timeout",
+    "connect_timeout", "message_size",
 )  # fmt: skip
 _AUTH_KEYS = ("mechanism", "username", "password_file", "password_env")
 _TARGET_KEYS = ("address", "module", "interval", "timeout")
@@ -62,6 +62,10 @@ _CREDENTIALS_VARIABLE = re.compile(r"\$(?:CREDENTIALS_DIRECTORY\b|\{CREDENTIALS_
 _DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(B|KB|MB|KiB|MiB)", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "kib": 1024, "mib": 1024**2}
+# A test message is held in memory and sent on every probe: servers' limits are tens of MB.
+MAX_MESSAGE_SIZE = 256 * 2**20
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -179,6 +183,22 @@ def parse_duration(value: Any) -> float:
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"must be a positive duration, got {describe(value)}")
     return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from a whole number or a string like "500KB", "10MB", "10MiB" (1 kB = 1000 B,
+    1 KiB = 1024 B), at least 1 and at most MAX_MESSAGE_SIZE. Raises ValueError with the reason."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"must be a size in bytes like 1048576, 500KB or 10MiB, got {describe(value)}")
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        if not match:
+            raise ValueError(f"invalid size {describe(value)}: use bytes (1048576) or a number "
+                             "with KB, MB, KiB or MiB (500KB, 10MiB)")
+        value = int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
+    if not 1 <= value <= MAX_MESSAGE_SIZE:
+        raise ValueError(f"must be 1 byte to {MAX_MESSAGE_SIZE // 2**20}MiB, got {value}")
+    return value
 
 
 def format_duration(seconds: float) -> str:
@@ -357,6 +377,13 @@ class _Parser:
     def duration(self, value: Any, path: str) -> float | None:
         try:
             return parse_duration(value)
+        except ValueError as error:
+            self.error(path, str(error))
+            return None
+
+    def byte_size(self, value: Any, path: str) -> int | None:
+        try:
+            return parse_size(value)
         except ValueError as error:
             self.error(path, str(error))
             return None
@@ -546,6 +573,8 @@ class _Parser:
         if "timeout" in node:
             options["timeout_seconds"] = self.duration(node["timeout"], at("timeout"))
             self.modules_with_timeout.add(path)
+        if "message_size" in node:
+            options["message_size"] = self.byte_size(node["message_size"], at("message_size"))
         if "connect_timeout" in node:
             options["connect_timeout_seconds"] = self.duration(node["connect_timeout"], at("connect_timeout"))
         if "mail_from" in node:
@@ -589,6 +618,8 @@ class _Parser:
             )
         if module.data and not failed & {"rcpt_to"} and not module.rcpt_to:
             self.error(_join(path, "data"), "needs rcpt_to: a message needs a recipient")
+        if module.message_size is not None and not failed & {"data"} and not module.data:
+            self.error(_join(path, "message_size"), "needs data: true (the size is the test message's)")
         if "auth" in node and "tls" not in failed and module.tls not in AUTH_TLS_MODES:
             self.error(
                 _join(path, "auth"),

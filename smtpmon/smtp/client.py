@@ -557,14 +557,19 @@ class SmtpConnection:
         except OSError as error:
             raise self._noted(SessionError("connection_closed", f"sending failed: {error}")) from None
 
-    def send_message(self, lines: Iterable[str]) -> None:
-        """Send a message body after 354: dot-stuffed, CRLF, ended by a lone dot."""
+    def send_message(self, lines: Iterable[str], padding: bytes = b"") -> None:
+        """Send a message after 354: dot-stuffed, CRLF, ended by a lone dot. `padding` (whole
+        CRLF lines, none starting with a dot) goes after `lines`; it is summed up in the
+        transcript, not shown line by line."""
         self._refuse_unsolicited()
         stuffed = ["." + line if line.startswith(".") else line for line in lines]
         for line in stuffed:
             self._transcript.add("C", line)
+        if padding:
+            lines_more = padding.count(b"\n")
+            self._transcript.note(f"({lines_more} more lines, {len(padding)} bytes, not shown)")
         self._transcript.add("C", ".")
-        self._send(("\r\n".join(stuffed) + "\r\n.\r\n").encode("utf-8"))
+        self._send(("\r\n".join(stuffed) + "\r\n").encode("utf-8") + padding + b".\r\n")
 
     def _refuse_unsolicited(self) -> None:
         """Bytes left over after the last reply came unasked: the server did not wait for our

@@ -43,6 +43,7 @@ class Module:
     mail_from: str | None = None  # None: the session ends after EHLO (and AUTH)
     rcpt_to: tuple[str, ...] = ()
     data: bool = False  # send a small test message after RCPT
+    message_size: int | None = None  # bytes the test message is padded to (a size limit check)
     # Reply codes a stage must get to pass, e.g. {"rcpt": (550,)} for a recipient check.
     # A stage not named here passes on 2xx/3xx as the protocol expects.
     expect: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: MappingProxyType({}))

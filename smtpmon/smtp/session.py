@@ -544,7 +544,8 @@ class _Session:
     def data(self, record: _StageRecord) -> None:
         if not self.intermediate(record, "data", self.connection.command("DATA"), "DATA"):
             return
-        self.connection.send_message(self.test_message())
+        lines = self.test_message()
+        self.connection.send_message(lines, message_padding(lines, self.module.message_size))
         self.final(record, "data", self.connection.read_reply(), "the end of the message")
 
     def test_message(self) -> list[str]:
@@ -607,6 +608,24 @@ class _Session:
             tls=self.tls,
             transcript=tuple(self.transcript.lines),
         )
+
+
+# A padding line: 78 characters and CRLF, the length RFC 5322 2.1.1 recommends.
+_PADDING_LINE = b"smtpmon test message padding, to probe the server's message size limit. " + b"x" * 6 + b"\r\n"
+
+
+def message_padding(lines: list[str], size: int | None) -> bytes:
+    """Body lines that bring the message (`lines` as sent, CRLF after each) to `size` bytes
+    (one more when a lone CRLF is all that is missing but a byte), or b"" when it is that big
+    already or no size is asked. Its last line may be shorter."""
+    if not size:
+        return b""
+    missing = size - sum(len(line.encode("utf-8")) + 2 for line in lines)
+    if missing <= 0:
+        return b""
+    whole, rest = divmod(missing, len(_PADDING_LINE))
+    tail = b"x" * max(rest - 2, 0) + b"\r\n" if rest else b""
+    return _PADDING_LINE * whole + tail
 
 
 def _shown_address(sockaddr: tuple) -> str:
