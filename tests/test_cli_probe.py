@@ -146,7 +146,7 @@ def test_slow_session_is_a_warning(scripted_server, capsys):
         (["127.0.0.1", "--mail-from", "", "--rcpt", "a@example.org", "--message-size", "10MB"],
          "--message-size needs --data"),
         (["127.0.0.1", "--message-size", "ten"], 'invalid size "ten"'),
-        (["127.0.0.1", "--connect-timeout", "-1"], "positive number of seconds"),
+        (["127.0.0.1", "--connect-timeout", "0"], "positive number of seconds"),
     ],
 )
 def test_bad_usage_is_unknown_with_one_clear_line(capsys, monkeypatch, argv, words):
