@@ -24,7 +24,7 @@ import pytest
 from markdown_pages import broken_links, relative_links
 from smtpmon import __version__
 from smtpmon.cli import SUBCOMMANDS
-from smtpmon.exposition.metrics import ExporterState
+from smtpmon.exposition.state import ExporterState
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "smtpmon", "config", "systemd", "docs")

@@ -12,7 +12,10 @@ import json
 import sys
 from types import MappingProxyType
 
-from smtpmon.config.load import REPLY_STAGES, is_ipv6, parse_size
+from smtpmon.config.addresses import format_address, is_ipv6, parse_address
+from smtpmon.config.load import REPLY_STAGES, parse_size
+from smtpmon.smtp.client import prepare_tls
+from smtpmon.smtp.module import AUTH_MECHANISMS, AUTH_TLS_MODES, TLS_MODES, TLS_VERSIONS, Module, PasswordUnavailable
 from smtpmon.smtp.replycodes import (
     ENHANCED_CLASS_NAMES,
     enhanced_meaning,
@@ -21,10 +24,8 @@ from smtpmon.smtp.replycodes import (
     reply_category,
     reply_class,
 )
-from smtpmon.smtp.module import AUTH_MECHANISMS, AUTH_TLS_MODES, TLS_MODES, TLS_VERSIONS, Module, PasswordUnavailable
-from smtpmon.smtp.session import module_default_port, parse_target, run_probe
-from smtpmon.smtp.client import prepare_tls
 from smtpmon.smtp.results import ProbeResult, Reply
+from smtpmon.smtp.session import module_default_port, run_probe
 from smtpmon.smtp.transcript import days_until_expiry, render, summary_line
 
 DESCRIPTION = """\
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         # that no part of it counts as the server's time. (The engine defers it for
         # opportunistic TLS until STARTTLS is offered, to spare daemons the memory.)
         prepare_tls(verify=module.tls_verify, ca_file=module.tls_ca_file, min_version=module.tls_min_version)
-    result = run_probe(_join(host, port), module, module_name="cli")
+    result = run_probe(format_address(host, port), host, port, module, module_name="cli")
     status, notes = judge(result, args)
     if args.json:
         print(result_to_json(result))
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
 def target_of(args: argparse.Namespace, default_port: int) -> tuple[str, int]:
     """(host, port) from HOST[:PORT], or from HOST and --port."""
     if args.port is None:
-        return parse_target(args.target, default_port)
+        return parse_address(args.target.strip(), default_port)
     host = args.target.strip()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -327,6 +328,3 @@ def _readable(path: str) -> bool:
     except OSError:
         return False
 
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -20,14 +20,12 @@ from typing import Any, Callable
 
 from smtpmon import __version__
 from smtpmon.config import webconfig
-from smtpmon.exposition.metrics import ExporterState
+from smtpmon.config.addresses import parse_listen_address
 from smtpmon.config.load import Config, ConfigError, default_config, load_config
-from smtpmon.net.hub import Hub
-from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server, parse_listen_address
+from smtpmon.exposition.state import ExporterState
+from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server
 from smtpmon.logs import get_logger
-from smtpmon.smtp.module import Module
-from smtpmon.smtp.results import ProbeResult
-from smtpmon.runtime.scheduler import Scheduler, run_module_probe
+from smtpmon.runtime.scheduler import Scheduler
 from smtpmon.exposition.store import ResultStore
 
 log = get_logger("daemon")
@@ -132,10 +130,6 @@ class Daemon:
         self.state.config_loaded(True)
         self.state.set_targets(len(self._config.targets))
         self.scheduler.start()
-
-    def probe(self, target: str, module_name: str, module: Module, deadline: float,
-              hub: Hub | None = None) -> ProbeResult:
-        return run_module_probe(target, module_name, module, deadline, hub)
 
     def reload(self) -> list[str]:
         """Load the file again and apply it; on failure keep the running config. The errors."""

@@ -69,16 +69,9 @@ DISPATCH_ROUND_SECONDS = 0.05
 FIRST_RUNS_PER_SECOND = 20.0
 FIRST_RUNS_TOGETHER = 4
 
-# (target "host:port", module name, module, absolute time.monotonic() deadline, the hub to
-# wait on) -> result
-ProbeFunction = Callable[[str, str, Module, float, Hub], ProbeResult]
-
-
-def run_module_probe(target: str, module_name: str, module: Module, deadline: float,
-                     hub: Hub | None = None) -> ProbeResult:
-    """The real probe engine, the result labelled with the module's configured name; without
-    a hub (/probe) it blocks the calling thread."""
-    return run_probe(target, module, deadline=deadline, module_name=module_name, hub=hub)
+# The probe engine's signature (smtpmon.smtp.session.run_probe): (target name, host, port,
+# module, *, deadline= absolute time.monotonic(), module_name=, hub= the hub to wait on).
+ProbeFunction = Callable[..., ProbeResult]
 
 
 class Store(Protocol):
@@ -101,8 +94,10 @@ def spread_offset(key: str, interval_seconds: float) -> float:
 
 
 @dataclass(eq=False)
-class _Entry:
-    name: str  # "host:port"
+class _ScheduledTarget:
+    name: str  # the address as configured: the `target` label
+    host: str
+    port: int
     module_name: str
     module: Module
     interval_seconds: float
@@ -115,7 +110,7 @@ class _Entry:
 
 
 class Scheduler:
-    def __init__(self, store: Store, state: State, probe: ProbeFunction = run_module_probe):
+    def __init__(self, store: Store, state: State, probe: ProbeFunction = run_probe):
         self._store = store
         self._state = state
         self._probe = probe
@@ -124,13 +119,13 @@ class Scheduler:
         self._stopping = threading.Event()
         self._stop_deadline = 0.0  # monotonic; set by stop() before it wakes the loop
         self._schedule = schedule.Scheduler()
-        self._entries: dict[tuple[str, str], _Entry] = {}
-        self._heap: list[tuple[datetime.datetime, int, _Entry]] = []
+        self._entries: dict[tuple[str, str], _ScheduledTarget] = {}
+        self._heap: list[tuple[datetime.datetime, int, _ScheduledTarget]] = []
         self._sequence = itertools.count()
         self._max_concurrency = 1
         # Due probes waiting for a free slot, oldest first: (entry, due time). Filled under
         # the lock by _dispatch, emptied by the loop outside it (a session may take the lock).
-        self._waiting: collections.deque[tuple[_Entry, datetime.datetime]] = collections.deque()
+        self._waiting: collections.deque[tuple[_ScheduledTarget, datetime.datetime]] = collections.deque()
         self._thread: threading.Thread | None = None
         self._clock_offset: float | None = None  # local wall time - monotonic time, seconds
 
@@ -144,7 +139,7 @@ class Scheduler:
         counters; a changed one starts over as new.
         """
         with self._lock:
-            wanted: dict[tuple[str, str], _Entry] = {}
+            wanted: dict[tuple[str, str], _ScheduledTarget] = {}
             new: list[tuple[object, Module]] = []
             for target in config.targets:
                 module = config.modules[target.module]
@@ -164,9 +159,11 @@ class Scheduler:
         self._hub.wake()
         log.info("schedule applied", targets=len(wanted), max_concurrency=self._max_concurrency)
 
-    def _add(self, target, module: Module) -> _Entry:
-        entry = _Entry(
+    def _add(self, target, module: Module) -> _ScheduledTarget:
+        entry = _ScheduledTarget(
             name=target.name,
+            host=target.host,
+            port=target.port,
             module_name=target.module,
             module=module,
             interval_seconds=float(target.interval_seconds),
@@ -177,7 +174,7 @@ class Scheduler:
         entry.job = self._schedule.every(entry.interval_seconds).seconds.do(self._dispatch, entry)
         return entry
 
-    def _schedule_first_runs(self, entries: list[_Entry]) -> None:
+    def _schedule_first_runs(self, entries: list[_ScheduledTarget]) -> None:
         """`schedule` would fire every new job one interval from now, all together. Instead
         each starts at its own point (a hash of its name) in a window counted from after the
         whole apply: the interval, or less when few targets are new, so that a small config
@@ -197,7 +194,7 @@ class Scheduler:
             entry.job.next_run = now + datetime.timedelta(seconds=offset)
             heapq.heappush(self._heap, (entry.job.next_run, next(self._sequence), entry))
 
-    def _retire(self, entries: list[_Entry]) -> None:
+    def _retire(self, entries: list[_ScheduledTarget]) -> None:
         """Stop scheduling `entries` and drop their series (their heap items are skipped
         lazily). One pass over the jobs: `cancel_job` per entry would be O(n²) on a big reload."""
         if not entries:
@@ -305,7 +302,7 @@ class Scheduler:
         self._heap = [(entry.job.next_run, next(self._sequence), entry) for entry in pending]
         heapq.heapify(self._heap)
 
-    def _dispatch(self, entry: _Entry) -> None:
+    def _dispatch(self, entry: _ScheduledTarget) -> None:
         """Called by `Job.run()` while the scheduler lock is held: queue one probe."""
         if self._stopping.is_set():
             return
@@ -318,7 +315,7 @@ class Scheduler:
         # `schedule` moves next_run on only after this call returns: it is the due time.
         self._waiting.append((entry, entry.job.next_run))
 
-    def _run_probe(self, entry: _Entry, due: datetime.datetime) -> None:
+    def _run_probe(self, entry: _ScheduledTarget, due: datetime.datetime) -> None:
         """A session on the hub: one probe of one target; never lets anything escape."""
         try:
             if not entry.active:  # removed by a reload while waiting: not a probe, not a lag
@@ -327,7 +324,8 @@ class Scheduler:
             self._state.probe_started()
             try:
                 deadline = time.monotonic() + entry.timeout_seconds
-                result = self._probe(entry.name, entry.module_name, entry.module, deadline, self._hub)
+                result = self._probe(entry.name, entry.host, entry.port, entry.module,
+                                     deadline=deadline, module_name=entry.module_name, hub=self._hub)
             finally:
                 self._state.probe_finished()
             with self._lock:
@@ -342,7 +340,7 @@ class Scheduler:
             entry.busy = False
 
     @staticmethod
-    def _log_result(entry: _Entry, result: ProbeResult) -> None:
+    def _log_result(entry: _ScheduledTarget, result: ProbeResult) -> None:
         """Warn when a target starts failing or fails differently, info when it recovers;
         debug otherwise, so 10,000 targets failing the same way each minute do not flood the
         journal, and an operator's "warnings and errors only" filter shows every new failure."""
@@ -360,7 +358,7 @@ class Scheduler:
                 "probe failed", **where, stage=result.failed_stage, reason=result.reason,
                 detail=result.detail, duration_seconds=took)
 
-    def _record_crash(self, entry: _Entry, error: Exception) -> None:
+    def _record_crash(self, entry: _ScheduledTarget, error: Exception) -> None:
         """A probe engine bug still shows as a failed probe, not as a stale success."""
         crash = ProbeResult(
             target=entry.name, module=entry.module_name, success=False, started_at=time.time(),
