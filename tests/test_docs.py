@@ -9,7 +9,8 @@
 - the configuration and scrape examples of docs/probe-mode.md load (smtpmon, promtool);
 - `smtpmon --help` and each subcommand's help show an example and document every flag.
 
-(The configuration reference is kept in step by tests/test_config.py.)
+(The configuration reference is kept in step by tests/test_config.py; the README's tour, every
+command and the output it shows, by tests/test_readme.py.)
 """
 
 from __future__ import annotations

@@ -236,15 +236,17 @@ def run(options: Options) -> int:
         print(f"smtpmon: cannot listen on {options.listen_address}: {error.strerror}",
               file=sys.stderr)
         return EXIT_FAILURE
+    host, port = server.server_address[:2]
+    # Said before the scheduler starts, so that the log reads in order: started, the schedule,
+    # then the first probes (which may fail within a millisecond).
+    log.info("smtpmon started", version=__version__, listen=f"{host}:{port}",
+             config=config.source, targets=len(config.targets), open_files_limit=open_files)
     daemon.start()
     http_thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": HTTP_POLL_SECONDS},
         name="http", daemon=True,
     )
     http_thread.start()
-    host, port = server.server_address[:2]
-    log.info("smtpmon started", version=__version__, listen=f"{host}:{port}",
-             config=config.source, targets=len(config.targets), open_files_limit=open_files)
 
     trim = free_memory_trimmer()
     while True:
