@@ -108,6 +108,21 @@ def test_json_is_the_whole_result(smtp_server, tls_contexts, ca_file, capsys):
     assert any(line["direction"] == "S" for line in result["transcript"])
 
 
+def test_json_and_status_line_of_opportunistic_tls_over_an_unverifiable_certificate(smtp_server, tls_contexts,
+                                                                                    capsys):
+    server = smtp_server(starttls_context=tls_contexts["self_signed"])
+    code, out, _ = probe_cli(capsys, server.target, "--json")
+    result = json.loads(out)
+    assert code == 0 and result["success"] is True
+    assert (result["tls"]["verified"], result["tls"]["verify_reason"]) == (False, "certificate_untrusted")
+    assert (result["address"], result["address_family"]) == ("127.0.0.1", "ipv4")
+
+    code, out, _ = probe_cli(capsys, server.target, "--status-only")
+    assert code == 0
+    assert out.startswith(f"SMTP OK - {server.target}: success in ")
+    assert "certificate NOT verified: certificate_untrusted" in out
+
+
 def test_certificate_expiring_soon_is_a_warning_then_critical(smtp_server, tls_contexts, ca_file, capsys):
     server = smtp_server(starttls_context=tls_contexts["expiring"])  # 7 days left
 
