@@ -8,6 +8,7 @@ import os
 import re
 
 from daemon_process import free_port, start_daemon
+
 from smtpmon.logs import get_logger, setup_logging
 
 log = get_logger("test")

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from smtpservers import SERVER_NAME, AiosmtpdServer, ScriptedHandler
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,8 +20,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from markdown_pages import broken_links, relative_links
+
 from smtpmon import __version__
 from smtpmon.cli import SUBCOMMANDS
 from smtpmon.exposition.state import ExporterState

@@ -11,21 +11,15 @@ import socket
 import time
 
 import pytest
-
-from smtpmon.smtp.module import Module
-from smtpmon.smtp.session import connect_first, default_ehlo_name, module_default_port
-from smtpmon.smtp.replycodes import reply_category, reply_class
-from smtpmon.smtp.results import FAILURE_REASONS
-from smtpmon.smtp.client import MAX_REPLY_LINES, SessionError, SmtpConnection, Transcript
 from daemon_process import free_port
 from helpers import run_probe_at
 from probe_engines import ENGINES, call_on_engine
 from smtpservers import (
-    AiosmtpdServer,
     BANNER,
     EHLO_OK,
     QUIT_OK,
     SERVER_NAME,
+    AiosmtpdServer,
     Close,
     FullBacklogListener,
     ScriptedHandler,
@@ -37,6 +31,12 @@ from smtpservers import (
     password_authenticator,
     reply,
 )
+
+from smtpmon.smtp.client import MAX_REPLY_LINES, SessionError, SmtpConnection, Transcript
+from smtpmon.smtp.module import Module
+from smtpmon.smtp.replycodes import reply_category, reply_class
+from smtpmon.smtp.results import FAILURE_REASONS
+from smtpmon.smtp.session import connect_first, default_ehlo_name, module_default_port
 
 TIMEOUT = 5.0
 FAST = 1.0  # a rejection must end the probe well before TIMEOUT

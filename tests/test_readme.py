@@ -27,7 +27,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from smtpservers import (
     BANNER,
     EHLO_OK,

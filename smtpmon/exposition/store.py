@@ -132,7 +132,7 @@ class ResultStore:
 
     def snapshot(self, *, counts: bool = True) -> list[TargetSnapshot]:
         """Every entry as it is now. Without `counts` the counters are left out: copying them
-        for 10,000 targets holds the lock, and every probe that finishes meanwhile, ~150 ms."""
+        for every target holds the lock, and every probe that finishes meanwhile, for long."""
         with self._lock:
             return [
                 TargetSnapshot(e.target, e.module, e.latest,
