@@ -45,7 +45,7 @@ bench: $(VENV)/.installed-test
 # pyenv or a virtualenv has neither dh-python's modules nor Debian's packages.
 DEB_PATH = /usr/sbin:/usr/bin:/sbin:/bin
 DEB_VERSION = $(shell dpkg-parsechangelog -l debian/changelog -S Version)
-DEB_SOURCES = debian pyproject.toml README.md CHANGELOG.md smtpmon config systemd docs
+DEB_SOURCES = debian pyproject.toml README.md CHANGELOG.md LICENSE smtpmon config systemd docs
 DEB_BUILD ?= build/deb
 DIST ?= dist
 

@@ -116,6 +116,21 @@ def test_json_is_the_whole_result(smtp_server, tls_contexts, ca_file, capsys):
     assert any(line["direction"] == "S" for line in result["transcript"])
 
 
+def test_json_and_status_line_of_opportunistic_tls_over_an_unverifiable_certificate(smtp_server, tls_contexts,
+                                                                                    capsys):
+    server = smtp_server(starttls_context=tls_contexts["self_signed"])
+    code, out, _ = probe_cli(capsys, server.target, "--json")
+    result = json.loads(out)
+    assert code == 0 and result["success"] is True
+    assert (result["tls"]["verified"], result["tls"]["verify_reason"]) == (False, "certificate_untrusted")
+    assert (result["address"], result["address_family"]) == ("127.0.0.1", "ipv4")
+
+    code, out, _ = probe_cli(capsys, server.target, "--status-only")
+    assert code == 0
+    assert out.startswith(f"SMTP OK - {server.target}: success in ")
+    assert "certificate NOT verified: certificate_untrusted" in out
+
+
 def test_certificate_expiring_soon_is_a_warning_then_critical(smtp_server, tls_contexts, ca_file, capsys):
     server = smtp_server(starttls_context=tls_contexts["expiring"])  # 7 days left
 
@@ -144,13 +159,17 @@ def test_slow_session_is_a_warning(scripted_server, capsys):
     [
         (["127.0.0.1:70000"], "port must be 1-65535"),
         (["127.0.0.1", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
-        (["127.0.0.1", "--auth", "PLAIN", "--user", "u", "--password-file", "/nonexistent/pw"], "--password-file /nonexistent/pw"),
+        (["127.0.0.1", "--auth", "PLAIN", "--user", "u", "--password-file", "/nonexistent/pw"], "--password-file: file not found: /nonexistent/pw"),
         (["127.0.0.1", "--auth", "LOGIN", "--user", "u", "--password-env", "SMTPMON_TEST_UNSET"], "SMTPMON_TEST_UNSET"),
         (["127.0.0.1", "--expect", "rcpt=5x0"], "codes must be numbers"),
         (["127.0.0.1", "--expect", "bogus=250"], "STAGE one of"),
         (["127.0.0.1", "--rcpt", "a@example.org"], "--rcpt needs --mail-from"),
         (["127.0.0.1", "--timeout", "0"], "positive number of seconds"),
         (["127.0.0.1", "--tls", "sometimes"], "invalid choice"),
+        (["127.0.0.1", "--mail-from", "", "--rcpt", "a@example.org", "--message-size", "10MB"],
+         "--message-size needs --data"),
+        (["127.0.0.1", "--message-size", "ten"], 'invalid size "ten"'),
+        (["127.0.0.1", "--connect-timeout", "0"], "positive number of seconds"),
     ],
 )
 def test_bad_usage_is_unknown_with_one_clear_line(capsys, monkeypatch, argv, words):

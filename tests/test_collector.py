@@ -87,6 +87,18 @@ def test_healthy_target():
     assert tls == {"AUTH", "SIZE"}
     assert sample_value(out, "smtpmon_ehlo_size_limit_bytes", phase="plain", **t) == 10240000
     assert sample_value(out, "smtpmon_ehlo_size_limit_bytes", phase="tls", **t) == 20480000
+    assert series(out, "smtpmon_tls_certificate_verify_failure_info") == []
+    assert sample_value(out, "smtpmon_probe_address_info", address="192.0.2.25", family="ipv4", **t) == 1
+
+
+def test_an_unverified_certificate_under_opportunistic_tls_is_a_fact_not_a_failure():
+    result = probe_results.opportunistic_unverified()
+    out = metrics_after(result)
+    t = {"target": result.target, "module": "mx"}
+    assert sample_value(out, "smtpmon_probe_success", **t) == 1
+    assert sample_value(out, "smtpmon_tls_certificate_verified", **t) == 0
+    assert sample_value(out, "smtpmon_tls_certificate_verify_failure_info", reason="certificate_untrusted", **t) == 1
+    assert series(out, "smtpmon_probe_failure_info") == []
 
 
 def test_banner_421():
@@ -215,7 +227,7 @@ def test_label_values_are_escaped():
 
 def test_each_family_is_declared_once_with_its_samples_together():
     out = metrics_after(probe_results.healthy(), probe_results.banner_421(),
-                        probe_results.data_554())
+                        probe_results.data_554(), probe_results.opportunistic_unverified())
     text = out.decode()
     for family in TARGET_FAMILIES + EXPORTER_FAMILIES:
         assert text.count(f"# TYPE {family.name} ") == 1, family.name

@@ -103,7 +103,7 @@ def test_metrics_carry_each_reply_code_class_and_category(daemon, smtp_server, s
     assert sample_value(text, "smtpmon_schedule_lag_seconds_count") >= 4
     assert sample_value(text, "process_resident_memory_bytes") > 0
     # One event, one logfmt line, with the target and module on it.
-    assert re.search(rf'level=info msg="probe failed" target={re.escape(busy.target)} '
+    assert re.search(rf'level=warn msg="probe failed" target={re.escape(busy.target)} '
                      r'module=plain stage=banner reason=banner_rejected', running.log())
 
 
@@ -203,8 +203,10 @@ def test_probe_endpoint(daemon, smtp_server):
 def test_landing_page(daemon, smtp_server, scripted_server):
     healthy = smtp_server()
     refused = scripted_server([Send(b"554 5.7.1 <b>not</b> welcome\r\n")])
-    running = daemon(config_text([(healthy.target, "plain"), (refused.target, "plain")]))
-    running.wait_for(lambda t: probed(healthy.target)(t) and probed(refused.target)(t))
+    by_name = f"localhost:{healthy.port}"
+    running = daemon(config_text([(healthy.target, "plain"), (refused.target, "plain"), (by_name, "plain")]))
+    metrics = running.wait_for(lambda t: probed(healthy.target)(t) and probed(refused.target)(t)
+                               and probed(by_name)(t))
     status, page = running.get("/")
     assert status == 200
     row = next(r for r in page.split("<tr>") if refused.target in r)
@@ -213,8 +215,32 @@ def test_landing_page(daemon, smtp_server, scripted_server):
     assert f"/transcript?target=127.0.0.1%3A{refused.port}&amp;module=plain" in row
     healthy_row = next(r for r in page.split("<tr>") if healthy.target in r)
     assert "OK" in healthy_row and "banner&nbsp;<code>220</code>" in healthy_row
+    # A name: the address its session used is shown, and exported as an _info series.
+    named_row = next(r for r in page.split("<tr>") if f"<code>{by_name}</code>" in r)
+    assert '<span class="detail">via 127.0.0.1</span>' in named_row
+    assert "via " not in healthy_row  # an address target needs no "via"
+    assert sample_value(metrics, "smtpmon_probe_address_info", target=by_name, address="127.0.0.1", family="ipv4") == 1
     status, transcript = running.get(f"/transcript?target={refused.target}&module=plain")
     assert status == 200 and "S: 554 5.7.1 <b>not</b> welcome" in transcript
+
+
+def test_opportunistic_tls_over_a_self_signed_certificate_passes_and_says_so(daemon, smtp_server, tls_contexts):
+    """The default TLS mode judges as MTAs do: mail would flow, so the probe passes; the
+    failed verification shows on /metrics, the landing page and the transcript."""
+    server = smtp_server(starttls_context=tls_contexts["self_signed"])
+    running = daemon(config_text([(server.target, "opportunistic")],
+                                 extra_modules="  opportunistic: {tls: opportunistic}", timeout="900ms"))
+    text = running.wait_for(probed(server.target))
+    assert sample_value(text, "smtpmon_probe_success", target=server.target) == 1
+    assert sample_value(text, "smtpmon_tls_certificate_verified", target=server.target) == 0
+    assert sample_value(text, "smtpmon_tls_certificate_verify_failure_info", target=server.target,
+                 reason="certificate_untrusted") == 1
+    row = next(r for r in running.get("/")[1].split("<tr>") if server.target in r)
+    assert "OK" in row and "not verified: " in row and "certificate_untrusted: " in row
+    status, transcript = running.get(f"/transcript?target={server.target}&module=opportunistic")
+    assert status == 200
+    assert "(opportunistic TLS: reported, not a failure)" in transcript
+    assert "success in " in transcript and "certificate NOT verified: certificate_untrusted" in transcript
 
 
 def test_sigterm_stops_within_the_timeout_plus_one_second(daemon, scripted_server):

@@ -229,7 +229,8 @@ def test_installed_files(installed):
     doc = Path("/usr/share/doc/smtpmon")
     for name in ("README.md", "configuration.md", "metrics.md", "systemd.md", "versioning.md"):
         source = REPO / name if name == "README.md" else REPO / "docs" / name
-        shipped = doc / name if (doc / name).exists() else doc / f"{name}.gz"
+        where = doc if name == "README.md" else doc / "docs"
+        shipped = where / name if (where / name).exists() else where / f"{name}.gz"
         text = gzip.decompress(shipped.read_bytes()) if shipped.suffix == ".gz" else shipped.read_bytes()
         assert text == source.read_bytes(), name
     assert (doc / "copyright").is_file() and (doc / "changelog.gz").is_file()

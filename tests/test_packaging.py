@@ -20,23 +20,25 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from markdown_pages import broken_links, relative_links
 
 from smtpmon import __version__
 from smtpmon.cli import SUBCOMMANDS
 from smtpmon.exposition.state import ExporterState
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = ("pyproject.toml", "README.md", "smtpmon", "config", "systemd", "docs")
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "smtpmon", "config", "systemd", "docs")
 # Installed file (under <prefix>) -> its source in the repository, for every file that ships.
 SHARED_DIRS = {
     "share/smtpmon": "config",
     "share/smtpmon/systemd": "systemd",
-    "share/doc/smtpmon": "docs",
+    "share/doc/smtpmon/docs": "docs",
 }
+INSTALLED_DOCS = "share/doc/smtpmon"
 
 
 def expected_data_files() -> dict[str, Path]:
-    files = {"share/doc/smtpmon/README.md": REPO / "README.md"}
+    files = {f"{INSTALLED_DOCS}/{name}": REPO / name for name in ("README.md", "LICENSE", "CHANGELOG.md")}
     for installed, source in SHARED_DIRS.items():
         for path in sorted((REPO / source).rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
@@ -152,6 +154,32 @@ def test_installed_subcommands_run(venv):
 def test_installed_files_are_under_the_documented_prefix(venv):
     for installed, source in expected_data_files().items():
         assert (venv / installed).read_bytes() == source.read_bytes(), installed
+
+
+def test_wheel_declares_the_license_and_carries_its_text(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        dist_info = f"smtpmon-{__version__}.dist-info"
+        metadata = email.parser.Parser().parsestr(archive.read(f"{dist_info}/METADATA").decode())
+        license_text = archive.read(f"{dist_info}/licenses/LICENSE").decode()
+    assert metadata["License-Expression"] == "Apache-2.0"
+    assert metadata["License-File"] == "LICENSE"
+    assert "Apache License\n                           Version 2.0, January 2004" in license_text
+    assert "END OF TERMS AND CONDITIONS" in license_text
+
+
+def test_installed_documentation_links_work_where_it_is_installed(venv):
+    """<prefix>/share/doc/smtpmon/ is read on its own (a browser, a markdown viewer): every
+    relative link of every installed page must lead to an installed page and heading."""
+    docs = venv / INSTALLED_DOCS
+    pages = [docs / "README.md", *sorted((docs / "docs").glob("*.md"))]
+    assert len(pages) == 1 + len(list((REPO / "docs").glob("*.md")))
+    linked = 0
+    for page in pages:
+        assert broken_links(page) == [], page.relative_to(venv)
+        linked += len(relative_links(page))
+    assert linked > 20  # the README and the index link every page
+    assert "../README.md#installing" in relative_links(docs / "docs" / "index.md")
+    assert "LICENSE" in relative_links(docs / "README.md")
 
 
 def test_build_info_metric_carries_the_same_version():

@@ -297,7 +297,7 @@ def test_log_lines_mark_changes_not_every_probe(running):
     # Three failures in a row: one line; the recovery: one line. "ts=..." left out.
     lines = [line.split(" ", 1)[1] for line in stream.getvalue().splitlines() if "target=" in line]
     assert lines == [
-        'level=info msg="probe failed" target=127.0.0.1:25 module=m stage=banner '
+        'level=warn msg="probe failed" target=127.0.0.1:25 module=m stage=banner '
         'reason=banner_rejected duration_seconds=0.001',
         'level=info msg="probe recovered" target=127.0.0.1:25 module=m duration_seconds=0.001',
     ]

@@ -188,3 +188,41 @@ def test_a_server_echoing_the_secret_cannot_put_it_in_any_output(scripted_server
     assert_no_secret(text.stdout + text.stderr, "smtpmon probe")
     assert_no_secret(as_json.stdout + as_json.stderr, "smtpmon probe --json")
     assert "S: 535 5.7.8 " in text.stdout and "failed at auth (auth_failed)" in text.stdout
+
+
+# -- a password that cannot be read -------------------------------------------------------------
+def test_daemon_starts_without_a_readable_password_and_fails_that_module_at_auth(tmp_path, auth_server,
+                                                                                 ca_file):
+    """Outside the service ($CREDENTIALS_DIRECTORY unset) the daemon still runs: the module
+    needing the password fails at auth with a named reason and sends no AUTH, the others run,
+    and the log says why at start."""
+    target = auth_server.target
+    config = (
+        "global: {interval: 1s, timeout: 800ms}\n"
+        "modules:\n"
+        f"  plain: {{tls: starttls, tls_ca_file: {ca_file}}}\n"
+        f"  submission: {{tls: starttls, tls_ca_file: {ca_file}, auth: {{username: {USERNAME}, "
+        "password_file: $CREDENTIALS_DIRECTORY/submission-password}}\n"
+        "targets:\n"
+        f'  - {{address: "{target}", module: plain}}\n'
+        f'  - {{address: "{target}", module: submission}}\n'
+    )
+    running = start_daemon(tmp_path, config, env={"CREDENTIALS_DIRECTORY": None})
+    try:
+        metrics = running.wait_for(lambda text: all(
+            sample_value(text, "smtpmon_probes_total", target=target, module=name) for name in ("plain", "submission")))
+        query = urllib.parse.urlencode({"target": target, "module": "submission"})
+        transcript = running.get(f"/transcript?{query}")[1]
+    finally:
+        running.stop()
+    log = running.log()
+
+    assert sample_value(metrics, "smtpmon_probe_success", target=target, module="plain") == 1
+    assert sample_value(metrics, "smtpmon_probe_failure_info", target=target, module="submission", stage="auth",
+                 reason="auth_password_unavailable") == 1
+    assert "C: AUTH" not in transcript
+    assert ("cannot read the AUTH password: $CREDENTIALS_DIRECTORY/submission-password: "
+            "$CREDENTIALS_DIRECTORY is not set") in transcript
+    assert ('level=warn msg="AUTH password not readable: this module\'s probes fail at auth '
+            '(auth_password_unavailable) until it is"') in log
+    assert "problem=\"modules.submission.auth.password_file: $CREDENTIALS_DIRECTORY/submission-password:" in log

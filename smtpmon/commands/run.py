@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from smtpmon.logs import LEVELS, setup_logging
+from smtpmon.logs import FORMATS, LEVELS, setup_logging
 from smtpmon.runtime import daemon
 from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS
 
@@ -16,6 +16,7 @@ every 60 s. SIGHUP or POST /-/reload reloads the configuration; SIGTERM stops.""
 EPILOG = """examples:
   smtpmon run                                   watch 127.0.0.1:25, serve on :9725
   smtpmon run --config.file /etc/smtpmon/smtpmon.yml --web.listen-address 127.0.0.1:9725
+  smtpmon run --log.format json --log.level debug
   curl -s localhost:9725/metrics | grep smtpmon_probe_success
 
 exit codes: 0 stopped by SIGTERM/SIGINT, 1 cannot listen, 2 invalid configuration or flags
@@ -40,10 +41,14 @@ def add_arguments(parser) -> None:
                              "at once (default: %(default)s)")
     parser.add_argument("--log.level", dest="log_level", choices=tuple(LEVELS), default="info",
                         help="only log events at this level or above (default: %(default)s)")
+    parser.add_argument("--log.format", dest="log_format", choices=FORMATS, default="logfmt",
+                        help="one line per event as logfmt or as a JSON object with the same fields "
+                             "(default: %(default)s); under systemd each line also starts with its "
+                             "syslog priority (<4> for warn), for journalctl -p")
 
 
 def run(args) -> int:
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, log_format=args.log_format)
     return daemon.run(daemon.Options(
         config_file=args.config_file,
         listen_address=args.listen_address,

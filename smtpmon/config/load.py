@@ -36,6 +36,7 @@ from smtpmon.smtp.module import (
     TLS_MODES,
     TLS_VERSIONS,
     Module,
+    PasswordUnavailable,
 )
 from smtpmon.smtp.results import STAGES
 
@@ -59,13 +60,14 @@ targets:
 """
 
 # Stages that receive a reply, so a module may say which codes it expects there.
-REPLY_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s not in ("resolve", "connect"))
+REPLY_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s not in ("resolve", "connect", "tls"))
 
 _TOP_KEYS = ("global", "probe_allow", "modules", "targets")
 _GLOBAL_KEYS = ("interval", "timeout", "max_concurrency", "ehlo_name")
 _MODULE_KEYS = (
     "tls", "tls_verify", "tls_ca_file", "tls_server_name", "tls_min_version", "ehlo_name",
     "helo_fallback", "auth", "mail_from", "rcpt_to", "data", "expect", "timeout", "ip_protocol",
+    "connect_timeout", "message_size",
 )  # fmt: skip
 _AUTH_KEYS = ("mechanism", "username", "password_file", "password_env")
 _TARGET_KEYS = ("address", "module", "interval", "timeout")
@@ -74,6 +76,10 @@ _CREDENTIALS_VARIABLE = re.compile(r"\$(?:CREDENTIALS_DIRECTORY\b|\{CREDENTIALS_
 _DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(B|KB|MB|KiB|MiB)", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "kib": 1024, "mib": 1024**2}
+# A test message is held in memory and sent on every probe: servers' limits are tens of MB.
+MAX_MESSAGE_SIZE = 256 * 2**20
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Addresses go verbatim into MAIL FROM:<...> / RCPT TO:<...>: nothing that could break the line.
@@ -110,6 +116,10 @@ class Config:
     modules: Mapping[str, Module]
     targets: tuple[Target, ...]
     source: str  # the file's path, or EMBEDDED_SOURCE
+    # "path: reason" for each AUTH password that cannot be read now. Not errors: a secret is
+    # read when a probe uses it, so its module's probes fail at AUTH (auth_password_unavailable)
+    # while everything else runs; `run` and `check-config` warn about each.
+    secret_problems: tuple[str, ...] = ()
 
     def probe_allowed(self, host: str, port: int) -> bool:
         """May /probe run against host:port? Configured targets always; others by probe_allow."""
@@ -132,8 +142,9 @@ class ConfigError(Exception):
 def load_config(path: str, *, check_secrets: bool = True) -> Config:
     """Read and validate a configuration file; raises ConfigError listing every problem.
 
-    check_secrets=False skips checking that AUTH password files exist and password environment
-    variables are set (`check-config --skip-secrets`, outside the service's environment).
+    check_secrets=False does not look whether AUTH password files can be read and password
+    environment variables are set (`check-config --skip-secrets`); with it, those that cannot
+    are listed in Config.secret_problems (never errors).
     """
     try:
         with open(path, "rb") as handle:
@@ -178,6 +189,22 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+def parse_size(value: Any) -> int:
+    """Bytes from a whole number or a string like "500KB", "10MB", "10MiB" (1 kB = 1000 B,
+    1 KiB = 1024 B), at least 1 and at most MAX_MESSAGE_SIZE. Raises ValueError with the reason."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"must be a size in bytes like 1048576, 500KB or 10MiB, got {describe(value)}")
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        if not match:
+            raise ValueError(f"invalid size {describe(value)}: use bytes (1048576) or a number "
+                             "with KB, MB, KiB or MiB (500KB, 10MiB)")
+        value = int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
+    if not 1 <= value <= MAX_MESSAGE_SIZE:
+        raise ValueError(f"must be 1 byte to {MAX_MESSAGE_SIZE // 2**20}MiB, got {value}")
+    return value
+
+
 def format_duration(seconds: float) -> str:
     """The shortest readable form: 0.5 -> "500ms", 120 -> "2m", 90 -> "90s"."""
     if seconds < 1:
@@ -201,6 +228,7 @@ class _Parser(Validator):
     def __init__(self, source: str, check_secrets: bool):
         super().__init__(source)
         self.check_secrets = check_secrets
+        self.secret_problems: list[str] = []
         self.modules_with_timeout: set[str] = set()  # to say where a target's timeout came from
         self.global_durations_ok = True  # else comparing a target with them would mislead
 
@@ -229,7 +257,8 @@ class _Parser(Validator):
         if self.errors:
             raise self.failure()
         valid_modules = {name: module for name, module in modules.items() if module is not None}
-        return Config(settings, MappingProxyType(valid_modules), targets, self.source)
+        return Config(settings, MappingProxyType(valid_modules), targets, self.source,
+                      tuple(self.secret_problems))
 
     def check_keys(self, node: dict, path: str, allowed: tuple[str, ...]) -> None:
         for key in node:
@@ -278,6 +307,13 @@ class _Parser(Validator):
             self.error(path, str(error))
             return None
 
+    def byte_size(self, value: Any, path: str) -> int | None:
+        try:
+            return parse_size(value)
+        except ValueError as error:
+            self.error(path, str(error))
+            return None
+
     def host_name(self, value: Any, path: str, *, allow_ip: bool) -> str | None:
         name = self.string(value, path)
         if name is None:
@@ -312,13 +348,7 @@ class _Parser(Validator):
         if _CREDENTIALS_VARIABLE.search(file_name):
             directory = os.environ.get("CREDENTIALS_DIRECTORY")
             if directory is None:
-                if check:
-                    self.error(
-                        path,
-                        "$CREDENTIALS_DIRECTORY is not set (systemd sets it for LoadCredential=; "
-                        "outside the service, use check-config --skip-secrets)",
-                    )
-                return file_name
+                return file_name  # left as written: Module.read_password says why it fails
             file_name = _CREDENTIALS_VARIABLE.sub(lambda _: directory, file_name)
         if check:
             try:
@@ -459,6 +489,10 @@ class _Parser(Validator):
         if "timeout" in node:
             options["timeout_seconds"] = self.duration(node["timeout"], at("timeout"))
             self.modules_with_timeout.add(path)
+        if "message_size" in node:
+            options["message_size"] = self.byte_size(node["message_size"], at("message_size"))
+        if "connect_timeout" in node:
+            options["connect_timeout_seconds"] = self.duration(node["connect_timeout"], at("connect_timeout"))
         if "mail_from" in node:
             options["mail_from"] = self.mail_address(
                 node["mail_from"], at("mail_from"), allow_null=True
@@ -476,7 +510,19 @@ class _Parser(Validator):
             **{key: value for key, value in options.items() if key not in failed}
         )
         self.check_module_consistency(node, module, path, failed)
-        return module if len(self.errors) == errors_before else None
+        if len(self.errors) != errors_before:
+            return None
+        self.check_password(module, path)
+        return module
+
+    def check_password(self, module: Module, path: str) -> None:
+        if not self.check_secrets or module.auth_mechanism is None:
+            return
+        key = "password_file" if module.auth_password_file else "password_env"
+        try:
+            module.read_password()
+        except PasswordUnavailable as error:
+            self.secret_problems.append(f"{path}.auth.{key}: {error}")
 
     def check_module_consistency(
         self, node: dict, module: Module, path: str, failed: set[str]
@@ -488,6 +534,8 @@ class _Parser(Validator):
             )
         if module.data and not failed & {"rcpt_to"} and not module.rcpt_to:
             self.error(key_path(path, "data"), "needs rcpt_to: a message needs a recipient")
+        if module.message_size is not None and not failed & {"data"} and not module.data:
+            self.error(key_path(path, "message_size"), "needs data: true (the size is the test message's)")
         if "auth" in node and "tls" not in failed and module.tls not in AUTH_TLS_MODES:
             self.error(
                 key_path(path, "auth"),
@@ -547,7 +595,7 @@ class _Parser(Validator):
             self.error(path, "needs password_file or password_env")
         elif has_file:
             options["auth_password_file"] = self.file_path(
-                node["password_file"], key_path(path, "password_file"), check=self.check_secrets
+                node["password_file"], key_path(path, "password_file"), check=False
             )
         else:
             options["auth_password_env"] = self.password_env(
@@ -562,8 +610,6 @@ class _Parser(Validator):
         if not _ENV_NAME.fullmatch(name):
             self.error(path, f"invalid environment variable name {describe(name)}")
             return None
-        if self.check_secrets and name not in os.environ:
-            self.error(path, f"environment variable {name} is not set")
         return name
 
     def parse_expect(self, node: Any, path: str) -> Mapping[str, tuple[int, ...]] | None:

@@ -124,6 +124,7 @@ class Daemon:
         return self.scheduler.running
 
     def start(self) -> None:
+        warn_about_secrets(self._config)
         self.scheduler.apply(self._config)
         self.state.config_loaded(True)
         self.state.set_targets(len(self._config.targets))
@@ -144,6 +145,7 @@ class Daemon:
                 log.exception("configuration reload failed", source=self.config_file)
                 self.state.config_loaded(False)
                 return [f"internal error while loading the configuration: {error}"]
+            warn_about_secrets(config)
             self.scheduler.apply(config)
             self._config = config
             self.state.config_loaded(True)
@@ -159,6 +161,14 @@ class Daemon:
         """
         longest = max((target.timeout_seconds for target in self._config.targets), default=0.0)
         return longest + STOP_GRACE_SECONDS
+
+
+def warn_about_secrets(config: Config) -> None:
+    """A password that cannot be read does not stop the daemon: its module's probes fail at
+    auth, and this says why at every load."""
+    for problem in config.secret_problems:
+        log.warning("AUTH password not readable: this module's probes fail at auth "
+                    "(auth_password_unavailable) until it is", source=config.source, problem=problem)
 
 
 def load_startup_config(path: str | None) -> Config | None:
@@ -225,15 +235,17 @@ def run(options: Options) -> int:
         print(f"smtpmon: cannot listen on {options.listen_address}: {error.strerror}",
               file=sys.stderr)
         return EXIT_FAILURE
+    host, port = server.server_address[:2]
+    # Said before the scheduler starts, so that the log reads in order: started, the schedule,
+    # then the first probes (which may fail within a millisecond).
+    log.info("smtpmon started", version=__version__, listen=f"{host}:{port}",
+             config=config.source, targets=len(config.targets), open_files_limit=open_files)
     daemon.start()
     http_thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": HTTP_POLL_SECONDS},
         name="http", daemon=True,
     )
     http_thread.start()
-    host, port = server.server_address[:2]
-    log.info("smtpmon started", version=__version__, listen=f"{host}:{port}",
-             config=config.source, targets=len(config.targets), open_files_limit=open_files)
 
     trim = free_memory_trimmer()
     while True:

@@ -341,21 +341,22 @@ class Scheduler:
 
     @staticmethod
     def _log_result(entry: _ScheduledTarget, result: ProbeResult) -> None:
-        """Info when a target starts failing, fails differently, or recovers; debug otherwise,
-        so 10,000 targets failing the same way each minute do not flood the journal."""
+        """Warn when a target starts failing or fails differently, info when it recovers;
+        debug otherwise, so 10,000 targets failing the same way each minute do not flood the
+        journal, and an operator's "warnings and errors only" filter shows every new failure."""
         failure = None if result.success else (result.failed_stage, result.reason)
         changed, entry.failure = failure != entry.failure, failure
         if not changed and not log.enabled("debug"):
             return  # the usual case: skip building the fields of a line nobody writes
-        level = log.info if changed else log.debug
         where = dict(target=entry.name, module=entry.module_name)
         took = f"{result.duration_seconds:.3f}"
         if result.success:
-            level("probe recovered" if changed else "probe succeeded", **where,
-                  duration_seconds=took)
+            (log.info if changed else log.debug)(
+                "probe recovered" if changed else "probe succeeded", **where, duration_seconds=took)
         else:
-            level("probe failed", **where, stage=result.failed_stage, reason=result.reason,
-                  detail=result.detail, duration_seconds=took)
+            (log.warning if changed else log.debug)(
+                "probe failed", **where, stage=result.failed_stage, reason=result.reason,
+                detail=result.detail, duration_seconds=took)
 
     def _record_crash(self, entry: _ScheduledTarget, error: Exception) -> None:
         """A probe engine bug still shows as a failed probe, not as a stale success."""

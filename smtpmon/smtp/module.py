@@ -17,6 +17,12 @@ AUTH_MECHANISMS = ("PLAIN", "LOGIN")
 # AUTH only where TLS is certain: with "opportunistic" a server that stops offering STARTTLS
 # would get the password in clear.
 AUTH_TLS_MODES = ("starttls", "implicit")
+# systemd's LoadCredential= directory, the one variable a password_file may name.
+CREDENTIALS_VARIABLES = ("$CREDENTIALS_DIRECTORY", "${CREDENTIALS_DIRECTORY}")
+
+
+class PasswordUnavailable(Exception):
+    """The AUTH password cannot be read now; the message says why, fit for a user."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,18 +43,44 @@ class Module:
     mail_from: str | None = None  # None: the session ends after EHLO (and AUTH)
     rcpt_to: tuple[str, ...] = ()
     data: bool = False  # send a small test message after RCPT
+    message_size: int | None = None  # bytes the test message is padded to (a size limit check)
     # Reply codes a stage must get to pass, e.g. {"rcpt": (550,)} for a recipient check.
     # A stage not named here passes on 2xx/3xx as the protocol expects.
     expect: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: MappingProxyType({}))
     timeout_seconds: float = 10.0
+    # Each address's TCP connect gives up after this (the session's deadline at the latest)
+    # and the next address is tried: a host with a dead address is still reached in time.
+    connect_timeout_seconds: float = 3.0
     ip_protocol: str = "any"  # one of IP_PROTOCOLS
 
     def read_password(self) -> str | None:
-        """The AUTH password from its file or environment variable (raises OSError/KeyError)."""
-        if self.auth_password_file:
-            with open(self.auth_password_file, encoding="utf-8") as handle:
-                return handle.read().rstrip("\r\n")
+        """The AUTH password from its file or environment variable; None without AUTH.
+
+        Raises PasswordUnavailable: a secret is read when it is used, so one that is missing
+        (a shell without $CREDENTIALS_DIRECTORY, a credential not given to the service) fails
+        this module's probes at AUTH, not the whole configuration."""
+        path = self.auth_password_file
+        if path:
+            if any(variable in path for variable in CREDENTIALS_VARIABLES):
+                # Still unexpanded: the variable was not set when the configuration was loaded.
+                raise PasswordUnavailable(
+                    f"{path}: $CREDENTIALS_DIRECTORY is not set (systemd sets it for the "
+                    "service's LoadCredential=)")
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    return handle.read().rstrip("\r\n")
+            except FileNotFoundError:
+                raise PasswordUnavailable(f"file not found: {path}") from None
+            except IsADirectoryError:
+                raise PasswordUnavailable(f"is a directory, not a file: {path}") from None
+            except (OSError, UnicodeDecodeError) as error:
+                why = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+                raise PasswordUnavailable(f"cannot read {path}: {why}") from None
         if self.auth_password_env:
-            return os.environ[self.auth_password_env]
+            try:
+                return os.environ[self.auth_password_env]
+            except KeyError:
+                raise PasswordUnavailable(
+                    f"environment variable {self.auth_password_env} is not set") from None
         return None
 

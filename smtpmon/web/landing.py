@@ -76,6 +76,8 @@ def _certificate(snapshot: TargetSnapshot, now: float) -> str:
     days_left = int((tls.not_after - now) // 86400)
     left = f"expired {-days_left} days ago" if days_left < 0 else f"{days_left} days left"
     verified = "verified" if tls.verified else "not verified"
+    if tls.verify_reason is not None:
+        verified += f': <span class="detail">{_e(tls.verify_reason)}: {_e((tls.verify_error or "")[:200])}</span>'
     return f"{_e(day)} ({_e(left)}, {verified})"
 
 
@@ -87,8 +89,11 @@ def _row(snapshot: TargetSnapshot, now: float) -> str:
         when = f"{_ago(now - finished)}<br>{result.duration_seconds:.3f} s"
     query = urllib.parse.urlencode({"target": snapshot.target, "module": snapshot.module})
     link = f'<a href="/transcript?{_e(query)}">transcript</a>' if result is not None else ""
+    address = ""
+    if result is not None and result.address is not None and result.address not in snapshot.target:
+        address = f'<br><span class="detail">via {_e(result.address)}</span>'
     cells = (
-        f"<code>{_e(snapshot.target)}</code>",
+        f"<code>{_e(snapshot.target)}</code>{address}",
         _e(snapshot.module),
         _status(result),
         when,
