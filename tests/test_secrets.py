@@ -19,7 +19,7 @@ import urllib.parse
 import pytest
 
 from daemon_process import REPO, start_daemon, value
-from smtpservers import BANNER, QUIT_OK, Expect, Send, StartTls, password_authenticator, reply
+from smtpservers import BANNER, QUIT_OK, Close, Expect, Send, Sleep, StartTls, password_authenticator, reply
 
 USERNAME = "probe-user"
 # Letters, digits and "-" only: no output format (HTML, JSON, logfmt) escapes them, so a leak
@@ -188,3 +188,36 @@ def test_a_server_echoing_the_secret_cannot_put_it_in_any_output(scripted_server
     assert_no_secret(text.stdout + text.stderr, "smtpmon probe")
     assert_no_secret(as_json.stdout + as_json.stderr, "smtpmon probe --json")
     assert "S: 535 5.7.8 " in text.stdout and "failed at auth (auth_failed)" in text.stdout
+
+
+# Where a server's words are cut (an over-long line shown by its head, a line the connection
+# ended in the middle of, a line whose code runs into the secret), the secret is masked in the
+# whole line first: not even its beginning shows.
+HEAD_SHOWN_BYTES = 60  # how much of an over-long line the transcript shows
+_BEFORE_THE_CUT = HEAD_SHOWN_BYTES - 6  # the password starts 6 bytes before the cut
+CUT_REPLIES = {
+    "over-long-line": [Send(b"535 " + b"x" * (_BEFORE_THE_CUT - 4) + PASSWORD.encode() + b"y" * 5000), Close()],
+    "closed-mid-secret": [Send(f"535 5.7.8 bad password {PASSWORD[:10]}".encode()), Close()],
+    "timeout-mid-secret": [Send(f"535 5.7.8 bad password {PASSWORD[:10]}".encode()), Sleep(10)],
+    "secret-after-the-code": [Send(f"535{PASSWORD}\r\n".encode()), QUIT_OK],
+    "code-then-secret-prefix": [Send(f"535 {PASSWORD[:5]}\r\n".encode()), Close()],
+}
+
+
+@pytest.mark.parametrize("shape", sorted(CUT_REPLIES))
+def test_a_secret_cut_by_a_limit_or_a_close_shows_no_part_of_itself(scripted_server, tls_contexts, ca_file,
+                                                                     tmp_path, shape):
+    server = scripted_server([BANNER, EHLO_STARTTLS, STARTTLS_GO, StartTls(tls_contexts["trusted"]),
+                              EHLO_AUTH, Expect(r"AUTH PLAIN "), *CUT_REPLIES[shape]])
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD)
+    command = [sys.executable, "-m", "smtpmon", "probe", server.target, "--tls", "starttls",
+               "--ca-file", ca_file, "--timeout", "2",
+               "--auth", "PLAIN", "--user", USERNAME, "--password-file", str(password_file)]
+
+    for argv in (command, command + ["--json"]):
+        output = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=30)
+        assert output.returncode == 2, output.stdout + output.stderr
+        shown = output.stdout + output.stderr
+        assert "auth" in shown
+        assert PASSWORD[:5] not in shown, f"{' '.join(argv[3:])} shows the password's beginning"
