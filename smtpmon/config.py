@@ -66,6 +66,16 @@ _PORT_PATTERN = re.compile(r"[0-9*?]+")
 # Addresses go verbatim into MAIL FROM:<...> / RCPT TO:<...>: nothing that could break the line.
 _BAD_ADDRESS_CHARS = re.compile(r"[\s<>\x00-\x1f\x7f]")
 
+# Upper bounds, so that every value that validates also runs (the schedule's dates, the
+# socket timeouts and the hub hold them) and means something for a monitor:
+# - an interval of a day at most: a target probed less often cannot raise an alert in time;
+# - a timeout of 10 minutes at most: the longest client timeout RFC 5321 4.5.3.2 gives
+#   (for the reply to the end of the message); no stage of a probe needs longer;
+# - max_concurrency: each probe in flight holds a socket and its session's memory.
+MAX_INTERVAL_SECONDS = 86400.0
+MAX_TIMEOUT_SECONDS = 600.0
+MAX_CONCURRENCY = 10_000
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -152,10 +162,10 @@ def default_config() -> Config:
     return parse_config(DEFAULT_CONFIG_TEXT, EMBEDDED_SOURCE)
 
 
-def parse_duration(value: Any) -> float:
+def parse_duration(value: Any, maximum: float = math.inf) -> float:
     """Seconds from a number (seconds) or a string like "500ms", "30s", "2m", "1h", "1m30s".
 
-    Raises ValueError with the reason; a duration must be positive and finite.
+    Raises ValueError with the reason; a duration must be positive and at most `maximum`.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"must be a duration like 30s, 2m or 500ms, got {describe(value)}")
@@ -170,6 +180,8 @@ def parse_duration(value: Any) -> float:
         seconds = float(value)
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"must be a positive duration, got {describe(value)}")
+    if seconds > maximum:
+        raise ValueError(f"must be at most {format_duration(maximum)}, got {describe(value)}")
     return seconds
 
 
@@ -344,9 +356,9 @@ class _Parser:
         self.error(path, f"must be one of {_one_of(choices)}; got {describe(value)}")
         return None
 
-    def duration(self, value: Any, path: str) -> float | None:
+    def duration(self, value: Any, path: str, maximum: float) -> float | None:
         try:
-            return parse_duration(value)
+            return parse_duration(value, maximum)
         except ValueError as error:
             self.error(path, str(error))
             return None
@@ -430,9 +442,9 @@ class _Parser:
         if node:
             self.check_keys(node, "global", _GLOBAL_KEYS)
             if "interval" in node:
-                values["interval_seconds"] = self.duration(node["interval"], "global.interval")
+                values["interval_seconds"] = self.duration(node["interval"], "global.interval", MAX_INTERVAL_SECONDS)
             if "timeout" in node:
-                values["timeout_seconds"] = self.duration(node["timeout"], "global.timeout")
+                values["timeout_seconds"] = self.duration(node["timeout"], "global.timeout", MAX_TIMEOUT_SECONDS)
             if "max_concurrency" in node:
                 values["max_concurrency"] = self.concurrency(node["max_concurrency"])
             if "ehlo_name" in node:
@@ -459,6 +471,9 @@ class _Parser:
             return None
         if value < 1:
             self.error("global.max_concurrency", f"must be at least 1, got {value}")
+            return None
+        if value > MAX_CONCURRENCY:
+            self.error("global.max_concurrency", f"must be at most {MAX_CONCURRENCY}, got {value}")
             return None
         return value
 
@@ -540,7 +555,7 @@ class _Parser:
                 node["ip_protocol"], at("ip_protocol"), IP_PROTOCOLS
             )
         if "timeout" in node:
-            options["timeout_seconds"] = self.duration(node["timeout"], at("timeout"))
+            options["timeout_seconds"] = self.duration(node["timeout"], at("timeout"), MAX_TIMEOUT_SECONDS)
             self.modules_with_timeout.add(path)
         if "mail_from" in node:
             options["mail_from"] = self.mail_address(
@@ -734,9 +749,9 @@ class _Parser:
                 )
         interval = timeout = None
         if "interval" in node:
-            interval = self.duration(node["interval"], _join(path, "interval"))
+            interval = self.duration(node["interval"], _join(path, "interval"), MAX_INTERVAL_SECONDS)
         if "timeout" in node:
-            timeout = self.duration(node["timeout"], _join(path, "timeout"))
+            timeout = self.duration(node["timeout"], _join(path, "timeout"), MAX_TIMEOUT_SECONDS)
         if len(self.errors) > errors_before:
             return None
         module = modules[module_name]

@@ -136,21 +136,25 @@ class Daemon:
         return run_module_probe(target, module_name, module, deadline, hub)
 
     def reload(self) -> list[str]:
-        """Load the file again and apply it; on failure keep the running config. The errors."""
+        """Load the file again and apply it; on failure keep the running config. The errors.
+
+        Whatever fails (the file, its validation, applying it), the running configuration,
+        its schedule and all of its series stay, and the reload is recorded as failed."""
         with self._reload_lock:
             try:
                 config = load_config(self.config_file) if self.config_file else default_config()
+                self.scheduler.apply(config)  # all or nothing
             except ConfigError as error:
                 for message in error.errors:
                     log.error("configuration reload failed; keeping the running configuration",
                               source=error.source, error=message)
                 self.state.config_loaded(False)
                 return list(error.errors)
-            except Exception as error:  # a loader bug must not take the running daemon down
-                log.exception("configuration reload failed", source=self.config_file)
+            except Exception as error:  # a bug must not take the running daemon down
+                log.exception("configuration reload failed; keeping the running configuration",
+                              source=self.config_file)
                 self.state.config_loaded(False)
-                return [f"internal error while loading the configuration: {error}"]
-            self.scheduler.apply(config)
+                return [f"internal error while applying the configuration: {type(error).__name__}: {error}"]
             self._config = config
             self.state.config_loaded(True)
             self.state.set_targets(len(config.targets))

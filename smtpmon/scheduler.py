@@ -142,7 +142,11 @@ class Scheduler:
         New targets start (first runs spread out), removed ones stop and their series go,
         unchanged ones (same target settings and module options) keep their schedule and
         counters; a changed one starts over as new.
+
+        All or nothing: whatever raises (a value the schedule's dates cannot hold), it raises
+        before anything changed, so the running schedule and every series stay as they were.
         """
+        max_concurrency = max(1, int(config.settings.max_concurrency))
         with self._lock:
             wanted: dict[tuple[str, str], _Entry] = {}
             new: list[tuple[object, Module]] = []
@@ -153,31 +157,42 @@ class Scheduler:
                     wanted[(target.name, target.module)] = old
                 else:
                     new.append((target, module))
+            added, first_runs = self._prepare(new)
             # Retire first: a changed target's fresh series must not be removed with the old.
             self._retire([old for key, old in self._entries.items() if key not in wanted])
-            added = [self._add(target, module) for target, module in new]
+            for entry in added:
+                self._store.register(entry.name, entry.module_name)
+            self._schedule.jobs.extend(entry.job for entry in added)
             wanted.update(((entry.name, entry.module_name), entry) for entry in added)
             self._entries = wanted
-            self._schedule_first_runs(added)
+            for entry, first_run in zip(added, first_runs):
+                entry.job.next_run = first_run
+                heapq.heappush(self._heap, (first_run, next(self._sequence), entry))
             # Lowered, it holds from now on: running probes finish, no new one starts past it.
-            self._max_concurrency = max(1, int(config.settings.max_concurrency))
+            self._max_concurrency = max_concurrency
         self._hub.wake()
         log.info("schedule applied", targets=len(wanted), max_concurrency=self._max_concurrency)
 
-    def _add(self, target, module: Module) -> _Entry:
-        entry = _Entry(
-            name=target.name,
-            module_name=target.module,
-            module=module,
-            interval_seconds=float(target.interval_seconds),
-            timeout_seconds=float(target.timeout_seconds),
-            signature=(target, module),
-        )
-        self._store.register(entry.name, entry.module_name)
-        entry.job = self._schedule.every(entry.interval_seconds).seconds.do(self._dispatch, entry)
-        return entry
+    def _prepare(self, new: list[tuple[object, Module]]) -> tuple[list[_Entry], list[datetime.datetime]]:
+        """The entries of new targets with their jobs, and their first runs; nothing is
+        scheduled or registered yet (the jobs are made on a scratch scheduler)."""
+        scratch = schedule.Scheduler()
+        entries = []
+        for target, module in new:
+            entry = _Entry(
+                name=target.name,
+                module_name=target.module,
+                module=module,
+                interval_seconds=float(target.interval_seconds),
+                timeout_seconds=float(target.timeout_seconds),
+                signature=(target, module),
+            )
+            entry.job = scratch.every(entry.interval_seconds).seconds.do(self._dispatch, entry)
+            entry.job.scheduler = self._schedule
+            entries.append(entry)
+        return entries, self._first_runs(entries)
 
-    def _schedule_first_runs(self, entries: list[_Entry]) -> None:
+    def _first_runs(self, entries: list[_Entry]) -> list[datetime.datetime]:
         """`schedule` would fire every new job one interval from now, all together. Instead
         each starts at its own point (a hash of its name) in a window counted from after the
         whole apply: the interval, or less when few targets are new, so that a small config
@@ -189,13 +204,14 @@ class Scheduler:
         holds several anyway)."""
         now = datetime.datetime.now()
         window = len(entries) / FIRST_RUNS_PER_SECOND
+        first_runs = []
         for entry in entries:
             key = f"{entry.name}/{entry.module_name}"
             spread = min(entry.interval_seconds, window)
             slot = max(DISPATCH_ROUND_SECONDS, FIRST_RUNS_TOGETHER * spread / len(entries))
             offset = spread_offset(key, spread) // slot * slot
-            entry.job.next_run = now + datetime.timedelta(seconds=offset)
-            heapq.heappush(self._heap, (entry.job.next_run, next(self._sequence), entry))
+            first_runs.append(now + datetime.timedelta(seconds=offset))
+        return first_runs
 
     def _retire(self, entries: list[_Entry]) -> None:
         """Stop scheduling `entries` and drop their series (their heap items are skipped
