@@ -22,7 +22,14 @@ from typing import Any, Mapping
 
 from smtpmon.module import AUTH_MECHANISMS, AUTH_TLS_MODES, IP_PROTOCOLS, TLS_MODES, TLS_VERSIONS, Module
 from smtpmon.results import STAGES
-from smtpmon.yamldoc import YamlSyntaxError, describe, read_document
+from smtpmon.yamldoc import (
+    FileReadError,
+    YamlSyntaxError,
+    describe,
+    read_document,
+    read_file,
+    regular_file_problem,
+)
 
 EMBEDDED_SOURCE = "<embedded default>"
 
@@ -141,10 +148,9 @@ def load_config(path: str, *, check_secrets: bool = True) -> Config:
     variables are set (`check-config --skip-secrets`, outside the service's environment).
     """
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        raise ConfigError([f"cannot read the file: {error.strerror}"], path) from None
+        data = read_file(path)
+    except FileReadError as error:
+        raise ConfigError([str(error)], path) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -406,15 +412,9 @@ class _Parser:
                 return file_name
             file_name = _CREDENTIALS_VARIABLE.sub(lambda _: directory, file_name)
         if check:
-            try:
-                with open(file_name, "rb"):
-                    pass
-            except FileNotFoundError:
-                self.error(path, f"file not found: {file_name}")
-            except IsADirectoryError:
-                self.error(path, f"is a directory, not a file: {file_name}")
-            except OSError as error:
-                self.error(path, f"cannot read {file_name}: {error.strerror}")
+            problem = regular_file_problem(file_name)  # never blocks: a FIFO would
+            if problem is not None:
+                self.error(path, f"{problem}: {file_name}")
         return file_name
 
     def mail_address(self, value: Any, path: str, *, allow_null: bool) -> str | None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from smtpmon.yamldoc import YamlSyntaxError, describe, read_document
+from smtpmon.yamldoc import FileReadError, YamlSyntaxError, describe, read_document, read_file
 
 WWW_AUTHENTICATE = 'Basic realm="smtpmon"'
 
@@ -176,10 +176,9 @@ class TlsSetupError(ValueError):
 def _require_pem(path: str, key: str, marker: str) -> None:
     """A clear message for the usual mistakes (DER, an empty file, cert and key swapped)."""
     try:
-        with open(path, encoding="ascii", errors="replace") as handle:
-            text = handle.read()
-    except OSError as error:
-        raise TlsSetupError(key, f"cannot read {path}: {error.strerror or error}") from None
+        text = read_file(path).decode("ascii", errors="replace")
+    except FileReadError as error:
+        raise TlsSetupError(key, f"{path}: {error}") from None
     if marker not in text:
         what = "certificate" if key == "cert_file" else "private key"
         raise TlsSetupError(key, f"no PEM {what} in {path}")
@@ -264,10 +263,9 @@ def _basic_credentials(header: str | None) -> tuple[str, str] | None:
 def load_web_config(path: str) -> WebConfig:
     """Read and validate a web config file; raises WebConfigError listing every problem."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as error:
-        raise WebConfigError([f"cannot read the file: {error.strerror or error}"], path) from None
+        text = read_file(path).decode("utf-8")
+    except FileReadError as error:
+        raise WebConfigError([str(error)], path) from None
     except UnicodeDecodeError:
         raise WebConfigError(["the file is not UTF-8 text"], path) from None
     return _Parser(path).parse(text)

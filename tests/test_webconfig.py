@@ -503,6 +503,34 @@ def test_a_missing_file_is_an_error(pki):
     assert raised.value.errors == ["cannot read the file: No such file or directory"]
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "huge", "fifo-certificate"])
+def test_what_is_not_a_regular_file_of_sane_size_is_refused_at_once(tmp_path, pki, kind):
+    """A FIFO would block the reader until someone writes to it; /dev/zero or a huge file would
+    take the memory. The web config file and the files it names alike."""
+    path = tmp_path / "web.yml"
+    if kind in ("fifo", "fifo-certificate"):
+        os.mkfifo(tmp_path / "fifo")
+    if kind == "fifo":
+        path = tmp_path / "fifo"
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "huge":
+        with open(path, "wb") as handle:
+            handle.truncate(100 * 1024 * 1024)
+    else:
+        path.write_text(f"tls_server_config: {{cert_file: {tmp_path / 'fifo'}, key_file: {pki.directory / 'server.key'}}}\n")
+    script = ("import sys\nfrom smtpmon.webconfig import load_web_config, WebConfigError\n"
+              "try:\n    load_web_config(sys.argv[1])\nexcept WebConfigError as error:\n    print(error.errors)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=5)
+    expected = {
+        "fifo": "['cannot read the file: not a regular file (a FIFO)']",
+        "dev-zero": "['cannot read the file: not a regular file (a character device)']",
+        "huge": "['the file is larger than 16 MB; is it the right file?']",
+        "fifo-certificate": f"['tls_server_config.cert_file: not a regular file: {tmp_path / 'fifo'}']",
+    }
+    assert result.stdout.strip() == expected[kind], result.stderr
+
+
 def test_smtpmon_run_exits_2_on_an_invalid_web_config(pki):
     path = write_web_config(pki, "tls_server_config: {cert_file: /nonexistent/x.crt, "
                                  "key_file: server.key}\n", "run-invalid.yml")
