@@ -89,9 +89,11 @@ def free_memory_trimmer() -> Callable[[], None]:
 
 # The HTTP server's longest wait; a shutdown wakes it at once.
 HTTP_POLL_SECONDS = 0.2
-# SIGTERM waits for in-flight probes up to their timeout plus this; the exit must come
-# within timeout + 1 s.
-STOP_GRACE_SECONDS = 0.5
+# SIGTERM gives in-flight probes this long to finish, then abandons them (nothing is recorded
+# for them: the process ends): a stop must not wait for a tarpit's deadline, up to the 10
+# minutes a timeout may be, and systemd's stop timeout needs no tuning to the longest one.
+# Most probes take well under a second, so those about to finish still do.
+STOP_GRACE_SECONDS = 2.0
 # (target, module) pairs whose /probe counters are kept; the least recently probed goes first.
 MAX_PROBE_ENTRIES = 10_000
 
@@ -162,13 +164,9 @@ class Daemon:
             return []
 
     def stop_timeout(self) -> float:
-        """How long in-flight probes may still take: the longest target timeout, plus a grace.
-
-        A probe started just before SIGTERM ends at its own deadline plus the time to record
-        its result; on a loaded machine that overruns the bare timeout by a few milliseconds.
-        """
+        """How long in-flight probes may still take at a stop: their timeout, at most the grace."""
         longest = max((target.timeout_seconds for target in self._config.targets), default=0.0)
-        return longest + STOP_GRACE_SECONDS
+        return min(longest, STOP_GRACE_SECONDS)
 
 
 def load_startup_config(path: str | None) -> Config | None:
@@ -258,15 +256,20 @@ def run(options: Options) -> int:
             continue
         break
 
-    timeout = daemon.stop_timeout()
-    log.info("stopping", signal=signal.Signals(received).name, timeout_seconds=timeout)
-    finished = daemon.scheduler.stop(timeout)
+    grace = daemon.stop_timeout()
+    log.info("stopping", signal=signal.Signals(received).name, grace_seconds=grace)
+    finished = daemon.scheduler.stop(grace)
     server.shutdown()
     server.server_close()
     if not finished:
-        # A probe overran its own deadline; the scheduler's thread would hold the exit hostage.
-        log.warning("stopped with probes still running")
+        # The scheduler's thread is stuck outside the hub; it would hold the exit hostage.
+        log.warning("stopped with the scheduler still running")
         sys.stderr.flush()
         os._exit(EXIT_OK)
-    log.info("stopped")
+    abandoned = daemon.scheduler.in_flight
+    if abandoned:
+        log.info("stopped; probes still running at the end of the grace were abandoned, "
+                 "nothing recorded for them", probes=abandoned)
+    else:
+        log.info("stopped")
     return EXIT_OK

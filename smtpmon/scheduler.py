@@ -50,6 +50,10 @@ log = get_logger("scheduler")
 # wall clock (which `schedule` uses) being stepped; stop and reload wake the loop at once.
 MAX_SLEEP_SECONDS = 1.0
 
+# After stop()'s timeout the loop leaves its sessions where they wait and ends; it gets this
+# much longer to get there (a round of the hub, the lock).
+STOP_JOIN_SLACK_SECONDS = 1.0
+
 # `schedule` counts in naive local time, which jumps at a daylight-saving change or an NTP
 # step. A jump larger than this (measured against the monotonic clock) moves every pending
 # run by the same amount, so the spread is kept and nothing waits an hour or fires at once.
@@ -235,9 +239,10 @@ class Scheduler:
         self._thread.start()
 
     def stop(self, timeout: float) -> bool:
-        """Start no new probe; wait up to `timeout` for the in-flight ones (they have deadlines).
+        """Start no new probe; give the in-flight ones up to `timeout` to finish, then abandon
+        them where they wait (they record nothing; `in_flight` counts them).
 
-        Returns True when every probe finished in time.
+        Returns True when the scheduler's thread ended.
         """
         self._stop_deadline = time.monotonic() + timeout
         self._stopping.set()
@@ -247,8 +252,13 @@ class Scheduler:
         if self._thread is None:  # never started: nothing ran
             self._hub.close()
             return True
-        self._thread.join(timeout)
+        self._thread.join(timeout + STOP_JOIN_SLACK_SECONDS)
         return not self._thread.is_alive()
+
+    @property
+    def in_flight(self) -> int:
+        """Probe sessions started and not finished (after stop: the abandoned ones)."""
+        return self._hub.sessions
 
     def _loop(self) -> None:
         hub = self._hub
@@ -269,7 +279,8 @@ class Scheduler:
             for entry, _ in self._waiting:
                 entry.busy = False
             self._waiting.clear()
-            # Probes in flight end by their own deadlines; stop() waits for them this long.
+            # Probes in flight get until stop()'s deadline; those still waiting then are
+            # abandoned where they wait, never resumed, and record nothing.
             while hub.sessions and time.monotonic() < self._stop_deadline:
                 hub.run_once(self._stop_deadline - time.monotonic())
         finally:
