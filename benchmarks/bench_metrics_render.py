@@ -15,9 +15,9 @@ import argparse
 import statistics
 import time
 
-from smtpmon.collector import ExporterState, render_metrics
-from smtpmon.results import Capabilities, ProbeResult, Reply, StageResult, TlsInfo
-from smtpmon.store import ResultStore
+from smtpmon.exposition.metrics import ExporterState, render_metrics
+from smtpmon.smtp.results import Capabilities, ProbeResult, Reply, StageResult, TlsInfo
+from smtpmon.exposition.store import ResultStore
 
 TARGET_BUDGET_SECONDS = 0.250
 EXTENSIONS = frozenset({"PIPELINING", "SIZE", "ETRN", "STARTTLS", "ENHANCEDSTATUSCODES",

@@ -6,8 +6,8 @@ carry the same codes, enhanced codes and protocol errors a real session produces
 
 from __future__ import annotations
 
-from smtpmon.replycodes import parse_reply
-from smtpmon.results import Capabilities, ProbeResult, StageResult, TlsInfo
+from smtpmon.smtp.replycodes import parse_reply
+from smtpmon.smtp.results import Capabilities, ProbeResult, StageResult, TlsInfo
 
 STARTED_AT = 1_700_000_000.0
 NOT_BEFORE = 1_690_000_000.0

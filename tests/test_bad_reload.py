@@ -10,7 +10,8 @@ import signal
 
 import pytest
 
-from daemon_process import RunningDaemon, probed, start_daemon, value
+from daemon_process import RunningDaemon, probed, start_daemon
+from helpers import sample_value
 from test_config import INVALID
 
 # Representative rows: YAML that does not parse, a file with nothing in it, a dangling module
@@ -51,16 +52,16 @@ def test_a_bad_reload_keeps_the_running_configuration(running, smtp_target, case
     assert status == 400
     assert body == "reload failed; the previous configuration keeps running:\n" + "".join(f"  {e}\n" for e in errors)
     metrics = running.metrics()
-    assert value(metrics, "smtpmon_config_last_reload_successful") == 0
-    assert value(metrics, "smtpmon_targets") == 1
-    before = value(metrics, "smtpmon_probes_total", target=smtp_target)
+    assert sample_value(metrics, "smtpmon_config_last_reload_successful") == 0
+    assert sample_value(metrics, "smtpmon_targets") == 1
+    before = sample_value(metrics, "smtpmon_probes_total", target=smtp_target)
     metrics = running.wait_for(probed(smtp_target, int(before) + 2), timeout=5)  # still probing
-    assert value(metrics, "smtpmon_probe_success", target=smtp_target) == 1
+    assert sample_value(metrics, "smtpmon_probe_success", target=smtp_target) == 1
     assert running.log().count(RELOAD_FAILED) == logged_before + len(errors)  # a line per error
 
     running.config_path.write_text(running.good_config)
     assert running.request("POST", "/-/reload") == (200, "configuration reloaded\n")
-    assert value(running.metrics(), "smtpmon_config_last_reload_successful") == 1
+    assert sample_value(running.metrics(), "smtpmon_config_last_reload_successful") == 1
 
 
 def test_a_value_past_its_bound_is_refused_and_the_running_series_stay(running, smtp_target):
@@ -74,23 +75,23 @@ def test_a_value_past_its_bound_is_refused_and_the_running_series_stay(running, 
         f'  - {{address: "{smtp_target}", module: plain, interval: 600ms}}\n'
         '  - {address: "127.0.0.1:9", module: plain, interval: 99999999h}\n'
     )
-    counted = value(running.wait_for(probed(smtp_target, 2)), "smtpmon_probes_total", target=smtp_target)
+    counted = sample_value(running.wait_for(probed(smtp_target, 2)), "smtpmon_probes_total", target=smtp_target)
     running.config_path.write_text(unholdable)
 
     status, body = running.request("POST", "/-/reload")
     assert (status, body) == (400, "reload failed; the previous configuration keeps running:\n"
                                    '  targets[1].interval: must be at most 24h, got "99999999h"\n')
     metrics = running.wait_for(probed(smtp_target, int(counted) + 2), timeout=5)
-    assert value(metrics, "smtpmon_config_last_reload_successful") == 0
+    assert sample_value(metrics, "smtpmon_config_last_reload_successful") == 0
     assert "127.0.0.1:9" not in metrics
 
     running.config_path.write_text(running.good_config)
     assert running.request("POST", "/-/reload")[0] == 200
     running.config_path.write_text(unholdable)
     running.process.send_signal(signal.SIGHUP)
-    metrics = running.wait_for(lambda text: value(text, "smtpmon_config_last_reload_successful") == 0)
+    metrics = running.wait_for(lambda text: sample_value(text, "smtpmon_config_last_reload_successful") == 0)
     assert running.process.poll() is None and "127.0.0.1:9" not in metrics
-    assert value(metrics, "smtpmon_probes_total", target=smtp_target) > counted
+    assert sample_value(metrics, "smtpmon_probes_total", target=smtp_target) > counted
     running.config_path.write_text(running.good_config)
     assert running.request("POST", "/-/reload")[0] == 200
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from smtpmon.cli import main
-from smtpmon.config import (
+from smtpmon.config.load import (
     DEFAULT_CONFIG_TEXT,
     ConfigError,
     Config,
@@ -21,7 +21,6 @@ from smtpmon.config import (
     default_config,
     format_duration,
     load_config,
-    parse_address,
     parse_config,
     parse_duration,
 )
@@ -467,16 +466,6 @@ def test_format_duration(seconds, shown):
     assert format_duration(seconds) == shown
 
 
-@pytest.mark.parametrize(
-    ("address", "parsed"),
-    [("mx.example.org:25", ("mx.example.org", 25)), ("127.0.0.1:2525", ("127.0.0.1", 2525)),
-     ("[::1]:25", ("::1", 25)), ("mx.example.org.:465", ("mx.example.org.", 465)),
-     ("localhost:65535", ("localhost", 65535))],
-)
-def test_parse_address(address, parsed):
-    assert parse_address(address) == parsed
-
-
 # -- the embedded default and the shipped example ------------------------------------------------
 
 
@@ -630,7 +619,7 @@ CONFIGURATION_DOC = REPO / "docs" / "configuration.md"
 
 
 def test_reference_page_documents_every_key():
-    from smtpmon.config import _AUTH_KEYS, _GLOBAL_KEYS, _MODULE_KEYS, _TARGET_KEYS
+    from smtpmon.config.load import _AUTH_KEYS, _GLOBAL_KEYS, _MODULE_KEYS, _TARGET_KEYS
 
     page = CONFIGURATION_DOC.read_text(encoding="utf-8")
     for key in (*_GLOBAL_KEYS, *_MODULE_KEYS, *_AUTH_KEYS, *_TARGET_KEYS):

@@ -2,7 +2,7 @@
 
 - docs/metrics.md lists exactly the families the collector defines, with their types, and the
   label set of each is the one a real `/metrics` and `/probe` page shows after real probes;
-- docs/reply-codes.md is what tools/gen_reply_codes_doc.py renders from smtpmon.replycodes, and
+- docs/reply-codes.md is what tools/gen_reply_codes_doc.py renders from smtpmon.smtp.replycodes, and
   carries every code of the project's reference table with its class and category;
 - every relative link in README.md and docs/*.md leads to a file (and heading) that exists, and
   docs/index.md links every page;
@@ -26,17 +26,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from prometheus_tools import require_tool
 from smtpmon.cli import SUBCOMMANDS, build_parser, main
-from smtpmon.collector import (
+from smtpmon.exposition.metrics import (
     EXPORTER_FAMILIES,
     TARGET_FAMILIES,
     ExporterState,
-    render_metrics,
     render_probe,
 )
-from smtpmon.config import parse_config
-from smtpmon.module import Module
-from smtpmon.probe import run_probe
-from smtpmon.store import ResultStore
+from smtpmon.config.load import parse_config
+from smtpmon.smtp.module import Module
+from smtpmon.exposition.store import ResultStore
+from helpers import render_metrics, run_probe_at
 from smtpservers import SERVER_NAME, AiosmtpdServer, ScriptedHandler
 
 REPO = Path(__file__).resolve().parent.parent
@@ -153,9 +152,9 @@ def real_results(ca_file, tls_contexts):
     module = Module(tls="starttls", tls_ca_file=ca_file, tls_server_name=SERVER_NAME,
                     mail_from="probe@example.org", timeout_seconds=5.0)
     try:
-        healthy = run_probe(server.target, replace(module, rcpt_to=("ok@example.org",), data=True),
+        healthy = run_probe_at(server.target, replace(module, rcpt_to=("ok@example.org",), data=True),
                             module_name="mx")
-        greylisted = run_probe(server.target, replace(module, rcpt_to=("grey@example.org",)),
+        greylisted = run_probe_at(server.target, replace(module, rcpt_to=("grey@example.org",)),
                                module_name="greylist")
     finally:
         server.stop()
@@ -205,7 +204,7 @@ def _generator():
 
 def test_reply_codes_page_is_what_the_code_renders():
     assert REPLY_CODES_DOC.read_text(encoding="utf-8") == _generator().render(), (
-        "docs/reply-codes.md differs from smtpmon/replycodes.py: run "
+        "docs/reply-codes.md differs from smtpmon/smtp/replycodes.py: run "
         "`.venv/bin/python tools/gen_reply_codes_doc.py`"
     )
 

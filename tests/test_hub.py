@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from smtpmon.hub import READ, WRITE, Hub
+from smtpmon.net.hub import READ, WRITE, Hub
 from smtpmon.logs import setup_logging
 
 

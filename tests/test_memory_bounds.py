@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from daemon_process import start_daemon, value
+from daemon_process import start_daemon
+from helpers import sample_value
 
 MB = 1024 * 1024
 # What an attack may add to the daemon's peak resident size: a generous bound (the attacks
@@ -64,7 +65,7 @@ def test_a_config_path_that_is_a_fifo_dev_zero_or_huge_neither_hangs_nor_eats_me
         path.unlink()
         os.mkfifo(path)
         daemon.process.send_signal(signal.SIGHUP)
-        daemon.wait_for(lambda text: value(text, "smtpmon_config_last_reload_successful") == 0, timeout=3)
+        daemon.wait_for(lambda text: sample_value(text, "smtpmon_config_last_reload_successful") == 0, timeout=3)
         growth = peak_rss_bytes(daemon.process.pid) - peak_before
         assert growth < GROWTH_LIMIT_BYTES, f"peak RSS grew by {growth / MB:.0f} MB"
         begun = time.monotonic()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smtpmon.replycodes import (
+from smtpmon.smtp.replycodes import (
     CATEGORY_MEANINGS,
     CATEGORY_NAMES,
     CLASS_MEANINGS,
@@ -30,7 +30,7 @@ from smtpmon.replycodes import (
     reply_category,
     reply_class,
 )
-from smtpmon.results import Reply
+from smtpmon.smtp.results import Reply
 
 # The shared reference next to the repository; a fresh clone has only the copy in tests/data.
 SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "reply-codes.md"

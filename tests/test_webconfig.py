@@ -21,10 +21,10 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 
-from smtpmon.config import default_config
-from smtpmon.daemon import Daemon, web_server_options
-from smtpmon.http import Server
-from smtpmon.webconfig import WWW_AUTHENTICATE, WebConfigError, load_web_config
+from smtpmon.config.load import default_config
+from smtpmon.runtime.daemon import Daemon, web_server_options
+from smtpmon.web.server import Server
+from smtpmon.config.webconfig import WWW_AUTHENTICATE, WebConfigError, load_web_config
 
 REPO = Path(__file__).resolve().parent.parent
 NETWORK_TIMEOUT = 2.0
@@ -357,7 +357,7 @@ basic_auth_users:
         "X-Content-Type-Options": "nosniff",
         "Strict-Transport-Security": "max-age=31536000",
     }
-    context = web.ssl_context()
+    context = web.context
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert (context.minimum_version, context.maximum_version) == (ssl.TLSVersion.TLSv1_2,
                                                                   ssl.TLSVersion.TLSv1_3)
@@ -377,13 +377,13 @@ def test_the_example_in_the_docs_loads_and_its_hash_matches_its_password(pki):
         assert documented in example
         example = example.replace(documented, ours)
     web = load_web_config(write_web_config(pki, example, "docs-example.yml"))
-    assert web.ssl_context().verify_mode == ssl.CERT_REQUIRED
+    assert web.context.verify_mode == ssl.CERT_REQUIRED
     assert web.check_authorization(basic("prometheus", "example")["Authorization"])
 
 
 def test_an_empty_file_means_plain_http_without_auth(pki):
     web = load_web_config(write_web_config(pki, "", "empty.yml"))
-    assert web.ssl_context() is None
+    assert web.context is None
     assert web.check_authorization(None)
     assert dict(web.headers) == {}
 
@@ -519,7 +519,7 @@ def test_what_is_not_a_regular_file_of_sane_size_is_refused_at_once(tmp_path, pk
             handle.truncate(100 * 1024 * 1024)
     else:
         path.write_text(f"tls_server_config: {{cert_file: {tmp_path / 'fifo'}, key_file: {pki.directory / 'server.key'}}}\n")
-    script = ("import sys\nfrom smtpmon.webconfig import load_web_config, WebConfigError\n"
+    script = ("import sys\nfrom smtpmon.config.webconfig import load_web_config, WebConfigError\n"
               "try:\n    load_web_config(sys.argv[1])\nexcept WebConfigError as error:\n    print(error.errors)\n")
     result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=5)
     expected = {

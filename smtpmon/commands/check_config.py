@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from smtpmon.config import ConfigError, load_config
+from smtpmon.config.load import ConfigError, load_config
 
 DESCRIPTION = """Validate a configuration file without running anything.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from smtpmon.replycodes import explain
+from smtpmon.smtp.replycodes import explain
 
 DESCRIPTION = (
     "Explain an SMTP reply: its class (first digit), category (second digit) and meaning, "

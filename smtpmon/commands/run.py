@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from smtpmon import daemon, http
+from smtpmon.runtime import daemon
+from smtpmon.web import server as http
 from smtpmon.logs import LEVELS, setup_logging
 
 DESCRIPTION = """Run the daemon: probe every configured target on its schedule and serve the

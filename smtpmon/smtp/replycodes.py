@@ -11,7 +11,7 @@ import re
 import sys
 from typing import NamedTuple, Sequence
 
-from smtpmon.results import Reply
+from smtpmon.smtp.results import Reply
 
 PROTOCOL_ERROR = "protocol_error"
 

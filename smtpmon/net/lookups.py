@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from smtpmon.logs import ThrottledWarning, get_logger
 
 if TYPE_CHECKING:
-    from smtpmon.hub import Hub
+    from smtpmon.net.hub import Hub
 
 log = get_logger("lookups")
 _start_failed = ThrottledWarning(

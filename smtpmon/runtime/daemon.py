@@ -2,7 +2,7 @@
 
 The main thread only waits for signals (`sigwait`, with the signals blocked in every thread, so
 no handler ever runs in the middle of other code): SIGHUP reloads the configuration, SIGTERM and
-SIGINT stop. The scheduler runs its probes on its own thread (smtpmon.hub); the HTTP server
+SIGINT stop. The scheduler runs its probes on its own thread (smtpmon.net.hub); the HTTP server
 runs /probe on another hub, on its serving thread, and other requests on threads of their own.
 """
 
@@ -18,16 +18,15 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from smtpmon import __version__, webconfig
-from smtpmon.collector import ExporterState
-from smtpmon.config import Config, ConfigError, default_config, load_config
-from smtpmon.hub import Hub
-from smtpmon.http import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server, parse_listen_address
+from smtpmon import __version__
+from smtpmon.config import webconfig
+from smtpmon.config.addresses import parse_listen_address
+from smtpmon.config.load import Config, ConfigError, default_config, load_config
+from smtpmon.exposition.metrics import ExporterState
+from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server
 from smtpmon.logs import get_logger
-from smtpmon.module import Module
-from smtpmon.results import ProbeResult
-from smtpmon.scheduler import Scheduler, run_module_probe
-from smtpmon.store import ResultStore
+from smtpmon.runtime.scheduler import Scheduler
+from smtpmon.exposition.store import ResultStore
 
 log = get_logger("daemon")
 
@@ -36,7 +35,7 @@ EXIT_FAILURE = 1
 EXIT_BAD_CONFIG = 2
 
 # glibc gives each thread that allocates its own malloc arena (up to 8 per core); with many
-# threads (HTTP, /probe, DNS lookups; probe threads before smtpmon.hub), memory freed in one
+# threads (HTTP, /probe, DNS lookups; probe threads before smtpmon.net.hub), memory freed in one
 # arena is not reused by the others and the resident size creeps up for hours (soak, 1,000
 # targets: +13% in 10 min; with two arenas: +0.3% in 5 min).
 MALLOC_ARENAS = 2
@@ -108,7 +107,7 @@ class Options:
 
 
 class Daemon:
-    """The running exporter: what the HTTP side sees (see smtpmon.http.Exporter)."""
+    """The running exporter: what the HTTP side sees (see smtpmon.web.server.Exporter)."""
 
     def __init__(self, config: Config, config_file: str | None):
         self.config_file = config_file
@@ -132,10 +131,6 @@ class Daemon:
         self.state.config_loaded(True)
         self.state.set_targets(len(self._config.targets))
         self.scheduler.start()
-
-    def probe(self, target: str, module_name: str, module: Module, deadline: float,
-              hub: Hub | None = None) -> ProbeResult:
-        return run_module_probe(target, module_name, module, deadline, hub)
 
     def reload(self) -> list[str]:
         """Load the file again and apply it; on failure keep the running config. The errors.

@@ -38,7 +38,7 @@ class Module:
     rcpt_to: tuple[str, ...] = ()
     data: bool = False  # send a small test message after RCPT
     # Reply codes a stage must get to pass, e.g. {"rcpt": (550,)} for a recipient check.
-    # A stage not named here passes on its success code (smtpmon.probe.SUCCESS_CODES).
+    # A stage not named here passes on its success code (smtpmon.smtp.session.SUCCESS_CODES).
     expect: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: MappingProxyType({}))
     timeout_seconds: float = 10.0
     ip_protocol: str = "any"  # one of IP_PROTOCOLS

@@ -12,9 +12,9 @@ import urllib.parse
 from typing import Iterable
 
 from smtpmon import __version__
-from smtpmon.config import Config
-from smtpmon.results import ProbeResult
-from smtpmon.store import TargetSnapshot
+from smtpmon.config.load import Config
+from smtpmon.smtp.results import ProbeResult
+from smtpmon.exposition.store import TargetSnapshot
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }

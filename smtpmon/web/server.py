@@ -1,6 +1,6 @@
 """The HTTP side: `/metrics`, `/probe`, the landing page, health, readiness and reload.
 
-The serving thread runs a hub (smtpmon.hub): it accepts every connection, and serves plain-HTTP
+The serving thread runs a hub (smtpmon.net.hub): it accepts every connection, and serves plain-HTTP
 `GET /probe?` requests itself, as hub sessions, the probe included. Prometheus keeps one
 connection per target alive, so at 64 probes at once that is 64 sessions sharing each wake-up of
 one thread, instead of 64 threads each woken, and each waiting for the GIL, for every read.
@@ -38,15 +38,18 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Callable, Mapping, NamedTuple, Protocol, Sequence
 
-from smtpmon import __version__, landing, transcript
-from smtpmon.collector import CONTENT_TYPE, ExporterState, metrics_chunks, render_probe
-from smtpmon.config import Config, parse_address
-from smtpmon.hub import READ, WRITE, Hub
+from smtpmon import __version__
+from smtpmon.web import landing
+from smtpmon.smtp import transcript
+from smtpmon.exposition.metrics import CONTENT_TYPE, ExporterState, metrics_chunks, render_probe
+from smtpmon.config.addresses import parse_address
+from smtpmon.config.load import Config
+from smtpmon.net.hub import READ, WRITE, Hub
 from smtpmon.logs import ThrottledWarning, get_logger
-from smtpmon.module import Module
-from smtpmon.results import ProbeResult
-from smtpmon.store import ResultStore
-from smtpmon.webconfig import WWW_AUTHENTICATE
+from smtpmon.smtp.module import Module
+from smtpmon.smtp.session import run_probe
+from smtpmon.exposition.store import ResultStore
+from smtpmon.config.webconfig import WWW_AUTHENTICATE
 
 log = get_logger("http")
 
@@ -98,11 +101,6 @@ class Exporter(Protocol):
 
     def reload(self) -> list[str]:
         """Load the configuration file again; the errors, empty on success."""
-
-    def probe(self, target: str, module_name: str, module: Module, deadline: float,
-              hub: Hub | None) -> ProbeResult:
-        """Run one probe now (absolute time.monotonic() deadline), on the calling hub session
-        when `hub` is given, else blocking the calling thread."""
 
 
 class BadRequest(Exception):
@@ -364,7 +362,9 @@ def answer_probe(server: Server, query: str, headers: Mapping[str, str], client:
                       "try again later\n")
     exporter.state.probe_started()
     try:
-        result = exporter.probe(target, module_name, module, deadline, hub)
+        # On the calling hub session when there is one, else blocking this thread.
+        result = run_probe(target, host, port, module, deadline=deadline,
+                           module_name=module_name, hub=hub)
     finally:
         exporter.state.probe_finished()
         server.probe_slots.release()
@@ -488,7 +488,7 @@ def parse_probe_head(head: bytes) -> tuple[str, str, RequestHeaders, bool] | Non
 
 
 class Server(socketserver.TCPServer):
-    """Accepts on a hub (smtpmon.hub) on the serving thread. A plain-HTTP `/probe` request is
+    """Accepts on a hub (smtpmon.net.hub) on the serving thread. A plain-HTTP `/probe` request is
     served there, as a hub session, probe and all; any other request, and every connection
     when TLS or basic auth is configured, gets a thread of its own (`Handler`)."""
 
@@ -701,19 +701,6 @@ def set_no_delay(connection: socket.socket) -> None:
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:  # not TCP, or already gone: nothing to tune
         pass
-
-
-def parse_listen_address(text: str) -> tuple[str, int]:
-    """`--web.listen-address`: ":9725" (every interface), "127.0.0.1:9725", "[::1]:9725"."""
-    if text.startswith(":"):
-        host, port_text = ("::" if socket.has_ipv6 else ""), text[1:]
-    elif text.startswith("["):
-        host, _, port_text = text[1:].partition("]:")
-    else:
-        host, _, port_text = text.rpartition(":")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"invalid listen address {text!r}: want host:port, e.g. :9725")
-    return host, int(port_text)
 
 
 def _http_version(text: str) -> tuple[int, int] | None:

@@ -28,17 +28,17 @@ from prometheus_client import (
 from prometheus_client.utils import floatToGoString
 
 from smtpmon import __version__
-from smtpmon.replycodes import (
+from smtpmon.smtp.replycodes import (
     ENHANCED_CLASS_NAMES,
     PROTOCOL_ERROR,
     code_label,
     reply_category,
     reply_class,
 )
-from smtpmon.results import Capabilities, ProbeResult, Reply, TlsInfo
+from smtpmon.smtp.results import Capabilities, ProbeResult, Reply, TlsInfo
 
 if TYPE_CHECKING:
-    from smtpmon.store import ResultStore
+    from smtpmon.exposition.store import ResultStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -413,11 +413,6 @@ def metrics_chunks(store: ResultStore, state: ExporterState) -> list[bytes]:
     parts.append(state.render())
     parts.append(generate_latest(_RUNTIME_REGISTRY))
     return parts
-
-
-def render_metrics(store: ResultStore, state: ExporterState) -> bytes:
-    """The whole `/metrics` page as one bytes object."""
-    return b"".join(metrics_chunks(store, state))
 
 
 def render_probe(result: ProbeResult, store: ResultStore) -> bytes:

@@ -6,7 +6,7 @@ the partial reply when the connection closes; it has no bound on the number of c
 lines; and its `__exit__` sends QUIT and can hide the original error. We also need every line
 for the transcript, with AUTH secrets masked before they are recorded. What would remain of
 `smtplib` (dot-stuffing, CRLF framing) is a few lines, so this is a small client over
-`socket` and `ssl`, with replies parsed by `smtpmon.replycodes`.
+`socket` and `ssl`, with replies parsed by `smtpmon.smtp.replycodes`.
 
 Every blocking call gets `deadline - now` as its socket timeout, so the session ends at the
 deadline whatever the server does. On plain TCP that timeout is the kernel's (SO_RCVTIMEO /
@@ -16,7 +16,7 @@ costs a poll() before every call and an ioctl() for each settimeout(), and each 
 the GIL to another thread when many probes run at once. A TLS socket keeps Python's timeout:
 the ssl module retries a blocking read that the kernel timed out instead of giving up.
 
-Given a `smtpmon.hub.Hub` (the daemon's scheduler), the socket is non-blocking instead and
+Given a `smtpmon.net.hub.Hub` (the daemon's scheduler), the socket is non-blocking instead and
 every wait parks the session on the hub until the socket is ready or the deadline passes, so
 one thread runs many sessions. The session code above this module is the same either way.
 """
@@ -39,10 +39,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from smtpmon.hub import READ, WRITE, Hub
-from smtpmon.lookups import LookupPool
-from smtpmon.replycodes import make_reply, parse_line
-from smtpmon.results import Reply, TlsInfo, TranscriptLine
+from smtpmon.net.hub import READ, WRITE, Hub
+from smtpmon.net.lookups import LookupPool
+from smtpmon.smtp.replycodes import make_reply, parse_line
+from smtpmon.smtp.results import Reply, TlsInfo, TranscriptLine
 
 # RFC 5321 4.5.3.1.5 allows 512 bytes per reply line; real servers exceed it a little. Past this
 # a line is a protocol error, not a reason to grow memory.
@@ -215,7 +215,7 @@ def resolve(
 ) -> list[tuple[int, tuple]]:
     """Addresses for host as (family, sockaddr), IP literals without a lookup.
 
-    getaddrinfo cannot be given a timeout: it runs on smtpmon.lookups' threads, and the probe
+    getaddrinfo cannot be given a timeout: it runs on smtpmon.net.lookups' threads, and the probe
     gives up at the deadline (with a hub, the session parks on the hub meanwhile).
     """
     literal_family = _literal_family(host)

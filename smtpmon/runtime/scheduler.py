@@ -8,7 +8,7 @@ jobs' `next_run` times, runs each due job through `Job.run()` (which calls our d
 lets `schedule` compute the next run), and pushes the job back with its new `next_run`: O(log n)
 per due probe, nothing per idle tick.
 
-The same thread runs the probes: each session is a greenlet on a `smtpmon.hub.Hub`, parked
+The same thread runs the probes: each session is a greenlet on a `smtpmon.net.hub.Hub`, parked
 while it waits for its server, and the loop waits on the hub (every session's socket at once)
 until the next due time. Stop and reload wake it at once.
 
@@ -38,11 +38,11 @@ from typing import Callable, Protocol
 
 import schedule
 
-from smtpmon.hub import Hub
+from smtpmon.net.hub import Hub
 from smtpmon.logs import get_logger
-from smtpmon.module import Module
-from smtpmon.probe import run_probe
-from smtpmon.results import ProbeResult
+from smtpmon.smtp.module import Module
+from smtpmon.smtp.session import run_probe
+from smtpmon.smtp.results import ProbeResult
 
 log = get_logger("scheduler")
 
@@ -73,16 +73,9 @@ DISPATCH_ROUND_SECONDS = 0.05
 FIRST_RUNS_PER_SECOND = 20.0
 FIRST_RUNS_TOGETHER = 4
 
-# (target "host:port", module name, module, absolute time.monotonic() deadline, the hub to
-# wait on) -> result
-ProbeFunction = Callable[[str, str, Module, float, Hub], ProbeResult]
-
-
-def run_module_probe(target: str, module_name: str, module: Module, deadline: float,
-                     hub: Hub | None = None) -> ProbeResult:
-    """The real probe engine, the result labelled with the module's configured name; without
-    a hub (/probe) it blocks the calling thread."""
-    return run_probe(target, module, deadline=deadline, module_name=module_name, hub=hub)
+# The probe engine's signature (smtpmon.smtp.session.run_probe): (target name, host, port,
+# module, *, deadline= absolute time.monotonic(), module_name=, hub= the hub to wait on).
+ProbeFunction = Callable[..., ProbeResult]
 
 
 class Store(Protocol):
@@ -105,8 +98,10 @@ def spread_offset(key: str, interval_seconds: float) -> float:
 
 
 @dataclass(eq=False)
-class _Entry:
-    name: str  # "host:port"
+class _ScheduledTarget:
+    name: str  # the address as configured: the `target` label
+    host: str
+    port: int
     module_name: str
     module: Module
     interval_seconds: float
@@ -119,7 +114,7 @@ class _Entry:
 
 
 class Scheduler:
-    def __init__(self, store: Store, state: State, probe: ProbeFunction = run_module_probe):
+    def __init__(self, store: Store, state: State, probe: ProbeFunction = run_probe):
         self._store = store
         self._state = state
         self._probe = probe
@@ -128,13 +123,13 @@ class Scheduler:
         self._stopping = threading.Event()
         self._stop_deadline = 0.0  # monotonic; set by stop() before it wakes the loop
         self._schedule = schedule.Scheduler()
-        self._entries: dict[tuple[str, str], _Entry] = {}
-        self._heap: list[tuple[datetime.datetime, int, _Entry]] = []
+        self._entries: dict[tuple[str, str], _ScheduledTarget] = {}
+        self._heap: list[tuple[datetime.datetime, int, _ScheduledTarget]] = []
         self._sequence = itertools.count()
         self._max_concurrency = 1
         # Due probes waiting for a free slot, oldest first: (entry, due time). Filled under
         # the lock by _dispatch, emptied by the loop outside it (a session may take the lock).
-        self._waiting: collections.deque[tuple[_Entry, datetime.datetime]] = collections.deque()
+        self._waiting: collections.deque[tuple[_ScheduledTarget, datetime.datetime]] = collections.deque()
         self._thread: threading.Thread | None = None
         self._clock_offset: float | None = None  # local wall time - monotonic time, seconds
 
@@ -152,7 +147,7 @@ class Scheduler:
         """
         max_concurrency = max(1, int(config.settings.max_concurrency))
         with self._lock:
-            wanted: dict[tuple[str, str], _Entry] = {}
+            wanted: dict[tuple[str, str], _ScheduledTarget] = {}
             new: list[tuple[object, Module]] = []
             for target in config.targets:
                 module = config.modules[target.module]
@@ -177,14 +172,16 @@ class Scheduler:
         self._hub.wake()
         log.info("schedule applied", targets=len(wanted), max_concurrency=self._max_concurrency)
 
-    def _prepare(self, new: list[tuple[object, Module]]) -> tuple[list[_Entry], list[datetime.datetime]]:
+    def _prepare(self, new: list[tuple[object, Module]]) -> tuple[list[_ScheduledTarget], list[datetime.datetime]]:
         """The entries of new targets with their jobs, and their first runs; nothing is
         scheduled or registered yet (the jobs are made on a scratch scheduler)."""
         scratch = schedule.Scheduler()
         entries = []
         for target, module in new:
-            entry = _Entry(
+            entry = _ScheduledTarget(
                 name=target.name,
+                host=target.host,
+                port=target.port,
                 module_name=target.module,
                 module=module,
                 interval_seconds=float(target.interval_seconds),
@@ -196,7 +193,7 @@ class Scheduler:
             entries.append(entry)
         return entries, self._first_runs(entries)
 
-    def _first_runs(self, entries: list[_Entry]) -> list[datetime.datetime]:
+    def _first_runs(self, entries: list[_ScheduledTarget]) -> list[datetime.datetime]:
         """`schedule` would fire every new job one interval from now, all together. Instead
         each starts at its own point (a hash of its name) in a window counted from after the
         whole apply: the interval, or less when few targets are new, so that a small config
@@ -217,7 +214,7 @@ class Scheduler:
             first_runs.append(now + datetime.timedelta(seconds=offset))
         return first_runs
 
-    def _retire(self, entries: list[_Entry]) -> None:
+    def _retire(self, entries: list[_ScheduledTarget]) -> None:
         """Stop scheduling `entries` and drop their series (their heap items are skipped
         lazily). One pass over the jobs: `cancel_job` per entry would be O(n²) on a big reload."""
         if not entries:
@@ -332,7 +329,7 @@ class Scheduler:
         self._heap = [(entry.job.next_run, next(self._sequence), entry) for entry in pending]
         heapq.heapify(self._heap)
 
-    def _dispatch(self, entry: _Entry) -> None:
+    def _dispatch(self, entry: _ScheduledTarget) -> None:
         """Called by `Job.run()` while the scheduler lock is held: queue one probe."""
         if self._stopping.is_set():
             return
@@ -345,7 +342,7 @@ class Scheduler:
         # `schedule` moves next_run on only after this call returns: it is the due time.
         self._waiting.append((entry, entry.job.next_run))
 
-    def _run_probe(self, entry: _Entry, due: datetime.datetime) -> None:
+    def _run_probe(self, entry: _ScheduledTarget, due: datetime.datetime) -> None:
         """A session on the hub: one probe of one target; never lets anything escape."""
         try:
             if not entry.active:  # removed by a reload while waiting: not a probe, not a lag
@@ -354,7 +351,8 @@ class Scheduler:
             self._state.probe_started()
             try:
                 deadline = time.monotonic() + entry.timeout_seconds
-                result = self._probe(entry.name, entry.module_name, entry.module, deadline, self._hub)
+                result = self._probe(entry.name, entry.host, entry.port, entry.module,
+                                     deadline=deadline, module_name=entry.module_name, hub=self._hub)
             finally:
                 self._state.probe_finished()
             with self._lock:
@@ -369,7 +367,7 @@ class Scheduler:
             entry.busy = False
 
     @staticmethod
-    def _log_result(entry: _Entry, result: ProbeResult) -> None:
+    def _log_result(entry: _ScheduledTarget, result: ProbeResult) -> None:
         """Info when a target starts failing, fails differently, or recovers; debug otherwise,
         so 10,000 targets failing the same way each minute do not flood the journal."""
         failure = None if result.success else (result.failed_stage, result.reason)
@@ -386,7 +384,7 @@ class Scheduler:
             level("probe failed", **where, stage=result.failed_stage, reason=result.reason,
                   detail=result.detail, duration_seconds=took)
 
-    def _record_crash(self, entry: _Entry, error: Exception) -> None:
+    def _record_crash(self, entry: _ScheduledTarget, error: Exception) -> None:
         """A probe engine bug still shows as a failed probe, not as a stale success."""
         crash = ProbeResult(
             target=entry.name, module=entry.module_name, success=False, started_at=time.time(),

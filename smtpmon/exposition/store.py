@@ -17,8 +17,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from smtpmon.collector import TargetCounts, render_target
-from smtpmon.results import ProbeResult, TlsInfo
+from smtpmon.exposition.metrics import TargetCounts, render_target
+from smtpmon.smtp.results import ProbeResult, TlsInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +122,6 @@ class ResultStore:
     def remove(self, target: str, module: str) -> None:
         with self._lock:
             self._entries.pop((target, module), None)
-
-    def keys(self) -> list[tuple[str, str]]:
-        with self._lock:
-            return list(self._entries)
 
     def latest(self, target: str, module: str) -> ProbeResult | None:
         with self._lock:

@@ -9,7 +9,7 @@ socket at once with one epoll.
 
 Why greenlet and not asyncio: the probe engine stays plain functions. The command line runs
 the very same session code on its own thread, blocking (so does /probe behind TLS or basic
-auth, see smtpmon.http); only smtpclient's lowest calls (connect, send, receive, the TLS
+auth, see smtpmon.web.server); only smtpclient's lowest calls (connect, send, receive, the TLS
 handshake) and the DNS wait ask the hub to wait when there is one. asyncio would mean a
 second, `async`, copy of the engine.
 
@@ -203,7 +203,7 @@ class Hub:
 
     def wait_callback(self, start: Callable[[Callable[[], None]], None], until: float) -> bool:
         """Park until the callback handed to start(callback) is called, from any thread (for
-        work done elsewhere, such as a name lookup on smtpmon.lookups' threads), or until
+        work done elsewhere, such as a name lookup on smtpmon.net.lookups' threads), or until
         `until` passes: False then, and a later call of the callback wakes nobody."""
         key = object()
         token = next(self._tokens)

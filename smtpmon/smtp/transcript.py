@@ -4,7 +4,7 @@
                  # 550: permanent negative, mail system: requested action not taken: ...
                  # 5.1.1: permanent failure, addressing status: bad destination mailbox address
 
-Each server reply is followed by its explanation (smtpmon.replycodes.describe). Notes (`*`)
+Each server reply is followed by its explanation (smtpmon.smtp.replycodes.describe). Notes (`*`)
 tell what happened between the lines: connecting, TLS facts, a timeout.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import time
 
-from smtpmon.replycodes import describe
-from smtpmon.results import ProbeResult, Reply, TlsInfo
+from smtpmon.smtp.replycodes import describe
+from smtpmon.smtp.results import ProbeResult, Reply, TlsInfo
 
 _ANNOTATION_INDENT = " " * 13  # under the text of "[  0.001] S: "
 _SECONDS_PER_DAY = 86400.0
