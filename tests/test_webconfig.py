@@ -9,6 +9,7 @@ import http.client
 import os
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import threading
@@ -170,6 +171,72 @@ def test_a_verified_password_is_cached_and_a_wrong_one_still_fails(pki):
     assert second < first / 10, f"first check {first:.3f}s, second {second:.3f}s"
     assert not web.check_authorization(basic("alice", "slow!")["Authorization"])
     assert not web.check_authorization(basic("bob", "slow")["Authorization"])
+
+
+def median_seconds(check, times: int = 5) -> float:
+    durations = []
+    for _ in range(times):
+        started = time.monotonic()
+        assert not check()
+        durations.append(time.monotonic() - started)
+    return statistics.median(durations)
+
+
+def test_a_failure_costs_the_same_whether_or_not_the_user_exists(pki):
+    """Users with hashes of different costs: an unknown user, and a wrong password for the user
+    with the cheap hash, take as long as a wrong password at the highest cost (else timing
+    tells which users exist)."""
+    cheap = bcrypt.hashpw(b"cheap", bcrypt.gensalt(rounds=4)).decode()
+    dear = bcrypt.hashpw(b"dear", bcrypt.gensalt(rounds=11)).decode()
+    web = load_web_config(write_web_config(pki, f"basic_auth_users:\n  cheap: {cheap}\n  dear: {dear}\n",
+                                           "mixed-costs.yml"))
+    wrong_for_dear = median_seconds(lambda: web.check_authorization(basic("dear", "nope")["Authorization"]))
+    unknown = median_seconds(lambda: web.check_authorization(basic("mallory", "nope")["Authorization"]))
+    wrong_for_cheap = median_seconds(lambda: web.check_authorization(basic("cheap", "nope")["Authorization"]))
+
+    assert 0.7 * wrong_for_dear < unknown < 1.5 * wrong_for_dear + 0.05, (unknown, wrong_for_dear)
+    assert 0.7 * wrong_for_dear < wrong_for_cheap < 1.5 * wrong_for_dear + 0.05, (wrong_for_cheap, wrong_for_dear)
+    assert web.check_authorization(basic("cheap", "cheap")["Authorization"])
+
+
+def test_a_correct_login_is_answered_promptly_under_a_flood_of_wrong_ones(pki):
+    """32 clients of one address send wrong passwords (cost 11: ~0.12 s a check, one check at a
+    time, so ~4 s of queue); a correct login from another address, not cached yet, waits for
+    at most a check or two, not for the flood's queue."""
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=11)).decode()
+    path = write_web_config(pki, f"basic_auth_users:\n  prometheus: {hashed}\n", "flooded.yml")
+    stop = threading.Event()
+
+    def get(port: int, source: str, password: str, timeout: float = NETWORK_TIMEOUT) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout,
+                                                source_address=(source, 0))
+        try:
+            connection.request("GET", "/-/healthy", headers=basic("prometheus", password))
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    def flood(port: int) -> None:
+        while not stop.is_set():
+            try:
+                assert get(port, "127.0.0.2", "wrong", timeout=10) == 401
+            except (OSError, http.client.HTTPException):
+                return  # the server stopped at the end of the test
+
+    with serving(path) as port:
+        attackers = [threading.Thread(target=flood, args=(port,), daemon=True) for _ in range(32)]
+        for attacker in attackers:
+            attacker.start()
+        try:
+            time.sleep(1.0)  # the flood's queue is full
+            started = time.monotonic()
+            assert get(port, "127.0.0.3", "right") == 200
+            took = time.monotonic() - started
+        finally:
+            stop.set()
+            for attacker in attackers:
+                attacker.join(NETWORK_TIMEOUT)
+    assert took < 1.5, f"a correct login took {took:.2f} s under the flood"
 
 
 def test_htpasswd_style_2y_hashes_are_accepted(pki):

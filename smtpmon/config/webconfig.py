@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import hashlib
 import hmac
 import os
 import re
+import secrets
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from smtpmon.config.validation import Validator, describe, key_path
 from smtpmon.config.yamldoc import FileReadError, YamlSyntaxError, read_document, read_file
@@ -103,6 +106,11 @@ _EXTRA_HEADERS: dict[str, tuple[str, ...] | None] = {
 _BCRYPT_HASH = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{21}[.Oeu][./A-Za-z0-9]{31}")
 # bcrypt only ever reads the first 72 bytes; Go and htpasswd truncate silently, bcrypt>=5 raises.
 _BCRYPT_MAX_PASSWORD_BYTES = 72
+# bcrypt's own lower bound; the upper one keeps a check (~0.25 s at 12, doubling each step)
+# within a scrape's timeout: at 31 a single check would take days and hold its thread.
+MIN_BCRYPT_COST = 4
+MAX_BCRYPT_COST = 16
+_BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
 class WebConfigError(ValueError):
@@ -204,8 +212,16 @@ class WebConfig:
     # user → SHA-256 of "user:password" last verified with bcrypt. A bcrypt check costs
     # 50-250 ms and Prometheus scrapes every 15 s; one entry per configured user keeps it bounded.
     _verified: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
-    # One bcrypt check at a time: a flood of wrong passwords can take one core, never all.
-    _bcrypt_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # One bcrypt check at a time, so a flood of wrong passwords can take one core, never all;
+    # waiting checks take turns by client address, so a flood from some clients cannot hold
+    # up a correct login from another for more than a check per flooding client.
+    _checks: FairGate = field(default_factory=lambda: FairGate(1), repr=False, compare=False)
+    # What an unknown user is checked against: a hash at the highest cost configured.
+    _decoy: bytes = field(default=b"", repr=False, compare=False)
+    # How long a check at the highest cost takes (learnt from such checks): every failure
+    # takes at least this long, so a wrong password for a user with a cheaper hash does not
+    # tell that the user exists either.
+    _failure_seconds: list[float] = field(default_factory=list, repr=False, compare=False)
 
     def wrap_connection(self, sock):
         """TLS on an accepted connection (the handshake runs under the socket's timeout)."""
@@ -213,12 +229,14 @@ class WebConfig:
             return sock
         return self.context.wrap_socket(sock, server_side=True)
 
-    def authorize(self, headers: Mapping[str, str]) -> bool:
-        """The HTTP server's hook: may this request (its headers) pass?"""
-        return self.check_authorization(headers.get("Authorization"))
+    def authorize(self, headers: Mapping[str, str], client: str = "") -> bool:
+        """The HTTP server's hook: may this request (its headers, from `client`) pass?"""
+        return self.check_authorization(headers.get("Authorization"), client)
 
-    def check_authorization(self, authorization_header: str | None) -> bool:
-        """Basic auth against `basic_auth_users`; always True when no user is configured."""
+    def check_authorization(self, authorization_header: str | None, client: str = "") -> bool:
+        """Basic auth against `basic_auth_users`; always True when no user is configured.
+
+        `client` (the peer's address) is whose turn a bcrypt check waits for."""
         if not self.basic_auth_users:
             return True
         credentials = _basic_credentials(authorization_header)
@@ -230,16 +248,79 @@ class WebConfig:
         if cached is not None and hmac.compare_digest(cached, digest):
             return True
         hashed = self.basic_auth_users.get(user)
-        # An unknown user still costs one bcrypt check, so timing does not tell which users exist.
-        reference = hashed if hashed is not None else next(iter(self.basic_auth_users.values()))
-        with self._bcrypt_lock:
-            import bcrypt  # at the first check: most daemons have no basic auth to check
+        # An unknown user costs a check at the highest cost, as a wrong password does.
+        reference = hashed if hashed is not None else self._decoy
+        matches, took = self._checks.run(client, _timed_check, password, reference)
+        if _bcrypt_cost(reference) == _bcrypt_cost(self._decoy):
+            self._failure_seconds[:] = [took]
+        if hashed is not None and matches:
+            self._verified[user] = digest
+            return True
+        if not self._failure_seconds:  # not learnt yet: a check at the highest cost, once
+            self._failure_seconds[:] = [self._checks.run(client, _timed_check, password, self._decoy)[1]]
+        time.sleep(max(0.0, self._failure_seconds[0] - took))  # outside the gate: no core held
+        return False
 
-            matches = bcrypt.checkpw(password.encode("utf-8")[:_BCRYPT_MAX_PASSWORD_BYTES], reference)
-        if hashed is None or not matches:
-            return False
-        self._verified[user] = digest
-        return True
+
+def _timed_check(password: str, reference: bytes) -> tuple[bool, float]:
+    import bcrypt  # at the first check: most daemons have no basic auth to check
+
+    started = time.monotonic()
+    matches = bcrypt.checkpw(password.encode("utf-8")[:_BCRYPT_MAX_PASSWORD_BYTES], reference)
+    return matches, time.monotonic() - started
+
+
+def _bcrypt_cost(hashed: bytes) -> int:
+    return int(hashed[4:6])
+
+
+def decoy_hash(cost: int) -> bytes:
+    """A well-formed bcrypt hash at `cost` that no password matches (its digest is random):
+    checking against it takes as long as checking against a real hash of that cost."""
+    salt = "".join(secrets.choice(_BCRYPT_ALPHABET) for _ in range(21)) + secrets.choice(".Oeu")
+    digest = "".join(secrets.choice(_BCRYPT_ALPHABET) for _ in range(31))
+    return f"$2b${cost:02d}${salt}{digest}".encode("ascii")
+
+
+class FairGate:
+    """Runs calls at most `slots` at a time; waiting calls take turns by key, one call per key
+    in each round, so that many calls under one key (a client flooding wrong passwords)
+    delay a call under another key by at most one call per waiting key."""
+
+    def __init__(self, slots: int):
+        self._slots = slots
+        self._running = 0
+        self._lock = threading.Lock()
+        self._waiting: collections.OrderedDict[str, collections.deque[threading.Event]] = (
+            collections.OrderedDict())
+
+    def run(self, key: str, call: Callable, *args):
+        with self._lock:
+            turn = None
+            if self._running < self._slots and not self._waiting:
+                self._running += 1
+            else:
+                turn = threading.Event()
+                self._waiting.setdefault(key, collections.deque()).append(turn)
+        if turn is not None:
+            turn.wait()  # a finishing call hands its slot over
+        try:
+            return call(*args)
+        finally:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            if not self._waiting:
+                self._running -= 1
+                return
+            key, queue = next(iter(self._waiting.items()))
+            turn = queue.popleft()
+            if queue:
+                self._waiting.move_to_end(key)  # its next call waits for the other keys' turns
+            else:
+                del self._waiting[key]
+            turn.set()
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str] | None:
@@ -288,9 +369,11 @@ class _Parser(Validator):
         context = self.context(tls) if tls is not None else None
         if self.errors:
             raise self.failure()
+        highest_cost = max((_bcrypt_cost(hashed) for hashed in users.values()), default=MIN_BCRYPT_COST)
         return WebConfig(
             source=self.source, tls=tls, headers=MappingProxyType(headers),
             basic_auth_users=MappingProxyType(users), context=context,
+            _decoy=decoy_hash(highest_cost),
         )
 
     # -- helpers -----------------------------------------------------------------------------
@@ -483,8 +566,8 @@ class _Parser(Validator):
                                  "$ and 53 characters; see docs/web-config.md")
                 continue
             cost = int(match.group(1))
-            if not 4 <= cost <= 31:
-                self.error(path, f"bcrypt cost must be 4-31, got {cost}")
+            if not MIN_BCRYPT_COST <= cost <= MAX_BCRYPT_COST:
+                self.error(path, f"bcrypt cost must be {MIN_BCRYPT_COST}-{MAX_BCRYPT_COST}, got {cost}")
                 continue
             users[user] = hashed.encode("ascii")
         return users

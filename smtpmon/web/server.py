@@ -20,8 +20,8 @@ Bad input gets a 4xx with a reason in plain text; an internal failure is logged 
 with a plain 503: no traceback ever reaches a client, and no request gets a 500.
 
 Hooks for `--web.config.file`: the server takes `wrap_connection(sock)` (TLS), called on the
-connection's own thread (so a slow TLS handshake holds only that thread), `authorize(headers)
--> bool`, checked before any route, and `extra_headers`, sent with every response.
+connection's own thread (so a slow TLS handshake holds only that thread), `authorize(headers,
+client address) -> bool`, checked before any route, and `extra_headers`, sent with every response.
 """
 
 from __future__ import annotations
@@ -500,7 +500,7 @@ class Server(socketserver.TCPServer):
         address: tuple[str, int],
         exporter: Exporter,
         *,
-        authorize: Callable[[Mapping[str, str]], bool] | None = None,
+        authorize: Callable[[Mapping[str, str], str], bool] | None = None,
         wrap_connection: Callable[[socket.socket], socket.socket] | None = None,
         extra_headers: Mapping[str, str] | None = None,
         connection_timeout: float = CONNECTION_TIMEOUT_SECONDS,
@@ -853,7 +853,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         try:
-            if self.server.authorize is not None and not self.server.authorize(self.headers):
+            if self.server.authorize is not None and not self.server.authorize(self.headers, self.client_address[0]):
                 self._send(HTTPStatus.UNAUTHORIZED, "unauthorized\n",
                            headers={"WWW-Authenticate": WWW_AUTHENTICATE})
                 return
