@@ -50,7 +50,7 @@ def run_probe_at(target: str, module: Module, **options) -> ProbeResult:
 
 def render_metrics(store, state) -> bytes:
     """The whole /metrics page of `store` and `state` as one bytes object."""
-    return b"".join(metrics_chunks(store, state))
+    return b"".join(metrics_chunks(store.rows(), state))
 
 
 def stored_keys(store) -> list[tuple[str, str]]:

@@ -15,11 +15,10 @@ import probe_results
 from smtpmon import __version__
 from smtpmon.exposition.metrics import (
     CONTENT_TYPE,
-    EXPORTER_FAMILIES,
     TARGET_FAMILIES,
-    ExporterState,
     render_probe,
 )
+from smtpmon.exposition.state import EXPORTER_FAMILIES, ExporterState
 from smtpmon.exposition.store import ResultStore
 from helpers import render_metrics, sample_value, samples, stored_keys
 
@@ -259,7 +258,7 @@ def test_exporter_metrics():
 
 def test_render_probe_is_one_target_without_exporter_metrics():
     result = probe_results.data_554()
-    out = render_probe(result, ResultStore())
+    out = render_probe(ResultStore().record_on_demand(result))
     t = {"target": result.target, "module": "mx"}
     assert sample_value(out, "smtpmon_probes_total", **t) == 1
     assert sample_value(out, "smtpmon_probe_success", **t) == 0
@@ -312,9 +311,9 @@ def test_promtool_accepts_metrics(promtool):
 def test_render_probe_counts_every_probe_of_the_target():
     """Counters grow from one /probe to the next, so rate() works as in daemon mode."""
     store = ResultStore(max_entries=10)
-    render_probe(probe_results.data_554(), store)
-    render_probe(probe_results.healthy(), store)  # another target: counted apart
-    out = render_probe(probe_results.data_554(), store)
+    render_probe(store.record_on_demand(probe_results.data_554()))
+    render_probe(store.record_on_demand(probe_results.healthy()))  # another target: counted apart
+    out = render_probe(store.record_on_demand(probe_results.data_554()))
     t = {"target": probe_results.data_554().target, "module": "mx"}
     assert sample_value(out, "smtpmon_probes_total", **t) == 2
     assert sample_value(out, "smtpmon_replies_total", stage="data", code="554",
@@ -328,11 +327,11 @@ def test_render_probe_store_forgets_the_least_recently_probed_when_full():
     store = ResultStore(max_entries=2)
     a, b, c = (probe_results.healthy(f"{name}.example.org:25", "mx") for name in "abc")
     for result in (a, b, a, c):  # b is now the least recently probed: it makes room for c
-        render_probe(result, store)
+        render_probe(store.record_on_demand(result))
     assert sorted(stored_keys(store)) == [(a.target, "mx"), (c.target, "mx")]
-    out = render_probe(a, store)
+    out = render_probe(store.record_on_demand(a))
     assert sample_value(out, "smtpmon_probes_total", target=a.target, module="mx") == 3
-    out = render_probe(b, store)  # back after eviction: counting from the start again
+    out = render_probe(store.record_on_demand(b))  # back after eviction: counting from the start again
     assert sample_value(out, "smtpmon_probes_total", target=b.target, module="mx") == 1
     assert len(stored_keys(store)) == 2
 
@@ -341,4 +340,4 @@ def test_promtool_accepts_probe(promtool):
     store = ResultStore()
     for result in (probe_results.healthy(), probe_results.protocol_error(),
                    probe_results.healthy()):
-        assert promtool_problems(promtool, render_probe(result, store)) == ""
+        assert promtool_problems(promtool, render_probe(store.record_on_demand(result))) == ""

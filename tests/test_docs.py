@@ -27,13 +27,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_tools import require_tool
 from smtpmon.cli import SUBCOMMANDS, build_parser, main
 from smtpmon.exposition.metrics import (
-    EXPORTER_FAMILIES,
     TARGET_FAMILIES,
-    ExporterState,
     render_probe,
 )
 from smtpmon.config.load import parse_config
 from smtpmon.smtp.module import Module
+from smtpmon.exposition.state import EXPORTER_FAMILIES, ExporterState
 from smtpmon.exposition.store import ResultStore
 from helpers import render_metrics, run_probe_at
 from smtpservers import SERVER_NAME, AiosmtpdServer, ScriptedHandler
@@ -189,7 +188,7 @@ def test_every_family_on_probe_is_documented_with_its_labels(real_results):
     per_target, _ = documented_families()
     probe_store = ResultStore(max_entries=10)
     for result in real_results:
-        for name, family in exported_families(render_probe(result, probe_store)).items():
+        for name, family in exported_families(render_probe(probe_store.record_on_demand(result))).items():
             assert name in per_target, f"/probe exports {name}, not in docs/metrics.md"
             assert family == per_target[name], f"/probe {name}: {family} vs {per_target[name]}"
 

@@ -20,7 +20,7 @@ from types import MappingProxyType
 
 import pytest
 
-from smtpmon.exposition.metrics import ExporterState
+from smtpmon.exposition.state import ExporterState
 from smtpmon.config.load import Config, Settings, Target
 from smtpmon.logs import setup_logging
 from smtpmon.smtp.module import Module

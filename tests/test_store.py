@@ -7,7 +7,7 @@ import threading
 from prometheus_client.parser import text_string_to_metric_families
 
 import probe_results
-from smtpmon.exposition.metrics import ExporterState
+from smtpmon.exposition.state import ExporterState
 from smtpmon.exposition.store import ResultStore
 from helpers import render_metrics, stored_keys
 

@@ -22,7 +22,7 @@ from smtpmon import __version__
 from smtpmon.config import webconfig
 from smtpmon.config.addresses import parse_listen_address
 from smtpmon.config.load import Config, ConfigError, default_config, load_config
-from smtpmon.exposition.metrics import ExporterState
+from smtpmon.exposition.state import ExporterState
 from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server
 from smtpmon.logs import get_logger
 from smtpmon.runtime.scheduler import Scheduler
@@ -35,16 +35,14 @@ EXIT_FAILURE = 1
 EXIT_BAD_CONFIG = 2
 
 # glibc gives each thread that allocates its own malloc arena (up to 8 per core); with many
-# threads (HTTP, /probe, DNS lookups; probe threads before smtpmon.net.hub), memory freed in one
-# arena is not reused by the others and the resident size creeps up for hours (soak, 1,000
-# targets: +13% in 10 min; with two arenas: +0.3% in 5 min).
+# threads (HTTP, /probe, DNS lookups), memory freed in one arena is not reused by the others
+# and the resident size creeps up for hours (the soak's figures: benchmarks/README.md).
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # from glibc's malloc.h
 
 # glibc gives memory back to the system by itself only from the top of its heap. Results
-# replaced every minute leave free pages all through it: at 10,000 targets the benchmark's
-# daemon held 155.6 MB, and 138.8 MB with malloc_trim(0) (which also releases free pages in
-# the middle of the heap) every 30 s, for no measurable CPU.
+# replaced every minute leave free pages all through it; malloc_trim(0) also releases free
+# pages in the middle of the heap, for no measurable CPU (benchmarks/README.md).
 TRIM_SECONDS = 30.0
 
 

@@ -2,8 +2,8 @@
 
 The `schedule` library decides when each target is due: one `schedule.Job` per target, on a
 private `schedule.Scheduler()`. Its `run_pending()` and `idle_seconds` scan every job on every
-tick, which at 10,000 targets costs about 7.5 ms, longer than the 6 ms between due probes
-(10,000 / 60 s): the loop would eat a core and fall behind. So the loop keeps a heap of the
+tick, which at 10,000 targets takes longer than the time between two due probes: the loop
+would eat a core and fall behind (figures in benchmarks/README.md). So the loop keeps a heap of the
 jobs' `next_run` times, runs each due job through `Job.run()` (which calls our dispatch and
 lets `schedule` compute the next run), and pushes the job back with its new `next_run`: O(log n)
 per due probe, nothing per idle tick.
@@ -62,14 +62,13 @@ _LOCAL_EPOCH = datetime.datetime(1970, 1, 1)
 
 # Due probes start in rounds at least this far apart (sooner when the loop is awake anyway for
 # a probe's socket): probes started together share one wake-up of the process and each other's
-# warm caches. At 1,000 targets every 10 s, one probe every 10 ms cost ~900 µs of CPU each,
-# started in 20 ms rounds ~610 µs, in 50 ms rounds ~520 µs. The price is up to this much
-# schedule lag, which the lag histogram shows.
+# warm caches, which costs far less CPU per probe than one wake-up each (benchmarks/README.md).
+# The price is up to this much schedule lag, which the lag histogram shows.
 DISPATCH_ROUND_SECONDS = 0.05
 
 # New targets' first runs start at about this rate at most (spread over at most their interval),
-# about this many together. Ten targets every second, each in its own 50 ms round, cost
-# 870 - 1160 µs of CPU per probe; started in fours, 570 - 600 µs.
+# about this many together: a small configuration's probes then share wake-ups too, as a large
+# one's do in every dispatch round (benchmarks/README.md).
 FIRST_RUNS_PER_SECOND = 20.0
 FIRST_RUNS_TOGETHER = 4
 
