@@ -7,6 +7,7 @@ import base64
 import contextlib
 import http.client
 import os
+import signal
 import socket
 import ssl
 import statistics
@@ -22,10 +23,11 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 
+from daemon_process import RunningDaemon
 from smtpmon.config.load import default_config
 from smtpmon.runtime.daemon import Daemon, web_server_options
 from smtpmon.web.server import Server
-from smtpmon.config.webconfig import WWW_AUTHENTICATE, WebConfigError, load_web_config
+from smtpmon.config.webconfig import WWW_AUTHENTICATE, WebConfigError, WebConfigFile, load_web_config
 
 REPO = Path(__file__).resolve().parent.parent
 NETWORK_TIMEOUT = 2.0
@@ -65,7 +67,7 @@ def write_web_config(pki: Pki, text: str, name: str = "web.yml") -> str:
 def serving(web_config_file: str, **limits):
     """The daemon's HTTP server, wired exactly as `smtpmon run --web.config.file` wires it."""
     server = Server(("127.0.0.1", 0), Daemon(default_config(), None),
-                    **web_server_options(web_config_file), connection_timeout=NETWORK_TIMEOUT,
+                    **web_server_options(WebConfigFile(web_config_file)), connection_timeout=NETWORK_TIMEOUT,
                     **limits)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
@@ -237,6 +239,59 @@ def test_a_correct_login_is_answered_promptly_under_a_flood_of_wrong_ones(pki):
             for attacker in attackers:
                 attacker.join(NETWORK_TIMEOUT)
     assert took < 1.5, f"a correct login took {took:.2f} s under the flood"
+
+
+def test_the_web_config_is_re_read_when_it_changes_and_on_sighup_and_reload(tmp_path):
+    """As exporter-toolkit does: a user removed from the file loses access at the next request
+    (the file's modification time and size changed), a broken edit keeps the file in force,
+    and SIGHUP and POST /-/reload read it again even when its time and size look the same."""
+    hashes = {user: bcrypt.hashpw(user.encode(), bcrypt.gensalt(rounds=4)).decode()
+              for user in ("alice", "bob", "eve")}
+    web = tmp_path / "web.yml"
+
+    def write(*users: str, keep_stamp: bool = False) -> None:
+        before = web.stat() if keep_stamp else None
+        web.write_text("basic_auth_users:\n" + "".join(f"  {user}: {hashes[user]}\n" for user in users))
+        if keep_stamp:
+            os.utime(web, ns=(before.st_atime_ns, before.st_mtime_ns))
+            assert web.stat().st_size == before.st_size
+
+    def status(user: str, method: str = "GET", path: str = "/-/healthy") -> int:
+        return running.request(method, path, headers=basic(user, user))[0]
+
+    write("alice", "bob")
+    config = tmp_path / "smtpmon.yml"
+    config.write_text("modules: {plain: {tls: none}}\n")
+    running = RunningDaemon(config, tmp_path / "daemon.log", args=["--web.config.file", str(web)])
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # /-/ready needs credentials here: wait for any answer
+            try:
+                assert status("alice") == 200
+                break
+            except OSError:
+                assert time.monotonic() < deadline and running.process.poll() is None, running.log()
+                time.sleep(0.05)
+        assert status("bob") == 200
+        write("alice")
+        assert status("bob") == 401 and status("alice") == 200
+        web.write_text("basic_auth_users: [not, a, mapping]\n")
+        assert status("alice") == 200 and status("bob") == 401  # the last good file stays
+        assert 'msg="web config re-read failed; keeping the previous one"' in running.log()
+        write("alice", "bob")
+        assert status("bob") == 200  # read, and its time and size noted
+        write("alice", "eve", keep_stamp=True)  # same size, same time: not noticed by a request
+        assert status("eve") == 401 and status("bob") == 200
+        running.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while status("eve") != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status("eve") == 200 and status("bob") == 401
+        write("alice", "bob", keep_stamp=True)
+        assert status("alice", "POST", "/-/reload") == 200
+        assert status("bob") == 200 and status("eve") == 401
+    finally:
+        running.stop()
 
 
 def test_htpasswd_style_2y_hashes_are_accepted(pki):

@@ -32,6 +32,9 @@ from typing import Any, Callable, Mapping
 
 from smtpmon.config.validation import Validator, describe, key_path
 from smtpmon.config.yamldoc import FileReadError, YamlSyntaxError, read_document, read_file
+from smtpmon.logs import get_logger
+
+log = get_logger("webconfig")
 
 WWW_AUTHENTICATE = 'Basic realm="smtpmon"'
 
@@ -347,6 +350,94 @@ def load_web_config(path: str) -> WebConfig:
     except UnicodeDecodeError:
         raise WebConfigError(["the file is not UTF-8 text"], path) from None
     return _Parser(path).parse(text)
+
+
+class WebConfigFile:
+    """The web config file as it is now, for a server that runs for weeks: re-read when its
+    modification time, size or inode changed (one stat(), at each request that needs it:
+    basic auth, a TLS handshake), and on every reload (SIGHUP, /-/reload), as
+    exporter-toolkit re-reads it. A user removed from the file loses access at once.
+
+    A file that became invalid keeps the last good one in force (and is said so in the log,
+    once per change). Turning TLS on or off needs a restart: the server was set up for one.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._stamp = _file_stamp(path)
+        self.current = load_web_config(path)  # raises WebConfigError: the start fails
+        self._lock = threading.Lock()
+        self.headers: Mapping[str, str] = _CurrentHeaders(self)
+
+    def authorize(self, headers: Mapping[str, str], client: str = "") -> bool:
+        self.refresh()
+        return self.current.authorize(headers, client)
+
+    def wrap_connection(self, sock):
+        self.refresh()
+        return self.current.wrap_connection(sock)
+
+    def refresh(self) -> None:
+        """Re-read the file if it changed since it was last read."""
+        if _file_stamp(self.path) == self._stamp:
+            return
+        with self._lock:
+            stamp = _file_stamp(self.path)
+            if stamp == self._stamp:
+                return  # another thread re-read it meanwhile
+            self._stamp = stamp  # a bad file is reported once, not at every request
+            try:
+                self.current = self._checked(load_web_config(self.path))
+            except WebConfigError as error:
+                for message in error.errors:
+                    log.error("web config re-read failed; keeping the previous one",
+                              source=self.path, error=message)
+                return
+        log.info("web config re-read", source=self.path, users=len(self.current.basic_auth_users))
+
+    def read(self) -> tuple[WebConfig, tuple | None]:
+        """The file read and validated now, to be put in force with use() (a reload puts it
+        in force only if the whole reload succeeds); raises WebConfigError."""
+        stamp = _file_stamp(self.path)
+        return self._checked(load_web_config(self.path)), stamp
+
+    def use(self, read: tuple[WebConfig, tuple | None]) -> None:
+        with self._lock:
+            self.current, self._stamp = read
+
+    def _checked(self, new: WebConfig) -> WebConfig:
+        if (new.context is None) != (self.current.context is None):
+            raise WebConfigError(["tls_server_config: turning TLS on or off needs a restart of "
+                                  "smtpmon; the previous web config stays in force"], self.path)
+        return new
+
+
+class _CurrentHeaders(Mapping):
+    """The response headers of the web config in force, whichever that is when asked."""
+
+    def __init__(self, file: WebConfigFile):
+        self._file = file
+
+    def __getitem__(self, name: str) -> str:
+        return self._file.current.headers[name]
+
+    def __iter__(self):
+        return iter(self._file.current.headers)
+
+    def __len__(self) -> int:
+        return len(self._file.current.headers)
+
+    def items(self):
+        return self._file.current.headers.items()
+
+
+def _file_stamp(path: str) -> tuple | None:
+    """What tells that a file changed: its modification time, size and inode (None if gone)."""
+    try:
+        facts = os.stat(path)
+    except OSError:
+        return None
+    return facts.st_mtime_ns, facts.st_size, facts.st_ino, facts.st_dev
 
 
 class _Parser(Validator):

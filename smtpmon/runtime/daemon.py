@@ -107,8 +107,10 @@ class Options:
 class Daemon:
     """The running exporter: what the HTTP side sees (see smtpmon.web.server.Exporter)."""
 
-    def __init__(self, config: Config, config_file: str | None):
+    def __init__(self, config: Config, config_file: str | None,
+                 web_config: webconfig.WebConfigFile | None = None):
         self.config_file = config_file
+        self.web_config = web_config  # reloaded with the configuration
         self.store = ResultStore()
         self.probe_store = ResultStore(max_entries=MAX_PROBE_ENTRIES)
         self.state = ExporterState()
@@ -131,19 +133,26 @@ class Daemon:
         self.scheduler.start()
 
     def reload(self) -> list[str]:
-        """Load the file again and apply it; on failure keep the running config. The errors.
+        """Load the file (and the web config file) again and apply them; on failure keep the
+        running ones. The errors.
 
-        Whatever fails (the file, its validation, applying it), the running configuration,
-        its schedule and all of its series stay, and the reload is recorded as failed."""
+        Whatever fails (a file, its validation, applying it), the running configuration, its
+        schedule and all of its series, and the web config in force, stay, and the reload is
+        recorded as failed."""
         with self._reload_lock:
             try:
                 config = load_config(self.config_file) if self.config_file else default_config()
+                web = self.web_config.read() if self.web_config is not None else None
                 self.scheduler.apply(config)  # all or nothing
-            except ConfigError as error:
+                if web is not None:
+                    self.web_config.use(web)
+            except (ConfigError, webconfig.WebConfigError) as error:
                 for message in error.errors:
                     log.error("configuration reload failed; keeping the running configuration",
                               source=error.source, error=message)
                 self.state.config_loaded(False)
+                if isinstance(error, webconfig.WebConfigError):
+                    return [f"web config {error.source}: {message}" for message in error.errors]
                 return list(error.errors)
             except Exception as error:  # a bug must not take the running daemon down
                 log.exception("configuration reload failed; keeping the running configuration",
@@ -173,17 +182,17 @@ def load_startup_config(path: str | None) -> Config | None:
         return None
 
 
-def web_server_options(path: str | None) -> dict[str, Any]:
-    """Server keyword arguments from `--web.config.file`: TLS, basic auth, response headers.
+def web_server_options(web: webconfig.WebConfigFile | None) -> dict[str, Any]:
+    """Server keyword arguments from `--web.config.file`: TLS, basic auth, response headers,
+    each from the web config in force at the time (the file is re-read when it changes).
 
     Without the file: none (plain HTTP, no auth, no extra headers).
     """
-    if path is None:
+    if web is None:
         return {}
-    web = webconfig.load_web_config(path)
     return {
         "authorize": web.authorize,
-        "wrap_connection": web.wrap_connection if web.context is not None else None,
+        "wrap_connection": web.wrap_connection if web.current.context is not None else None,
         "extra_headers": web.headers,
     }
 
@@ -204,7 +213,8 @@ def run(options: Options) -> int:
         return EXIT_BAD_CONFIG
     try:
         address = parse_listen_address(options.listen_address)
-        server_options = web_server_options(options.web_config_file)
+        web = webconfig.WebConfigFile(options.web_config_file) if options.web_config_file else None
+        server_options = web_server_options(web)
     except ValueError as error:
         print(f"smtpmon: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -215,7 +225,7 @@ def run(options: Options) -> int:
     # Blocked before any thread starts, so every thread inherits the mask and only sigwait()
     # below ever sees these signals.
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
-    daemon = Daemon(config, options.config_file)
+    daemon = Daemon(config, options.config_file, web)
     try:
         server = _listen(address, daemon, {
             **server_options,

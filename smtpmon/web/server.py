@@ -205,7 +205,8 @@ class Server(socketserver.TCPServer):
         self.exporter = exporter
         self.authorize = authorize
         self.wrap_connection = wrap_connection
-        self.extra_headers = dict(extra_headers or {})
+        # As given, not copied: the web config's headers follow the file in force.
+        self.extra_headers = extra_headers if extra_headers is not None else {}
         self.connection_timeout = connection_timeout
         self.head_timeout = head_timeout
         self.max_connections = max_connections
