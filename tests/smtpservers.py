@@ -19,6 +19,7 @@ import struct
 import tempfile
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
@@ -177,6 +178,13 @@ class Send:
 
 
 @dataclass(frozen=True)
+class SendFresh:
+    """Send what `make()` returns, made anew for each connection (replies no two probes share)."""
+
+    make: Callable[[], bytes]
+
+
+@dataclass(frozen=True)
 class Expect:
     """Read one line from the client; it must match the pattern (case-insensitive)."""
 
@@ -298,6 +306,8 @@ class ScriptedServer:
             for step in self.script:
                 if isinstance(step, Send):
                     sock.sendall(step.data)
+                elif isinstance(step, SendFresh):
+                    sock.sendall(step.make())
                 elif isinstance(step, Trickle):
                     for byte in step.data:
                         if self._stop.wait(step.interval):

@@ -2,19 +2,23 @@
 size is measured around each attack (its peak, VmHWM, before and after), against a generous
 bound. Each runs in a few seconds.
 
-- a configuration path that is a FIFO, /dev/zero or a 100 MB file, at reload (item 9).
+- a configuration path that is a FIFO, /dev/zero or a 100 MB file, at reload (item 9);
+- /probe of one target written in hundreds of ways, its server answering 60 KB (item 7).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import time
+import urllib.parse
 
 import pytest
 
 from daemon_process import start_daemon
 from helpers import sample_value
+from smtpservers import QUIT_OK, Expect, SendFresh
 
 MB = 1024 * 1024
 # What an attack may add to the daemon's peak resident size: a generous bound (the attacks
@@ -72,5 +76,44 @@ def test_a_config_path_that_is_a_fifo_dev_zero_or_huge_neither_hangs_nor_eats_me
         daemon.process.send_signal(signal.SIGTERM)
         assert daemon.process.wait(5) == 0
         assert time.monotonic() - begun < 3
+    finally:
+        daemon.stop()
+
+
+# -- item 7: /probe's store of on-demand results ------------------------------------------------
+# A banner and an EHLO reply of 60 KB each (15 lines of 4 KB), different on every connection
+# (no two results share their text): each result holds them in its replies and its transcript.
+PROBE_GROWTH_LIMIT_BYTES = 30 * MB
+
+
+def big_reply(code: bytes) -> bytes:
+    return b"".join(code + b"-" + os.urandom(1998).hex().encode() + b"\r\n" for _ in range(14)) + code + b" ok\r\n"
+
+
+BIG_SESSION = [SendFresh(lambda: big_reply(b"220")), Expect(r"EHLO "), SendFresh(lambda: big_reply(b"250")), QUIT_OK]
+
+
+def test_one_target_written_many_ways_is_one_probe_entry_of_bounded_size(tmp_path, scripted_server):
+    server = scripted_server(BIG_SESSION)
+    daemon = start_daemon(tmp_path, 'probe_allow: ["127.0.0.1:*"]\n' + GOOD)
+    # 127.0.0.1:PORT with 0 to 279 leading zeros on the port: 280 spellings, one address.
+    spellings = [f"127.0.0.1:{'0' * zeros}{server.port}" for zeros in range(280)]
+    try:
+        peak_before = peak_rss_bytes(daemon.process.pid)
+
+        def probe(target: str) -> str:
+            status, body = daemon.get(f"/probe?module=plain&target={urllib.parse.quote(target)}")
+            assert status == 200, body
+            return body
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(probe, spellings))
+        growth = peak_rss_bytes(daemon.process.pid) - peak_before
+        assert growth < PROBE_GROWTH_LIMIT_BYTES, f"peak RSS grew by {growth / MB:.0f} MB"
+        last = probe(spellings[0])
+        assert sample_value(last, "smtpmon_probe_success", target=f"127.0.0.1:{server.port}") == 1
+        assert sample_value(last, "smtpmon_probes_total", target=f"127.0.0.1:{server.port}",
+                            module="plain") == len(spellings) + 1
+        assert all(f'target="127.0.0.1:{server.port}"' in answer for answer in answers)
     finally:
         daemon.stop()

@@ -91,8 +91,10 @@ HTTP_POLL_SECONDS = 0.2
 # minutes a timeout may be, and systemd's stop timeout needs no tuning to the longest one.
 # Most probes take well under a second, so those about to finish still do.
 STOP_GRACE_SECONDS = 2.0
-# (target, module) pairs whose /probe counters are kept; the least recently probed goes first.
+# (target, module) pairs whose /probe counters are kept, and about how many bytes they may
+# hold (an estimate: smtpmon.exposition.store); beyond either, the least recently probed goes first.
 MAX_PROBE_ENTRIES = 10_000
+MAX_PROBE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ class Daemon:
         self.config_file = config_file
         self.web_config = web_config  # reloaded with the configuration
         self.store = ResultStore()
-        self.probe_store = ResultStore(max_entries=MAX_PROBE_ENTRIES)
+        self.probe_store = ResultStore(max_entries=MAX_PROBE_ENTRIES, max_bytes=MAX_PROBE_BYTES)
         self.state = ExporterState()
         self.scheduler = Scheduler(self.store, self.state)
         self._config = config

@@ -5,7 +5,8 @@ The target goes through the same grammar as a configured one (smtpmon.config.add
 must be a configured target or match `probe_allow`: an exporter must not become a port scanner.
 The probe's deadline comes from Prometheus' scrape timeout header, less an offset. Its result
 is counted in the daemon's /probe store with every earlier /probe of the same target and
-module, so `rate()` means the same as in daemon mode; `debug=true` adds the transcript.
+module (however the target is spelt: its `target` label is the normal spelling), so `rate()`
+means the same as in daemon mode; `debug=true` adds the transcript.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 import time
 from http import HTTPStatus
 
-from smtpmon.config.addresses import parse_address
+from smtpmon.config.addresses import normal_address, parse_address
 from smtpmon.exposition.metrics import CONTENT_TYPE, render_probe
 from smtpmon.logs import ThrottledWarning, get_logger
 from smtpmon.smtp import transcript
@@ -97,7 +98,8 @@ def answer_probe(exporter, request: Request) -> Answer:
     this thread). `exporter` is a smtpmon.web.routes.Exporter."""
     params = single_parameters(request.query)
     host, port = parse_probe_target(params.get("target"))
-    target = params["target"]
+    # The label and the /probe store's key: one entry however the target is spelt.
+    target = normal_address(host, port)
     config = exporter.config
     module_name = params.get("module")
     if not module_name:
