@@ -159,6 +159,9 @@ INVALID = [
      ["global.max_concurrency: must be at least 1, got 0"]),
     ("a NUL byte", "global: {}\n\x00\n",
      ["line 2, column 1: invalid YAML: control character #x0000 is not allowed"]),
+    ("a module's own probe_allow without auth", "modules: {mx: {probe_allow: ['*:25']}}\n",
+     ["modules.mx.probe_allow: only a module with auth has its own probe_allow (the top-level "
+      "probe_allow applies to every other module)"]),
     ("max_concurrency past its bound", "global: {max_concurrency: 1000000}\n" + MX,
      ["global.max_concurrency: must be at most 10000, got 1000000"]),
     # Values that parse but that the schedule's dates or the sockets cannot hold.

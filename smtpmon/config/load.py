@@ -14,11 +14,19 @@ import ipaddress
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from smtpmon.config.addresses import host_problem, is_bad_pattern, is_ip, is_ipv6, matches_pattern, parse_address
+from smtpmon.config.addresses import (
+    host_problem,
+    is_bad_pattern,
+    is_ip,
+    is_ipv6,
+    matches_pattern,
+    normal_address,
+    parse_address,
+)
 from smtpmon.config.validation import Validator, describe, key_path
 from smtpmon.config.yamldoc import FileReadError, YamlSyntaxError, read_document, read_file, regular_file_problem
 from smtpmon.smtp.module import AUTH_MECHANISMS, AUTH_TLS_MODES, IP_PROTOCOLS, TLS_MODES, TLS_VERSIONS, Module
@@ -51,6 +59,7 @@ _GLOBAL_KEYS = ("interval", "timeout", "max_concurrency", "ehlo_name")
 _MODULE_KEYS = (
     "tls", "tls_verify", "tls_ca_file", "tls_server_name", "tls_min_version", "ehlo_name",
     "helo_fallback", "auth", "mail_from", "rcpt_to", "data", "expect", "timeout", "ip_protocol",
+    "probe_allow",
 )  # fmt: skip
 _AUTH_KEYS = ("mechanism", "username", "password_file", "password_env")
 _TARGET_KEYS = ("address", "module", "interval", "timeout")
@@ -105,6 +114,9 @@ class Config:
     modules: Mapping[str, Module]
     targets: tuple[Target, ...]
     source: str  # the file's path, or EMBEDDED_SOURCE
+    # Modules with AUTH: the host:port patterns /probe may use each against beyond the targets
+    # configured with it (its own `probe_allow`; the top-level one never applies to them).
+    secret_probe_allow: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     def probe_allowed(self, host: str, port: int) -> bool:
         """May /probe run against host:port? Configured targets always; others by probe_allow."""
@@ -113,6 +125,27 @@ class Config:
             if target.host.lower() == host and target.port == port:
                 return True
         return any(matches_pattern(host, port, pattern) for pattern in self.settings.probe_allow)
+
+    def probe_refusal(self, host: str, port: int, module_name: str) -> str | None:
+        """Why /probe must not run `module_name` against host:port (for a 403), or None.
+
+        A module that sends a password (AUTH) goes only to the targets configured with it and
+        to its own probe_allow: anywhere else a server would receive the password. Any other
+        module goes to every configured target and to the top-level probe_allow."""
+        where = normal_address(host, port)
+        if self.modules[module_name].auth_mechanism is not None:
+            if any(target.module == module_name and normal_address(target.host, target.port) == where
+                   for target in self.targets):
+                return None
+            if any(matches_pattern(host.lower(), port, pattern)
+                   for pattern in self.secret_probe_allow.get(module_name, ())):
+                return None
+            return (f"module {module_name} sends an AUTH password, so /probe uses it only against "
+                    f"the targets configured with it and its own probe_allow; {where} is neither")
+        if self.probe_allowed(host, port):
+            return None
+        return (f"target {where} is neither a configured target nor allowed by probe_allow: "
+                "an exporter must not become a port scanner")
 
 
 class ConfigError(Exception):
@@ -199,6 +232,7 @@ class _Parser(Validator):
         self.check_secrets = check_secrets
         self.modules_with_timeout: set[str] = set()  # to say where a target's timeout came from
         self.global_durations_ok = True  # else comparing a target with them would mislead
+        self.secret_probe_allow: dict[str, tuple[str, ...]] = {}  # module name -> patterns
 
     # -- the document ------------------------------------------------------------------------
 
@@ -225,7 +259,8 @@ class _Parser(Validator):
         if self.errors:
             raise self.failure()
         valid_modules = {name: module for name, module in modules.items() if module is not None}
-        return Config(settings, MappingProxyType(valid_modules), targets, self.source)
+        return Config(settings, MappingProxyType(valid_modules), targets, self.source,
+                      MappingProxyType(self.secret_probe_allow))
 
     def check_keys(self, node: dict, path: str, allowed: tuple[str, ...]) -> None:
         for key in node:
@@ -382,15 +417,15 @@ class _Parser(Validator):
             return None
         return value
 
-    def parse_probe_allow(self, node: Any) -> tuple[str, ...]:
+    def parse_probe_allow(self, node: Any, at: str = "probe_allow") -> tuple[str, ...]:
         if node is None:
             return ()
         if not isinstance(node, list):
-            self.error("probe_allow", f"must be a list of host:port patterns, got {describe(node)}")
+            self.error(at, f"must be a list of host:port patterns, got {describe(node)}")
             return ()
         patterns = []
         for index, pattern in enumerate(node):
-            path = f"probe_allow[{index}]"
+            path = f"{at}[{index}]"
             if not isinstance(pattern, str) or is_bad_pattern(pattern):
                 self.error(
                     path,
@@ -415,7 +450,19 @@ class _Parser(Validator):
                 self.error(path, 'a module name may use only letters, digits, "_", "-" and "."')
                 continue
             modules[name] = self.parse_module(body, path, settings)
+            if isinstance(body, dict) and "probe_allow" in body:
+                self.parse_module_probe_allow(name, body, path)
         return modules
+
+    def parse_module_probe_allow(self, name: str, node: dict, path: str) -> None:
+        """A module's own probe_allow: only for a module that sends a password, which the
+        top-level probe_allow never applies to."""
+        at = key_path(path, "probe_allow")
+        if "auth" not in node:
+            self.error(at, "only a module with auth has its own probe_allow (the top-level "
+                           "probe_allow applies to every other module)")
+            return
+        self.secret_probe_allow[name] = self.parse_probe_allow(node["probe_allow"], at)
 
     def parse_module(self, node: Any, path: str, settings: Settings) -> Module | None:
         node = self.section(node, path)

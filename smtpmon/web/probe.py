@@ -3,6 +3,8 @@ blackbox_exporter's prober/handler.go answers it.
 
 The target goes through the same grammar as a configured one (smtpmon.config.addresses), and
 must be a configured target or match `probe_allow`: an exporter must not become a port scanner.
+A module that sends a password goes only to the targets configured with it (or its own
+probe_allow): anywhere else, a server would receive the password.
 The probe's deadline comes from Prometheus' scrape timeout header, less an offset. Its result
 is counted in the daemon's /probe store with every earlier /probe of the same target and
 module (however the target is spelt: its `target` label is the normal spelling), so `rate()`
@@ -109,12 +111,9 @@ def answer_probe(exporter, request: Request) -> Answer:
         shown = module_name[:64].encode("unicode_escape").decode("ascii")
         raise BadRequest(f"unknown module '{shown}'; known: {', '.join(config.modules)}")
     debug = parse_debug(params.get("debug"))
-    if not config.probe_allowed(host, port):
-        raise BadRequest(
-            f"target {target} is neither a configured target nor allowed by probe_allow: "
-            "an exporter must not become a port scanner",
-            HTTPStatus.FORBIDDEN,
-        )
+    refusal = config.probe_refusal(host, port, module_name)
+    if refusal is not None:
+        raise BadRequest(refusal, HTTPStatus.FORBIDDEN)
     deadline = probe_deadline(request.headers.get(SCRAPE_TIMEOUT_HEADER), module, time.monotonic())
     slots = request.probe_slots
     if not slots.acquire(request.client):
