@@ -182,6 +182,49 @@ def test_bad_requests_get_a_status_never_a_500_or_a_traceback(running, data, sta
     assert_log_clean(running)
 
 
+# -- request smuggling: a body is never read as a request -----------------------------------------
+SMUGGLED = b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+
+
+def all_answers(port: int, data: bytes, timeout: float = 3.0) -> bytes:
+    """Everything the server sends back until it closes the connection (or goes quiet)."""
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return received
+
+
+@pytest.mark.parametrize("request_head", [
+    pytest.param(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", id="thread: Content-Length"),
+    pytest.param(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n", id="thread: chunked"),
+    pytest.param(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: %d\r\n\r\n",
+                 id="thread: two Content-Lengths"),
+    pytest.param(b"GET /probe?target={target}&module=plain HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n",
+                 id="hub: Content-Length"),
+    pytest.param(b"GET /probe?target={target}&module=plain HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n",
+                 id="hub: chunked"),
+])
+def test_a_body_on_a_get_is_never_taken_for_the_next_request(running, smtp_target, request_head):
+    """A GET whose body holds `POST /-/reload`: behind a proxy that filters by method and path,
+    the body must not become a second request, on either transport (the hub's /probe path and
+    a thread's)."""
+    head = request_head.replace(b"{target}", smtp_target.encode()) % len(SMUGGLED)
+    reloads_before = running.log().count("configuration reloaded")
+
+    answers = all_answers(running.port, head + SMUGGLED)
+
+    assert answers.count(b"HTTP/1.1 ") == 1, answers[:500]
+    assert b"configuration reloaded" not in answers
+    time.sleep(0.2)
+    assert running.log().count("configuration reloaded") == reloads_before
+    assert_log_clean(running)
+
+
 # -- slow and idle clients -------------------------------------------------------------------------
 def test_slowloris_and_idle_connections_cannot_stop_metrics(running):
     """20 clients sending their headers a byte a second and 100 that connect and say nothing."""

@@ -47,6 +47,7 @@ from smtpmon.web.wire import (
     Request,
     RequestHeadReader,
     RequestHeaders,
+    declares_body,
     error_answer,
     http_version,
     keeps_alive,
@@ -174,8 +175,8 @@ def parse_probe_head(head: bytes) -> tuple[str, str, RequestHeaders, bool] | Non
         headers = read_headers(io.BytesIO(fields))
     except HeadTooLarge:
         return None
-    if headers.get("Expect", "").lower() == "100-continue":
-        return None
+    if headers.get("Expect", "").lower() == "100-continue" or declares_body(headers):
+        return None  # a body: the thread path answers and closes, never reading it
     return requestline, words[1], headers, keeps_alive(http_version(words[2]), headers)
 
 
@@ -541,7 +542,7 @@ class Handler(BaseHTTPRequestHandler):
         """Send the answer; a body in chunks is written without joining them."""
         chunks = answer.chunks()
         # A request body we did not read must not be taken for the next request.
-        close = self.command not in ("GET", "HEAD")
+        close = self.command not in ("GET", "HEAD") or declares_body(self.headers)
         if close:
             self.close_connection = True
         self.log_request(answer.status)

@@ -31,6 +31,9 @@ MAX_PARAMETERS = 16
 # line or more lines get a 431.
 MAX_HEADER_LINE_BYTES = 65536
 MAX_HEADER_LINES = 100
+# Fields whose repetitions are joined rather than dropped: a second Content-Length that
+# disagrees with the first must be seen (a request smuggled past a proxy that reads the other).
+_JOINED_FIELDS = ("content-length", "transfer-encoding")
 
 
 class Slots(Protocol):
@@ -184,10 +187,19 @@ def read_headers(rfile) -> RequestHeaders:
             continue
         last = name.strip().lower()
         if last in headers:
+            if last in _JOINED_FIELDS:
+                headers[last] = f"{headers[last]}, {value.strip()}"
             last = None  # the first one counts; its continuation lines would not
             continue
         headers[last] = value.strip()
     raise HeadTooLarge("Too many headers", f"got more than {MAX_HEADER_LINES} headers")
+
+
+def declares_body(headers: Mapping[str, str]) -> bool:
+    """Whether a request says a body follows its head. No route reads one: the connection is
+    closed after the answer, so that a body is never read as the next request (a request
+    smuggled past a proxy that filters by method or path)."""
+    return "Transfer-Encoding" in headers or headers.get("Content-Length", "0") not in ("0", "")
 
 
 
