@@ -153,6 +153,10 @@ BAD_REQUESTS = [
     ("POST to /probe", b"POST /probe?target=a:25&module=plain HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
     ("a header line of 70 KB", b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
     ("200 headers", b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(200)) + b"\r\n", 431),
+    ("40 KB of header fields in 10 lines", b"GET /metrics HTTP/1.1\r\n"
+     + b"".join(b"X-%d: " % i + b"a" * 4000 + b"\r\n" for i in range(10)) + b"\r\n", 431),
+    ("40 KB of header fields on /probe (the hub's path)", b"GET /probe?target=a:25&module=plain HTTP/1.1\r\n"
+     + b"".join(b"X-%d: " % i + b"a" * 4000 + b"\r\n" for i in range(10)) + b"\r\n", 431),
     ("a path of 70 KB", b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
     ("a deep path", b"GET /" + b"a/" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 404),
     ("dot-dot path", b"GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", 404),

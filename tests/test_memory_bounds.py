@@ -3,13 +3,16 @@ size is measured around each attack (its peak, VmHWM, before and after), against
 bound. Each runs in a few seconds.
 
 - a configuration path that is a FIFO, /dev/zero or a 100 MB file, at reload (item 9);
-- /probe of one target written in hundreds of ways, its server answering 60 KB (item 7).
+- /probe of one target written in hundreds of ways, its server answering 60 KB (item 7);
+- many connections each sending distinct header fields near the line limit, never ending
+  their heads (item 6).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import os
+import socket
 import signal
 import time
 import urllib.parse
@@ -116,4 +119,36 @@ def test_one_target_written_many_ways_is_one_probe_entry_of_bounded_size(tmp_pat
                             module="plain") == len(spellings) + 1
         assert all(f'target="127.0.0.1:{server.port}"' in answer for answer in answers)
     finally:
+        daemon.stop()
+
+
+# -- item 6: header floods ----------------------------------------------------------------------
+def test_header_floods_on_many_connections_take_a_bounded_memory(tmp_path):
+    """64 connections each send 97 distinct header fields of 16 KB (1.6 MB a connection, below
+    the line and count limits) and hold their heads open: each is cut at the total bound."""
+    daemon = start_daemon(tmp_path, GOOD)
+    field = b"a" * 16000
+    connections = []
+    try:
+        peak_before = peak_rss_bytes(daemon.process.pid)
+
+        def flood() -> socket.socket:
+            sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=5)
+            try:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+                             + b"".join(b"X-Flood-%d: " % index + field + b"\r\n" for index in range(97)))
+            except OSError:  # refused midway (431): what a bounded server does
+                pass
+            return sock
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            connections = list(pool.map(lambda _: flood(), range(64)))
+        time.sleep(0.5)  # what was sent is read
+        growth = peak_rss_bytes(daemon.process.pid) - peak_before
+        status, _ = daemon.get("/metrics", timeout=5)
+        assert status == 200
+        assert growth < GROWTH_LIMIT_BYTES, f"peak RSS grew by {growth / MB:.0f} MB"
+    finally:
+        for sock in connections:
+            sock.close()
         daemon.stop()
