@@ -18,8 +18,8 @@ import time
 
 from smtpmon.exposition.metrics import metrics_chunks
 from smtpmon.exposition.state import ExporterState
-from smtpmon.smtp.results import Capabilities, ProbeResult, Reply, StageResult, TlsInfo
 from smtpmon.exposition.store import ResultStore
+from smtpmon.smtp.results import Capabilities, ProbeResult, Reply, StageResult, TlsInfo
 
 TARGET_BUDGET_SECONDS = 0.250
 EXTENSIONS = frozenset({"PIPELINING", "SIZE", "ETRN", "STARTTLS", "ENHANCEDSTATUSCODES",

@@ -18,8 +18,8 @@ import ssl
 import struct
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword

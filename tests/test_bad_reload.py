@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 
 import pytest
-
 from daemon_process import RunningDaemon, probed, start_daemon
 from helpers import sample_value
 from test_config import INVALID

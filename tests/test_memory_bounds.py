@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import socket
 import signal
+import socket
 import time
 import urllib.parse
-
-import pytest
 
 from daemon_process import start_daemon
 from helpers import sample_value

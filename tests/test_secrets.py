@@ -17,10 +17,20 @@ import sys
 import urllib.parse
 
 import pytest
-
 from daemon_process import REPO, probed, start_daemon
 from helpers import sample_value
-from smtpservers import BANNER, EHLO_OK, QUIT_OK, Close, Expect, Send, Sleep, StartTls, password_authenticator, reply
+from smtpservers import (
+    BANNER,
+    EHLO_OK,
+    QUIT_OK,
+    Close,
+    Expect,
+    Send,
+    Sleep,
+    StartTls,
+    password_authenticator,
+    reply,
+)
 
 USERNAME = "probe-user"
 # Letters, digits and "-" only: no output format (HTML, JSON, logfmt) escapes them, so a leak

@@ -22,12 +22,17 @@ import bcrypt
 import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
-
 from daemon_process import RunningDaemon
+
 from smtpmon.config.load import default_config
+from smtpmon.config.webconfig import (
+    WWW_AUTHENTICATE,
+    WebConfigError,
+    WebConfigFile,
+    load_web_config,
+)
 from smtpmon.runtime.daemon import Daemon, web_server_options
 from smtpmon.web.server import Server
-from smtpmon.config.webconfig import WWW_AUTHENTICATE, WebConfigError, WebConfigFile, load_web_config
 
 REPO = Path(__file__).resolve().parent.parent
 NETWORK_TIMEOUT = 2.0

@@ -14,9 +14,10 @@ import ipaddress
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from smtpmon.config.addresses import (
     host_problem,
@@ -28,8 +29,21 @@ from smtpmon.config.addresses import (
     parse_address,
 )
 from smtpmon.config.validation import Validator, describe, key_path
-from smtpmon.config.yamldoc import FileReadError, YamlSyntaxError, read_document, read_file, regular_file_problem
-from smtpmon.smtp.module import AUTH_MECHANISMS, AUTH_TLS_MODES, IP_PROTOCOLS, TLS_MODES, TLS_VERSIONS, Module
+from smtpmon.config.yamldoc import (
+    FileReadError,
+    YamlSyntaxError,
+    read_document,
+    read_file,
+    regular_file_problem,
+)
+from smtpmon.smtp.module import (
+    AUTH_MECHANISMS,
+    AUTH_TLS_MODES,
+    IP_PROTOCOLS,
+    TLS_MODES,
+    TLS_VERSIONS,
+    Module,
+)
 from smtpmon.smtp.results import STAGES
 
 EMBEDDED_SOURCE = "<embedded default>"

@@ -26,9 +26,10 @@ import secrets
 import ssl
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from smtpmon.config.validation import Validator, describe, key_path
 from smtpmon.config.yamldoc import FileReadError, YamlSyntaxError, read_document, read_file
@@ -246,7 +247,7 @@ class WebConfig:
         if credentials is None:
             return False
         user, password = credentials
-        digest = hashlib.sha256(f"{user}:{password}".encode("utf-8")).digest()
+        digest = hashlib.sha256(f"{user}:{password}".encode()).digest()
         cached = self._verified.get(user)
         if cached is not None and hmac.compare_digest(cached, digest):
             return True

@@ -9,12 +9,12 @@ from __future__ import annotations
 import html
 import time
 import urllib.parse
-from typing import Iterable
+from collections.abc import Iterable
 
 from smtpmon import __version__
 from smtpmon.config.load import Config
-from smtpmon.smtp.results import ProbeResult
 from smtpmon.exposition.store import TargetSnapshot
+from smtpmon.smtp.results import ProbeResult
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }

@@ -4,8 +4,9 @@ the thread that serves everything else."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
-from typing import Callable, Protocol
+from typing import Protocol
 
 from smtpmon.config.load import Config
 from smtpmon.exposition.metrics import CONTENT_TYPE, metrics_chunks
