@@ -278,7 +278,7 @@ def _bcrypt_cost(hashed: bytes) -> int:
     return int(hashed[4:6])
 
 
-def decoy_hash(cost: int) -> bytes:
+def _decoy_hash(cost: int) -> bytes:
     """A well-formed bcrypt hash at `cost` that no password matches (its digest is random):
     checking against it takes as long as checking against a real hash of that cost."""
     salt = "".join(secrets.choice(_BCRYPT_ALPHABET) for _ in range(21)) + secrets.choice(".Oeu")
@@ -465,7 +465,7 @@ class _Parser(Validator):
         return WebConfig(
             source=self.source, tls=tls, headers=MappingProxyType(headers),
             basic_auth_users=MappingProxyType(users), context=context,
-            _decoy=decoy_hash(highest_cost),
+            _decoy=_decoy_hash(highest_cost),
         )
 
     # -- helpers -----------------------------------------------------------------------------
