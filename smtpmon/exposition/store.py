@@ -11,21 +11,21 @@ every second and scraped every 15 s is rendered twice per scrape, not 15 times.
 The daemon keeps a second, bounded store for `/probe` (`record_on_demand`): its counters grow
 from one request to the next as in daemon mode, so `rate()` means the same in both modes.
 /probe callers choose what is stored, so it is bounded by entries and by an estimate of its
-bytes, and keeps of each result only what its metrics need: no transcript, no reply text
-(debug=true shows the transcript of the result at hand, never a stored one).
+bytes, and keeps no result once its row is rendered (a hostile server's replies and their
+transcript reach hundreds of KB): counters, TLS facts and the row (debug=true shows the
+transcript of the result at hand, never a stored one).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from dataclasses import dataclass, field
 
 from smtpmon.exposition.metrics import TargetCounts, render_target
-from smtpmon.smtp.results import ProbeResult, Reply, TlsInfo
+from smtpmon.smtp.results import ProbeResult, TlsInfo
 
-# What an on-demand entry costs beyond its rendered row: the entry, its key, its slimmed
-# result, and each counter's key and slot.
+# What an on-demand entry costs beyond its rendered row: the entry, its key, its TLS facts,
+# and each counter's key and slot.
 ENTRY_OVERHEAD_BYTES = 2048
 COUNTER_BYTES = 300
 
@@ -113,7 +113,6 @@ class ResultStore:
         rendered row (see metrics.render_target). When the store is full, the entry
         probed least recently makes room."""
         key = (result.target, result.module)
-        slim = _metrics_only(result)
         with self._lock:
             # Re-inserted on every probe: the dict's order is then least recently probed first.
             entry = self._entries.pop(key, None)
@@ -122,8 +121,9 @@ class ResultStore:
                 if self._max_entries is not None and len(self._entries) >= self._max_entries:
                     self._evict_oldest()
             self._entries[key] = entry
-            entry.add(slim)
+            entry.add(result)
             row = entry.rendered()
+            entry.latest = None  # rendered: the next row is rendered from the next result
             self._bytes -= entry.cost
             entry.cost = (sum(map(len, row)) + ENTRY_OVERHEAD_BYTES + COUNTER_BYTES
                           * (len(entry.counts.replies) + len(entry.counts.enhanced) + len(entry.counts.failures)))
@@ -188,13 +188,3 @@ class ResultStore:
             rows.append(row)
         return rows
 
-
-def _metrics_only(result: ProbeResult) -> ProbeResult:
-    """`result` with only what its metrics need: reply codes, not their text (a hostile server's
-    replies reach 64 KB each), and no transcript or failure detail."""
-    stages = tuple(
-        dataclasses.replace(stage, replies=tuple(
-            Reply(reply.code, enhanced=reply.enhanced, bare_lf=reply.bare_lf) for reply in stage.replies))
-        for stage in result.stages
-    )
-    return dataclasses.replace(result, stages=stages, detail=None, transcript=())
