@@ -18,6 +18,7 @@ import ssl
 import struct
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trustme
@@ -206,6 +207,13 @@ class Send:
 
 
 @dataclass(frozen=True)
+class SendFresh:
+    """Send what `make()` returns, made anew for each connection (replies no two probes share)."""
+
+    make: Callable[[], bytes]
+
+
+@dataclass(frozen=True)
 class Expect:
     """Read one line from the client; it must match the pattern (case-insensitive)."""
 
@@ -334,6 +342,8 @@ class ScriptedServer:
             for step in script:
                 if isinstance(step, Send):
                     sock.sendall(step.data)
+                elif isinstance(step, SendFresh):
+                    sock.sendall(step.make())
                 elif isinstance(step, Trickle):
                     for byte in step.data:
                         if self._stop.wait(step.interval):

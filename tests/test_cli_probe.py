@@ -15,6 +15,7 @@ from smtpservers import (
     BANNER,
     EHLO_OK,
     QUIT_OK,
+    Expect,
     ScriptedHandler,
     Send,
     Sleep,
@@ -77,6 +78,14 @@ def test_garbage_is_annotated_as_a_protocol_error(scripted_server, capsys):
     assert "S: SSH-2.0-OpenSSH_9.2\n" in out
     assert "# protocol error: not a reply line: expected a three-digit code" in out
     assert "failed at banner (protocol_error)" in status_line(out)
+
+
+def test_a_session_the_server_closes_at_ehlo_is_critical_not_ok(scripted_server, capsys):
+    server = scripted_server([BANNER, Expect(r"EHLO "), Send(b"221 2.0.0 mx.test.example closing connection\r\n")])
+    code, out, _ = probe_cli(capsys, server.target, "--tls", "none")
+
+    assert code == 2
+    assert status_line(out).startswith(f"SMTP CRITICAL - {server.target}: failed at ehlo (unexpected_code)")
 
 
 def test_expected_rejection_is_ok(smtp_server, capsys):

@@ -3,9 +3,11 @@ own parser and checked with `promtool check metrics`."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
+import tracemalloc
 
 import probe_results
 import pytest
@@ -21,6 +23,7 @@ from smtpmon.exposition.metrics import (
 )
 from smtpmon.exposition.state import EXPORTER_FAMILIES, ExporterState
 from smtpmon.exposition.store import ResultStore
+from smtpmon.smtp.results import TranscriptLine
 
 
 def series(exposition: bytes, name: str, **labels: str) -> list[dict[str, str]]:
@@ -350,6 +353,34 @@ def test_render_probe_store_forgets_the_least_recently_probed_when_full():
     out = render_probe(store.record_on_demand(b))  # back after eviction: counting from the start again
     assert sample_value(out, "smtpmon_probes_total", target=b.target, module="mx") == 1
     assert len(stored_keys(store)) == 2
+
+
+def test_render_probe_store_is_bounded_in_bytes_and_keeps_no_transcript_or_reply_text():
+    """Results with 60 KB replies and their transcripts: the store keeps counters and rendered
+    rows, not the results, and stays within its byte bound however many targets come."""
+    big_banner = b"".join(b"220-" + b"x" * 3996 + b"\r\n" for _ in range(14)) + b"220 ok\r\n"
+    transcript = tuple(TranscriptLine(0.0, "S", "x" * 4000) for _ in range(15))
+
+    def hostile(index: int):
+        result = probe_results.healthy(f"host{index}.example.org:25", "mx")
+        stages = (probe_results.stage("banner", big_banner),) + result.stages[3:]
+        return dataclasses.replace(result, stages=stages, transcript=transcript, detail="y" * 4000)
+
+    store = ResultStore(max_entries=10_000, max_bytes=1024 * 1024)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(500):
+            out = render_probe(store.record_on_demand(hostile(index)))
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert sample_value(out, "smtpmon_replies_total", target="host499.example.org:25", stage="banner",
+                        code="220") == 1
+    keys = stored_keys(store)
+    assert 10 < len(keys) < 500  # the least recently probed made room
+    assert kept < 4 * 1024 * 1024, f"{kept} bytes kept"
+    assert store.latest("host499.example.org:25", "mx") is None  # counted and rendered, not kept
 
 
 def test_promtool_accepts_probe(promtool):

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,24 @@ INVALID = [
      ['modules.mx.tls_verify: must be true or false, got "maybe"']),
     ("max_concurrency 0", "global: {max_concurrency: 0}\n" + MX,
      ["global.max_concurrency: must be at least 1, got 0"]),
+    ("a NUL byte", "global: {}\n\x00\n",
+     ["line 2, column 1: invalid YAML: control character #x0000 is not allowed"]),
+    ("a module's own probe_allow without auth", "modules: {mx: {probe_allow: ['*:25']}}\n",
+     ["modules.mx.probe_allow: only a module with auth has its own probe_allow (the top-level "
+      "probe_allow applies to every other module)"]),
+    ("max_concurrency past its bound", "global: {max_concurrency: 1000000}\n" + MX,
+     ["global.max_concurrency: must be at most 10000, got 1000000"]),
+    # Values that parse but that the schedule's dates or the sockets cannot hold.
+    ("an interval of millennia", "global: {interval: 99999999h}\n" + MX,
+     ['global.interval: must be at most 24h, got "99999999h"']),
+    ("an interval past a day", target("mx1.example.org:25", ", interval: 25h"),
+     ['targets[0].interval: must be at most 24h, got "25h"']),
+    ("a timeout in seconds past 10 minutes", "global: {interval: 1h, timeout: 601}\n" + MX,
+     ["global.timeout: must be at most 10m, got 601"]),
+    ("a module timeout past 10 minutes", "modules: {mx: {timeout: 1.0e+300}}\n",
+     ["modules.mx.timeout: must be at most 10m, got 1e+300"]),
+    ("a target timeout past 10 minutes", target("mx1.example.org:25", ", interval: 1h, timeout: 11m"),
+     ['targets[0].timeout: must be at most 10m, got "11m"']),
     ("max_concurrency not a number", "global: {max_concurrency: many}\n" + MX,
      ['global.max_concurrency: must be a whole number, got "many"']),
     ("EHLO name with a space", "global: {ehlo_name: 'my host'}\n" + MX,
@@ -577,6 +596,49 @@ def test_check_config_on_a_directory_and_on_binary_data(tmp_path, capsys):
     binary.write_bytes(b"modules: {mx: {}}\n\xff\xfe")
     assert main(["check-config", str(binary)]) == 2
     assert capsys.readouterr().err == f"smtpmon: {binary}: not UTF-8 text (byte 18)\n"
+
+
+@pytest.fixture
+def unusual_files(tmp_path):
+    """Paths that are not a configuration file: a FIFO nobody writes to, /dev/zero through a
+    symlink, and a sparse file of 100 MB (free on disk; 300 MB of memory if read whole)."""
+    fifo = tmp_path / "fifo.yml"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.yml"
+    zero.symlink_to("/dev/zero")
+    huge = tmp_path / "huge.yml"
+    with open(huge, "wb") as handle:
+        handle.truncate(100 * 1024 * 1024)
+    return {"fifo": (fifo, "not a regular file (a FIFO)"),
+            "dev-zero": (zero, "not a regular file (a character device)"),
+            "huge": (huge, "the file is larger than 16 MB; is it the right file?")}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "huge"])
+def test_check_config_refuses_what_is_not_a_regular_file_of_sane_size_at_once(unusual_files, kind):
+    path, reason = unusual_files[kind]
+    begun = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "smtpmon", "check-config", str(path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=5)
+    shown = f"cannot read the file: {reason}" if "regular" in reason else reason
+    assert (result.returncode, result.stderr) == (2, f"smtpmon: {path}: {shown}\n")
+    assert time.monotonic() - begun < 5
+
+
+def test_a_password_file_or_ca_file_that_is_a_fifo_is_refused_without_blocking(unusual_files, tmp_path):
+    fifo, _ = unusual_files["fifo"]
+    text = ("modules:\n  sub:\n    tls: starttls\n"
+            f"    tls_ca_file: {fifo}\n"
+            f"    auth: {{username: u, password_file: {fifo}}}\n")
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "fifo-secrets.yml")
+    assert raised.value.errors == [f"modules.sub.tls_ca_file: not a regular file (a FIFO): {fifo}"]
+    # A password file is read when a probe uses it (a missing one fails that module's AUTH, not
+    # the configuration): a FIFO there is named as that module's problem, and nothing waits on it.
+    begun = time.monotonic()
+    config = parse_config(text.replace(f"    tls_ca_file: {fifo}\n", ""), "fifo-secret.yml")
+    assert config.secret_problems == (f"modules.sub.auth.password_file: not a regular file: {fifo}",)
+    assert time.monotonic() - begun < 1
 
 
 def test_check_config_counts_in_the_singular(tmp_path, capsys):

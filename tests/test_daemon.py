@@ -256,6 +256,22 @@ def test_sigterm_stops_within_the_timeout_plus_one_second(daemon, scripted_serve
     assert "msg=stopped" in running.log()
 
 
+def test_sigterm_abandons_long_probes_after_a_short_grace(daemon, scripted_server):
+    """Probes with a 30 s timeout stuck in tarpits: SIGTERM stops within the grace (2 s), not
+    at their deadlines, and nothing is recorded for the abandoned probes."""
+    tarpits = [scripted_server([Sleep(60)]) for _ in range(3)]
+    running = daemon(config_text([(tarpit.target, "plain") for tarpit in tarpits], interval="60s", timeout="30s"))
+    running.wait_for(lambda t: sample_value(t, "smtpmon_probes_in_flight") == 3)
+    begun = time.monotonic()
+    running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(10) == 0
+    assert time.monotonic() - begun < 2.0 + 1.0
+    log = running.log()
+    assert "msg=stopping signal=SIGTERM grace_seconds=2.0" in log
+    assert "nothing recorded for them\" probes=3" in log
+    assert "msg=\"probe failed\"" not in log
+
+
 def test_startup_with_a_bad_config_exits_2_listing_every_error(tmp_path):
     config = tmp_path / "bad.yml"
     config.write_text("global: {interval: soon}\nmodules: {m: {tls: sometimes}}\n"

@@ -259,9 +259,10 @@ def test_probe_mode_configuration_example_loads_and_allows_what_it_says():
     (block,) = [block for block in yaml_blocks(PROBE_MODE_DOC) if block.startswith("probe_allow:")]
     config = parse_config(block, "docs/probe-mode.md", check_secrets=False)
     assert set(config.modules) == {"mx", "submission"}
-    assert config.probe_allowed("mx1.example.org", 25)
-    assert config.probe_allowed("smtp.example.org", 587)
-    assert not config.probe_allowed("mx1.example.net", 25)
+    assert config.probe_refusal("mx1.example.org", 25, "mx") is None
+    assert config.probe_refusal("smtp.example.org", 587, "submission") is None
+    assert config.probe_refusal("mx1.example.net", 25, "mx") is not None
+    assert config.probe_refusal("mx1.example.org", 25, "submission") is not None
 
 
 def test_probe_mode_scrape_examples_pass_promtool(tmp_path):

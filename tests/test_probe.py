@@ -470,6 +470,70 @@ def test_data_command_rejected(scripted_server):
     assert server.received[-1] == "QUIT"
 
 
+# -- only the replies that mean success pass (RFC 5321 4.3.2) --------------------------------------
+AUTH_EHLO = reply(r"EHLO ", b"250-mx.test.example\r\n250 AUTH PLAIN LOGIN\r\n")
+MAIL_OK = reply(r"MAIL FROM:<probe@example.org>", b"250 2.1.0 Ok\r\n")
+RCPT_OK = reply(r"RCPT TO:<a@example.org>", b"250 2.1.5 Ok\r\n")
+SENDS_MAIL = {"mail_from": "probe@example.org", "rcpt_to": ("a@example.org",)}
+AUTHENTICATES = {"auth_mechanism": "PLAIN", "auth_username": "probe", "auth_password_env": "SMTPMON_TEST_PASSWORD"}
+
+
+@pytest.mark.parametrize(
+    "script, options, stage, code",
+    [
+        pytest.param([Send(b"250 mx.test.example hello\r\n"), QUIT_OK], {}, "banner", 250, id="banner-250"),
+        pytest.param([BANNER, reply(r"EHLO ", b"221 2.0.0 mx.test.example closing connection\r\n"), Close()],
+                     {}, "ehlo", 221, id="ehlo-221"),
+        pytest.param([BANNER, reply(r"EHLO ", b"550 5.7.1 go away\r\n"), reply(r"HELO ", b"221 2.0.0 closing\r\n"), Close()],
+                     {}, "ehlo", 221, id="ehlo-550-then-helo-221"),
+        pytest.param([BANNER, reply(r"EHLO ", b"252 2.0.0 maybe\r\n"), QUIT_OK], {}, "ehlo", 252, id="ehlo-252"),
+        pytest.param([BANNER, AUTH_EHLO, reply(r"AUTH PLAIN ", b"250 2.0.0 fine\r\n"), QUIT_OK],
+                     AUTHENTICATES, "auth", 250, id="auth-250"),
+        pytest.param([BANNER, AUTH_EHLO, reply(r"AUTH LOGIN", b"354 go ahead\r\n"), QUIT_OK],
+                     {**AUTHENTICATES, "auth_mechanism": "LOGIN"}, "auth", 354, id="auth-login-354"),
+        pytest.param([BANNER, EHLO_OK, reply(r"MAIL FROM:", b"221 2.0.0 Bye\r\n"), Close()], SENDS_MAIL, "mail", 221, id="mail-221"),
+        pytest.param([BANNER, EHLO_OK, MAIL_OK, reply(r"RCPT TO:", b"252 2.1.5 cannot verify\r\n"), QUIT_OK],
+                     SENDS_MAIL, "rcpt", 252, id="rcpt-252"),
+        pytest.param([BANNER, EHLO_OK, MAIL_OK, RCPT_OK, reply(r"DATA", b"250 2.0.0 Ok\r\n"), QUIT_OK],
+                     {**SENDS_MAIL, "data": True}, "data", 250, id="data-250-not-354"),
+        pytest.param([BANNER, EHLO_OK, MAIL_OK, RCPT_OK, reply(r"DATA", b"334 what\r\n"), QUIT_OK],
+                     {**SENDS_MAIL, "data": True}, "data", 334, id="data-334-not-354"),
+    ],
+)
+def test_a_reply_that_does_not_mean_success_is_an_unexpected_code(scripted_server, monkeypatch, script, options, stage, code):
+    monkeypatch.setenv("SMTPMON_TEST_PASSWORD", "pw")
+    server = scripted_server(script)
+    result = probe(server.target, tls="none", **options)
+
+    assert_failed(result, stage, "unexpected_code")
+    assert result.stage(stage).reply.code == code
+    if code == 221:  # the server closes the session: no QUIT follows
+        assert result.stage("quit") is None and not any(line.upper().startswith("QUIT") for line in server.received)
+    assert not server.mismatches
+
+
+def test_end_of_data_answered_221_is_an_unexpected_code(smtp_server):
+    server = smtp_server(ScriptedHandler(data_reply="221 2.0.0 Bye"))
+    result = probe(server.target, **SENDS_MAIL, data=True)
+
+    assert_failed(result, "data", "unexpected_code", code=221, cls="positive_completion", category="connections", enhanced="2.0.0")
+    assert [reply.code for reply in result.stage("data").replies] == [354, 221]
+
+
+def test_rcpt_251_is_success_and_quit_other_than_221_is_recorded_but_not_the_verdict(scripted_server):
+    server = scripted_server([
+        BANNER, EHLO_OK, MAIL_OK,
+        reply(r"RCPT TO:", b"251 2.1.5 User not local; will forward\r\n"),
+        reply(r"QUIT", b"250 2.0.0 Ok\r\n"),
+    ])
+    result = probe(server.target, tls="none", **SENDS_MAIL)
+
+    assert result.success, result.detail
+    assert result.stage("rcpt").reply.code == 251
+    quit = result.stage("quit")
+    assert not quit.ok and quit.reason == "unexpected_code"
+
+
 # -- misbehaviour -------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "script",

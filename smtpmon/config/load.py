@@ -15,7 +15,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -25,10 +25,17 @@ from smtpmon.config.addresses import (
     is_ip,
     is_ipv6,
     matches_pattern,
+    normal_address,
     parse_address,
 )
 from smtpmon.config.validation import Validator, describe, key_path
-from smtpmon.config.yamldoc import YamlSyntaxError, read_document
+from smtpmon.config.yamldoc import (
+    FileReadError,
+    YamlSyntaxError,
+    read_document,
+    read_file,
+    regular_file_problem,
+)
 from smtpmon.smtp.module import (
     AUTH_MECHANISMS,
     AUTH_TLS_MODES,
@@ -67,7 +74,7 @@ _GLOBAL_KEYS = ("interval", "timeout", "max_concurrency", "ehlo_name")
 _MODULE_KEYS = (
     "tls", "tls_verify", "tls_ca_file", "tls_server_name", "tls_min_version", "ehlo_name",
     "helo_fallback", "auth", "mail_from", "rcpt_to", "data", "expect", "timeout", "ip_protocol",
-    "connect_timeout", "message_size",
+    "connect_timeout", "message_size", "probe_allow",
 )  # fmt: skip
 _AUTH_KEYS = ("mechanism", "username", "password_file", "password_env")
 _TARGET_KEYS = ("address", "module", "interval", "timeout")
@@ -84,6 +91,16 @@ _MODULE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Addresses go verbatim into MAIL FROM:<...> / RCPT TO:<...>: nothing that could break the line.
 _BAD_ADDRESS_CHARS = re.compile(r"[\s<>\x00-\x1f\x7f]")
+
+# Upper bounds, so that every value that validates also runs (the schedule's dates, the
+# socket timeouts and the hub hold them) and means something for a monitor:
+# - an interval of a day at most: a target probed less often cannot raise an alert in time;
+# - a timeout of 10 minutes at most: the longest client timeout RFC 5321 4.5.3.2 gives
+#   (for the reply to the end of the message); no stage of a probe needs longer;
+# - max_concurrency: each probe in flight holds a socket and its session's memory.
+MAX_INTERVAL_SECONDS = 86400.0
+MAX_TIMEOUT_SECONDS = 600.0
+MAX_CONCURRENCY = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +137,9 @@ class Config:
     # read when a probe uses it, so its module's probes fail at AUTH (auth_password_unavailable)
     # while everything else runs; `run` and `check-config` warn about each.
     secret_problems: tuple[str, ...] = ()
+    # Modules with AUTH: the host:port patterns /probe may use each against beyond the targets
+    # configured with it (its own `probe_allow`; the top-level one never applies to them).
+    secret_probe_allow: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     def probe_allowed(self, host: str, port: int) -> bool:
         """May /probe run against host:port? Configured targets always; others by probe_allow."""
@@ -128,6 +148,27 @@ class Config:
             if target.host.lower() == host and target.port == port:
                 return True
         return any(matches_pattern(host, port, pattern) for pattern in self.settings.probe_allow)
+
+    def probe_refusal(self, host: str, port: int, module_name: str) -> str | None:
+        """Why /probe must not run `module_name` against host:port (for a 403), or None.
+
+        A module that sends a password (AUTH) goes only to the targets configured with it and
+        to its own probe_allow: anywhere else a server would receive the password. Any other
+        module goes to every configured target and to the top-level probe_allow."""
+        where = normal_address(host, port)
+        if self.modules[module_name].auth_mechanism is not None:
+            if any(target.module == module_name and normal_address(target.host, target.port) == where
+                   for target in self.targets):
+                return None
+            if any(matches_pattern(host.lower(), port, pattern)
+                   for pattern in self.secret_probe_allow.get(module_name, ())):
+                return None
+            return (f"module {module_name} sends an AUTH password, so /probe uses it only against "
+                    f"the targets configured with it and its own probe_allow; {where} is neither")
+        if self.probe_allowed(host, port):
+            return None
+        return (f"target {where} is neither a configured target nor allowed by probe_allow: "
+                "an exporter must not become a port scanner")
 
 
 class ConfigError(Exception):
@@ -147,10 +188,9 @@ def load_config(path: str, *, check_secrets: bool = True) -> Config:
     are listed in Config.secret_problems (never errors).
     """
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        raise ConfigError([f"cannot read the file: {error.strerror}"], path) from None
+        data = read_file(path)
+    except FileReadError as error:
+        raise ConfigError([str(error)], path) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -168,10 +208,10 @@ def default_config() -> Config:
     return parse_config(DEFAULT_CONFIG_TEXT, EMBEDDED_SOURCE)
 
 
-def parse_duration(value: Any) -> float:
+def parse_duration(value: Any, maximum: float = math.inf) -> float:
     """Seconds from a number (seconds) or a string like "500ms", "30s", "2m", "1h", "1m30s".
 
-    Raises ValueError with the reason; a duration must be positive and finite.
+    Raises ValueError with the reason; a duration must be positive and at most `maximum`.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"must be a duration like 30s, 2m or 500ms, got {describe(value)}")
@@ -186,6 +226,8 @@ def parse_duration(value: Any) -> float:
         seconds = float(value)
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"must be a positive duration, got {describe(value)}")
+    if seconds > maximum:
+        raise ValueError(f"must be at most {format_duration(maximum)}, got {describe(value)}")
     return seconds
 
 
@@ -231,6 +273,7 @@ class _Parser(Validator):
         self.secret_problems: list[str] = []
         self.modules_with_timeout: set[str] = set()  # to say where a target's timeout came from
         self.global_durations_ok = True  # else comparing a target with them would mislead
+        self.secret_probe_allow: dict[str, tuple[str, ...]] = {}  # module name -> patterns
 
     # -- the document ------------------------------------------------------------------------
 
@@ -258,7 +301,7 @@ class _Parser(Validator):
             raise self.failure()
         valid_modules = {name: module for name, module in modules.items() if module is not None}
         return Config(settings, MappingProxyType(valid_modules), targets, self.source,
-                      tuple(self.secret_problems))
+                      tuple(self.secret_problems), MappingProxyType(self.secret_probe_allow))
 
     def check_keys(self, node: dict, path: str, allowed: tuple[str, ...]) -> None:
         for key in node:
@@ -300,9 +343,9 @@ class _Parser(Validator):
         self.error(path, f"must be one of {_one_of(choices)}; got {describe(value)}")
         return None
 
-    def duration(self, value: Any, path: str) -> float | None:
+    def duration(self, value: Any, path: str, maximum: float) -> float | None:
         try:
-            return parse_duration(value)
+            return parse_duration(value, maximum)
         except ValueError as error:
             self.error(path, str(error))
             return None
@@ -351,15 +394,9 @@ class _Parser(Validator):
                 return file_name  # left as written: Module.read_password says why it fails
             file_name = _CREDENTIALS_VARIABLE.sub(lambda _: directory, file_name)
         if check:
-            try:
-                with open(file_name, "rb"):
-                    pass
-            except FileNotFoundError:
-                self.error(path, f"file not found: {file_name}")
-            except IsADirectoryError:
-                self.error(path, f"is a directory, not a file: {file_name}")
-            except OSError as error:
-                self.error(path, f"cannot read {file_name}: {error.strerror}")
+            problem = regular_file_problem(file_name)  # never blocks: a FIFO would
+            if problem is not None:
+                self.error(path, f"{problem}: {file_name}")
         return file_name
 
     def mail_address(self, value: Any, path: str, *, allow_null: bool) -> str | None:
@@ -387,9 +424,9 @@ class _Parser(Validator):
         if node:
             self.check_keys(node, "global", _GLOBAL_KEYS)
             if "interval" in node:
-                values["interval_seconds"] = self.duration(node["interval"], "global.interval")
+                values["interval_seconds"] = self.duration(node["interval"], "global.interval", MAX_INTERVAL_SECONDS)
             if "timeout" in node:
-                values["timeout_seconds"] = self.duration(node["timeout"], "global.timeout")
+                values["timeout_seconds"] = self.duration(node["timeout"], "global.timeout", MAX_TIMEOUT_SECONDS)
             if "max_concurrency" in node:
                 values["max_concurrency"] = self.concurrency(node["max_concurrency"])
             if "ehlo_name" in node:
@@ -417,17 +454,20 @@ class _Parser(Validator):
         if value < 1:
             self.error("global.max_concurrency", f"must be at least 1, got {value}")
             return None
+        if value > MAX_CONCURRENCY:
+            self.error("global.max_concurrency", f"must be at most {MAX_CONCURRENCY}, got {value}")
+            return None
         return value
 
-    def parse_probe_allow(self, node: Any) -> tuple[str, ...]:
+    def parse_probe_allow(self, node: Any, at: str = "probe_allow") -> tuple[str, ...]:
         if node is None:
             return ()
         if not isinstance(node, list):
-            self.error("probe_allow", f"must be a list of host:port patterns, got {describe(node)}")
+            self.error(at, f"must be a list of host:port patterns, got {describe(node)}")
             return ()
         patterns = []
         for index, pattern in enumerate(node):
-            path = f"probe_allow[{index}]"
+            path = f"{at}[{index}]"
             if not isinstance(pattern, str) or is_bad_pattern(pattern):
                 self.error(
                     path,
@@ -452,7 +492,19 @@ class _Parser(Validator):
                 self.error(path, 'a module name may use only letters, digits, "_", "-" and "."')
                 continue
             modules[name] = self.parse_module(body, path, settings)
+            if isinstance(body, dict) and "probe_allow" in body:
+                self.parse_module_probe_allow(name, body, path)
         return modules
+
+    def parse_module_probe_allow(self, name: str, node: dict, path: str) -> None:
+        """A module's own probe_allow: only for a module that sends a password, which the
+        top-level probe_allow never applies to."""
+        at = key_path(path, "probe_allow")
+        if "auth" not in node:
+            self.error(at, "only a module with auth has its own probe_allow (the top-level "
+                           "probe_allow applies to every other module)")
+            return
+        self.secret_probe_allow[name] = self.parse_probe_allow(node["probe_allow"], at)
 
     def parse_module(self, node: Any, path: str, settings: Settings) -> Module | None:
         node = self.section(node, path)
@@ -487,12 +539,13 @@ class _Parser(Validator):
                 node["ip_protocol"], at("ip_protocol"), IP_PROTOCOLS
             )
         if "timeout" in node:
-            options["timeout_seconds"] = self.duration(node["timeout"], at("timeout"))
+            options["timeout_seconds"] = self.duration(node["timeout"], at("timeout"), MAX_TIMEOUT_SECONDS)
             self.modules_with_timeout.add(path)
         if "message_size" in node:
             options["message_size"] = self.byte_size(node["message_size"], at("message_size"))
         if "connect_timeout" in node:
-            options["connect_timeout_seconds"] = self.duration(node["connect_timeout"], at("connect_timeout"))
+            options["connect_timeout_seconds"] = self.duration(node["connect_timeout"], at("connect_timeout"),
+                                                             MAX_TIMEOUT_SECONDS)
         if "mail_from" in node:
             options["mail_from"] = self.mail_address(
                 node["mail_from"], at("mail_from"), allow_null=True
@@ -697,9 +750,9 @@ class _Parser(Validator):
                 )
         interval = timeout = None
         if "interval" in node:
-            interval = self.duration(node["interval"], key_path(path, "interval"))
+            interval = self.duration(node["interval"], key_path(path, "interval"), MAX_INTERVAL_SECONDS)
         if "timeout" in node:
-            timeout = self.duration(node["timeout"], key_path(path, "timeout"))
+            timeout = self.duration(node["timeout"], key_path(path, "timeout"), MAX_TIMEOUT_SECONDS)
         if len(self.errors) > errors_before:
             return None
         module = modules[module_name]

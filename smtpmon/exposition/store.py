@@ -10,6 +10,10 @@ every second and scraped every 15 s is rendered twice per scrape, not 15 times.
 
 The daemon keeps a second, bounded store for `/probe` (`record_on_demand`): its counters grow
 from one request to the next as in daemon mode, so `rate()` means the same in both modes.
+/probe callers choose what is stored, so it is bounded by entries and by an estimate of its
+bytes, and keeps no result once its row is rendered (a hostile server's replies and their
+transcript reach hundreds of KB): counters, TLS facts and the row (debug=true shows the
+transcript of the result at hand, never a stored one).
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from dataclasses import dataclass, field
 
 from smtpmon.exposition.metrics import TargetCounts, render_target
 from smtpmon.smtp.results import ProbeResult, TlsInfo
+
+# What an on-demand entry costs beyond its rendered row: the entry, its key, its TLS facts,
+# and each counter's key and slot.
+ENTRY_OVERHEAD_BYTES = 2048
+COUNTER_BYTES = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +55,7 @@ class _StoredTarget:
     # Rendered exposition, replaced (never mutated); None when the entry changed since.
     row: tuple[bytes, ...] | None = None
     scraped: bool = True  # a scrape read the row since the entry last changed
+    cost: int = 0  # on-demand entries: the bytes counted against the store's bound
 
     def rendered(self) -> tuple[bytes, ...]:
         if self.row is None:
@@ -70,12 +80,15 @@ class _StoredTarget:
 
 
 class ResultStore:
-    def __init__(self, max_entries: int | None = None) -> None:
-        """`max_entries` bounds the entries `record_on_demand` creates: /probe callers choose
-        the targets, so without a bound they could grow the store (and /probe) forever."""
+    def __init__(self, max_entries: int | None = None, max_bytes: int | None = None) -> None:
+        """`max_entries` and `max_bytes` (an estimate) bound the entries `record_on_demand`
+        creates: /probe callers choose the targets, so without a bound they could grow the
+        store (and /probe) forever."""
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, str], _StoredTarget] = {}
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0  # the costs of the on-demand entries
 
     def register(self, target: str, module: str) -> None:
         """Make the target's always-present series exist (at zero). An entry that exists
@@ -106,10 +119,22 @@ class ResultStore:
             if entry is None:
                 entry = _StoredTarget(result.target, result.module, skipped=None)
                 if self._max_entries is not None and len(self._entries) >= self._max_entries:
-                    del self._entries[next(iter(self._entries))]
+                    self._evict_oldest()
             self._entries[key] = entry
             entry.add(result)
-            return entry.rendered()
+            row = entry.rendered()
+            entry.latest = None  # rendered: the next row is rendered from the next result
+            self._bytes -= entry.cost
+            entry.cost = (sum(map(len, row)) + ENTRY_OVERHEAD_BYTES + COUNTER_BYTES
+                          * (len(entry.counts.replies) + len(entry.counts.enhanced) + len(entry.counts.failures)))
+            self._bytes += entry.cost
+            while self._max_bytes is not None and self._bytes > self._max_bytes and len(self._entries) > 1:
+                self._evict_oldest()
+            return row
+
+    def _evict_oldest(self) -> None:
+        oldest = self._entries.pop(next(iter(self._entries)))
+        self._bytes -= oldest.cost
 
     def record_skip(self, target: str, module: str) -> bool:
         """Count a scheduled run skipped because the previous probe was still running."""
@@ -123,7 +148,9 @@ class ResultStore:
 
     def remove(self, target: str, module: str) -> None:
         with self._lock:
-            self._entries.pop((target, module), None)
+            entry = self._entries.pop((target, module), None)
+            if entry is not None:
+                self._bytes -= entry.cost
 
     def latest(self, target: str, module: str) -> ProbeResult | None:
         with self._lock:
@@ -160,3 +187,4 @@ class ResultStore:
                     row = entry.rendered()
             rows.append(row)
         return rows
+

@@ -87,11 +87,15 @@ def free_memory_trimmer() -> Callable[[], None]:
 
 # The HTTP server's longest wait; a shutdown wakes it at once.
 HTTP_POLL_SECONDS = 0.2
-# SIGTERM waits for in-flight probes up to their timeout plus this; the exit must come
-# within timeout + 1 s.
-STOP_GRACE_SECONDS = 0.5
-# (target, module) pairs whose /probe counters are kept; the least recently probed goes first.
+# SIGTERM gives in-flight probes this long to finish, then abandons them (nothing is recorded
+# for them: the process ends): a stop must not wait for a tarpit's deadline, up to the 10
+# minutes a timeout may be, and systemd's stop timeout needs no tuning to the longest one.
+# Most probes take well under a second, so those about to finish still do.
+STOP_GRACE_SECONDS = 2.0
+# (target, module) pairs whose /probe counters are kept, and about how many bytes they may
+# hold (an estimate: smtpmon.exposition.store); beyond either, the least recently probed goes first.
 MAX_PROBE_ENTRIES = 10_000
+MAX_PROBE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -106,10 +110,12 @@ class Options:
 class Daemon:
     """The running exporter: what the HTTP side sees (see smtpmon.web.server.Exporter)."""
 
-    def __init__(self, config: Config, config_file: str | None):
+    def __init__(self, config: Config, config_file: str | None,
+                 web_config: webconfig.WebConfigFile | None = None):
         self.config_file = config_file
+        self.web_config = web_config  # reloaded with the configuration
         self.store = ResultStore()
-        self.probe_store = ResultStore(max_entries=MAX_PROBE_ENTRIES)
+        self.probe_store = ResultStore(max_entries=MAX_PROBE_ENTRIES, max_bytes=MAX_PROBE_BYTES)
         self.state = ExporterState()
         self.scheduler = Scheduler(self.store, self.state)
         self._config = config
@@ -131,22 +137,33 @@ class Daemon:
         self.scheduler.start()
 
     def reload(self) -> list[str]:
-        """Load the file again and apply it; on failure keep the running config. The errors."""
+        """Load the file (and the web config file) again and apply them; on failure keep the
+        running ones. The errors.
+
+        Whatever fails (a file, its validation, applying it), the running configuration, its
+        schedule and all of its series, and the web config in force, stay, and the reload is
+        recorded as failed."""
         with self._reload_lock:
             try:
                 config = load_config(self.config_file) if self.config_file else default_config()
-            except ConfigError as error:
+                web = self.web_config.read() if self.web_config is not None else None
+                self.scheduler.apply(config)  # all or nothing
+                if web is not None:
+                    self.web_config.use(web)
+            except (ConfigError, webconfig.WebConfigError) as error:
                 for message in error.errors:
                     log.error("configuration reload failed; keeping the running configuration",
                               source=error.source, error=message)
                 self.state.config_loaded(False)
+                if isinstance(error, webconfig.WebConfigError):
+                    return [f"web config {error.source}: {message}" for message in error.errors]
                 return list(error.errors)
-            except Exception as error:  # a loader bug must not take the running daemon down
-                log.exception("configuration reload failed", source=self.config_file)
+            except Exception as error:  # a bug must not take the running daemon down
+                log.exception("configuration reload failed; keeping the running configuration",
+                              source=self.config_file)
                 self.state.config_loaded(False)
-                return [f"internal error while loading the configuration: {error}"]
+                return [f"internal error while applying the configuration: {type(error).__name__}: {error}"]
             warn_about_secrets(config)
-            self.scheduler.apply(config)
             self._config = config
             self.state.config_loaded(True)
             self.state.set_targets(len(config.targets))
@@ -154,13 +171,9 @@ class Daemon:
             return []
 
     def stop_timeout(self) -> float:
-        """How long in-flight probes may still take: the longest target timeout, plus a grace.
-
-        A probe started just before SIGTERM ends at its own deadline plus the time to record
-        its result; on a loaded machine that overruns the bare timeout by a few milliseconds.
-        """
+        """How long in-flight probes may still take at a stop: their timeout, at most the grace."""
         longest = max((target.timeout_seconds for target in self._config.targets), default=0.0)
-        return longest + STOP_GRACE_SECONDS
+        return min(longest, STOP_GRACE_SECONDS)
 
 
 def warn_about_secrets(config: Config) -> None:
@@ -182,17 +195,17 @@ def load_startup_config(path: str | None) -> Config | None:
         return None
 
 
-def web_server_options(path: str | None) -> dict[str, Any]:
-    """Server keyword arguments from `--web.config.file`: TLS, basic auth, response headers.
+def web_server_options(web: webconfig.WebConfigFile | None) -> dict[str, Any]:
+    """Server keyword arguments from `--web.config.file`: TLS, basic auth, response headers,
+    each from the web config in force at the time (the file is re-read when it changes).
 
     Without the file: none (plain HTTP, no auth, no extra headers).
     """
-    if path is None:
+    if web is None:
         return {}
-    web = webconfig.load_web_config(path)
     return {
         "authorize": web.authorize,
-        "wrap_connection": web.wrap_connection if web.context is not None else None,
+        "wrap_connection": web.wrap_connection if web.current.context is not None else None,
         "extra_headers": web.headers,
     }
 
@@ -213,7 +226,8 @@ def run(options: Options) -> int:
         return EXIT_BAD_CONFIG
     try:
         address = parse_listen_address(options.listen_address)
-        server_options = web_server_options(options.web_config_file)
+        web = webconfig.WebConfigFile(options.web_config_file) if options.web_config_file else None
+        server_options = web_server_options(web)
     except ValueError as error:
         print(f"smtpmon: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -224,7 +238,7 @@ def run(options: Options) -> int:
     # Blocked before any thread starts, so every thread inherits the mask and only sigwait()
     # below ever sees these signals.
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
-    daemon = Daemon(config, options.config_file)
+    daemon = Daemon(config, options.config_file, web)
     try:
         server = _listen(address, daemon, {
             **server_options,
@@ -260,15 +274,20 @@ def run(options: Options) -> int:
             continue
         break
 
-    timeout = daemon.stop_timeout()
-    log.info("stopping", signal=signal.Signals(received).name, timeout_seconds=timeout)
-    finished = daemon.scheduler.stop(timeout)
+    grace = daemon.stop_timeout()
+    log.info("stopping", signal=signal.Signals(received).name, grace_seconds=grace)
+    finished = daemon.scheduler.stop(grace)
     server.shutdown()
     server.server_close()
     if not finished:
-        # A probe overran its own deadline; the scheduler's thread would hold the exit hostage.
-        log.warning("stopped with probes still running")
+        # The scheduler's thread is stuck outside the hub; it would hold the exit hostage.
+        log.warning("stopped with the scheduler still running")
         sys.stderr.flush()
         os._exit(EXIT_OK)
-    log.info("stopped")
+    abandoned = daemon.scheduler.in_flight
+    if abandoned:
+        log.info("stopped; probes still running at the end of the grace were abandoned, "
+                 "nothing recorded for them", probes=abandoned)
+    else:
+        log.info("stopped")
     return EXIT_OK

@@ -54,7 +54,12 @@ MAX_REPLY_LINES = 200
 # kept in the reply and the transcript) per probe. Real EHLO replies and banners stay under 4 KB.
 MAX_REPLY_BYTES = 65536
 _RECV_BYTES = 4096
-_MASK = "********"
+_MASK_BYTES = b"********"
+# A secret's beginning this long or longer, where a server's words end, is masked too: shorter
+# ones would mask innocent words for a character or two of the secret.
+MIN_MASKED_PREFIX = 3
+# How much of an over-long line the transcript shows.
+SHOWN_HEAD_CHARACTERS = 60
 # A kernel timeout set for an earlier call is kept while it overshoots the deadline by no more.
 REARM_SLACK_SECONDS = 0.005
 # The longest socket timeout given to the kernel; a longer wait is several, one after the other.
@@ -383,12 +388,30 @@ class SmtpConnection:
         self._secrets += [secret.encode("utf-8") for secret in secrets if secret]
 
     def _masked(self, data: bytes) -> bytes:
+        """`data` with every secret masked, and also the beginning of one at its end: wherever
+        a server's words end (a line it cut, a close, our own limits) a secret may be cut
+        too, and its first bytes are as secret as the rest. Masked whole, before any cut."""
         for secret in self._secrets:
-            data = data.replace(secret, _MASK.encode("ascii"))
+            data = data.replace(secret, _MASK_BYTES)
+        for secret in self._secrets:
+            for length in range(min(len(secret) - 1, len(data)), MIN_MASKED_PREFIX - 1, -1):
+                if data.endswith(secret[:length]):
+                    data = data[:-length] + _MASK_BYTES
+                    break
         return data
 
+    def _masked_line(self, raw: bytes) -> bytes:
+        """A received line (terminator included) with its secrets masked; its reply code is
+        kept so that it still parses, and a secret that runs into the code hides the rest."""
+        body = raw.rstrip(b"\r\n")
+        masked = self._masked(body)
+        code = body[:3]
+        if code.isdigit() and not masked.startswith(code):
+            masked = code + b" " + _MASK_BYTES
+        return masked + raw[len(body):]
+
     def _shown(self, data: bytes) -> str:
-        """Server bytes as transcript text, secrets masked."""
+        """Server bytes as transcript text, secrets masked (before any cut)."""
         return self._masked(bytes(data)).decode("utf-8", errors="replace")
 
     def _noted(self, error: SessionError) -> SessionError:
@@ -660,12 +683,11 @@ class SmtpConnection:
                 raw = bytes(self._buffer[: end + 1])
                 del self._buffer[: end + 1]
                 if self._secrets:
-                    # A reply's code is never masked (a password "250" must not break parsing).
-                    raw = raw[:4] + self._masked(raw[4:]) if raw[:3].isdigit() else self._masked(raw)
+                    raw = self._masked_line(raw)
                 self._transcript.add("S", raw.rstrip(b"\r\n").decode("utf-8", errors="replace"))
                 return raw
             if len(self._buffer) >= MAX_LINE_BYTES:
-                head = self._shown(self._buffer[:60])
+                head = self._shown(self._buffer)[:SHOWN_HEAD_CHARACTERS]  # masked, then cut
                 self._transcript.add("S", f"{head}... (more than {MAX_LINE_BYTES} bytes without a line end)")
                 self._buffer.clear()
                 return None

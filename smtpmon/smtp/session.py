@@ -6,9 +6,12 @@ results.FAILURE_REASONS. Sockets and TLS live in smtpmon.smtp.client; this modul
 to send and what a reply means for the session.
 
 Rules worth knowing:
-- A stage passes on the codes `module.expect[stage]` names, otherwise on 2xx (3xx for the
-  intermediate replies of AUTH and DATA). A stage that passed on an expected 4xx/5xx (say
-  RCPT expecting 550) ends the session there: only QUIT follows.
+- A stage passes on the codes `module.expect[stage]` names, otherwise only on the codes that
+  mean it succeeded (RFC 5321 4.3.2, RFC 3207, RFC 4954: SUCCESS_CODES, with 334 and 354 as the
+  intermediate replies of AUTH and DATA). Any other reply fails it: 4xx/5xx as a rejection,
+  anything else (a 221 that closes the session, a stray 2xx or 3xx) as `unexpected_code`. A
+  stage that passed on an expected 4xx/5xx (say RCPT expecting 550) ends the session there:
+  only QUIT follows.
 - A rejection ends the session at once with QUIT; the QUIT stage is recorded but never
   changes the verdict. After a transport failure (timeout, closed connection, protocol error,
   TLS failure) nothing more is sent.
@@ -53,6 +56,23 @@ CACHED_EHLO_BYTES = 2048
 CACHED_EHLO_REPLIES = 4096
 _FAMILIES = {"any": socket.AF_UNSPEC, "ip4": socket.AF_INET, "ip6": socket.AF_INET6}
 _FAMILY_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+# The replies that mean a stage succeeded (RFC 5321 4.3.2; STARTTLS: RFC 3207; AUTH: RFC 4954).
+# QUIT's 221 is a courtesy: another reply is recorded on the quit stage, never in the verdict.
+SUCCESS_CODES: dict[str, tuple[int, ...]] = {
+    "banner": (220,),
+    "ehlo": (250,),
+    "ehlo_tls": (250,),
+    "starttls": (220,),
+    "auth": (235,),
+    "mail": (250,),
+    "rcpt": (250, 251),
+    "data": (250,),
+    "quit": (221,),
+}
+# The replies that ask for more within a stage: AUTH's challenges, DATA's go-ahead.
+CONTINUE_CODES: dict[str, int] = {"auth": 334, "data": 354}
+# Replies after which the server closes the channel (RFC 5321 3.8, 4.2.2): nothing more is sent.
+_CLOSING_CODES = (221, 421)
 _REJECTION_REASONS = {
     "banner": "banner_rejected",
     "ehlo": "ehlo_rejected",
@@ -285,8 +305,11 @@ class _Session:
         return True
 
     # -- reply checks ----------------------------------------------------------------------
-    def final(self, record: _StageRecord, stage: str, reply: Reply, what: str) -> bool:
-        """Check a reply that completes a step: expected codes, else 2xx."""
+    def final(self, record: _StageRecord, stage: str, reply: Reply, what: str, *, mid_exchange: bool = False) -> bool:
+        """Check a reply that completes a step: expected codes, else the stage's success codes.
+
+        mid_exchange: the reply came where a continuation (334, 354) was due, so no success
+        code can complete the stage there."""
         record.replies.append(reply)
         if reply.code is None:
             self.connection_usable = False  # the stream is out of step with the protocol
@@ -297,22 +320,22 @@ class _Session:
             if reply.code in expected:
                 self.finished_early = self.finished_early or reply.code >= 400
                 return True
-        elif reply.code // 100 == 2:
+        elif reply.code in SUCCESS_CODES[stage] and not mid_exchange:
             return True
         self.reject(record, stage, reply, what, expected)
         return False
 
     def intermediate(self, record: _StageRecord, stage: str, reply: Reply, what: str) -> bool:
         """Check a reply that asks for more (334, 354): True to go on with the exchange."""
-        if reply.code is not None and reply.code // 100 == 3:
+        if reply.code == CONTINUE_CODES[stage]:
             record.replies.append(reply)
             return True
-        self.final(record, stage, reply, what)
+        self.final(record, stage, reply, what, mid_exchange=True)
         return False
 
     def reject(self, record, stage, reply, what, expected) -> None:
-        if reply.code == 421:
-            self.connection_usable = False  # RFC 5321 3.8: the server is closing the channel
+        if reply.code in _CLOSING_CODES:
+            self.connection_usable = False  # the server is closing the channel: no QUIT
         reason = _REJECTION_REASONS[stage] if reply.code >= 400 else "unexpected_code"
         wanted = f" (expected {'/'.join(map(str, expected))})" if expected else ""
         first_line = printable(reply.lines[0]) if reply.lines else ""  # detail reaches terminals
@@ -535,7 +558,7 @@ class _Session:
             wait = QUIT_WAIT_SECONDS if self.failure is None else QUIT_AFTER_FAILURE_WAIT_SECONDS
             reply = self.connection.read_reply(within=wait)
             replies = (reply,)
-            if reply.code is None or reply.code // 100 != 2:
+            if reply.code is None or reply.code not in (self.module.expect.get("quit") or SUCCESS_CODES["quit"]):
                 reason = "protocol_error" if reply.code is None else "unexpected_code"
         except SessionError as error:
             reason = error.reason

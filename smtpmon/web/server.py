@@ -19,8 +19,8 @@ or take them all:
 - at most `max_concurrent_probes` `/probe` requests run at once; beyond that, an immediate 503.
 
 Hooks for `--web.config.file`: the server takes `wrap_connection(sock)` (TLS), called on the
-connection's own thread (so a slow TLS handshake holds only that thread), `authorize(headers)
--> bool`, checked before any route, and `extra_headers`, sent with every response.
+connection's own thread (so a slow TLS handshake holds only that thread), `authorize(headers,
+client address) -> bool`, checked before any route, and `extra_headers`, sent with every response.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from smtpmon.web.wire import (
     Request,
     RequestHeaders,
     RequestHeadReader,
+    declares_body,
     error_answer,
     http_version,
     keeps_alive,
@@ -175,8 +176,8 @@ def parse_probe_head(head: bytes) -> tuple[str, str, RequestHeaders, bool] | Non
         headers = read_headers(io.BytesIO(fields))
     except HeadTooLarge:
         return None
-    if headers.get("Expect", "").lower() == "100-continue":
-        return None
+    if headers.get("Expect", "").lower() == "100-continue" or declares_body(headers):
+        return None  # a body: the thread path answers and closes, never reading it
     return requestline, words[1], headers, keeps_alive(http_version(words[2]), headers)
 
 
@@ -193,7 +194,7 @@ class Server(socketserver.TCPServer):
         address: tuple[str, int],
         exporter: Exporter,
         *,
-        authorize: Callable[[Mapping[str, str]], bool] | None = None,
+        authorize: Callable[[Mapping[str, str], str], bool] | None = None,
         wrap_connection: Callable[[socket.socket], socket.socket] | None = None,
         extra_headers: Mapping[str, str] | None = None,
         connection_timeout: float = CONNECTION_TIMEOUT_SECONDS,
@@ -206,7 +207,8 @@ class Server(socketserver.TCPServer):
         self.exporter = exporter
         self.authorize = authorize
         self.wrap_connection = wrap_connection
-        self.extra_headers = dict(extra_headers or {})
+        # As given, not copied: the web config's headers follow the file in force.
+        self.extra_headers = extra_headers if extra_headers is not None else {}
         self.connection_timeout = connection_timeout
         self.head_timeout = head_timeout
         self.max_connections = max_connections
@@ -529,7 +531,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client left; nobody to answer
 
     def _answer(self, method: str) -> Answer:
-        if self.server.authorize is not None and not self.server.authorize(self.headers):
+        if self.server.authorize is not None and not self.server.authorize(self.headers, self.client_address[0]):
             return Answer(HTTPStatus.UNAUTHORIZED, "unauthorized\n",
                           headers={"WWW-Authenticate": WWW_AUTHENTICATE})
         path, _, query = self.path.partition("?")
@@ -541,7 +543,7 @@ class Handler(BaseHTTPRequestHandler):
         """Send the answer; a body in chunks is written without joining them."""
         chunks = answer.chunks()
         # A request body we did not read must not be taken for the next request.
-        close = self.command not in ("GET", "HEAD")
+        close = self.command not in ("GET", "HEAD") or declares_body(self.headers)
         if close:
             self.close_connection = True
         self.log_request(answer.status)
