@@ -10,6 +10,10 @@ every second and scraped every 15 s is rendered twice per scrape, not 15 times.
 
 The daemon keeps a second, bounded store for `/probe` (`record_on_demand`): its counters grow
 from one request to the next as in daemon mode, so `rate()` means the same in both modes.
+
+Each entry also keeps its recent history for the status page (see history.py). The page reads
+every entry but holds the lock for SNAPSHOT_CHUNK entries at a time, so a probe finishing
+meanwhile waits for one chunk's copying, never for the whole store's.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from smtpmon.exposition.history import HistoryView, TargetHistory, TranscriptBudget
 from smtpmon.exposition.metrics import TargetCounts, render_target
 from smtpmon.smtp.results import ProbeResult, TlsInfo
 
@@ -31,6 +36,11 @@ class TargetSnapshot:
     counts: TargetCounts | None  # None when the snapshot was taken without them
     skipped: int | None  # None for /probe entries: on-demand runs are never skipped
     tls: TlsInfo | None  # from the last probe that reached TLS
+    since: float | None  # when the current run of successes or failures began (Unix time)
+
+
+# Entries copied per hold of the lock by `snapshot`.
+SNAPSHOT_CHUNK = 256
 
 
 @dataclass(slots=True)
@@ -41,6 +51,7 @@ class _Entry:
     counts: TargetCounts = field(default_factory=TargetCounts)
     skipped: int | None = 0
     tls: TlsInfo | None = None
+    history: TargetHistory = field(default_factory=TargetHistory)
     # Rendered exposition, replaced (never mutated); None when the entry changed since.
     row: tuple[bytes, ...] | None = None
     scraped: bool = True  # a scrape read the row since the entry last changed
@@ -59,7 +70,8 @@ class _Entry:
             self.scraped = False
             self.rendered()
 
-    def add(self, result: ProbeResult) -> None:
+    def add(self, result: ProbeResult, budget: TranscriptBudget) -> None:
+        self.history.record(result, self.latest, budget)
         self.latest = result
         self.counts.add(result)
         if result.tls is not None:
@@ -74,6 +86,7 @@ class ResultStore:
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._max_entries = max_entries
+        self._budget = TranscriptBudget()
 
     def register(self, target: str, module: str) -> None:
         """Make the target's always-present series exist (at zero). An entry that exists
@@ -90,7 +103,7 @@ class ResultStore:
             entry = self._entries.get((result.target, result.module))
             if entry is None:
                 return False
-            entry.add(result)
+            entry.add(result, self._budget)
             return True
 
     def record_on_demand(self, result: ProbeResult) -> tuple[bytes, ...]:
@@ -106,7 +119,7 @@ class ResultStore:
                 if self._max_entries is not None and len(self._entries) >= self._max_entries:
                     del self._entries[next(iter(self._entries))]
             self._entries[key] = entry
-            entry.add(result)
+            entry.add(result, self._budget)
             return entry.rendered()
 
     def record_skip(self, target: str, module: str) -> bool:
@@ -133,14 +146,28 @@ class ResultStore:
             return None if entry is None else entry.latest
 
     def snapshot(self, *, counts: bool = True) -> list[TargetSnapshot]:
-        """Every entry as it is now. Without `counts` the counters are left out: copying them
-        for 10,000 targets holds the lock, and every probe that finishes meanwhile, ~150 ms."""
+        """Every entry as it is now, in registration order (for /probe entries: least recently
+        probed first). The lock is held for SNAPSHOT_CHUNK entries at a time; without `counts`
+        the counters are left out, which makes each chunk several times cheaper."""
         with self._lock:
-            return [
-                TargetSnapshot(e.target, e.module, e.latest,
-                               e.counts.copy() if counts else None, e.skipped, e.tls)
-                for e in self._entries.values()
-            ]
+            entries = list(self._entries.values())
+        snapshots = []
+        for start in range(0, len(entries), SNAPSHOT_CHUNK):
+            with self._lock:
+                snapshots.extend(
+                    TargetSnapshot(e.target, e.module, e.latest,
+                                   e.counts.copy() if counts else None, e.skipped, e.tls,
+                                   e.history.since)
+                    for e in entries[start:start + SNAPSHOT_CHUNK]
+                    if self._entries.get((e.target, e.module)) is e  # not removed meanwhile
+                )
+        return snapshots
+
+    def history(self, target: str, module: str) -> HistoryView | None:
+        """The entry's recent history (see history.py), or None for an unknown entry."""
+        with self._lock:
+            entry = self._entries.get((target, module))
+            return None if entry is None else entry.history.view(entry.latest)
 
     def rows(self) -> list[tuple[bytes, ...]]:
         """Every entry's rendered exposition (see collector.render_target), in registration
