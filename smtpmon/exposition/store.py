@@ -163,6 +163,15 @@ class ResultStore:
                 )
         return snapshots
 
+    def snapshot_entry(self, target: str, module: str) -> TargetSnapshot | None:
+        """One entry as `snapshot(counts=False)` has it, or None for an unknown entry."""
+        with self._lock:
+            e = self._entries.get((target, module))
+            if e is None:
+                return None
+            return TargetSnapshot(e.target, e.module, e.latest, None, e.skipped, e.tls,
+                                  e.history.since)
+
     def history(self, target: str, module: str) -> HistoryView | None:
         """The entry's recent history (see history.py), or None for an unknown entry."""
         with self._lock:

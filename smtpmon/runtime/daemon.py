@@ -145,12 +145,13 @@ class Daemon:
                 for message in error.errors:
                     log.error("configuration reload failed; keeping the running configuration",
                               source=error.source, error=message)
-                self.state.config_loaded(False)
+                self.state.config_loaded(False, errors=tuple(error.errors))
                 return list(error.errors)
             except Exception as error:  # a loader bug must not take the running daemon down
                 log.exception("configuration reload failed", source=self.config_file)
-                self.state.config_loaded(False)
-                return [f"internal error while loading the configuration: {error}"]
+                errors = [f"internal error while loading the configuration: {error}"]
+                self.state.config_loaded(False, errors=tuple(errors))
+                return errors
             self.scheduler.apply(config)
             self._config = config
             self.state.config_loaded(True)

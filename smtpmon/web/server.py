@@ -39,7 +39,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Callable, Mapping, NamedTuple, Protocol, Sequence
 
 from smtpmon import __version__
-from smtpmon.web import landing
+from smtpmon.web import docs, landing, triage
 from smtpmon.smtp import transcript
 from smtpmon.exposition.metrics import CONTENT_TYPE, ExporterState, metrics_chunks, render_probe
 from smtpmon.config.load import Config, parse_address
@@ -861,6 +861,8 @@ class Handler(BaseHTTPRequestHandler):
         "/metrics": ("_metrics", ("GET", "HEAD")),
         "/probe": ("_probe", ("GET",)),
         "/transcript": ("_transcript", ("GET", "HEAD")),
+        "/target": ("_target", ("GET", "HEAD")),
+        "/docs": ("_docs", ("GET", "HEAD")),
         "/-/healthy": ("_healthy", ("GET", "HEAD")),
         "/-/ready": ("_ready", ("GET", "HEAD")),
         "/-/reload": ("_reload", ("POST",)),
@@ -926,8 +928,35 @@ class Handler(BaseHTTPRequestHandler):
 
     def _landing(self, query: str) -> None:
         exporter = self.server.exporter
-        page = landing.render(exporter.config, exporter.store.snapshot(counts=False),
-                              ready=exporter.ready)
+        try:
+            page_query = triage.parse_query(single_parameters(query))
+        except triage.QueryError as error:
+            raise BadRequest(str(error)) from None
+        page = landing.render(exporter, exporter.state.status(), page_query)
+        self._send(HTTPStatus.OK, page, HTML)
+
+    def _target(self, query: str) -> None:
+        params = single_parameters(query)
+        target, module_name = params.get("target"), params.get("module")
+        if not target or not module_name:
+            raise BadRequest("parameters 'target' and 'module' are required")
+        page = landing.render_target(self.server.exporter, target, module_name)
+        if page is None:
+            self._send(HTTPStatus.NOT_FOUND, "no such target and module\n")
+            return
+        self._send(HTTPStatus.OK, page, HTML)
+
+    def _docs(self, query: str) -> None:
+        params = single_parameters(query)
+        directory = docs.docs_directory()
+        name = params.get("page")
+        if name is None:
+            self._send(HTTPStatus.OK, docs.render_index(directory, __version__), HTML)
+            return
+        page = docs.render_page(name, directory, __version__)
+        if page is None:
+            self._send(HTTPStatus.NOT_FOUND, "no such page; /docs lists them\n")
+            return
         self._send(HTTPStatus.OK, page, HTML)
 
     def _healthy(self, query: str) -> None:
