@@ -63,6 +63,12 @@ def text(value: object) -> str:
     return _UNSAFE.sub(_show_character, escaped)
 
 
+def show_controls(value: str) -> str:
+    """`value` with control characters and bidirectional overrides written out (`\\x1b`), for
+    plain text a terminal may show."""
+    return _UNSAFE.sub(_show_character, value)
+
+
 def _show_character(match: re.Match[str]) -> str:
     code = ord(match.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
@@ -117,18 +123,21 @@ def _code_class(code: int | None) -> str:
 
 
 def _reply_codes(result: ProbeResult) -> str:
+    """Every reply by stage (DATA gets two: 354, then the message's verdict), coloured by class,
+    with its enhanced code; the reply's first line in the tooltip."""
     chips = []
     for stage in result.stages:
-        reply = stage.reply
-        if reply is None:
+        if not stage.replies:
             continue
-        code = f"{reply.code:03d}" if reply.code is not None else "???"
-        enhanced = f" {reply.enhanced}" if reply.enhanced else ""
-        first_line = reply.lines[0] if reply.lines else (reply.error or "")
-        chips.append(
-            f'<span class="reply"><span class="stage">{text(stage.stage)}</span>'
-            f'<code class="code {_code_class(reply.code)}" title="{text(first_line[:200])}">'
-            f"{text(code)}{text(enhanced)}</code></span>")
+        codes = []
+        for reply in stage.replies:
+            code = f"{reply.code:03d}" if reply.code is not None else "???"
+            enhanced = f" {reply.enhanced}" if reply.enhanced else ""
+            first_line = reply.lines[0] if reply.lines else (reply.error or "")
+            codes.append(f'<code class="code {_code_class(reply.code)}" '
+                         f'title="{text(first_line[:200])}">{text(code)}{text(enhanced)}</code>')
+        chips.append(f'<span class="reply"><span class="stage">{text(stage.stage)}</span>'
+                     f'{" ".join(codes)}</span>')
     return "".join(chips)
 
 
@@ -410,7 +419,7 @@ def render(exporter: Exporter, status: ExporterStatus, query: PageQuery) -> byte
     page_html = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">{refresh}
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_title(summary, what)}</title><style>{STYLE}</style></head>
+<title>{_title(summary, what)}</title>{_icon(summary.by_state[FAILING] > 0)}<style>{STYLE}</style></head>
 <body>
 {_header()}
 <section class="summary">
@@ -434,6 +443,15 @@ def render(exporter: Exporter, status: ExporterStatus, query: PageQuery) -> byte
 </body></html>
 """
     return page_html.encode("utf-8")
+
+
+def _icon(failing: bool) -> str:
+    """The tab's icon, inline (a browser asks for /favicon.ico otherwise): a red or green dot,
+    so a tab among many says whether mail flows."""
+    colour = "%23c4162a" if failing else "%232e9a48"
+    return ('<link rel="icon" href="data:image/svg+xml,<svg xmlns=%22http://www.w3.org/2000/svg%22 '
+            f'viewBox=%220 0 16 16%22><circle cx=%228%22 cy=%228%22 r=%227%22 fill=%22{colour}%22/>'
+            '</svg>">')
 
 
 def _title(summary: Summary, what: str) -> str:
@@ -483,7 +501,7 @@ def render_target(exporter: Exporter, target: str, module: str) -> bytes | None:
              "</table>")
     page_html = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="30">
-<title>smtpmon: {text(target)} ({text(module)})</title><style>{STYLE}</style></head>
+<title>smtpmon: {text(target)} ({text(module)})</title>{_icon(row.state == FAILING)}<style>{STYLE}</style></head>
 <body>
 {_header()}
 <h2><code>{text(target)}</code> <span class="muted">module {text(module)}</span></h2>

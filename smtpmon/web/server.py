@@ -924,7 +924,8 @@ class Handler(BaseHTTPRequestHandler):
         if result is None:
             self._send(HTTPStatus.NOT_FOUND, "no probe result for this target and module yet\n")
             return
-        self._send(HTTPStatus.OK, transcript.render(result), TEXT)
+        # A server's bytes, read with curl in a terminal: its escape sequences stay text.
+        self._send(HTTPStatus.OK, landing.show_controls(transcript.render(result)), TEXT)
 
     def _landing(self, query: str) -> None:
         exporter = self.server.exporter
