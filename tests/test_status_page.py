@@ -255,12 +255,18 @@ def test_ordering_is_failing_then_warnings_then_healthy_then_pending_by_target()
         TargetSnapshot("b.example:25", "mx", None, None, 0, None, None),
         snapshot(probe_results.healthy(), "c.example:25", tls=expiring),
         snapshot(probe_results.banner_421(), "m.example:25"),
+        snapshot(probe_results.banner_421("m.example:25", "alpha"), "m.example:25"),
     ]
+    expected = [
+        ("failing", "m.example:25", "alpha"), ("failing", "m.example:25", "mx"),
+        ("failing", "z.example:25", "mx"), ("warning", "c.example:25", "mx"),
+        ("healthy", "a.example:25", "mx"), ("pending", "b.example:25", "mx")]
+    buckets = triage.triage(snapshots, lambda s: None, NOW)
+    page = triage.paginate(buckets, triage.PageQuery())
+    assert [(state, s.target, s.module) for state, s in page.rows] == expected
     ordered = triage.order(triage.assess(s, None, NOW) for s in snapshots)
-    assert [(row.state, row.snapshot.target) for row in ordered] == [
-        ("failing", "m.example:25"), ("failing", "z.example:25"),
-        ("warning", "c.example:25"), ("healthy", "a.example:25"), ("pending", "b.example:25")]
-    assert ordered[2].warnings == ("certificate expires in 3 days",)
+    assert [(row.state, row.snapshot.target, row.snapshot.module) for row in ordered] == expected
+    assert ordered[3].warnings == ("certificate expires in 3 days",)
 
 
 def test_warnings_for_missing_starttls_slow_and_unverified():
@@ -280,17 +286,19 @@ def test_warnings_for_missing_starttls_slow_and_unverified():
 def test_paging_keeps_each_page_bounded_and_the_summary_whole():
     snapshots = [snapshot(probe_results.banner_421() if i % 7 == 0 else probe_results.healthy(),
                           f"mx{i:04d}.example:25") for i in range(250)]
-    rows = triage.order(triage.assess(s, None, NOW) for s in snapshots)
-    summary = triage.summarize(rows)
+    buckets = triage.triage(snapshots, lambda s: None, NOW)
+    summary = triage.summarize(buckets)
     assert summary.total == 250 and summary.by_state["failing"] == 36
     assert summary.failing_by_reason == [("banner_rejected", 36)]
-    first = triage.paginate(rows, triage.PageQuery())
-    last = triage.paginate(rows, triage.PageQuery(page=99))
-    assert (len(first.rows), first.count, first.number) == (100, 3, 1)
+    first = triage.paginate(buckets, triage.PageQuery())
+    last = triage.paginate(buckets, triage.PageQuery(page=99))
+    assert (len(first.rows), first.count, first.number, first.matching) == (100, 3, 1, 250)
     assert (len(last.rows), last.number) == (50, 3)
-    assert all(row.state == "failing" for row in first.rows[:36])
-    failing = triage.paginate(rows, triage.PageQuery(state="failing"))
+    assert [state for state, _ in first.rows[:37]] == ["failing"] * 36 + ["healthy"]
+    failing = triage.paginate(buckets, triage.PageQuery(state="failing"))
     assert failing.matching == 36 and failing.count == 1
+    found = triage.paginate(buckets, triage.PageQuery(text="MX0123"))
+    assert [s.target for _, s in found.rows] == ["mx0123.example:25"] and found.matching == 1
 
 
 def test_the_rendered_page_pages_10_000_targets(tmp_path):

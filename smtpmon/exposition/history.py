@@ -23,7 +23,7 @@ from smtpmon.smtp.results import FAILURE_REASONS, STAGES, ProbeResult
 
 HISTORY_LENGTH = 60
 OLDER_SESSIONS = 2
-MAX_OLDER_SESSIONS = 2000
+MAX_OLDER_SESSIONS = 1000
 
 # Outcome encoding: 0 is a success; a failure is (stage + 1) << 8 | (reason + 1), each an index
 # into the fixed vocabularies, 0 for a name outside them.

@@ -40,7 +40,7 @@ class TargetSnapshot:
 
 
 # Entries copied per hold of the lock by `snapshot`.
-SNAPSHOT_CHUNK = 256
+SNAPSHOT_CHUNK = 128
 
 
 @dataclass(slots=True)
@@ -55,6 +55,16 @@ class _Entry:
     # Rendered exposition, replaced (never mutated); None when the entry changed since.
     row: tuple[bytes, ...] | None = None
     scraped: bool = True  # a scrape read the row since the entry last changed
+    # The status page's copy (without counters), made when a page first reads the entry after a
+    # change and shared by every view until the next: a page of 10,000 targets then makes
+    # objects only for the entries that changed since the last view.
+    view: TargetSnapshot | None = None
+
+    def snapshot(self) -> TargetSnapshot:
+        if self.view is None:
+            self.view = TargetSnapshot(self.target, self.module, self.latest, None, self.skipped,
+                                       self.tls, self.history.since)
+        return self.view
 
     def rendered(self) -> tuple[bytes, ...]:
         if self.row is None:
@@ -66,6 +76,7 @@ class _Entry:
     def changed(self) -> None:
         """Render now if a scrape read the previous row, else leave it to the next scrape."""
         self.row = None
+        self.view = None
         if self.scraped:
             self.scraped = False
             self.rendered()
@@ -148,29 +159,27 @@ class ResultStore:
     def snapshot(self, *, counts: bool = True) -> list[TargetSnapshot]:
         """Every entry as it is now, in registration order (for /probe entries: least recently
         probed first). The lock is held for SNAPSHOT_CHUNK entries at a time; without `counts`
-        the counters are left out, which makes each chunk several times cheaper."""
+        each entry's copy is the one kept since its last change (see _Entry.view), so most
+        entries cost a reference."""
         with self._lock:
             entries = list(self._entries.values())
-        snapshots = []
+        snapshots: list[TargetSnapshot] = []
         for start in range(0, len(entries), SNAPSHOT_CHUNK):
             with self._lock:
-                snapshots.extend(
-                    TargetSnapshot(e.target, e.module, e.latest,
-                                   e.counts.copy() if counts else None, e.skipped, e.tls,
-                                   e.history.since)
-                    for e in entries[start:start + SNAPSHOT_CHUNK]
-                    if self._entries.get((e.target, e.module)) is e  # not removed meanwhile
-                )
+                for e in entries[start:start + SNAPSHOT_CHUNK]:
+                    if self._entries.get((e.target, e.module)) is not e:
+                        continue  # removed meanwhile
+                    snapshots.append(
+                        e.snapshot() if not counts else
+                        TargetSnapshot(e.target, e.module, e.latest, e.counts.copy(), e.skipped,
+                                       e.tls, e.history.since))
         return snapshots
 
     def snapshot_entry(self, target: str, module: str) -> TargetSnapshot | None:
         """One entry as `snapshot(counts=False)` has it, or None for an unknown entry."""
         with self._lock:
-            e = self._entries.get((target, module))
-            if e is None:
-                return None
-            return TargetSnapshot(e.target, e.module, e.latest, None, e.skipped, e.tls,
-                                  e.history.since)
+            entry = self._entries.get((target, module))
+            return None if entry is None else entry.snapshot()
 
     def history(self, target: str, module: str) -> HistoryView | None:
         """The entry's recent history (see history.py), or None for an unknown entry."""

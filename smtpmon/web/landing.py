@@ -22,7 +22,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 from smtpmon import __version__
 from smtpmon.config.load import Config
@@ -46,9 +46,10 @@ from smtpmon.web.triage import (
     Row,
     Summary,
     assess,
-    order,
     paginate,
     summarize,
+    triage,
+    warnings_of,
 )
 
 # Control characters (C0 but tab and newline, DEL, C1) and Unicode's bidirectional overrides
@@ -365,19 +366,20 @@ def _expectations(config: Config) -> Mapping[tuple[str, str], Expectation]:
 _EXPECTATIONS: dict[int, tuple[Config, Mapping[tuple[str, str], Expectation]]] = {}
 
 
-def _expectation(config: Config, expectations, snapshot: TargetSnapshot) -> Expectation | None:
-    found = expectations.get((snapshot.target, snapshot.module))
-    if found is None:  # a /probe target: its module's own timeout
-        module = config.modules.get(snapshot.module)
-        if module is not None:
-            found = Expectation(module.timeout_seconds, module.tls)
-    return found
-
-
-def assess_all(config: Config, snapshots: Iterable[TargetSnapshot], now: float) -> list[Row]:
+def expectation_lookup(config: Config) -> Callable[[TargetSnapshot], Expectation | None]:
+    """A target's expectation: its own timeout and its module's TLS mode (a /probe target: its
+    module's timeout)."""
     expectations = _expectations(config)
-    return [assess(snapshot, _expectation(config, expectations, snapshot), now)
-            for snapshot in snapshots]
+
+    def expectation_of(snapshot: TargetSnapshot) -> Expectation | None:
+        found = expectations.get((snapshot.target, snapshot.module))
+        if found is None:
+            module = config.modules.get(snapshot.module)
+            if module is not None:
+                found = Expectation(module.timeout_seconds, module.tls)
+        return found
+
+    return expectation_of
 
 
 def render(exporter: Exporter, status: ExporterStatus, query: PageQuery) -> bytes:
@@ -387,15 +389,18 @@ def render(exporter: Exporter, status: ExporterStatus, query: PageQuery) -> byte
     on_demand = query.on_demand or probe_only
     store = exporter.probe_store if on_demand else exporter.store
     snapshots = store.snapshot(counts=False)
-    rows = order(assess_all(config, snapshots, now))
-    summary = summarize(rows)
-    page = paginate(rows, query)
+    expectation_of = expectation_lookup(config)
+    buckets = triage(snapshots, expectation_of, now)
+    summary = summarize(buckets)
+    page = paginate(buckets, query)
+    rows = [Row(snapshot, state, tuple(warnings_of(snapshot, expectation_of(snapshot), now)))
+            for state, snapshot in page.rows]
     context = _Context(now, docs.docs_directory())
     body = "\n".join(_row(row, store.history(row.snapshot.target, row.snapshot.module), context)
-                     for row in page.rows)
+                     for row in rows)
     what = "on-demand targets" if on_demand else "targets"
     if not body:
-        if on_demand and not rows:
+        if on_demand and not summary.total:
             empty = ("No <code>/probe</code> request yet. Prometheus (or you) can ask "
                      "<code>/probe?target=host:port&amp;module=NAME</code>; the last results "
                      "show here.")
@@ -405,7 +410,7 @@ def render(exporter: Exporter, status: ExporterStatus, query: PageQuery) -> byte
     skipped = sum(snapshot.skipped or 0 for snapshot in snapshots)
     if on_demand:
         mode = ("<p>Probe-only mode: no targets are configured. Below are the last "
-                f"{len(rows)} targets asked for through <code>/probe</code> (the daemon keeps at "
+                f"{summary.total} targets asked for through <code>/probe</code> (the daemon keeps at "
                 "most the 10,000 most recently probed).</p>") if probe_only else (
                 '<p>On-demand <code>/probe</code> results. <a href="/">Scheduled targets</a></p>')
     else:
@@ -479,7 +484,7 @@ def render_target(exporter: Exporter, target: str, module: str) -> bytes | None:
             break
     else:
         return None
-    row = assess_all(exporter.config, [snapshot], now)[0]
+    row = assess(snapshot, expectation_lookup(exporter.config)(snapshot), now)
     context = _Context(now, docs.docs_directory())
     sessions = []
     for number, result in enumerate(history.sessions):
