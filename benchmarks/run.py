@@ -322,6 +322,7 @@ async def postfix_phase(sessions: int) -> dict | None:
     sys.path.insert(0, str(h.ROOT))
     from tests.postfix import start_postfix, unavailable_reason
     from smtpmon.smtp.module import Module
+    from smtpmon.config.addresses import parse_address
     from smtpmon.smtp.session import run_probe
 
     if unavailable_reason():
@@ -344,7 +345,7 @@ async def postfix_phase(sessions: int) -> dict | None:
                 smtp.ehlo()
 
         def with_smtpmon() -> None:
-            result = run_probe(postfix.target, module)
+            result = run_probe(postfix.target, *parse_address(postfix.target), module)
             assert result.success, result
 
         # Wall time (and this thread's CPU time) of each, alternating after a warm-up, so that

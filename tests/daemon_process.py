@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from helpers import sample_value
 from smtpservers import LOOPBACK
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,15 +135,6 @@ def start_daemon(directory: Path, config_text: str, *, name: str = "daemon", arg
     return running
 
 
-def value(metrics: str, name: str, **labels: str) -> float | None:
-    """The sample of `name` whose labels include `labels` (the first one), or None."""
-    for line in metrics.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{key}="{val}"' in line for key, val in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-    return None
-
-
 def probed(target: str, times: int = 1) -> Callable[[str], bool]:
     """A wait_for condition: `target` has been probed at least `times` times."""
-    return lambda text: (value(text, "smtpmon_probes_total", target=target) or 0) >= times
+    return lambda text: (sample_value(text, "smtpmon_probes_total", target=target) or 0) >= times

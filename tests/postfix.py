@@ -13,7 +13,7 @@ mail is discarded, everything else bounces with the `error` transport).
 Needs root (Postfix drops to the `postfix` user itself).
 
     with start_postfix() as mx:
-        run_probe(mx.target, Module(tls="starttls", tls_ca_file=mx.ca_file, ...))
+        run_probe_at(mx.target, Module(tls="starttls", tls_ca_file=mx.ca_file, ...))
 """
 
 from __future__ import annotations

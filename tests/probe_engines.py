@@ -1,7 +1,7 @@
 """The probe engine run both ways it runs in smtpmon: blocking on the caller's thread (the
 command line, /probe) and as a session parked on a hub (the daemon's scheduler).
 
-`ENGINES` maps each way's name to a function called like run_probe (test_probe.py and
+`ENGINES` maps each way's name to a function called like helpers.run_probe_at (test_probe.py and
 test_faults.py run every case both ways); `call_on_engine` runs any function either way.
 """
 
@@ -11,20 +11,21 @@ import time
 
 from smtpmon.net.hub import Hub
 from smtpmon.smtp.module import Module
-from smtpmon.smtp.session import run_probe
 from smtpmon.smtp.results import ProbeResult
+
+from helpers import run_probe_at
 
 # Past the probe's own deadline, how long the hub may take to hand its result back.
 HUB_GRACE_SECONDS = 5.0
 
 
 def run_probe_on_hub(target: str, module: Module, **options) -> ProbeResult:
-    """run_probe as the only session of a fresh hub, driven on this thread to its end."""
-    return call_on_engine("hub", lambda hub: run_probe(target, module, hub=hub, **options),
+    """run_probe_at as the only session of a fresh hub, driven on this thread to its end."""
+    return call_on_engine("hub", lambda hub: run_probe_at(target, module, hub=hub, **options),
                           module.timeout_seconds + HUB_GRACE_SECONDS)
 
 
-ENGINES = {"thread": run_probe, "hub": run_probe_on_hub}
+ENGINES = {"thread": run_probe_at, "hub": run_probe_on_hub}
 
 
 def call_on_engine(engine: str, function, seconds: float = 10.0):

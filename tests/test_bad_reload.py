@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from daemon_process import probed, start_daemon, value
+from daemon_process import probed, start_daemon
+from helpers import sample_value
 from test_config import INVALID
 
 # Representative rows: YAML that does not parse, a file with nothing in it, a dangling module
@@ -49,13 +50,13 @@ def test_a_bad_reload_keeps_the_running_configuration(running, smtp_target, case
     assert status == 400
     assert body == "reload failed; the previous configuration keeps running:\n" + "".join(f"  {e}\n" for e in errors)
     metrics = running.metrics()
-    assert value(metrics, "smtpmon_config_last_reload_successful") == 0
-    assert value(metrics, "smtpmon_targets") == 1
-    before = value(metrics, "smtpmon_probes_total", target=smtp_target)
+    assert sample_value(metrics, "smtpmon_config_last_reload_successful") == 0
+    assert sample_value(metrics, "smtpmon_targets") == 1
+    before = sample_value(metrics, "smtpmon_probes_total", target=smtp_target)
     metrics = running.wait_for(probed(smtp_target, int(before) + 2), timeout=5)  # still probing
-    assert value(metrics, "smtpmon_probe_success", target=smtp_target) == 1
+    assert sample_value(metrics, "smtpmon_probe_success", target=smtp_target) == 1
     assert running.log().count(RELOAD_FAILED) == logged_before + len(errors)  # a line per error
 
     running.config_path.write_text(running.good_config)
     assert running.request("POST", "/-/reload") == (200, "configuration reloaded\n")
-    assert value(running.metrics(), "smtpmon_config_last_reload_successful") == 1
+    assert sample_value(running.metrics(), "smtpmon_config_last_reload_successful") == 1

@@ -15,29 +15,12 @@ import probe_results
 from smtpmon import __version__
 from smtpmon.exposition.metrics import (
     CONTENT_TYPE,
-    EXPORTER_FAMILIES,
     TARGET_FAMILIES,
-    ExporterState,
-    render_metrics,
     render_probe,
 )
+from smtpmon.exposition.state import EXPORTER_FAMILIES, ExporterState
 from smtpmon.exposition.store import ResultStore
-
-
-def samples(exposition: bytes) -> list[tuple[str, dict[str, str], float]]:
-    return [
-        (sample.name, sample.labels, sample.value)
-        for family in text_string_to_metric_families(exposition.decode())
-        for sample in family.samples
-    ]
-
-
-def value(exposition: bytes, name: str, **labels: str) -> float:
-    """The one sample called `name` whose labels are exactly `labels` (`class_` for class)."""
-    wanted = {key.rstrip("_"): label for key, label in labels.items()}
-    found = [v for n, l, v in samples(exposition) if n == name and l == wanted]
-    assert len(found) == 1, f"{name}{wanted}: found {found}"
-    return found[0]
+from helpers import render_metrics, sample_value, samples, stored_keys
 
 
 def series(exposition: bytes, name: str, **labels: str) -> list[dict[str, str]]:
@@ -63,58 +46,58 @@ def test_healthy_target():
     result = probe_results.healthy()
     out = metrics_after(result)
     t = {"target": result.target, "module": "mx"}
-    assert value(out, "smtpmon_probe_success", **t) == 1
-    assert value(out, "smtpmon_probes_total", **t) == 1
-    assert value(out, "smtpmon_probe_duration_seconds", **t) == pytest.approx(0.019)
-    assert value(out, "smtpmon_probe_last_timestamp_seconds", **t) == pytest.approx(
+    assert sample_value(out, "smtpmon_probe_success", **t) == 1
+    assert sample_value(out, "smtpmon_probes_total", **t) == 1
+    assert sample_value(out, "smtpmon_probe_duration_seconds", **t) == pytest.approx(0.019)
+    assert sample_value(out, "smtpmon_probe_last_timestamp_seconds", **t) == pytest.approx(
         probe_results.STARTED_AT + 0.019)
-    assert value(out, "smtpmon_probe_stage_duration_seconds", stage="starttls", **t) == 0.01
-    assert value(out, "smtpmon_probe_stage_reply_code", stage="banner", **t) == 220
-    assert value(out, "smtpmon_probe_stage_reply_code", stage="quit", **t) == 221
+    assert sample_value(out, "smtpmon_probe_stage_duration_seconds", stage="starttls", **t) == 0.01
+    assert sample_value(out, "smtpmon_probe_stage_reply_code", stage="banner", **t) == 220
+    assert sample_value(out, "smtpmon_probe_stage_reply_code", stage="quit", **t) == 221
     # resolve and connect get no reply: no reply code for them.
     assert series(out, "smtpmon_probe_stage_reply_code", stage="connect") == []
-    assert value(out, "smtpmon_replies_total", stage="banner", code="220",
+    assert sample_value(out, "smtpmon_replies_total", stage="banner", code="220",
                  class_="positive_completion", category="connections", **t) == 1
-    assert value(out, "smtpmon_replies_total", stage="ehlo", code="250",
+    assert sample_value(out, "smtpmon_replies_total", stage="ehlo", code="250",
                  class_="positive_completion", category="mail_system", **t) == 1
-    assert value(out, "smtpmon_probe_stage_reply_info", stage="starttls", code="220",
+    assert sample_value(out, "smtpmon_probe_stage_reply_info", stage="starttls", code="220",
                  class_="positive_completion", category="connections",
                  enhanced_code="2.0.0", **t) == 1
-    assert value(out, "smtpmon_enhanced_status_codes_total", stage="quit",
+    assert sample_value(out, "smtpmon_enhanced_status_codes_total", stage="quit",
                  enhanced_code="2.0.0", class_="success", **t) == 1
     assert series(out, "smtpmon_probe_failure_info") == []
     assert series(out, "smtpmon_probe_failures_total") == []
-    assert value(out, "smtpmon_tls_info", tls_version="TLSv1.3",
+    assert sample_value(out, "smtpmon_tls_info", tls_version="TLSv1.3",
                  cipher="TLS_AES_256_GCM_SHA384", **t) == 1
-    assert value(out, "smtpmon_tls_certificate_not_after_timestamp_seconds", **t) == \
+    assert sample_value(out, "smtpmon_tls_certificate_not_after_timestamp_seconds", **t) == \
         probe_results.NOT_AFTER
-    assert value(out, "smtpmon_tls_certificate_not_before_timestamp_seconds", **t) == \
+    assert sample_value(out, "smtpmon_tls_certificate_not_before_timestamp_seconds", **t) == \
         probe_results.NOT_BEFORE
-    assert value(out, "smtpmon_tls_certificate_verified", **t) == 1
-    assert value(out, "smtpmon_starttls_offered", **t) == 1
+    assert sample_value(out, "smtpmon_tls_certificate_verified", **t) == 1
+    assert sample_value(out, "smtpmon_starttls_offered", **t) == 1
     plain = {l["extension"] for l in series(out, "smtpmon_ehlo_extension_info", phase="plain")}
     # X-VENDOR-MAGIC is not a known keyword: it becomes "other", the label set stays bounded.
     assert plain == {"PIPELINING", "SIZE", "STARTTLS", "ENHANCEDSTATUSCODES", "8BITMIME",
                      "other"}
     tls = {l["extension"] for l in series(out, "smtpmon_ehlo_extension_info", phase="tls")}
     assert tls == {"AUTH", "SIZE"}
-    assert value(out, "smtpmon_ehlo_size_limit_bytes", phase="plain", **t) == 10240000
-    assert value(out, "smtpmon_ehlo_size_limit_bytes", phase="tls", **t) == 20480000
+    assert sample_value(out, "smtpmon_ehlo_size_limit_bytes", phase="plain", **t) == 10240000
+    assert sample_value(out, "smtpmon_ehlo_size_limit_bytes", phase="tls", **t) == 20480000
 
 
 def test_banner_421():
     result = probe_results.banner_421()
     out = metrics_after(result)
     t = {"target": result.target, "module": "mx"}
-    assert value(out, "smtpmon_probe_success", **t) == 0
-    assert value(out, "smtpmon_probe_failure_info", stage="banner", reason="banner_rejected",
+    assert sample_value(out, "smtpmon_probe_success", **t) == 0
+    assert sample_value(out, "smtpmon_probe_failure_info", stage="banner", reason="banner_rejected",
                  **t) == 1
-    assert value(out, "smtpmon_probe_failures_total", stage="banner", reason="banner_rejected",
+    assert sample_value(out, "smtpmon_probe_failures_total", stage="banner", reason="banner_rejected",
                  **t) == 1
-    assert value(out, "smtpmon_replies_total", stage="banner", code="421",
+    assert sample_value(out, "smtpmon_replies_total", stage="banner", code="421",
                  class_="transient_negative", category="connections", **t) == 1
-    assert value(out, "smtpmon_probe_stage_reply_code", stage="banner", **t) == 421
-    assert value(out, "smtpmon_enhanced_status_codes_total", stage="banner",
+    assert sample_value(out, "smtpmon_probe_stage_reply_code", stage="banner", **t) == 421
+    assert sample_value(out, "smtpmon_enhanced_status_codes_total", stage="banner",
                  enhanced_code="4.3.2", class_="persistent_transient_failure", **t) == 1
     # The session never reached TLS or EHLO: no such series, rather than made-up zeros.
     assert series(out, "smtpmon_tls_info") == []
@@ -125,11 +108,11 @@ def test_rcpt_450():
     result = probe_results.rcpt_450()
     out = metrics_after(result)
     t = {"target": result.target, "module": "mx"}
-    assert value(out, "smtpmon_replies_total", stage="rcpt", code="450",
+    assert sample_value(out, "smtpmon_replies_total", stage="rcpt", code="450",
                  class_="transient_negative", category="mail_system", **t) == 1
-    assert value(out, "smtpmon_probe_failure_info", stage="rcpt", reason="rcpt_rejected",
+    assert sample_value(out, "smtpmon_probe_failure_info", stage="rcpt", reason="rcpt_rejected",
                  **t) == 1
-    assert value(out, "smtpmon_enhanced_status_codes_total", stage="rcpt",
+    assert sample_value(out, "smtpmon_enhanced_status_codes_total", stage="rcpt",
                  enhanced_code="4.2.0", class_="persistent_transient_failure", **t) == 1
 
 
@@ -137,18 +120,18 @@ def test_data_554_counts_both_replies_of_the_stage():
     result = probe_results.data_554()
     out = metrics_after(result)
     t = {"target": result.target, "module": "mx"}
-    assert value(out, "smtpmon_replies_total", stage="data", code="354",
+    assert sample_value(out, "smtpmon_replies_total", stage="data", code="354",
                  class_="positive_intermediate", category="mail_system", **t) == 1
-    assert value(out, "smtpmon_replies_total", stage="data", code="554",
+    assert sample_value(out, "smtpmon_replies_total", stage="data", code="554",
                  class_="permanent_negative", category="mail_system", **t) == 1
     # The gauges describe the reply that decided the stage: the last one.
-    assert value(out, "smtpmon_probe_stage_reply_code", stage="data", **t) == 554
-    assert value(out, "smtpmon_probe_stage_reply_info", stage="data", code="554",
+    assert sample_value(out, "smtpmon_probe_stage_reply_code", stage="data", **t) == 554
+    assert sample_value(out, "smtpmon_probe_stage_reply_info", stage="data", code="554",
                  class_="permanent_negative", category="mail_system", enhanced_code="5.7.1",
                  **t) == 1
-    assert value(out, "smtpmon_enhanced_status_codes_total", stage="data",
+    assert sample_value(out, "smtpmon_enhanced_status_codes_total", stage="data",
                  enhanced_code="5.7.1", class_="permanent_failure", **t) == 1
-    assert value(out, "smtpmon_probe_failures_total", stage="data", reason="data_rejected",
+    assert sample_value(out, "smtpmon_probe_failures_total", stage="data", reason="data_rejected",
                  **t) == 1
 
 
@@ -156,12 +139,12 @@ def test_protocol_error_reply_is_code_000():
     result = probe_results.protocol_error()
     out = metrics_after(result)
     t = {"target": result.target, "module": "mx"}
-    assert value(out, "smtpmon_replies_total", stage="banner", code="000",
+    assert sample_value(out, "smtpmon_replies_total", stage="banner", code="000",
                  class_="protocol_error", category="protocol_error", **t) == 1
-    assert value(out, "smtpmon_probe_stage_reply_code", stage="banner", **t) == 0
-    assert value(out, "smtpmon_probe_stage_reply_info", stage="banner", code="000",
+    assert sample_value(out, "smtpmon_probe_stage_reply_code", stage="banner", **t) == 0
+    assert sample_value(out, "smtpmon_probe_stage_reply_info", stage="banner", code="000",
                  class_="protocol_error", category="protocol_error", enhanced_code="", **t) == 1
-    assert value(out, "smtpmon_probe_failure_info", stage="banner", reason="protocol_error",
+    assert sample_value(out, "smtpmon_probe_failure_info", stage="banner", reason="protocol_error",
                  **t) == 1
 
 
@@ -173,14 +156,14 @@ def test_counters_accumulate_and_gauges_follow_the_last_probe():
     store.record(probe_results.healthy("mx.example.org:25"))
     out = render_metrics(store, ExporterState())
     t = {"target": "mx.example.org:25", "module": "mx"}
-    assert value(out, "smtpmon_probes_total", **t) == 3
-    assert value(out, "smtpmon_probe_failures_total", stage="banner", reason="banner_rejected",
+    assert sample_value(out, "smtpmon_probes_total", **t) == 3
+    assert sample_value(out, "smtpmon_probe_failures_total", stage="banner", reason="banner_rejected",
                  **t) == 2
-    assert value(out, "smtpmon_replies_total", stage="banner", code="421",
+    assert sample_value(out, "smtpmon_replies_total", stage="banner", code="421",
                  class_="transient_negative", category="connections", **t) == 2
-    assert value(out, "smtpmon_replies_total", stage="banner", code="220",
+    assert sample_value(out, "smtpmon_replies_total", stage="banner", code="220",
                  class_="positive_completion", category="connections", **t) == 1
-    assert value(out, "smtpmon_probe_success", **t) == 1
+    assert sample_value(out, "smtpmon_probe_success", **t) == 1
     assert series(out, "smtpmon_probe_failure_info") == []  # absent after a success
 
 
@@ -189,9 +172,9 @@ def test_registered_target_starts_at_zero():
     store.register("new.example.org:25", "mx")
     out = render_metrics(store, ExporterState())
     t = {"target": "new.example.org:25", "module": "mx"}
-    assert value(out, "smtpmon_probe_success", **t) == 0
-    assert value(out, "smtpmon_probes_total", **t) == 0
-    assert value(out, "smtpmon_probe_skipped_total", **t) == 0
+    assert sample_value(out, "smtpmon_probe_success", **t) == 0
+    assert sample_value(out, "smtpmon_probes_total", **t) == 0
+    assert sample_value(out, "smtpmon_probe_skipped_total", **t) == 0
     assert series(out, "smtpmon_probe_duration_seconds") == []
 
 
@@ -201,7 +184,7 @@ def test_skipped_runs_are_counted():
     store.record_skip("slow.example.org:25", "mx")
     store.record_skip("slow.example.org:25", "mx")
     out = render_metrics(store, ExporterState())
-    assert value(out, "smtpmon_probe_skipped_total", target="slow.example.org:25",
+    assert sample_value(out, "smtpmon_probe_skipped_total", target="slow.example.org:25",
                  module="mx") == 2
 
 
@@ -213,7 +196,7 @@ def test_removed_target_series_disappear():
     store.remove("busy.example.org:25", "mx")
     out = render_metrics(store, ExporterState())
     assert not any(l.get("target") == "busy.example.org:25" for _, l, _ in samples(out))
-    assert value(out, "smtpmon_probe_success", target="mx.example.org:25", module="mx") == 1
+    assert sample_value(out, "smtpmon_probe_success", target="mx.example.org:25", module="mx") == 1
 
 
 def test_label_values_are_escaped():
@@ -223,7 +206,7 @@ def test_label_values_are_escaped():
     store.record(probe_results.healthy(awkward, 'mod"ule'))
     out = render_metrics(store, ExporterState())
     assert b'target="a\\"b\\\\c\\nd:25",module="mod\\"ule"' in out
-    assert value(out, "smtpmon_probe_success", target=awkward, module='mod"ule') == 1
+    assert sample_value(out, "smtpmon_probe_success", target=awkward, module='mod"ule') == 1
 
 
 def test_each_family_is_declared_once_with_its_samples_together():
@@ -253,20 +236,20 @@ def test_exporter_metrics():
     for lag in (0.0005, 0.02, 0.02, 3.0, 60.0):
         state.observe_schedule_lag(lag)
     out = render_metrics(ResultStore(), state)
-    assert value(out, "smtpmon_build_info", version=__version__,
+    assert sample_value(out, "smtpmon_build_info", version=__version__,
                  python_version=series(out, "smtpmon_build_info")[0]["python_version"]) == 1
-    assert value(out, "smtpmon_config_last_reload_successful") == 0
+    assert sample_value(out, "smtpmon_config_last_reload_successful") == 0
     # The failed reload keeps the time of the last success.
-    assert value(out, "smtpmon_config_last_reload_success_timestamp_seconds") == 1_700_000_123.0
-    assert value(out, "smtpmon_targets") == 3
-    assert value(out, "smtpmon_probes_in_flight") == 1
-    assert value(out, "smtpmon_schedule_lag_seconds_bucket", le="0.001") == 1
-    assert value(out, "smtpmon_schedule_lag_seconds_bucket", le="0.05") == 3
-    assert value(out, "smtpmon_schedule_lag_seconds_bucket", le="5.0") == 4
-    assert value(out, "smtpmon_schedule_lag_seconds_bucket", le="10.0") == 4
-    assert value(out, "smtpmon_schedule_lag_seconds_bucket", le="+Inf") == 5
-    assert value(out, "smtpmon_schedule_lag_seconds_count") == 5
-    assert value(out, "smtpmon_schedule_lag_seconds_sum") == pytest.approx(63.0405)
+    assert sample_value(out, "smtpmon_config_last_reload_success_timestamp_seconds") == 1_700_000_123.0
+    assert sample_value(out, "smtpmon_targets") == 3
+    assert sample_value(out, "smtpmon_probes_in_flight") == 1
+    assert sample_value(out, "smtpmon_schedule_lag_seconds_bucket", le="0.001") == 1
+    assert sample_value(out, "smtpmon_schedule_lag_seconds_bucket", le="0.05") == 3
+    assert sample_value(out, "smtpmon_schedule_lag_seconds_bucket", le="5.0") == 4
+    assert sample_value(out, "smtpmon_schedule_lag_seconds_bucket", le="10.0") == 4
+    assert sample_value(out, "smtpmon_schedule_lag_seconds_bucket", le="+Inf") == 5
+    assert sample_value(out, "smtpmon_schedule_lag_seconds_count") == 5
+    assert sample_value(out, "smtpmon_schedule_lag_seconds_sum") == pytest.approx(63.0405)
     names = {name for name, _, _ in samples(out)}
     assert "process_cpu_seconds_total" in names or "process_resident_memory_bytes" in names
     assert "python_info" in names
@@ -275,15 +258,15 @@ def test_exporter_metrics():
 
 def test_render_probe_is_one_target_without_exporter_metrics():
     result = probe_results.data_554()
-    out = render_probe(result, ResultStore())
+    out = render_probe(ResultStore().record_on_demand(result))
     t = {"target": result.target, "module": "mx"}
-    assert value(out, "smtpmon_probes_total", **t) == 1
-    assert value(out, "smtpmon_probe_success", **t) == 0
-    assert value(out, "smtpmon_replies_total", stage="data", code="554",
+    assert sample_value(out, "smtpmon_probes_total", **t) == 1
+    assert sample_value(out, "smtpmon_probe_success", **t) == 0
+    assert sample_value(out, "smtpmon_replies_total", stage="data", code="554",
                  class_="permanent_negative", category="mail_system", **t) == 1
-    assert value(out, "smtpmon_replies_total", stage="data", code="354",
+    assert sample_value(out, "smtpmon_replies_total", stage="data", code="354",
                  class_="positive_intermediate", category="mail_system", **t) == 1
-    assert value(out, "smtpmon_probe_failures_total", stage="data", reason="data_rejected",
+    assert sample_value(out, "smtpmon_probe_failures_total", stage="data", reason="data_rejected",
                  **t) == 1
     names = {name for name, _, _ in samples(out)}
     assert "smtpmon_probe_skipped_total" not in names  # daemon mode only
@@ -328,14 +311,14 @@ def test_promtool_accepts_metrics(promtool):
 def test_render_probe_counts_every_probe_of_the_target():
     """Counters grow from one /probe to the next, so rate() works as in daemon mode."""
     store = ResultStore(max_entries=10)
-    render_probe(probe_results.data_554(), store)
-    render_probe(probe_results.healthy(), store)  # another target: counted apart
-    out = render_probe(probe_results.data_554(), store)
+    render_probe(store.record_on_demand(probe_results.data_554()))
+    render_probe(store.record_on_demand(probe_results.healthy()))  # another target: counted apart
+    out = render_probe(store.record_on_demand(probe_results.data_554()))
     t = {"target": probe_results.data_554().target, "module": "mx"}
-    assert value(out, "smtpmon_probes_total", **t) == 2
-    assert value(out, "smtpmon_replies_total", stage="data", code="554",
+    assert sample_value(out, "smtpmon_probes_total", **t) == 2
+    assert sample_value(out, "smtpmon_replies_total", stage="data", code="554",
                  class_="permanent_negative", category="mail_system", **t) == 2
-    assert value(out, "smtpmon_probe_failures_total", stage="data", reason="data_rejected",
+    assert sample_value(out, "smtpmon_probe_failures_total", stage="data", reason="data_rejected",
                  **t) == 2
     assert {l["target"] for _, l, _ in samples(out)} == {t["target"]}
 
@@ -344,17 +327,17 @@ def test_render_probe_store_forgets_the_least_recently_probed_when_full():
     store = ResultStore(max_entries=2)
     a, b, c = (probe_results.healthy(f"{name}.example.org:25", "mx") for name in "abc")
     for result in (a, b, a, c):  # b is now the least recently probed: it makes room for c
-        render_probe(result, store)
-    assert sorted(store.keys()) == [(a.target, "mx"), (c.target, "mx")]
-    out = render_probe(a, store)
-    assert value(out, "smtpmon_probes_total", target=a.target, module="mx") == 3
-    out = render_probe(b, store)  # back after eviction: counting from the start again
-    assert value(out, "smtpmon_probes_total", target=b.target, module="mx") == 1
-    assert len(store.keys()) == 2
+        render_probe(store.record_on_demand(result))
+    assert sorted(stored_keys(store)) == [(a.target, "mx"), (c.target, "mx")]
+    out = render_probe(store.record_on_demand(a))
+    assert sample_value(out, "smtpmon_probes_total", target=a.target, module="mx") == 3
+    out = render_probe(store.record_on_demand(b))  # back after eviction: counting from the start again
+    assert sample_value(out, "smtpmon_probes_total", target=b.target, module="mx") == 1
+    assert len(stored_keys(store)) == 2
 
 
 def test_promtool_accepts_probe(promtool):
     store = ResultStore()
     for result in (probe_results.healthy(), probe_results.protocol_error(),
                    probe_results.healthy()):
-        assert promtool_problems(promtool, render_probe(result, store)) == ""
+        assert promtool_problems(promtool, render_probe(store.record_on_demand(result))) == ""

@@ -20,7 +20,6 @@ from smtpmon.config.load import (
     default_config,
     format_duration,
     load_config,
-    parse_address,
     parse_config,
     parse_duration,
 )
@@ -449,16 +448,6 @@ def test_bad_durations(written):
 )
 def test_format_duration(seconds, shown):
     assert format_duration(seconds) == shown
-
-
-@pytest.mark.parametrize(
-    ("address", "parsed"),
-    [("mx.example.org:25", ("mx.example.org", 25)), ("127.0.0.1:2525", ("127.0.0.1", 2525)),
-     ("[::1]:25", ("::1", 25)), ("mx.example.org.:465", ("mx.example.org.", 465)),
-     ("localhost:65535", ("localhost", 65535))],
-)
-def test_parse_address(address, parsed):
-    assert parse_address(address) == parsed
 
 
 # -- the embedded default and the shipped example ------------------------------------------------

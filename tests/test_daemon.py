@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from daemon_process import REPO, RunningDaemon, free_port, probed, start_daemon, value
+from daemon_process import REPO, RunningDaemon, free_port, probed, start_daemon
+from helpers import sample_value
 from smtpmon.config.load import DEFAULT_CONFIG_TEXT
 from smtpmon.runtime.daemon import free_memory_trimmer, limit_malloc_arenas
 from smtpservers import (
@@ -70,37 +71,37 @@ def test_metrics_carry_each_reply_code_class_and_category(daemon, smtp_server, s
     text = running.wait_for(lambda t: all(probed(target)(t) for target in targets))
 
     def replies(target, stage, code, klass, category):
-        return value(text, "smtpmon_replies_total", target=target, stage=stage, code=code,
+        return sample_value(text, "smtpmon_replies_total", target=target, stage=stage, code=code,
                      **{"class": klass}, category=category)
 
-    assert value(text, "smtpmon_probe_success", target=healthy.target) == 1
+    assert sample_value(text, "smtpmon_probe_success", target=healthy.target) == 1
     assert replies(healthy.target, "banner", "220", "positive_completion", "connections") >= 1
     assert replies(healthy.target, "ehlo", "250", "positive_completion", "mail_system") >= 1
     assert replies(healthy.target, "rcpt", "250", "positive_completion", "mail_system") >= 1
 
-    assert value(text, "smtpmon_probe_success", target=busy.target) == 0
+    assert sample_value(text, "smtpmon_probe_success", target=busy.target) == 0
     assert replies(busy.target, "banner", "421", "transient_negative", "connections") >= 1
-    assert value(text, "smtpmon_probe_failures_total", target=busy.target, stage="banner",
+    assert sample_value(text, "smtpmon_probe_failures_total", target=busy.target, stage="banner",
                  reason="banner_rejected") >= 1
-    assert value(text, "smtpmon_enhanced_status_codes_total", target=busy.target,
+    assert sample_value(text, "smtpmon_enhanced_status_codes_total", target=busy.target,
                  stage="banner", enhanced_code="4.3.2",
                  **{"class": "persistent_transient_failure"}) >= 1
 
-    assert value(text, "smtpmon_probe_success", target=greylisted.target) == 0
+    assert sample_value(text, "smtpmon_probe_success", target=greylisted.target) == 0
     assert replies(greylisted.target, "rcpt", "450", "transient_negative", "mail_system") >= 1
-    assert value(text, "smtpmon_probe_failures_total", target=greylisted.target, stage="rcpt",
+    assert sample_value(text, "smtpmon_probe_failures_total", target=greylisted.target, stage="rcpt",
                  reason="rcpt_rejected") >= 1
-    assert value(text, "smtpmon_probe_stage_reply_code", target=greylisted.target,
+    assert sample_value(text, "smtpmon_probe_stage_reply_code", target=greylisted.target,
                  stage="rcpt") == 450
 
     assert replies(refused.target, "banner", "554", "permanent_negative", "mail_system") >= 1
-    assert value(text, "smtpmon_probe_failure_info", target=refused.target, stage="banner",
+    assert sample_value(text, "smtpmon_probe_failure_info", target=refused.target, stage="banner",
                  reason="banner_rejected") == 1
 
-    assert value(text, "smtpmon_targets") == 4
-    assert value(text, "smtpmon_config_last_reload_successful") == 1
-    assert value(text, "smtpmon_schedule_lag_seconds_count") >= 4
-    assert value(text, "process_resident_memory_bytes") > 0
+    assert sample_value(text, "smtpmon_targets") == 4
+    assert sample_value(text, "smtpmon_config_last_reload_successful") == 1
+    assert sample_value(text, "smtpmon_schedule_lag_seconds_count") >= 4
+    assert sample_value(text, "process_resident_memory_bytes") > 0
     # One event, one logfmt line, with the target and module on it.
     assert re.search(rf'level=info msg="probe failed" target={re.escape(busy.target)} '
                      r'module=plain stage=banner reason=banner_rejected', running.log())
@@ -119,9 +120,9 @@ def test_embedded_default_probes_the_local_mta(tmp_path, scripted_server):
     try:
         running.wait_ready()
         text = running.wait_for(probed(server.target), timeout=10)
-        assert value(text, "smtpmon_probe_success", target=server.target, module="local_mta") == 1
-        assert value(text, "smtpmon_starttls_offered", target=server.target) == 0
-        assert value(text, "smtpmon_replies_total", target=server.target, stage="quit",
+        assert sample_value(text, "smtpmon_probe_success", target=server.target, module="local_mta") == 1
+        assert sample_value(text, "smtpmon_starttls_offered", target=server.target) == 0
+        assert sample_value(text, "smtpmon_replies_total", target=server.target, stage="quit",
                      code="221") == 1
     finally:
         running.stop()
@@ -131,15 +132,15 @@ def test_reload_adds_and_removes_targets_and_keeps_unchanged_counters(daemon, sm
     kept, dropped, added = smtp_server(), smtp_server(), smtp_server()
     running = daemon(config_text([(kept.target, "plain"), (dropped.target, "plain")]))
     text = running.wait_for(lambda t: probed(kept.target, 2)(t) and probed(dropped.target)(t))
-    kept_before = value(text, "smtpmon_probes_total", target=kept.target)
+    kept_before = sample_value(text, "smtpmon_probes_total", target=kept.target)
 
     running.config_path.write_text(config_text([(kept.target, "plain"), (added.target, "plain")]))
     running.process.send_signal(signal.SIGHUP)
     text = running.wait_for(probed(added.target))
-    assert value(text, "smtpmon_probes_total", target=kept.target) >= kept_before
+    assert sample_value(text, "smtpmon_probes_total", target=kept.target) >= kept_before
     assert f'target="{dropped.target}"' not in text  # no series left, whole label value
-    assert value(text, "smtpmon_targets") == 2
-    assert value(text, "smtpmon_config_last_reload_successful") == 1
+    assert sample_value(text, "smtpmon_targets") == 2
+    assert sample_value(text, "smtpmon_config_last_reload_successful") == 1
 
     # The same through the HTTP endpoint.
     running.config_path.write_text(config_text([(kept.target, "plain")]))
@@ -147,7 +148,7 @@ def test_reload_adds_and_removes_targets_and_keeps_unchanged_counters(daemon, sm
     assert (status, body) == (200, "configuration reloaded\n")
     text = running.metrics()
     assert f'target="{added.target}"' not in text
-    assert value(text, "smtpmon_probes_total", target=kept.target) >= kept_before
+    assert sample_value(text, "smtpmon_probes_total", target=kept.target) >= kept_before
 
 
 def test_bad_reload_keeps_the_running_configuration(daemon, smtp_server):
@@ -161,8 +162,8 @@ def test_bad_reload_keeps_the_running_configuration(daemon, smtp_server):
     assert status == 400
     assert 'targets[0].module: unknown module "smpt_plain"; known: plain, rcpt' in body
     text = running.metrics()
-    assert value(text, "smtpmon_config_last_reload_successful") == 0
-    before = value(text, "smtpmon_probes_total", target=server.target)
+    assert sample_value(text, "smtpmon_config_last_reload_successful") == 0
+    before = sample_value(text, "smtpmon_probes_total", target=server.target)
     running.wait_for(probed(server.target, int(before) + 1))  # still probing the old targets
     assert re.search(r'level=error msg="configuration reload failed; keeping the running '
                      r'configuration" source=\S+ error="targets\[0\]\.module: unknown module',
@@ -175,11 +176,11 @@ def test_bad_reload_keeps_the_running_configuration(daemon, smtp_server):
         assert time.monotonic() < deadline, "SIGHUP did not try the configuration again"
         time.sleep(0.05)
     assert running.process.poll() is None
-    assert value(running.metrics(), "smtpmon_config_last_reload_successful") == 0
+    assert sample_value(running.metrics(), "smtpmon_config_last_reload_successful") == 0
 
     running.config_path.write_text(good)
     assert running.request("POST", "/-/reload")[0] == 200
-    assert value(running.metrics(), "smtpmon_config_last_reload_successful") == 1
+    assert sample_value(running.metrics(), "smtpmon_config_last_reload_successful") == 1
 
 
 def test_probe_endpoint(daemon, smtp_server):
@@ -187,8 +188,8 @@ def test_probe_endpoint(daemon, smtp_server):
     running = daemon(config_text([(server.target, "plain")], interval="1m", timeout="2s"))
     status, body = running.get(f"/probe?target={server.target}&module=plain")
     assert status == 200
-    assert value(body, "smtpmon_probe_success", target=server.target, module="plain") == 1
-    assert value(body, "smtpmon_replies_total", target=server.target, stage="ehlo",
+    assert sample_value(body, "smtpmon_probe_success", target=server.target, module="plain") == 1
+    assert sample_value(body, "smtpmon_replies_total", target=server.target, stage="ehlo",
                  code="250") == 1
 
     status, body = running.get(f"/probe?target={server.target}&module=nosuch")
@@ -219,7 +220,7 @@ def test_landing_page(daemon, smtp_server, scripted_server):
 def test_sigterm_stops_within_the_timeout_plus_one_second(daemon, scripted_server):
     tarpit = scripted_server([Sleep(30)])
     running = daemon(config_text([(tarpit.target, "plain")], interval="5s", timeout="2s"))
-    running.wait_for(lambda t: value(t, "smtpmon_probes_in_flight") == 1)
+    running.wait_for(lambda t: sample_value(t, "smtpmon_probes_in_flight") == 1)
     begun = time.monotonic()
     running.process.send_signal(signal.SIGTERM)
     assert running.process.wait(5) == 0
@@ -290,7 +291,7 @@ def test_a_daemon_without_tls_probes_never_loads_cryptography(daemon, smtp_serve
     running = daemon(config_text([(server.target, "plain"), (server.target, "opportunistic")],
                                  extra_modules="  opportunistic: {tls: opportunistic}"))
     running.wait_for(lambda text: all(
-        (value(text, "smtpmon_probes_total", target=server.target, module=module) or 0) >= 1
+        (sample_value(text, "smtpmon_probes_total", target=server.target, module=module) or 0) >= 1
         for module in ("plain", "opportunistic")))
     with open(f"/proc/{running.process.pid}/maps") as maps:
         libraries = {line.split()[-1] for line in maps if "/" in line}

@@ -27,16 +27,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_tools import require_tool
 from smtpmon.cli import SUBCOMMANDS, build_parser, main
 from smtpmon.exposition.metrics import (
-    EXPORTER_FAMILIES,
     TARGET_FAMILIES,
-    ExporterState,
-    render_metrics,
     render_probe,
 )
 from smtpmon.config.load import parse_config
 from smtpmon.smtp.module import Module
-from smtpmon.smtp.session import run_probe
+from smtpmon.exposition.state import EXPORTER_FAMILIES, ExporterState
 from smtpmon.exposition.store import ResultStore
+from helpers import render_metrics, run_probe_at
 from smtpservers import SERVER_NAME, AiosmtpdServer, ScriptedHandler
 
 REPO = Path(__file__).resolve().parent.parent
@@ -153,9 +151,9 @@ def real_results(ca_file, tls_contexts):
     module = Module(tls="starttls", tls_ca_file=ca_file, tls_server_name=SERVER_NAME,
                     mail_from="probe@example.org", timeout_seconds=5.0)
     try:
-        healthy = run_probe(server.target, replace(module, rcpt_to=("ok@example.org",), data=True),
+        healthy = run_probe_at(server.target, replace(module, rcpt_to=("ok@example.org",), data=True),
                             module_name="mx")
-        greylisted = run_probe(server.target, replace(module, rcpt_to=("grey@example.org",)),
+        greylisted = run_probe_at(server.target, replace(module, rcpt_to=("grey@example.org",)),
                                module_name="greylist")
     finally:
         server.stop()
@@ -190,7 +188,7 @@ def test_every_family_on_probe_is_documented_with_its_labels(real_results):
     per_target, _ = documented_families()
     probe_store = ResultStore(max_entries=10)
     for result in real_results:
-        for name, family in exported_families(render_probe(result, probe_store)).items():
+        for name, family in exported_families(render_probe(probe_store.record_on_demand(result))).items():
             assert name in per_target, f"/probe exports {name}, not in docs/metrics.md"
             assert family == per_target[name], f"/probe {name}: {family} vs {per_target[name]}"
 

@@ -21,10 +21,10 @@ from typing import Callable
 import pytest
 import trustme
 
-from daemon_process import start_daemon, value
+from daemon_process import start_daemon
+from helpers import run_probe_at, sample_value
 from probe_engines import ENGINES
 from smtpmon.smtp.module import Module
-from smtpmon.smtp.session import run_probe
 from smtpmon.smtp.results import FAILURE_REASONS
 from smtpmon.smtp.client import MAX_LINE_BYTES, MAX_REPLY_LINES
 from smtpservers import (
@@ -260,7 +260,7 @@ def test_misbehaviour_fails_the_right_stage_for_the_right_reason_in_time(fault, 
 def test_pipelined_answers_are_never_taken_for_the_next_command(scripted_server):
     """A reply sent ahead of its command is shown as unsolicited; nothing more is sent."""
     server = scripted_server([Send(b"220 mx.test.example ESMTP\r\n250 mx.test.example\r\n"), EHLO_OK])
-    result = run_probe(server.target, Module(tls="none", timeout_seconds=TIMEOUT))
+    result = run_probe_at(server.target, Module(tls="none", timeout_seconds=TIMEOUT))
 
     assert result.stage("banner").ok and result.stage("banner").reply.code == 220
     assert result.stage("ehlo").replies == ()  # the early 250 is not recorded as EHLO's answer
@@ -283,7 +283,7 @@ def test_memory_stays_bounded_however_much_the_server_sends(scripted_server, scr
     server = scripted_server(script)
     tracemalloc.start()
     try:
-        result = run_probe(server.target, Module(tls="none", timeout_seconds=TIMEOUT))
+        result = run_probe_at(server.target, Module(tls="none", timeout_seconds=TIMEOUT))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -336,12 +336,12 @@ def test_daemon_with_hostile_targets_keeps_probing_the_healthy_ones_and_serving_
     assert max(latencies) < 1.0, f"/metrics took up to {max(latencies):.3f} s"
     earlier = samples[len(samples) // 2]
     for target in healthy:
-        assert value(text, "smtpmon_probe_success", target=target) == 1
-        assert value(text, "smtpmon_probes_total", target=target) >= 3
-        assert value(text, "smtpmon_probes_total", target=target) > value(earlier, "smtpmon_probes_total", target=target)
+        assert sample_value(text, "smtpmon_probe_success", target=target) == 1
+        assert sample_value(text, "smtpmon_probes_total", target=target) >= 3
+        assert sample_value(text, "smtpmon_probes_total", target=target) > sample_value(earlier, "smtpmon_probes_total", target=target)
     expected = {hostile[name]: reason for name, (_, _, reason) in HOSTILE.items()}
     expected[tls_on_plain] = "timeout"
     for target, reason in expected.items():
-        assert value(text, "smtpmon_probe_success", target=target) == 0, target
-        assert value(text, "smtpmon_probe_failure_info", target=target, reason=reason) == 1, (target, reason)
-        assert value(text, "smtpmon_probe_failures_total", target=target, reason=reason) >= 1, (target, reason)
+        assert sample_value(text, "smtpmon_probe_success", target=target) == 0, target
+        assert sample_value(text, "smtpmon_probe_failure_info", target=target, reason=reason) == 1, (target, reason)
+        assert sample_value(text, "smtpmon_probe_failures_total", target=target, reason=reason) >= 1, (target, reason)

@@ -15,6 +15,7 @@ import pytest
 
 from smtpmon.config.load import parse_config
 from smtpmon.runtime.daemon import Daemon
+from smtpmon.exposition.store import ResultStore
 from smtpmon.web.server import Server
 from smtpservers import BANNER, EHLO_OK, QUIT_OK, Send, Sleep
 
@@ -294,12 +295,14 @@ def test_transcript_before_any_probe_is_404(exporter):
 def test_an_internal_failure_is_a_plain_503(servers, serve):
     healthy, tarpit = servers
 
-    class BrokenDaemon(Daemon):
-        def probe(self, *args):
+    class BrokenStore(ResultStore):
+        def record_on_demand(self, result):
             raise RuntimeError("secret internals")
 
     config = parse_config(CONFIG.format(healthy=healthy.target), "test")
-    client = serve(BrokenDaemon(config, None))
+    daemon = Daemon(config, None)
+    daemon.probe_store = BrokenStore()
+    client = serve(daemon)
     status, _, body = client.get(f"/probe?target={healthy.target}&module=plain")
     assert status == 503
     assert "secret internals" not in body and "Traceback" not in body

@@ -17,13 +17,13 @@ import time
 import pytest
 
 from daemon_process import start_daemon
+from helpers import run_probe_at
 from probe_engines import call_on_engine
 from smtpmon.net import lookups
 from smtpmon.smtp import client as smtpclient
 from smtpmon.net.hub import Hub
 from smtpmon.net.lookups import MAX_THREADS, LookupPool
 from smtpmon.smtp.module import Module
-from smtpmon.smtp.session import run_probe
 
 
 class HeldCall:
@@ -149,7 +149,7 @@ def test_probes_against_a_resolver_that_stopped_answering_fail_at_resolve_with_b
 
     def probes(first: int):
         def three(hub):
-            found = [run_probe(f"mx{first + i}.example.test:25", module, hub=hub)
+            found = [run_probe_at(f"mx{first + i}.example.test:25", module, hub=hub)
                      for i in range(3)]
             return found, threading.active_count()
         return three

@@ -23,7 +23,7 @@ import pytest
 
 from smtpmon import __version__
 from smtpmon.cli import SUBCOMMANDS
-from smtpmon.exposition.metrics import ExporterState
+from smtpmon.exposition.state import ExporterState
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "README.md", "smtpmon", "config", "systemd", "docs")

@@ -89,9 +89,9 @@ def starttls_module(**options):
 
 
 def test_probe_starttls_session(postfix):
-    from smtpmon.smtp.session import run_probe
+    from helpers import run_probe_at
 
-    result = run_probe(postfix.target, starttls_module(tls_ca_file=postfix.ca_file))
+    result = run_probe_at(postfix.target, starttls_module(tls_ca_file=postfix.ca_file))
 
     assert result.success, (result.failed_stage, result.reason, result.detail)
     assert result.stage("banner").reply.code == 220
@@ -112,12 +112,12 @@ def test_ehlo_after_starttls_carries_no_delayed_ack_stall(postfix):
     """Postfix's TLS session tickets cross our EHLO after the handshake; with a delayed ACK on
     our side, Nagle on Postfix's holds its reply ~40 ms (a third of the probes did, before
     TCP_QUICKACK). A stage duration must show the server, not that artefact. Normal: ~0.3 ms."""
-    from smtpmon.smtp.session import run_probe
+    from helpers import run_probe_at
 
     module = starttls_module(tls_ca_file=postfix.ca_file)
     durations = []
     for _ in range(60):
-        result = run_probe(postfix.target, module)
+        result = run_probe_at(postfix.target, module)
         assert result.success, (result.failed_stage, result.reason, result.detail)
         durations.append(result.stage("ehlo_tls").duration_seconds)
     stalled = [round(seconds * 1000, 1) for seconds in durations if seconds > 0.030]
@@ -125,11 +125,11 @@ def test_ehlo_after_starttls_carries_no_delayed_ack_stall(postfix):
 
 
 def test_probe_expecting_550_for_unknown_user_succeeds(postfix):
-    from smtpmon.smtp.session import run_probe
+    from helpers import run_probe_at
 
     module = starttls_module(tls_ca_file=postfix.ca_file, mail_from=MAIL_FROM,
                              rcpt_to=(UNKNOWN_USER,), expect={"rcpt": (550,)})
-    result = run_probe(postfix.target, module)
+    result = run_probe_at(postfix.target, module)
 
     assert result.success, (result.failed_stage, result.reason, result.detail)
     rcpt = result.stage("rcpt").reply
@@ -137,11 +137,11 @@ def test_probe_expecting_550_for_unknown_user_succeeds(postfix):
 
 
 def test_probe_fails_at_rcpt_for_unknown_user(postfix):
-    from smtpmon.smtp.session import run_probe
+    from helpers import run_probe_at
 
     module = starttls_module(tls_ca_file=postfix.ca_file, mail_from=MAIL_FROM,
                              rcpt_to=(UNKNOWN_USER,))
-    result = run_probe(postfix.target, module)
+    result = run_probe_at(postfix.target, module)
 
     assert not result.success
     assert (result.failed_stage, result.reason) == ("rcpt", "rcpt_rejected")
@@ -150,9 +150,9 @@ def test_probe_fails_at_rcpt_for_unknown_user(postfix):
 
 
 def test_probe_reports_hostname_mismatch(postfix):
-    from smtpmon.smtp.session import run_probe
+    from helpers import run_probe_at
 
-    result = run_probe(postfix.target, starttls_module(tls_ca_file=postfix.ca_file,
+    result = run_probe_at(postfix.target, starttls_module(tls_ca_file=postfix.ca_file,
                                                        tls_server_name="mx.example.org"))
 
     assert not result.success

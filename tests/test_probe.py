@@ -13,10 +13,11 @@ import time
 import pytest
 
 from smtpmon.smtp.module import Module
-from smtpmon.smtp.session import default_ehlo_name, module_default_port, parse_target, run_probe
+from smtpmon.smtp.session import default_ehlo_name, module_default_port
 from smtpmon.smtp.replycodes import reply_category, reply_class
 from smtpmon.smtp.results import FAILURE_REASONS
 from smtpmon.smtp.client import MAX_REPLY_LINES
+from helpers import run_probe_at
 from probe_engines import ENGINES
 from smtpservers import (
     BANNER,
@@ -40,13 +41,13 @@ FAST = 1.0  # a rejection must end the probe well before TIMEOUT
 @pytest.fixture(autouse=True, params=sorted(ENGINES))
 def engine(request, monkeypatch):
     """Every case runs blocking on this thread and as a session on a hub, as the daemon runs it."""
-    monkeypatch.setitem(globals(), "run_probe", ENGINES[request.param])
+    monkeypatch.setitem(globals(), "run_probe_at", ENGINES[request.param])
     return request.param
 
 
 def probe(target: str, **options):
     options.setdefault("timeout_seconds", TIMEOUT)
-    return run_probe(target, Module(**options))
+    return run_probe_at(target, Module(**options))
 
 
 def stage_names(result) -> list[str]:
@@ -331,23 +332,6 @@ def test_implicit_tls_against_plain_smtp_fails_the_handshake(smtp_server):
 def test_implicit_tls_default_port_is_465():
     assert module_default_port(Module(tls="implicit")) == 465
     assert {module_default_port(Module(tls=mode)) for mode in ("none", "starttls", "opportunistic")} == {25}
-
-
-def test_parse_target_forms_and_bad_ports():
-    assert parse_target("mx.example.org", 465) == ("mx.example.org", 465)
-    assert parse_target("[::1]:2525") == ("::1", 2525)
-    assert parse_target("[::1]") == ("::1", 25)
-    assert parse_target("::1") == ("::1", 25)  # ":" is no address
-    assert parse_target("2001:db8::1") == ("2001:db8::1", 25)  # "2001:db8:" is no address
-    assert parse_target("2001:db8::25:abcd") == ("2001:db8::25:abcd", 25)  # "abcd" is no port
-    # An address, and also an address and a port: refused rather than read one way silently.
-    for ambiguous, advice in (("2001:db8::25:587", "[2001:db8::25:587] for port 25, or [2001:db8::25]:587"),
-                              ("::1:2525", "[::1:2525] for port 25, or [::1]:2525")):
-        with pytest.raises(ValueError, match=re.escape(f"is ambiguous: write {advice}")):
-            parse_target(ambiguous)
-    for bad in ("mx.example.org:70000", "mx.example.org:\u0662\u0665", "mx.example.org:\u00b2"):
-        with pytest.raises(ValueError, match="1-65535"):
-            parse_target(bad)
 
 
 # -- AUTH ---------------------------------------------------------------------------------------

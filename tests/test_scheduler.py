@@ -19,13 +19,15 @@ from types import MappingProxyType
 
 import pytest
 
-from smtpmon.exposition.metrics import ExporterState, render_metrics
+from smtpmon.exposition.state import ExporterState
 from smtpmon.config.load import Config, Settings, Target
 from smtpmon.logs import setup_logging
 from smtpmon.smtp.module import Module
 from smtpmon.smtp.results import ProbeResult, StageResult
-from smtpmon.runtime.scheduler import Scheduler, run_module_probe, spread_offset
+from smtpmon.runtime.scheduler import Scheduler, spread_offset
+from smtpmon.smtp.session import run_probe
 from smtpmon.exposition.store import ResultStore
+from helpers import render_metrics, sample_value
 from smtpservers import BANNER, EHLO_OK, QUIT_OK, Sleep
 
 
@@ -52,7 +54,7 @@ class RecordingProbe:
         self.lock = threading.Lock()
         self.behaviour = behaviour or {}
 
-    def __call__(self, target, module_name, module, deadline, hub):
+    def __call__(self, target, host, port, module, *, deadline, module_name, hub):
         with self.lock:
             self.calls[target].append(time.monotonic())
         action = self.behaviour.get(target)
@@ -85,16 +87,6 @@ def running():
     yield start
     for scheduler in started:
         scheduler.stop(2.0)
-
-
-def sample(metrics: bytes, name: str, **labels) -> float | None:
-    text = metrics.decode()
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{key}="{value}"' in line for key, value in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def test_spread_offset_is_stable_and_covers_the_interval():
@@ -153,7 +145,7 @@ def test_each_target_runs_once_per_interval(running):
     gaps = [b - a for a, b in zip(calls, calls[1:])]
     assert statistics.median(gaps) == pytest.approx(0.3, abs=0.05)
     metrics = render_metrics(store, state)
-    assert sample(metrics, "smtpmon_probes_total", target="127.0.0.1:25") == len(calls)
+    assert sample_value(metrics, "smtpmon_probes_total", target="127.0.0.1:25") == len(calls)
 
 
 def test_overlapping_run_is_skipped_and_counted(running):
@@ -163,7 +155,7 @@ def test_overlapping_run_is_skipped_and_counted(running):
     scheduler, store, state = running(config, probe)
     time.sleep(2.5)
     metrics = render_metrics(store, state)
-    skipped = sample(metrics, "smtpmon_probe_skipped_total", target="127.0.0.1:2525")
+    skipped = sample_value(metrics, "smtpmon_probe_skipped_total", target="127.0.0.1:2525")
     started = probe.count("127.0.0.1:2525")
     assert 2 <= started <= 3  # never two at once: a new one only after the last one ended
     assert skipped >= 2
@@ -182,9 +174,9 @@ def test_a_crashing_or_hanging_probe_does_not_stop_or_delay_the_others(running):
         assert probe.count(name) >= 4, name
     assert probe.count("10.255.255.1:25") >= 4  # the crash did not stop its own schedule either
     metrics = render_metrics(store, state)
-    assert sample(metrics, "smtpmon_probe_failures_total", target="10.255.255.1:25",
+    assert sample_value(metrics, "smtpmon_probe_failures_total", target="10.255.255.1:25",
                   reason="internal_error") >= 4
-    assert sample(metrics, "smtpmon_probe_success", target="10.255.255.1:25") == 0
+    assert sample_value(metrics, "smtpmon_probe_success", target="10.255.255.1:25") == 0
     assert scheduler.running
     # Lag stays small although one worker of three is always busy with the hanging target.
     assert lag_quantile(metrics, 0.99) <= 0.1
@@ -207,7 +199,7 @@ def test_apply_adds_removes_and_keeps_unchanged_targets(running):
     first = make_config(["127.0.0.1:25", "127.0.0.2:25"], interval=0.2, timeout=0.1)
     scheduler, store, state = running(first, probe)
     time.sleep(0.8)
-    kept_before = sample(render_metrics(store, state), "smtpmon_probes_total", target="127.0.0.1:25")
+    kept_before = sample_value(render_metrics(store, state), "smtpmon_probes_total", target="127.0.0.1:25")
     assert kept_before >= 2
 
     second = make_config(["127.0.0.1:25", "127.0.0.3:25"], interval=0.2, timeout=0.1)
@@ -215,9 +207,9 @@ def test_apply_adds_removes_and_keeps_unchanged_targets(running):
     removed_calls = probe.count("127.0.0.2:25")
     time.sleep(0.8)
     metrics = render_metrics(store, state)
-    assert sample(metrics, "smtpmon_probes_total", target="127.0.0.1:25") > kept_before
-    assert sample(metrics, "smtpmon_probes_total", target="127.0.0.3:25") >= 2
-    assert sample(metrics, "smtpmon_probe_success", target="127.0.0.2:25") is None
+    assert sample_value(metrics, "smtpmon_probes_total", target="127.0.0.1:25") > kept_before
+    assert sample_value(metrics, "smtpmon_probes_total", target="127.0.0.3:25") >= 2
+    assert sample_value(metrics, "smtpmon_probe_success", target="127.0.0.2:25") is None
     assert b"127.0.0.2:25" not in metrics
     assert probe.count("127.0.0.2:25") <= removed_calls + 1  # at most the one in flight
 
@@ -227,13 +219,13 @@ def test_apply_restarts_a_target_whose_module_options_changed(running):
     config = make_config(["127.0.0.1:25"], interval=0.2, timeout=0.1)
     scheduler, store, state = running(config, probe)
     time.sleep(0.7)
-    assert sample(render_metrics(store, state), "smtpmon_probes_total", target="127.0.0.1:25") >= 2
+    assert sample_value(render_metrics(store, state), "smtpmon_probes_total", target="127.0.0.1:25") >= 2
     changed = make_config(["127.0.0.1:25"], interval=0.2, timeout=0.1,
                           modules={"m": Module(timeout_seconds=0.1, tls="none")})
     scheduler.apply(changed)
     # Counters of the old options are gone; the target starts over from zero (its first run
     # under the new options may already have come: a lone new target runs at once).
-    assert sample(render_metrics(store, state), "smtpmon_probes_total", target="127.0.0.1:25") <= 1
+    assert sample_value(render_metrics(store, state), "smtpmon_probes_total", target="127.0.0.1:25") <= 1
 
 
 def test_stop_starts_nothing_new_and_waits_for_in_flight_probes(running):
@@ -275,13 +267,13 @@ def test_real_probes_a_tarpit_does_not_hold_up_a_healthy_server(running, scripte
     module = Module(tls="none", timeout_seconds=0.8)
     config = make_config([tarpit.target, healthy.target], interval=1.0, timeout=0.8,
                          max_concurrency=2, modules={"m": module})
-    scheduler, store, state = running(config, run_module_probe)
+    scheduler, store, state = running(config, run_probe)
     time.sleep(3.2)
     metrics = render_metrics(store, state)
-    assert sample(metrics, "smtpmon_probe_success", target=healthy.target) == 1
-    assert sample(metrics, "smtpmon_probes_total", target=healthy.target) >= 3
-    assert sample(metrics, "smtpmon_probe_success", target=tarpit.target) == 0
-    assert sample(metrics, "smtpmon_probe_failures_total", target=tarpit.target, stage="banner",
+    assert sample_value(metrics, "smtpmon_probe_success", target=healthy.target) == 1
+    assert sample_value(metrics, "smtpmon_probes_total", target=healthy.target) >= 3
+    assert sample_value(metrics, "smtpmon_probe_success", target=tarpit.target) == 0
+    assert sample_value(metrics, "smtpmon_probe_failures_total", target=tarpit.target, stage="banner",
                   reason="timeout") >= 2
     assert lag_quantile(metrics, 0.99) <= 0.1
 
@@ -291,7 +283,7 @@ def test_log_lines_mark_changes_not_every_probe(running):
     setup_logging("info", stream)
     outcomes = iter([False, False, False, True, True])
 
-    def flaky(target, module_name, module, deadline, hub):
+    def flaky(target, host, port, module, *, deadline, module_name, hub):
         ok = next(outcomes, True)
         return ProbeResult(target=target, module=module_name, success=ok, started_at=time.time(),
                            duration_seconds=0.001, failed_stage=None if ok else "banner",
@@ -319,13 +311,14 @@ class ConcurrencyProbe(RecordingProbe):
         self.in_flight = 0
         self.most = 0
 
-    def __call__(self, target, module_name, module, deadline, hub):
+    def __call__(self, target, host, port, module, *, deadline, module_name, hub):
         with self.lock:
             self.in_flight += 1
             self.most = max(self.most, self.in_flight)
         try:
             hub.sleep(max(0.0, deadline - time.monotonic()))
-            return super().__call__(target, module_name, module, deadline, hub)
+            return super().__call__(target, host, port, module, deadline=deadline,
+                                    module_name=module_name, hub=hub)
         finally:
             with self.lock:
                 self.in_flight -= 1

@@ -18,7 +18,8 @@ import urllib.parse
 
 import pytest
 
-from daemon_process import REPO, start_daemon, value
+from daemon_process import REPO, start_daemon
+from helpers import sample_value
 from smtpservers import BANNER, QUIT_OK, Expect, Send, StartTls, password_authenticator, reply
 
 USERNAME = "probe-user"
@@ -122,7 +123,7 @@ def test_daemon_outputs_never_show_the_password(tmp_path, auth_server, ca_file, 
                            env={PASSWORD_ENV: PASSWORD, WRONG_PASSWORD_ENV: WRONG_PASSWORD})
     try:
         metrics = running.wait_for(lambda text: all(
-            value(text, "smtpmon_probes_total", target=target, module=name) for name in MODULES), timeout=10)
+            sample_value(text, "smtpmon_probes_total", target=target, module=name) for name in MODULES), timeout=10)
         outputs = {"/metrics": metrics, "/": running.get("/")[1]}
         for name in MODULES:
             query = urllib.parse.urlencode({"target": target, "module": name})
@@ -137,9 +138,9 @@ def test_daemon_outputs_never_show_the_password(tmp_path, auth_server, ca_file, 
         assert_no_secret(output, where)
     # Every path showed the auth stage.
     for name, (mechanism, _, code) in MODULES.items():
-        assert value(outputs["/metrics"], "smtpmon_replies_total", target=target, module=name, stage="auth",
+        assert sample_value(outputs["/metrics"], "smtpmon_replies_total", target=target, module=name, stage="auth",
                      code=str(code)) >= 1
-        assert value(outputs[f"/probe {name}"], "smtpmon_replies_total", module=name, stage="auth",
+        assert sample_value(outputs[f"/probe {name}"], "smtpmon_replies_total", module=name, stage="auth",
                      code=str(code)) >= 1
         for path in ("/transcript", "/probe?debug=true"):
             shown = outputs[f"{path} {name}"]

@@ -12,7 +12,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from smtpmon.smtp.module import Module
-from smtpmon.smtp.session import run_probe
 from smtpmon.smtp.client import (
     MAX_LINE_BYTES,
     REPLIES,
@@ -25,6 +24,7 @@ from smtpmon.smtp.client import (
     printable,
     resolve,
 )
+from helpers import run_probe_at
 from probe_engines import ENGINES, call_on_engine
 from smtpservers import BANNER, Expect, FullBacklogListener, Send, Sleep, Trickle, reply
 
@@ -58,7 +58,7 @@ def test_a_long_timeout_ends_on_time_without_a_hub(stage, scripted_server):
             time.sleep(0.05)  # let the fillers' handshakes fill the queue
         target = listener.target if listener is not None else scripted_server([Sleep(30)]).target
         begun = time.monotonic()
-        result = run_probe(target, Module(tls="none", timeout_seconds=5.0))
+        result = run_probe_at(target, Module(tls="none", timeout_seconds=5.0))
         elapsed = time.monotonic() - begun
     finally:
         if listener is not None:

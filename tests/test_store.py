@@ -7,8 +7,9 @@ import threading
 from prometheus_client.parser import text_string_to_metric_families
 
 import probe_results
-from smtpmon.exposition.metrics import ExporterState, render_metrics
+from smtpmon.exposition.state import ExporterState
 from smtpmon.exposition.store import ResultStore
+from helpers import render_metrics, stored_keys
 
 MX = ("mx.example.org:25", "mx")
 
@@ -17,7 +18,7 @@ def test_register_creates_an_empty_entry_once():
     store = ResultStore()
     store.register(*MX)
     store.register(*MX)
-    assert store.keys() == [MX]
+    assert stored_keys(store) == [MX]
     assert store.latest(*MX) is None
     (entry,) = store.snapshot()
     assert entry.counts.probes == 0
@@ -95,7 +96,7 @@ def test_results_of_unregistered_targets_are_dropped():
     store.remove(*MX)
     assert store.record(probe_results.healthy(*MX)) is False
     assert store.record_skip(*MX) is False
-    assert store.keys() == []
+    assert stored_keys(store) == []
     assert store.latest(*MX) is None
     assert store.rows() == []
 
@@ -107,7 +108,7 @@ def test_remove_drops_the_entry_and_only_that_one():
         store.record(probe_results.healthy(target))
     store.remove("a.example.org:25", "mx")
     store.remove("a.example.org:25", "mx")  # removing twice is harmless
-    assert store.keys() == [("b.example.org:25", "mx")]
+    assert stored_keys(store) == [("b.example.org:25", "mx")]
     assert store.latest("a.example.org:25", "mx") is None
     assert b"a.example.org" not in render_metrics(store, ExporterState())
 

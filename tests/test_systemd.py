@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon_process import probed, start_daemon, value
+from daemon_process import probed, start_daemon
+from helpers import sample_value
 from smtpservers import Send
 from systemd_sandbox import service_settings
 
@@ -157,25 +158,25 @@ def test_daemon_works_under_the_units_sandbox(seccomp, tmp_path, smtp_server, sc
         assert status["CapEff"] == status["CapPrm"] == "0000000000000000"
 
         text = running.wait_for(lambda t: probed(healthy_target)(t) and probed(busy.target)(t))
-        assert value(text, "smtpmon_probe_success", target=healthy_target) == 1
-        assert value(text, "smtpmon_replies_total", target=healthy_target, stage="starttls", code="220") >= 1
-        assert value(text, "smtpmon_tls_certificate_verified", target=healthy_target) == 1
-        assert value(text, "smtpmon_tls_certificate_not_after_timestamp_seconds",
+        assert sample_value(text, "smtpmon_probe_success", target=healthy_target) == 1
+        assert sample_value(text, "smtpmon_replies_total", target=healthy_target, stage="starttls", code="220") >= 1
+        assert sample_value(text, "smtpmon_tls_certificate_verified", target=healthy_target) == 1
+        assert sample_value(text, "smtpmon_tls_certificate_not_after_timestamp_seconds",
                      target=healthy_target) > time.time()
-        assert value(text, "smtpmon_probe_success", target=busy.target) == 0
-        assert value(text, "smtpmon_replies_total", target=busy.target, stage="banner", code="421",
+        assert sample_value(text, "smtpmon_probe_success", target=busy.target) == 0
+        assert sample_value(text, "smtpmon_replies_total", target=busy.target, stage="banner", code="421",
                      **{"class": "transient_negative"}) >= 1
         # prometheus_client reads /proc/self and /proc/stat for these.
-        assert value(text, "process_resident_memory_bytes") > 0
-        assert value(text, "process_open_fds") > 0
-        assert time.time() - 60 < value(text, "process_start_time_seconds") <= time.time()
+        assert sample_value(text, "process_resident_memory_bytes") > 0
+        assert sample_value(text, "process_open_fds") > 0
+        assert time.time() - 60 < sample_value(text, "process_start_time_seconds") <= time.time()
 
         running.config_path.write_text(daemon_config(
             ca_file, [(healthy_target, "mx"), (busy.target, "plain"), (added.target, "plain")]))
         running.process.send_signal(signal.SIGHUP)
         text = running.wait_for(probed(added.target), timeout=5)
-        assert value(text, "smtpmon_probe_success", target=added.target) == 1
-        assert value(text, "smtpmon_config_last_reload_successful") == 1
+        assert sample_value(text, "smtpmon_probe_success", target=added.target) == 1
+        assert sample_value(text, "smtpmon_config_last_reload_successful") == 1
 
         begun = time.monotonic()
         running.process.send_signal(signal.SIGTERM)

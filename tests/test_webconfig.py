@@ -357,7 +357,7 @@ basic_auth_users:
         "X-Content-Type-Options": "nosniff",
         "Strict-Transport-Security": "max-age=31536000",
     }
-    context = web.ssl_context()
+    context = web.context
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert (context.minimum_version, context.maximum_version) == (ssl.TLSVersion.TLSv1_2,
                                                                   ssl.TLSVersion.TLSv1_3)
@@ -377,13 +377,13 @@ def test_the_example_in_the_docs_loads_and_its_hash_matches_its_password(pki):
         assert documented in example
         example = example.replace(documented, ours)
     web = load_web_config(write_web_config(pki, example, "docs-example.yml"))
-    assert web.ssl_context().verify_mode == ssl.CERT_REQUIRED
+    assert web.context.verify_mode == ssl.CERT_REQUIRED
     assert web.check_authorization(basic("prometheus", "example")["Authorization"])
 
 
 def test_an_empty_file_means_plain_http_without_auth(pki):
     web = load_web_config(write_web_config(pki, "", "empty.yml"))
-    assert web.ssl_context() is None
+    assert web.context is None
     assert web.check_authorization(None)
     assert dict(web.headers) == {}
 

@@ -12,11 +12,12 @@ import json
 import sys
 from types import MappingProxyType
 
+from smtpmon.config.addresses import format_address, parse_address
 from smtpmon.config.load import REPLY_STAGES
-from smtpmon.smtp.module import AUTH_MECHANISMS, AUTH_TLS_MODES, TLS_MODES, TLS_VERSIONS, Module
-from smtpmon.smtp.session import module_default_port, parse_target, run_probe
 from smtpmon.smtp.client import prepare_tls
+from smtpmon.smtp.module import AUTH_MECHANISMS, AUTH_TLS_MODES, TLS_MODES, TLS_VERSIONS, Module
 from smtpmon.smtp.results import ProbeResult
+from smtpmon.smtp.session import SMTP_PORT, module_default_port, run_probe
 from smtpmon.smtp.transcript import days_until_expiry, render, summary_line
 
 DESCRIPTION = """\
@@ -86,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         module = module_from_args(args)
-        host, port = parse_target(args.target, module_default_port(module))
+        host, port = parse_address(args.target, module_default_port(module))
     except ValueError as error:
         print(f"smtpmon probe: error: {error}", file=sys.stderr)
         return UNKNOWN
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         # that no part of it counts as the server's time. (The engine defers it for
         # opportunistic TLS until STARTTLS is offered, to spare daemons the memory.)
         prepare_tls(verify=module.tls_verify, ca_file=module.tls_ca_file, min_version=module.tls_min_version)
-    result = run_probe(_join(host, port), module, module_name="cli")
+    result = run_probe(format_address(host, port), host, port, module, module_name="cli")
     status, notes = judge(result, args)
     if args.json:
         print(result_to_json(result))
@@ -202,8 +203,12 @@ def result_to_json(result: ProbeResult) -> str:
 
 # -- argument types: argparse turns their errors into one usage line and exit 3 ----------------
 def _target(text: str) -> str:
+    """HOST[:PORT], checked now; run() reads its port once --tls says what the default is."""
+    text = text.strip()
+    if not text:
+        raise argparse.ArgumentTypeError("empty target")
     try:
-        parse_target(text)
+        parse_address(text, SMTP_PORT)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
@@ -242,6 +247,3 @@ def _readable(path: str) -> bool:
     except OSError:
         return False
 
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from smtpmon.runtime import daemon
-from smtpmon.web import server as http
 from smtpmon.logs import LEVELS, setup_logging
+from smtpmon.runtime import daemon
+from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS
 
 DESCRIPTION = """Run the daemon: probe every configured target on its schedule and serve the
 results to Prometheus on /metrics, blackbox-style one-off probes on /probe, and a
@@ -31,11 +31,11 @@ def add_arguments(parser) -> None:
                         help="TLS, basic auth and response headers for the HTTP server "
                              "(exporter-toolkit format)")
     parser.add_argument("--web.max-connections", dest="max_connections", metavar="N",
-                        type=positive_int, default=http.MAX_CONNECTIONS,
+                        type=positive_int, default=MAX_CONNECTIONS,
                         help="HTTP connections served at once; beyond them a new connection gets "
                              "503 at once (default: %(default)s)")
     parser.add_argument("--web.max-concurrent-probes", dest="max_concurrent_probes", metavar="N",
-                        type=positive_int, default=http.MAX_CONCURRENT_PROBES,
+                        type=positive_int, default=MAX_CONCURRENT_PROBES,
                         help="/probe requests running at once; beyond them /probe answers 503 "
                              "at once (default: %(default)s)")
     parser.add_argument("--log.level", dest="log_level", choices=tuple(LEVELS), default="info",

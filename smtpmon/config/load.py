@@ -10,7 +10,6 @@ module and target here, so the scheduler and the probe engine never look anythin
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import ipaddress
 import math
 import os
@@ -19,10 +18,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
-
+from smtpmon.config.addresses import host_problem, is_bad_pattern, is_ip, is_ipv6, matches_pattern, parse_address
+from smtpmon.config.validation import Validator, describe, key_path
+from smtpmon.config.yamldoc import YamlSyntaxError, read_document
 from smtpmon.smtp.module import AUTH_MECHANISMS, AUTH_TLS_MODES, IP_PROTOCOLS, TLS_MODES, TLS_VERSIONS, Module
 from smtpmon.smtp.results import STAGES
-from smtpmon.config.yamldoc import YamlSyntaxError, describe, read_document
 
 EMBEDDED_SOURCE = "<embedded default>"
 
@@ -59,10 +59,8 @@ _CREDENTIALS_VARIABLE = re.compile(r"\$(?:CREDENTIALS_DIRECTORY\b|\{CREDENTIALS_
 _DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_PORT_PATTERN = re.compile(r"[0-9*?]+")
 # Addresses go verbatim into MAIL FROM:<...> / RCPT TO:<...>: nothing that could break the line.
 _BAD_ADDRESS_CHARS = re.compile(r"[\s<>\x00-\x1f\x7f]")
 
@@ -104,15 +102,7 @@ class Config:
         for target in self.targets:
             if target.host.lower() == host and target.port == port:
                 return True
-        for pattern in self.settings.probe_allow:
-            host_pattern, _, port_pattern = pattern.rpartition(":")
-            if host_pattern.startswith("[") and host_pattern.endswith("]"):
-                host_pattern = host_pattern[1:-1]
-            if fnmatch.fnmatchcase(host, host_pattern.lower()) and fnmatch.fnmatchcase(
-                str(port), port_pattern
-            ):
-                return True
-        return False
+        return any(matches_pattern(host, port, pattern) for pattern in self.settings.probe_allow)
 
 
 class ConfigError(Exception):
@@ -184,98 +174,20 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """Split "host:port" (IPv6: "[2001:db8::1]:25") into (host, port); ValueError says why."""
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0:
-            raise ValueError(f'missing "]" after the IPv6 address in {describe(text)}')
-        host, rest = text[1:close], text[close + 1 :]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"invalid IPv6 address {describe(host)}") from None
-        if not rest.startswith(":"):
-            raise ValueError(f"missing port; write [IPv6]:port, e.g. [{host}]:25")
-        port_text = rest[1:]
-    elif text.count(":") > 1:
-        host, _, port_text = text.rpartition(":")
-        example = f"[{host}]:{port_text}" if is_ipv6(host) and port_text else "[2001:db8::1]:25"
-        raise ValueError(f"an IPv6 address must be in brackets, e.g. {example}")
-    else:
-        host, colon, port_text = text.partition(":")
-        problem = host_problem(host)
-        if problem:
-            raise ValueError(problem)
-        if not colon:
-            raise ValueError(f"missing port; write host:port, e.g. {host}:25")
-    return host, _parse_port(port_text)
-
-
-def host_problem(host: str) -> str | None:
-    """Why `host` is neither a valid host name nor an IPv4 address; None when it is fine."""
-    if not host:
-        return "missing host name"
-    try:
-        ascii_host = host.encode("idna").decode("ascii") if not host.isascii() else host
-    except UnicodeError:
-        return f"invalid host name {describe(host)}"
-    labels = ascii_host[:-1].split(".") if ascii_host.endswith(".") else ascii_host.split(".")
-    if len(ascii_host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
-        return f"invalid host name {describe(host)}"
-    return None
-
-
-def _parse_port(text: str) -> int:
-    if not text:
-        raise ValueError("missing port after the colon")
-    if not text.isascii() or not text.isdigit():
-        raise ValueError(f"port must be a number 1-65535, got {describe(text)}")
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port must be 1-65535, got {port}")
-    return port
-
-
-def is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
 def _one_of(choices: tuple[str, ...]) -> str:
     return ", ".join(choices)
 
 
-class _Parser:
+class _Parser(Validator):
     """One validation pass: each `parse_*` method records problems and returns what it can."""
 
+    error_class = ConfigError
+
     def __init__(self, source: str, check_secrets: bool):
-        self.source = source
+        super().__init__(source)
         self.check_secrets = check_secrets
-        self.errors: list[str] = []
         self.modules_with_timeout: set[str] = set()  # to say where a target's timeout came from
         self.global_durations_ok = True  # else comparing a target with them would mislead
-
-    def error(self, path: str, reason: str) -> None:
-        self.errors.append(f"{path}: {reason}" if path else reason)
-
-    def fail(self) -> ConfigError:
-        return ConfigError(self.errors, self.source)
 
     # -- the document ------------------------------------------------------------------------
 
@@ -287,20 +199,20 @@ class _Parser:
         self.errors.extend(duplicates)
         if document is None:
             self.error("", "the file is empty; it needs at least a modules section")
-            raise self.fail()
+            raise self.failure()
         if not isinstance(document, dict):
             self.error(
                 "",
                 f"the top level must be a mapping with keys {_one_of(_TOP_KEYS)}, "
                 f"got {describe(document)}",
             )
-            raise self.fail()
+            raise self.failure()
         self.check_keys(document, "", _TOP_KEYS)
         settings = self.parse_settings(document.get("global"), document.get("probe_allow"))
         modules = self.parse_modules(document.get("modules"), settings)
         targets = self.parse_targets(document.get("targets"), settings, modules)
         if self.errors:
-            raise self.fail()
+            raise self.failure()
         valid_modules = {name: module for name, module in modules.items() if module is not None}
         return Config(settings, MappingProxyType(valid_modules), targets, self.source)
 
@@ -309,11 +221,11 @@ class _Parser:
             if key in allowed:
                 continue
             if not isinstance(key, str):
-                self.error(_join(path, describe(key)), "unknown key")
+                self.error(key_path(path, describe(key)), "unknown key")
                 continue
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f'; did you mean "{close[0]}"?' if close else ""
-            self.error(_join(path, key), f"unknown key{hint}")
+            self.error(key_path(path, key), f"unknown key{hint}")
 
     def section(self, value: Any, path: str) -> dict | None:
         """A mapping section; an empty (null) one counts as {}."""
@@ -355,7 +267,7 @@ class _Parser:
         name = self.string(value, path)
         if name is None:
             return None
-        if allow_ip and _is_ip(name):
+        if allow_ip and is_ip(name):
             return name
         problem = host_problem(name)
         if problem:
@@ -471,17 +383,7 @@ class _Parser:
         patterns = []
         for index, pattern in enumerate(node):
             path = f"probe_allow[{index}]"
-            host_pattern, colon, port_pattern = (
-                pattern.rpartition(":") if isinstance(pattern, str) else ("", "", "")
-            )
-            bracketed = host_pattern.startswith("[") and host_pattern.endswith("]")
-            if (
-                not colon
-                or not host_pattern
-                or not _PORT_PATTERN.fullmatch(port_pattern)
-                or _BAD_ADDRESS_CHARS.sub("", host_pattern.strip("[]")) != host_pattern.strip("[]")
-                or (":" in host_pattern and not bracketed)
-            ):
+            if not isinstance(pattern, str) or is_bad_pattern(pattern):
                 self.error(
                     path,
                     'must be a host:port pattern like "*.example.org:25" or "[2001:db8::*]:*", '
@@ -500,7 +402,7 @@ class _Parser:
             self.error("modules", "must define at least one module")
         modules: dict[str, Module | None] = {}
         for name, body in node.items():
-            path = _join("modules", name)
+            path = key_path("modules", name)
             if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
                 self.error(path, 'a module name may use only letters, digits, "_", "-" and "."')
                 continue
@@ -517,7 +419,7 @@ class _Parser:
             "timeout_seconds": settings.timeout_seconds,
             "ehlo_name": settings.ehlo_name,
         }
-        at = lambda key: _join(path, key)  # noqa: E731 - the path of one key of this module
+        at = lambda key: key_path(path, key)  # noqa: E731 - the path of one key of this module
         if "tls" in node:
             options["tls"] = self.choice(node["tls"], at("tls"), TLS_MODES)
         for key in ("tls_verify", "helo_fallback", "data"):
@@ -567,13 +469,13 @@ class _Parser:
         """Options that are valid alone but cannot work together."""
         if module.rcpt_to and not failed & {"mail_from"} and module.mail_from is None:
             self.error(
-                _join(path, "rcpt_to"), 'needs mail_from (write "" for the null sender <>)'
+                key_path(path, "rcpt_to"), 'needs mail_from (write "" for the null sender <>)'
             )
         if module.data and not failed & {"rcpt_to"} and not module.rcpt_to:
-            self.error(_join(path, "data"), "needs rcpt_to: a message needs a recipient")
+            self.error(key_path(path, "data"), "needs rcpt_to: a message needs a recipient")
         if "auth" in node and "tls" not in failed and module.tls not in AUTH_TLS_MODES:
             self.error(
-                _join(path, "auth"),
+                key_path(path, "auth"),
                 "needs tls: starttls or implicit, so the password never crosses the network "
                 f"in clear; got tls: {module.tls}",
             )
@@ -591,11 +493,11 @@ class _Parser:
             option, reaches, why_not = reached.get(stage, ("", True, ""))
             if not reaches and option not in failed:
                 self.error(
-                    _join(path, f"expect.{stage}"),
+                    key_path(path, f"expect.{stage}"),
                     f"the module never reaches this stage ({why_not})",
                 )
         if node.get("tls_verify") is False and module.tls_ca_file:
-            self.error(_join(path, "tls_ca_file"), "has no effect with tls_verify: false")
+            self.error(key_path(path, "tls_ca_file"), "has no effect with tls_verify: false")
 
     def parse_recipients(self, node: Any, path: str) -> tuple[str, ...] | None:
         if not isinstance(node, list):
@@ -617,12 +519,12 @@ class _Parser:
             mechanism = node["mechanism"]
             normal = mechanism.upper() if isinstance(mechanism, str) else mechanism
             options["auth_mechanism"] = self.choice(
-                normal, _join(path, "mechanism"), AUTH_MECHANISMS
+                normal, key_path(path, "mechanism"), AUTH_MECHANISMS
             )
         if "username" in node:
-            options["auth_username"] = self.string(node["username"], _join(path, "username"))
+            options["auth_username"] = self.string(node["username"], key_path(path, "username"))
         else:
-            self.error(_join(path, "username"), "required")
+            self.error(key_path(path, "username"), "required")
         has_file, has_env = "password_file" in node, "password_env" in node
         if has_file and has_env:
             self.error(path, "set password_file or password_env, not both")
@@ -630,11 +532,11 @@ class _Parser:
             self.error(path, "needs password_file or password_env")
         elif has_file:
             options["auth_password_file"] = self.file_path(
-                node["password_file"], _join(path, "password_file"), check=self.check_secrets
+                node["password_file"], key_path(path, "password_file"), check=self.check_secrets
             )
         else:
             options["auth_password_env"] = self.password_env(
-                node["password_env"], _join(path, "password_env")
+                node["password_env"], key_path(path, "password_env")
             )
         return options
 
@@ -655,7 +557,7 @@ class _Parser:
             return None
         expect: dict[str, tuple[int, ...]] = {}
         for stage, codes in node.items():
-            stage_path = _join(path, stage)
+            stage_path = key_path(path, stage)
             if stage not in REPLY_STAGES:
                 what = f"the {stage} stage has no reply" if stage in STAGES else "unknown stage"
                 self.error(stage_path, f"{what}; stages with replies: {_one_of(REPLY_STAGES)}")
@@ -710,33 +612,33 @@ class _Parser:
         self.check_keys(node, path, _TARGET_KEYS)
         host = port = module_name = None
         if "address" not in node:
-            self.error(_join(path, "address"), "required")
+            self.error(key_path(path, "address"), "required")
         elif not isinstance(node["address"], str):
             got = describe(node["address"])
-            self.error(_join(path, "address"), f'must be a string "host:port", got {got}')
+            self.error(key_path(path, "address"), f'must be a string "host:port", got {got}')
         else:
             try:
                 host, port = parse_address(node["address"])
             except ValueError as error:
-                self.error(_join(path, "address"), str(error))
+                self.error(key_path(path, "address"), str(error))
         if "module" not in node:
-            self.error(_join(path, "module"), "required")
+            self.error(key_path(path, "module"), "required")
         else:
             module_name = node["module"]
             if not isinstance(module_name, str):
                 got = describe(module_name)
-                self.error(_join(path, "module"), f"must be a module name, got {got}")
+                self.error(key_path(path, "module"), f"must be a module name, got {got}")
             elif module_name not in modules:
                 known = _one_of(tuple(modules)) or "(none)"
                 self.error(
-                    _join(path, "module"),
+                    key_path(path, "module"),
                     f"unknown module {describe(module_name)}; known: {known}",
                 )
         interval = timeout = None
         if "interval" in node:
-            interval = self.duration(node["interval"], _join(path, "interval"))
+            interval = self.duration(node["interval"], key_path(path, "interval"))
         if "timeout" in node:
-            timeout = self.duration(node["timeout"], _join(path, "timeout"))
+            timeout = self.duration(node["timeout"], key_path(path, "timeout"))
         if len(self.errors) > errors_before:
             return None
         module = modules[module_name]
@@ -753,12 +655,12 @@ class _Parser:
         if target.timeout_seconds < target.interval_seconds:
             return target
         if timeout is not None:
-            timeout_origin = _join(path, "timeout")
+            timeout_origin = key_path(path, "timeout")
         elif f"modules.{module_name}" in self.modules_with_timeout:
             timeout_origin = f"modules.{module_name}.timeout"
         else:
             timeout_origin = "global.timeout"
-        interval_origin = _join(path, "interval") if interval is not None else "global.interval"
+        interval_origin = key_path(path, "interval") if interval is not None else "global.interval"
         global_origins = {timeout_origin, interval_origin} & {"global.timeout", "global.interval"}
         if global_origins and not self.global_durations_ok:
             return target  # a global value is wrong: comparing with its default would mislead

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from smtpmon.config.yamldoc import YamlSyntaxError, describe, read_document
+from smtpmon.config.validation import Validator, describe, key_path
+from smtpmon.config.yamldoc import YamlSyntaxError, read_document
 
 WWW_AUTHENTICATE = 'Basic realm="smtpmon"'
 
@@ -207,10 +208,6 @@ class WebConfig:
     # One bcrypt check at a time: a flood of wrong passwords can take one core, never all.
     _bcrypt_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """The server-side TLS context, or None when the file configures no TLS."""
-        return self.context
-
     def wrap_connection(self, sock):
         """TLS on an accepted connection (the handshake runs under the socket's timeout)."""
         if self.context is None:
@@ -273,14 +270,12 @@ def load_web_config(path: str) -> WebConfig:
     return _Parser(path).parse(text)
 
 
-class _Parser:
-    def __init__(self, source: str):
-        self.source = source
-        self.directory = os.path.dirname(os.path.abspath(source))
-        self.errors: list[str] = []
+class _Parser(Validator):
+    error_class = WebConfigError
 
-    def error(self, path: str, reason: str) -> None:
-        self.errors.append(f"{path}: {reason}" if path else reason)
+    def __init__(self, source: str):
+        super().__init__(source)
+        self.directory = os.path.dirname(os.path.abspath(source))
 
     def parse(self, text: str) -> WebConfig:
         try:
@@ -294,7 +289,7 @@ class _Parser:
         users = self.basic_auth_users(document.get("basic_auth_users"))
         context = self.context(tls) if tls is not None else None
         if self.errors:
-            raise WebConfigError(self.errors, self.source)
+            raise self.failure()
         return WebConfig(
             source=self.source, tls=tls, headers=MappingProxyType(headers),
             basic_auth_users=MappingProxyType(users), context=context,
@@ -311,13 +306,13 @@ class _Parser:
             return {}
         known: dict = {}
         for key, item in value.items():
-            key_path = f"{path}.{key}" if path else str(key)
+            at = key_path(path, key)
             if key in keys:
                 known[key] = item
-            elif key_path in _UNSUPPORTED:
-                self.error(key_path, _UNSUPPORTED[key_path])
+            elif at in _UNSUPPORTED:
+                self.error(at, _UNSUPPORTED[at])
             else:
-                self.error(key_path, f"unknown key; known: {', '.join(keys)}")
+                self.error(at, f"unknown key; known: {', '.join(keys)}")
         return known
 
     def string(self, path: str, value: Any) -> str | None:

@@ -6,10 +6,11 @@ both files want every duplicate reported and syntax errors that name the line.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import yaml
+
+from smtpmon.config.validation import describe
 
 
 class YamlSyntaxError(ValueError):
@@ -35,24 +36,6 @@ def read_document(text: str) -> tuple[Any, list[str]]:
     finally:
         loader.dispose()
     return document, loader.duplicates
-
-
-def describe(value: Any) -> str:
-    """A value as a message shows it: strings quoted and escaped, YAML words for the rest."""
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
 
 
 class _DuplicateKeyLoader(yaml.SafeLoader):

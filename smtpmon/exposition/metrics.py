@@ -9,14 +9,10 @@ sockets, schedules or HTTP.
 
 from __future__ import annotations
 
-import bisect
 import functools
-import platform
-import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -27,7 +23,6 @@ from prometheus_client import (
 )
 from prometheus_client.utils import floatToGoString
 
-from smtpmon import __version__
 from smtpmon.smtp.replycodes import (
     ENHANCED_CLASS_NAMES,
     PROTOCOL_ERROR,
@@ -36,9 +31,6 @@ from smtpmon.smtp.replycodes import (
     reply_class,
 )
 from smtpmon.smtp.results import Capabilities, ProbeResult, Reply, TlsInfo
-
-if TYPE_CHECKING:
-    from smtpmon.exposition.store import ResultStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -93,18 +85,6 @@ TARGET_FAMILIES: tuple[Family, ...] = (
 )
 _TARGET_INDEX = {family.name: index for index, family in enumerate(TARGET_FAMILIES)}
 _TARGET_HEADERS = tuple(family.header for family in TARGET_FAMILIES)  # built once, sent often
-
-EXPORTER_FAMILIES: tuple[Family, ...] = (
-    Family("smtpmon_build_info", "gauge", "Constant 1: the smtpmon and Python versions."),
-    Family("smtpmon_config_last_reload_successful", "gauge",
-           "1 if the last configuration load succeeded, else 0."),
-    Family("smtpmon_config_last_reload_success_timestamp_seconds", "gauge",
-           "When the configuration was last loaded successfully (Unix time)."),
-    Family("smtpmon_targets", "gauge", "Targets in the running configuration."),
-    Family("smtpmon_probes_in_flight", "gauge", "Probes running now."),
-    Family("smtpmon_schedule_lag_seconds", "histogram",
-           "How late each probe started against its scheduled time."),
-)
 
 # Keywords kept as `extension` label values: the IANA SMTP service extensions registry plus
 # common vendor ones. Anything else is "other", so a server cannot grow the label set.
@@ -186,7 +166,8 @@ def _failure_key(result: ProbeResult) -> tuple[str, str]:
 # Label sets come from bounded vocabularies, so they repeat across targets and probes:
 # caching their rendering more than halves the cost of `render_target`.
 @functools.lru_cache(maxsize=4096)
-def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+def label_pairs(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    """',name="value"' for each label: the text that follows a sample's fixed labels."""
     return "".join(f',{name}="{escape_label_value(value)}"' for name, value in zip(names, values))
 
 
@@ -245,11 +226,11 @@ def render_target(
     if skipped is not None:
         out.add("smtpmon_probe_skipped_total", skipped)
     for key, count in counts.failures.items():
-        out.add("smtpmon_probe_failures_total", count, _labels(FAILURE_LABELS, key))
+        out.add("smtpmon_probe_failures_total", count, label_pairs(FAILURE_LABELS, key))
     for key, count in counts.replies.items():
-        out.add("smtpmon_replies_total", count, _labels(REPLY_LABELS, key))
+        out.add("smtpmon_replies_total", count, label_pairs(REPLY_LABELS, key))
     for key, count in counts.enhanced.items():
-        out.add("smtpmon_enhanced_status_codes_total", count, _labels(ENHANCED_LABELS, key))
+        out.add("smtpmon_enhanced_status_codes_total", count, label_pairs(ENHANCED_LABELS, key))
     if latest is not None:
         _add_last_probe(out, latest)
     if tls is not None:
@@ -261,9 +242,9 @@ def _add_last_probe(out: _Lines, result: ProbeResult) -> None:
     out.add("smtpmon_probe_duration_seconds", result.duration_seconds)
     out.add("smtpmon_probe_last_timestamp_seconds", result.started_at + result.duration_seconds)
     if not result.success:
-        out.add("smtpmon_probe_failure_info", 1, _labels(FAILURE_LABELS, _failure_key(result)))
+        out.add("smtpmon_probe_failure_info", 1, label_pairs(FAILURE_LABELS, _failure_key(result)))
     for stage in result.stages:
-        stage_label = _labels(("stage",), (stage.stage,))
+        stage_label = label_pairs(("stage",), (stage.stage,))
         out.add("smtpmon_probe_stage_duration_seconds", stage.duration_seconds, stage_label)
         reply = stage.reply
         if reply is None:
@@ -282,12 +263,12 @@ def _reply_samples(stage: str, code: int | None, enhanced: str | None) -> tuple[
     """A stage's last reply as the value of stage_reply_code ("000" → 0: an unparseable reply
     still shows that the stage got an answer) and the labels of stage_reply_info."""
     described = _reply_key(stage, code) + (enhanced or "",)
-    return int(code_label(code)), _labels(REPLY_LABELS + ("enhanced_code",), described)
+    return int(code_label(code)), label_pairs(REPLY_LABELS + ("enhanced_code",), described)
 
 
 @functools.lru_cache(maxsize=1024)  # a server's extension set repeats from one probe to the next
 def _extension_labels(phase: str, extensions: frozenset[str]) -> tuple[str, ...]:
-    return tuple(_labels(("phase", "extension"), (phase, extension))
+    return tuple(label_pairs(("phase", "extension"), (phase, extension))
                  for extension in sorted({extension_label(keyword) for keyword in extensions}))
 
 
@@ -298,13 +279,13 @@ def _add_ehlo(out: _Lines, phase: str, capabilities: Capabilities | None) -> Non
         out.add("smtpmon_ehlo_extension_info", 1, labels)
     if capabilities.size_limit is not None:
         out.add("smtpmon_ehlo_size_limit_bytes", capabilities.size_limit,
-                _labels(("phase",), (phase,)))
+                label_pairs(("phase",), (phase,)))
 
 
 def _add_tls(out: _Lines, tls: TlsInfo) -> None:
     if tls.version or tls.cipher:
         out.add("smtpmon_tls_info", 1,
-                _labels(("tls_version", "cipher"), (tls.version or "", tls.cipher or "")))
+                label_pairs(("tls_version", "cipher"), (tls.version or "", tls.cipher or "")))
     if tls.not_after is not None:
         out.add("smtpmon_tls_certificate_not_after_timestamp_seconds", tls.not_after)
     if tls.not_before is not None:
@@ -325,104 +306,6 @@ def _family_chunks(rows: Sequence[tuple[bytes, ...]]) -> list[bytes]:
     return parts
 
 
-# Schedule lag buckets, in seconds: from "on time" to "the loop is badly behind".
-SCHEDULE_LAG_BUCKETS: tuple[float, ...] = (
-    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ExporterStatus:
-    """The exporter's own state at one moment, for the status page."""
-
-    started_at: float  # Unix time
-    config_loaded: bool  # the last load or reload succeeded
-    config_loaded_at: float  # the last successful load (Unix time; 0 before any)
-    config_attempted_at: float  # the last load or reload, successful or not (0 before any)
-    config_errors: tuple[str, ...]  # why the last load failed; empty after a success
-    probes_in_flight: int
-
-
-class ExporterState:
-    """The exporter's own metrics, updated by the daemon from any thread."""
-
-    def __init__(self, version: str = __version__) -> None:
-        self._lock = threading.Lock()
-        self._started_at = time.time()
-        self._reload_attempt_timestamp = 0.0
-        self._config_errors: tuple[str, ...] = ()
-        self._build_labels = _labels(("version", "python_version"),
-                                     (version, platform.python_version()))[1:]
-        self._reload_successful = False
-        self._reload_success_timestamp = 0.0
-        self._targets = 0
-        self._in_flight = 0
-        self._lag_counts = [0] * (len(SCHEDULE_LAG_BUCKETS) + 1)  # the last one is +Inf
-        self._lag_sum = 0.0
-
-    def config_loaded(self, success: bool, at: float | None = None,
-                      errors: tuple[str, ...] = ()) -> None:
-        """Record a configuration load or reload (`errors`: why it failed); `at` defaults to
-        now."""
-        at = time.time() if at is None else at
-        with self._lock:
-            self._reload_successful = success
-            self._reload_attempt_timestamp = at
-            self._config_errors = () if success else tuple(errors)
-            if success:
-                self._reload_success_timestamp = at
-
-    def status(self) -> ExporterStatus:
-        with self._lock:
-            return ExporterStatus(self._started_at, self._reload_successful,
-                                  self._reload_success_timestamp, self._reload_attempt_timestamp,
-                                  self._config_errors, self._in_flight)
-
-    def set_targets(self, count: int) -> None:
-        with self._lock:
-            self._targets = count
-
-    def probe_started(self) -> None:
-        with self._lock:
-            self._in_flight += 1
-
-    def probe_finished(self) -> None:
-        with self._lock:
-            self._in_flight -= 1
-
-    def observe_schedule_lag(self, seconds: float) -> None:
-        seconds = max(seconds, 0.0)  # a probe that started early is on time, not "negative late"
-        with self._lock:
-            self._lag_counts[bisect.bisect_left(SCHEDULE_LAG_BUCKETS, seconds)] += 1
-            self._lag_sum += seconds
-
-    def render(self) -> bytes:
-        with self._lock:
-            values = {
-                "smtpmon_config_last_reload_successful": self._reload_successful,
-                "smtpmon_config_last_reload_success_timestamp_seconds":
-                    self._reload_success_timestamp,
-                "smtpmon_targets": self._targets,
-                "smtpmon_probes_in_flight": self._in_flight,
-            }
-            lag_counts = list(self._lag_counts)
-            lag_sum = self._lag_sum
-        build, *gauges, lag = EXPORTER_FAMILIES
-        lines = [build.header.decode(), f"smtpmon_build_info{{{self._build_labels}}} 1.0\n"]
-        for family in gauges:
-            lines.append(family.header.decode())
-            lines.append(f"{family.name} {floatToGoString(values[family.name])}\n")
-        lines.append(lag.header.decode())
-        cumulative = 0
-        for bound, count in zip(SCHEDULE_LAG_BUCKETS + (float("inf"),), lag_counts):
-            cumulative += count
-            lines.append(f'{lag.name}_bucket{{le="{floatToGoString(bound)}"}} '
-                         f"{floatToGoString(cumulative)}\n")
-        lines.append(f"{lag.name}_count {floatToGoString(cumulative)}\n")
-        lines.append(f"{lag.name}_sum {floatToGoString(lag_sum)}\n")
-        return "".join(lines).encode()
-
-
 # process_* and python_* from prometheus_client, in a registry of their own so that nothing
 # registered elsewhere in the process leaks into /metrics.
 _RUNTIME_REGISTRY = CollectorRegistry(auto_describe=False)
@@ -431,22 +314,24 @@ PlatformCollector(registry=_RUNTIME_REGISTRY)
 GCCollector(registry=_RUNTIME_REGISTRY)
 
 
-def metrics_chunks(store: ResultStore, state: ExporterState) -> list[bytes]:
-    """The whole `/metrics` page (every target, the exporter itself, process and Python) as
-    chunks to write one after the other: at 10,000 targets the page is some 30 MB, and
-    joining it would hold it twice more in memory."""
-    parts = _family_chunks(store.rows())
+class SelfMetrics(Protocol):
+    """The exporter's own metrics (smtpmon.exposition.state.ExporterState)."""
+
+    def render(self) -> bytes: ...
+
+
+def metrics_chunks(rows: Sequence[tuple[bytes, ...]], state: SelfMetrics) -> list[bytes]:
+    """The whole `/metrics` page (every target's row, from ResultStore.rows(); the exporter
+    itself; process and Python) as chunks to write one after the other: at 10,000 targets the
+    page is some 30 MB, and joining it would hold it twice more in memory."""
+    parts = _family_chunks(rows)
     parts.append(state.render())
     parts.append(generate_latest(_RUNTIME_REGISTRY))
     return parts
 
 
-def render_metrics(store: ResultStore, state: ExporterState) -> bytes:
-    """The whole `/metrics` page as one bytes object."""
-    return b"".join(metrics_chunks(store, state))
-
-
-def render_probe(result: ProbeResult, store: ResultStore) -> bytes:
-    """The `/probe` page: `result` recorded in `store` (the daemon's /probe store), rendered
-    with the counters of every /probe of the same target and module, as daemon mode counts."""
-    return b"".join(_family_chunks([store.record_on_demand(result)]))
+def render_probe(row: tuple[bytes, ...]) -> bytes:
+    """The `/probe` page: one target's row (what ResultStore.record_on_demand returns: the
+    result with the counters of every /probe of the same target and module, as daemon mode
+    counts)."""
+    return b"".join(_family_chunks([row]))

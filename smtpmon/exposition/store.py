@@ -1,7 +1,7 @@
 """The latest result and cumulative counters of every (target, module), shared between threads.
 
 The scheduler's probe sessions call `record` as probes finish; HTTP threads read. One lock
-guards everything. Each entry also keeps its exposition lines, rendered by the collector, so
+guards everything. Each entry also keeps its exposition lines (metrics.render_target), so
 that a scrape of 10,000 targets mostly joins bytes. When to render: the first change after a
 scrape read the entry is rendered at once, by the probe's session; later changes before the
 next scrape only mark it stale, and the scrape renders it (`rows`). A target probed less often
@@ -44,7 +44,9 @@ SNAPSHOT_CHUNK = 128
 
 
 @dataclass(slots=True)
-class _Entry:
+class _StoredTarget:
+    """One (target, module): its latest result, counters, rendered row and history."""
+
     target: str
     module: str
     latest: ProbeResult | None = None
@@ -95,7 +97,7 @@ class ResultStore:
         """`max_entries` bounds the entries `record_on_demand` creates: /probe callers choose
         the targets, so without a bound they could grow the store (and /probe) forever."""
         self._lock = threading.Lock()
-        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._entries: dict[tuple[str, str], _StoredTarget] = {}
         self._max_entries = max_entries
         self._budget = TranscriptBudget()
 
@@ -104,7 +106,7 @@ class ResultStore:
         already keeps its result and counters, so a reload does not reset unchanged targets."""
         with self._lock:
             if (target, module) not in self._entries:
-                self._entries[(target, module)] = _Entry(target, module)
+                self._entries[(target, module)] = _StoredTarget(target, module)
 
     def record(self, result: ProbeResult) -> bool:
         """Store a finished probe and count it. A result for a target that is not registered
@@ -119,14 +121,14 @@ class ResultStore:
 
     def record_on_demand(self, result: ProbeResult) -> tuple[bytes, ...]:
         """Store and count a `/probe` result, creating its entry if needed; the entry's
-        rendered row (see collector.render_target). When the store is full, the entry
+        rendered row (see metrics.render_target). When the store is full, the entry
         probed least recently makes room."""
         key = (result.target, result.module)
         with self._lock:
             # Re-inserted on every probe: the dict's order is then least recently probed first.
             entry = self._entries.pop(key, None)
             if entry is None:
-                entry = _Entry(result.target, result.module, skipped=None)
+                entry = _StoredTarget(result.target, result.module, skipped=None)
                 if self._max_entries is not None and len(self._entries) >= self._max_entries:
                     del self._entries[next(iter(self._entries))]
             self._entries[key] = entry
@@ -147,9 +149,10 @@ class ResultStore:
         with self._lock:
             self._entries.pop((target, module), None)
 
-    def keys(self) -> list[tuple[str, str]]:
+    def __len__(self) -> int:
+        """How many entries the store holds."""
         with self._lock:
-            return list(self._entries)
+            return len(self._entries)
 
     def latest(self, target: str, module: str) -> ProbeResult | None:
         with self._lock:
@@ -159,7 +162,7 @@ class ResultStore:
     def snapshot(self, *, counts: bool = True) -> list[TargetSnapshot]:
         """Every entry as it is now, in registration order (for /probe entries: least recently
         probed first). The lock is held for SNAPSHOT_CHUNK entries at a time; without `counts`
-        each entry's copy is the one kept since its last change (see _Entry.view), so most
+        each entry's copy is the one kept since its last change (see _StoredTarget.view), so most
         entries cost a reference."""
         with self._lock:
             entries = list(self._entries.values())
@@ -188,7 +191,7 @@ class ResultStore:
             return None if entry is None else entry.history.view(entry.latest)
 
     def rows(self) -> list[tuple[bytes, ...]]:
-        """Every entry's rendered exposition (see collector.render_target), in registration
+        """Every entry's rendered exposition (see metrics.render_target), in registration
         order. Rows are immutable, so the caller joins them outside the lock.
 
         Entries that changed are rendered here, each under the lock on its own: a probe

@@ -1,15 +1,14 @@
 """Many probe sessions on one thread: greenlets over epoll.
 
 Why: a probe spends nearly all its time waiting for a server, and what a probe cost the daemon
-was mostly the process waking up for it on cold caches (~160 µs of CPU back to back, ~850 µs
-one every 10 ms). With every session on one thread, probes started together share each
-wake-up (see scheduler.DISPATCH_ROUND_SECONDS): ~520 µs. A session that would block parks
-itself on its socket (or its deadline) and switches back to the loop, which waits on every
-socket at once with one epoll.
+was mostly the process waking up for it on cold caches. With every session on one thread,
+probes started together share each wake-up (see scheduler.DISPATCH_ROUND_SECONDS; the figures
+are in benchmarks/README.md). A session that would block parks itself on its socket (or its
+deadline) and switches back to the loop, which waits on every socket at once with one epoll.
 
 Why greenlet and not asyncio: the probe engine stays plain functions. The command line runs
 the very same session code on its own thread, blocking (so does /probe behind TLS or basic
-auth, see smtpmon.web.server); only smtpclient's lowest calls (connect, send, receive, the TLS
+auth, see smtpmon.web.server); only smtp.client's lowest calls (connect, send, receive, the TLS
 handshake) and the DNS wait ask the hub to wait when there is one. asyncio would mean a
 second, `async`, copy of the engine.
 

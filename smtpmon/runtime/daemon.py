@@ -20,14 +20,12 @@ from typing import Any, Callable
 
 from smtpmon import __version__
 from smtpmon.config import webconfig
-from smtpmon.exposition.metrics import ExporterState
+from smtpmon.config.addresses import parse_listen_address
 from smtpmon.config.load import Config, ConfigError, default_config, load_config
-from smtpmon.net.hub import Hub
-from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server, parse_listen_address
+from smtpmon.exposition.state import ExporterState
+from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server
 from smtpmon.logs import get_logger
-from smtpmon.smtp.module import Module
-from smtpmon.smtp.results import ProbeResult
-from smtpmon.runtime.scheduler import Scheduler, run_module_probe
+from smtpmon.runtime.scheduler import Scheduler
 from smtpmon.exposition.store import ResultStore
 
 log = get_logger("daemon")
@@ -37,16 +35,14 @@ EXIT_FAILURE = 1
 EXIT_BAD_CONFIG = 2
 
 # glibc gives each thread that allocates its own malloc arena (up to 8 per core); with many
-# threads (HTTP, /probe, DNS lookups; probe threads before smtpmon.net.hub), memory freed in one
-# arena is not reused by the others and the resident size creeps up for hours (soak, 1,000
-# targets: +13% in 10 min; with two arenas: +0.3% in 5 min).
+# threads (HTTP, /probe, DNS lookups), memory freed in one arena is not reused by the others
+# and the resident size creeps up for hours (the soak's figures: benchmarks/README.md).
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # from glibc's malloc.h
 
 # glibc gives memory back to the system by itself only from the top of its heap. Results
-# replaced every minute leave free pages all through it: at 10,000 targets the benchmark's
-# daemon held 155.6 MB, and 138.8 MB with malloc_trim(0) (which also releases free pages in
-# the middle of the heap) every 30 s, for no measurable CPU.
+# replaced every minute leave free pages all through it; malloc_trim(0) also releases free
+# pages in the middle of the heap, for no measurable CPU (benchmarks/README.md).
 TRIM_SECONDS = 30.0
 
 
@@ -131,10 +127,6 @@ class Daemon:
         self.state.config_loaded(True)
         self.state.set_targets(len(self._config.targets))
         self.scheduler.start()
-
-    def probe(self, target: str, module_name: str, module: Module, deadline: float,
-              hub: Hub | None = None) -> ProbeResult:
-        return run_module_probe(target, module_name, module, deadline, hub)
 
     def reload(self) -> list[str]:
         """Load the file again and apply it; on failure keep the running config. The errors."""

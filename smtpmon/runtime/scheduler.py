@@ -2,8 +2,8 @@
 
 The `schedule` library decides when each target is due: one `schedule.Job` per target, on a
 private `schedule.Scheduler()`. Its `run_pending()` and `idle_seconds` scan every job on every
-tick, which at 10,000 targets costs about 7.5 ms, longer than the 6 ms between due probes
-(10,000 / 60 s): the loop would eat a core and fall behind. So the loop keeps a heap of the
+tick, which at 10,000 targets takes longer than the time between two due probes: the loop
+would eat a core and fall behind (figures in benchmarks/README.md). So the loop keeps a heap of the
 jobs' `next_run` times, runs each due job through `Job.run()` (which calls our dispatch and
 lets `schedule` compute the next run), and pushes the job back with its new `next_run`: O(log n)
 per due probe, nothing per idle tick.
@@ -58,27 +58,19 @@ _LOCAL_EPOCH = datetime.datetime(1970, 1, 1)
 
 # Due probes start in rounds at least this far apart (sooner when the loop is awake anyway for
 # a probe's socket): probes started together share one wake-up of the process and each other's
-# warm caches. At 1,000 targets every 10 s, one probe every 10 ms cost ~900 µs of CPU each,
-# started in 20 ms rounds ~610 µs, in 50 ms rounds ~520 µs. The price is up to this much
-# schedule lag, which the lag histogram shows.
+# warm caches, which costs far less CPU per probe than one wake-up each (benchmarks/README.md).
+# The price is up to this much schedule lag, which the lag histogram shows.
 DISPATCH_ROUND_SECONDS = 0.05
 
 # New targets' first runs start at about this rate at most (spread over at most their interval),
-# about this many together. Ten targets every second, each in its own 50 ms round, cost
-# 870 - 1160 µs of CPU per probe; started in fours, 570 - 600 µs.
+# about this many together: a small configuration's probes then share wake-ups too, as a large
+# one's do in every dispatch round (benchmarks/README.md).
 FIRST_RUNS_PER_SECOND = 20.0
 FIRST_RUNS_TOGETHER = 4
 
-# (target "host:port", module name, module, absolute time.monotonic() deadline, the hub to
-# wait on) -> result
-ProbeFunction = Callable[[str, str, Module, float, Hub], ProbeResult]
-
-
-def run_module_probe(target: str, module_name: str, module: Module, deadline: float,
-                     hub: Hub | None = None) -> ProbeResult:
-    """The real probe engine, the result labelled with the module's configured name; without
-    a hub (/probe) it blocks the calling thread."""
-    return run_probe(target, module, deadline=deadline, module_name=module_name, hub=hub)
+# The probe engine's signature (smtpmon.smtp.session.run_probe): (target name, host, port,
+# module, *, deadline= absolute time.monotonic(), module_name=, hub= the hub to wait on).
+ProbeFunction = Callable[..., ProbeResult]
 
 
 class Store(Protocol):
@@ -101,8 +93,10 @@ def spread_offset(key: str, interval_seconds: float) -> float:
 
 
 @dataclass(eq=False)
-class _Entry:
-    name: str  # "host:port"
+class _ScheduledTarget:
+    name: str  # the address as configured: the `target` label
+    host: str
+    port: int
     module_name: str
     module: Module
     interval_seconds: float
@@ -115,7 +109,7 @@ class _Entry:
 
 
 class Scheduler:
-    def __init__(self, store: Store, state: State, probe: ProbeFunction = run_module_probe):
+    def __init__(self, store: Store, state: State, probe: ProbeFunction = run_probe):
         self._store = store
         self._state = state
         self._probe = probe
@@ -124,13 +118,13 @@ class Scheduler:
         self._stopping = threading.Event()
         self._stop_deadline = 0.0  # monotonic; set by stop() before it wakes the loop
         self._schedule = schedule.Scheduler()
-        self._entries: dict[tuple[str, str], _Entry] = {}
-        self._heap: list[tuple[datetime.datetime, int, _Entry]] = []
+        self._entries: dict[tuple[str, str], _ScheduledTarget] = {}
+        self._heap: list[tuple[datetime.datetime, int, _ScheduledTarget]] = []
         self._sequence = itertools.count()
         self._max_concurrency = 1
         # Due probes waiting for a free slot, oldest first: (entry, due time). Filled under
         # the lock by _dispatch, emptied by the loop outside it (a session may take the lock).
-        self._waiting: collections.deque[tuple[_Entry, datetime.datetime]] = collections.deque()
+        self._waiting: collections.deque[tuple[_ScheduledTarget, datetime.datetime]] = collections.deque()
         self._thread: threading.Thread | None = None
         self._clock_offset: float | None = None  # local wall time - monotonic time, seconds
 
@@ -144,7 +138,7 @@ class Scheduler:
         counters; a changed one starts over as new.
         """
         with self._lock:
-            wanted: dict[tuple[str, str], _Entry] = {}
+            wanted: dict[tuple[str, str], _ScheduledTarget] = {}
             new: list[tuple[object, Module]] = []
             for target in config.targets:
                 module = config.modules[target.module]
@@ -164,9 +158,11 @@ class Scheduler:
         self._hub.wake()
         log.info("schedule applied", targets=len(wanted), max_concurrency=self._max_concurrency)
 
-    def _add(self, target, module: Module) -> _Entry:
-        entry = _Entry(
+    def _add(self, target, module: Module) -> _ScheduledTarget:
+        entry = _ScheduledTarget(
             name=target.name,
+            host=target.host,
+            port=target.port,
             module_name=target.module,
             module=module,
             interval_seconds=float(target.interval_seconds),
@@ -177,7 +173,7 @@ class Scheduler:
         entry.job = self._schedule.every(entry.interval_seconds).seconds.do(self._dispatch, entry)
         return entry
 
-    def _schedule_first_runs(self, entries: list[_Entry]) -> None:
+    def _schedule_first_runs(self, entries: list[_ScheduledTarget]) -> None:
         """`schedule` would fire every new job one interval from now, all together. Instead
         each starts at its own point (a hash of its name) in a window counted from after the
         whole apply: the interval, or less when few targets are new, so that a small config
@@ -197,7 +193,7 @@ class Scheduler:
             entry.job.next_run = now + datetime.timedelta(seconds=offset)
             heapq.heappush(self._heap, (entry.job.next_run, next(self._sequence), entry))
 
-    def _retire(self, entries: list[_Entry]) -> None:
+    def _retire(self, entries: list[_ScheduledTarget]) -> None:
         """Stop scheduling `entries` and drop their series (their heap items are skipped
         lazily). One pass over the jobs: `cancel_job` per entry would be O(n²) on a big reload."""
         if not entries:
@@ -305,7 +301,7 @@ class Scheduler:
         self._heap = [(entry.job.next_run, next(self._sequence), entry) for entry in pending]
         heapq.heapify(self._heap)
 
-    def _dispatch(self, entry: _Entry) -> None:
+    def _dispatch(self, entry: _ScheduledTarget) -> None:
         """Called by `Job.run()` while the scheduler lock is held: queue one probe."""
         if self._stopping.is_set():
             return
@@ -318,7 +314,7 @@ class Scheduler:
         # `schedule` moves next_run on only after this call returns: it is the due time.
         self._waiting.append((entry, entry.job.next_run))
 
-    def _run_probe(self, entry: _Entry, due: datetime.datetime) -> None:
+    def _run_probe(self, entry: _ScheduledTarget, due: datetime.datetime) -> None:
         """A session on the hub: one probe of one target; never lets anything escape."""
         try:
             if not entry.active:  # removed by a reload while waiting: not a probe, not a lag
@@ -327,7 +323,8 @@ class Scheduler:
             self._state.probe_started()
             try:
                 deadline = time.monotonic() + entry.timeout_seconds
-                result = self._probe(entry.name, entry.module_name, entry.module, deadline, self._hub)
+                result = self._probe(entry.name, entry.host, entry.port, entry.module,
+                                     deadline=deadline, module_name=entry.module_name, hub=self._hub)
             finally:
                 self._state.probe_finished()
             with self._lock:
@@ -342,7 +339,7 @@ class Scheduler:
             entry.busy = False
 
     @staticmethod
-    def _log_result(entry: _Entry, result: ProbeResult) -> None:
+    def _log_result(entry: _ScheduledTarget, result: ProbeResult) -> None:
         """Info when a target starts failing, fails differently, or recovers; debug otherwise,
         so 10,000 targets failing the same way each minute do not flood the journal."""
         failure = None if result.success else (result.failed_stage, result.reason)
@@ -359,7 +356,7 @@ class Scheduler:
             level("probe failed", **where, stage=result.failed_stage, reason=result.reason,
                   detail=result.detail, duration_seconds=took)
 
-    def _record_crash(self, entry: _Entry, error: Exception) -> None:
+    def _record_crash(self, entry: _ScheduledTarget, error: Exception) -> None:
         """A probe engine bug still shows as a failed probe, not as a stale success."""
         crash = ProbeResult(
             target=entry.name, module=entry.module_name, success=False, started_at=time.time(),

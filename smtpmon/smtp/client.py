@@ -57,9 +57,9 @@ _MASK = "********"
 # A kernel timeout set for an earlier call is kept while it overshoots the deadline by no more.
 REARM_SLACK_SECONDS = 0.005
 # The longest socket timeout given to the kernel; a longer wait is several, one after the other.
-# The kernel rounds a timeout up to its timer wheel's slot, which is coarse for long ones: a
-# 5 s SO_RCVTIMEO ended after 5.2 - 5.25 s here, enough to overrun a scrape's 0.5 s margin.
-# Up to 0.25 s the slots are 4 - 8 ms.
+# The kernel rounds a timeout up to its timer wheel's slot, which is coarse for long ones:
+# enough, for a timeout of seconds, to overrun a scrape's 0.5 s margin; up to this cap the
+# slots are a few milliseconds (benchmarks/README.md).
 KERNEL_TIMEOUT_CAP_SECONDS = 0.25
 _MAX_POLL_MILLISECONDS = 2**31 - 1  # poll() takes a C int
 _TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO / SO_SNDTIMEO
@@ -281,8 +281,9 @@ def prepare_tls(
     """The local set-up a TLS session needs, for a caller to do before it starts timing: the
     client context (as make_tls_context; None when it cannot be made, which the handshake then
     reports), the certificate parser and OpenSSL's own first-handshake set-up. A process's
-    first TLS probe would otherwise count them (~30 ms loading the system's CA bundle, ~35 ms
-    importing the parser, ~3 ms in OpenSSL) as the server's time in its starttls stage."""
+    first TLS probe would otherwise count them (loading the system's CA bundle, importing the
+    parser: tens of milliseconds, benchmarks/README.md) as the server's time in its starttls
+    stage."""
     from cryptography import x509  # noqa: F401 - imported now rather than in the stage
 
     try:
@@ -299,7 +300,7 @@ _openssl_warmed = threading.Event()
 
 def _warm_openssl(context: ssl.SSLContext) -> None:
     """Start a handshake in memory, as far as the ClientHello (nothing is sent anywhere):
-    OpenSSL fetches its algorithms and sets itself up at a process's first handshake, ~3 ms
+    OpenSSL fetches its algorithms and sets itself up at a process's first handshake, time
     that would otherwise be the first probe's starttls time."""
     client = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="warm-up.invalid")
     try:
@@ -319,8 +320,8 @@ def certificate_facts(der: bytes | None) -> dict:
 # A server shows the same certificate on every probe: parse it once (keyed by its DER bytes).
 @functools.lru_cache(maxsize=256)
 def _parsed_certificate_facts(der: bytes) -> tuple[tuple[str, object], ...]:
-    # Imported at the first certificate: cryptography adds 11 MB to the resident memory of a
-    # daemon whose probes never use TLS.
+    # Imported at the first certificate: cryptography adds megabytes to the resident memory of
+    # a daemon whose probes never use TLS (benchmarks/README.md).
     from cryptography import x509
 
     try:
@@ -543,7 +544,7 @@ class SmtpConnection:
             # A reply comes next. Having just sent, the kernel would delay its ACK of what
             # arrives now (up to 40 ms), and a server with Nagle on holds its reply until that
             # ACK when it wrote something just before: after STARTTLS, Postfix's TLS session
-            # tickets cross our EHLO, and one probe in three took 40 ms longer in ehlo_tls.
+            # tickets cross our EHLO, and ehlo_tls would wait for the delayed ACK.
             if _TCP_QUICKACK is not None:
                 self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
         except (TimeoutError, BlockingIOError):

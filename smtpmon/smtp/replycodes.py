@@ -2,7 +2,8 @@
 
 Pure functions, no I/O. Parsing follows RFC 5321 section 4.2 ("NNN-text" continues a reply,
 "NNN text" or a bare "NNN" ends it) and never raises: bytes that are not a reply become a
-`Reply` with `code=None` and an `error`, which counts as a protocol error (DESIGN.md rule 5).
+`Reply` with `code=None` and an `error`, which counts as a protocol error: classification is
+total, any input maps somewhere (docs/reply-codes.md: `code="000"`).
 """
 
 from __future__ import annotations

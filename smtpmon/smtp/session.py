@@ -1,4 +1,4 @@
-"""The probe engine: `run_probe(target, module) -> ProbeResult`.
+"""The probe engine: `run_probe(target, host, port, module) -> ProbeResult`.
 
 Walks the stages a module asks for (smtpmon.smtp.results.STAGES), times each one and keeps every
 reply. It never raises: a failure is a result naming the stage and a reason from
@@ -24,10 +24,7 @@ import ssl
 import time
 from collections.abc import Callable
 
-from smtpmon.config.load import is_ipv6
 from smtpmon.net.hub import Hub
-from smtpmon.smtp.module import Module
-from smtpmon.smtp.results import Capabilities, ProbeResult, Reply, StageResult, TlsInfo
 from smtpmon.smtp.client import (
     CertificateError,
     SessionError,
@@ -39,6 +36,8 @@ from smtpmon.smtp.client import (
     printable,
     resolve,
 )
+from smtpmon.smtp.module import Module
+from smtpmon.smtp.results import Capabilities, ProbeResult, Reply, StageResult, TlsInfo
 
 SMTP_PORT = 25
 SUBMISSIONS_PORT = 465  # implicit TLS (RFC 8314)
@@ -65,43 +64,6 @@ _REJECTION_REASONS = {
 def module_default_port(module: Module) -> int:
     """The port a target without one gets: 465 for implicit TLS (RFC 8314), else 25."""
     return SUBMISSIONS_PORT if module.tls == "implicit" else SMTP_PORT
-
-
-def parse_target(target: str, default_port: int = SMTP_PORT) -> tuple[str, int]:
-    """"host:port", "[v6]:port", "host", "[v6]" or a bare IPv6 address that cannot be read as
-    an address and a port -> (host, port).
-
-    Raises ValueError with a message fit for a user.
-    """
-    text = target.strip()
-    if not text:
-        raise ValueError("empty target")
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or not host:
-            raise ValueError(f"target {target!r}: unclosed '[' around an IPv6 address")
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"target {target!r}: expected ':PORT' after ']'")
-        port_text = rest[1:] if rest else None
-    elif text.count(":") > 1:
-        host, port_text = text, None  # a bare IPv6 address
-        if not is_ipv6(host):
-            raise ValueError(f"target {target!r}: write IPv6 addresses as [ADDRESS]:PORT")
-        head, _, tail = text.rpartition(":")
-        if is_ipv6(head) and tail.isascii() and tail.isdigit() and 1 <= int(tail) <= 65535:
-            # "2001:db8::25:587" is an address, and also an address and a port.
-            raise ValueError(f"target {target!r} is ambiguous: write [{host}] for port "
-                             f"{default_port}, or [{head}]:{tail}")
-    else:
-        host, colon, port_text = text.partition(":")
-        port_text = port_text if colon else None
-        if not host:
-            raise ValueError(f"target {target!r}: missing host")
-    if port_text is None:
-        return host, default_port
-    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"target {target!r}: port must be 1-65535, got {port_text!r}")
-    return host, int(port_text)
 
 
 def parse_capabilities(reply: Reply, *, used_helo: bool = False) -> Capabilities:
@@ -159,6 +121,8 @@ def default_ehlo_name(local_address: str | None) -> str:
 
 def run_probe(
     target: str,
+    host: str,
+    port: int,
     module: Module,
     *,
     deadline: float | None = None,
@@ -166,11 +130,13 @@ def run_probe(
     module_name: str = "default",
     hub: Hub | None = None,
 ) -> ProbeResult:
-    """Run one SMTP session against target ("host:port") as module says. Never raises.
+    """Run one SMTP session against host:port as module says. Never raises.
 
+    `target` is the name the result carries (the address as configured or asked for); `host`
+    and `port` are what it was parsed into (smtpmon.config.addresses), taken as they are.
     With a hub (called from a session the hub spawned) it waits by parking on the hub instead
     of blocking its thread; `clock` must then be time.monotonic."""
-    session = _Session(target, module, module_name, deadline, clock, hub)
+    session = _Session(target, host, port, module, module_name, deadline, clock, hub)
     try:
         session.run()
     except Exception as error:  # noqa: BLE001 - the engine's promise: a result, not a crash
@@ -192,8 +158,10 @@ class _StageRecord:
 
 
 class _Session:
-    def __init__(self, target, module, module_name, deadline, clock, hub):
+    def __init__(self, target, host, port, module, module_name, deadline, clock, hub):
         self.target = target
+        self.host = host
+        self.port = port
         self.hub = hub
         self.module = module
         self.module_name = module_name
@@ -211,8 +179,6 @@ class _Session:
         self.failure: tuple[str, str, str] | None = None  # (stage, reason, detail)
         self.connection_usable = False  # True while a QUIT may still be sent
         self.finished_early = False  # a stage passed on an expected rejection
-        self.host = ""
-        self.port = 0
         self.addresses: list[tuple[int, tuple]] = []
         self.address: tuple[int, tuple] | None = None
         self.ehlo_name = module.ehlo_name or ""
@@ -316,13 +282,8 @@ class _Session:
 
     # -- stages ----------------------------------------------------------------------------
     def resolve(self, record: _StageRecord) -> None:
-        default_port = module_default_port(self.module)
         family = _FAMILIES[self.module.ip_protocol]
         try:
-            try:
-                self.host, self.port = parse_target(self.target, default_port)
-            except ValueError as error:
-                raise SessionError("dns_failure", str(error)) from None
             self.addresses = resolve(self.host, self.port, family, self.deadline - self.clock(), self.hub)
         except SessionError as error:
             self.transcript.note(error.detail)

@@ -27,7 +27,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 from smtpmon import __version__
 from smtpmon.config.load import Config
 from smtpmon.exposition.history import HistoryView, Point
-from smtpmon.exposition.metrics import ExporterStatus
+from smtpmon.exposition.state import ExporterStatus
 from smtpmon.exposition.store import ResultStore, TargetSnapshot
 from smtpmon.smtp import transcript
 from smtpmon.smtp.results import ProbeResult, StageResult
@@ -414,7 +414,7 @@ def render(exporter: Exporter, status: ExporterStatus, query: PageQuery) -> byte
                 "most the 10,000 most recently probed).</p>") if probe_only else (
                 '<p>On-demand <code>/probe</code> results. <a href="/">Scheduled targets</a></p>')
     else:
-        mode = (f'<p class="muted">{len(exporter.probe_store.keys())} targets asked for through '
+        mode = (f'<p class="muted">{len(exporter.probe_store)} targets asked for through '
                 f'<code>/probe</code>: <a href="/?view=probe">see them</a></p>')
     refresh = (f'<meta http-equiv="refresh" content="{query.refresh_seconds}">'
                if query.refresh_seconds else "")

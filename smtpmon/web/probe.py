@@ -1,0 +1,139 @@
+"""`/probe?target=host:port&module=name`: one probe now, answered with its metrics, as
+blackbox_exporter's prober/handler.go answers it.
+
+The target goes through the same grammar as a configured one (smtpmon.config.addresses), and
+must be a configured target or match `probe_allow`: an exporter must not become a port scanner.
+The probe's deadline comes from Prometheus' scrape timeout header, less an offset. Its result
+is counted in the daemon's /probe store with every earlier /probe of the same target and
+module, so `rate()` means the same as in daemon mode; `debug=true` adds the transcript.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from http import HTTPStatus
+
+from smtpmon.config.addresses import parse_address
+from smtpmon.exposition.metrics import CONTENT_TYPE, render_probe
+from smtpmon.logs import ThrottledWarning, get_logger
+from smtpmon.smtp import transcript
+from smtpmon.smtp.module import Module
+from smtpmon.smtp.session import run_probe
+from smtpmon.web.wire import TEXT, Answer, BadRequest, Request, single_parameters
+
+log = get_logger("http")
+
+# Prometheus sends its scrape timeout; the probe must end a little before it so the answer still
+# arrives in time (blackbox_exporter's default offset).
+SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+SCRAPE_TIMEOUT_OFFSET_SECONDS = 0.5
+MIN_PROBE_SECONDS = 0.1
+MAX_TARGET_LENGTH = 300  # a 253-character host name, brackets and a port
+
+
+class ProbeSlots:
+    """At most `limit` /probe requests at once; beyond that, an immediate 503. At once, not
+    queued: Prometheus is waiting, and each waiting /probe holds a connection (and, behind
+    TLS or basic auth, its thread)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+        # A flood of refused requests must not become a flood of log lines.
+        self._refused = ThrottledWarning(
+            log, "/probe limit reached; more concurrent /probe requests get 503")
+
+    def acquire(self, client: str) -> bool:
+        if self._slots.acquire(blocking=False):
+            return True
+        self._refused.log(limit=self.limit, client=client)
+        return False
+
+    def release(self) -> None:
+        self._slots.release()
+
+
+def parse_probe_target(value: str | None) -> tuple[str, int]:
+    """The `target` parameter as (host, port); BadRequest says what is wrong with it."""
+    if value is None or value == "":
+        raise BadRequest("missing parameter 'target' (host:port, e.g. target=mx.example.org:25)")
+    if len(value) > MAX_TARGET_LENGTH:
+        raise BadRequest(f"parameter 'target' is longer than {MAX_TARGET_LENGTH} characters")
+    if not value.isprintable() or any(ch.isspace() for ch in value):
+        raise BadRequest("parameter 'target' contains whitespace or control characters")
+    try:
+        return parse_address(value)
+    except ValueError as error:
+        raise BadRequest(f"invalid target: {error}") from None
+
+
+def parse_debug(value: str | None) -> bool:
+    if value is None or value in ("", "false"):
+        return False
+    if value == "true":
+        return True
+    raise BadRequest(f"parameter 'debug' must be true or false, got {value!r}")
+
+
+def probe_deadline(header: str | None, module: Module, now: float) -> float:
+    """The probe's absolute deadline: the scrape timeout less the offset, capped by the module."""
+    seconds = module.timeout_seconds
+    if header is not None:
+        try:
+            scrape_timeout = float(header)
+        except ValueError:
+            scrape_timeout = math.nan
+        if not math.isfinite(scrape_timeout) or scrape_timeout <= 0:
+            raise BadRequest(f"header {SCRAPE_TIMEOUT_HEADER} must be a positive number of seconds")
+        seconds = min(seconds, max(scrape_timeout - SCRAPE_TIMEOUT_OFFSET_SECONDS, MIN_PROBE_SECONDS))
+    return now + seconds
+
+
+
+def answer_probe(exporter, request: Request) -> Answer:
+    """/probe: one probe now, on the request's hub session when it has one (else blocking
+    this thread). `exporter` is a smtpmon.web.routes.Exporter."""
+    params = single_parameters(request.query)
+    host, port = parse_probe_target(params.get("target"))
+    target = params["target"]
+    config = exporter.config
+    module_name = params.get("module")
+    if not module_name:
+        raise BadRequest(f"missing parameter 'module'; known: {', '.join(config.modules)}")
+    module = config.modules.get(module_name)
+    if module is None:
+        shown = module_name[:64].encode("unicode_escape").decode("ascii")
+        raise BadRequest(f"unknown module '{shown}'; known: {', '.join(config.modules)}")
+    debug = parse_debug(params.get("debug"))
+    if not config.probe_allowed(host, port):
+        raise BadRequest(
+            f"target {target} is neither a configured target nor allowed by probe_allow: "
+            "an exporter must not become a port scanner",
+            HTTPStatus.FORBIDDEN,
+        )
+    deadline = probe_deadline(request.headers.get(SCRAPE_TIMEOUT_HEADER), module, time.monotonic())
+    slots = request.probe_slots
+    if not slots.acquire(request.client):
+        return Answer(HTTPStatus.SERVICE_UNAVAILABLE,
+                      f"too many concurrent probes (limit {slots.limit}); try again later\n")
+    exporter.state.probe_started()
+    try:
+        result = run_probe(target, host, port, module, deadline=deadline,
+                           module_name=module_name, hub=request.hub)
+    finally:
+        exporter.state.probe_finished()
+        slots.release()
+    # A failure at info, a success at debug: Prometheus asks for every target every
+    # scrape, and a line per answer would cost more than the probe's own work.
+    (log.debug if result.success else log.info)(
+        "probe via /probe", target=target, module=module_name, success=int(result.success),
+        reason=result.reason, client=request.client)
+    # Counted with every /probe of the same target and module before, as daemon mode counts.
+    metrics = render_probe(exporter.probe_store.record_on_demand(result))
+    if debug:
+        text = transcript.render(result).rstrip("\n")
+        body = f"{text}\n\nMetrics that would have been returned:\n".encode() + metrics
+        return Answer(HTTPStatus.OK, body, TEXT)
+    return Answer(HTTPStatus.OK, metrics, CONTENT_TYPE)
