@@ -213,6 +213,17 @@ def test_the_page_links_metrics_health_docs_and_shows_the_version(running):
         assert running.get(bad)[0] == 404
 
 
+def test_a_failed_reload_shows_in_the_summary_with_its_errors(running):
+    running.config_path.write_text("modules: {mx: {tls: sometimes}}\ntargets: []\n")
+    status, _ = running.request("POST", "/-/reload")
+    assert status == 400
+    status, body = running.get("/")
+    assert status == 200
+    assert "last reload FAILED" in body and "the previous configuration keeps running" in body
+    assert "modules.mx.tls" in body
+    assert body.count("<tr class=") == 4  # the running configuration's targets, still probed
+
+
 # -- /probe-only mode ---------------------------------------------------------------------------
 def test_probe_only_mode_shows_the_last_on_demand_probes(tmp_path, smtp_server, scripted_server):
     good, bad = smtp_server(), scripted_server([Send(b"421 4.3.2 busy\r\n")])

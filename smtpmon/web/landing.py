@@ -183,7 +183,7 @@ def history_strip(history: HistoryView | None, *, detailed: bool = False) -> str
     (against the slowest shown), green for a success, red for a failure. `detailed` adds a
     tooltip to each bar (the target's page); the list draws two paths, to stay small."""
     points = history.points if history is not None else ()
-    width, height, step = 3, 20, 4
+    width, height, step = (6, 40, 8) if detailed else (3, 20, 4)
     if not points:
         return '<span class="muted">no history yet</span>'
     slowest = max(point.duration_seconds for point in points) or 1.0
