@@ -207,12 +207,16 @@ def test_landing_page(daemon, smtp_server, scripted_server):
     running.wait_for(lambda t: probed(healthy.target)(t) and probed(refused.target)(t))
     status, page = running.get("/")
     assert status == 200
-    row = next(r for r in page.split("<tr>") if refused.target in r)
-    assert "FAILED" in row and "banner_rejected" in row and "<code>554 5.7.1</code>" in row
+    rows = page.split("<tr class=")[1:]
+    row = next(r for r in rows if refused.target in r)
+    assert row.startswith('"failing"') and "FAILING" in row and "banner_rejected" in row
+    assert '<code class="code c5" title="5.7.1 &lt;b&gt;not&lt;/b&gt; welcome">554 5.7.1</code>' in row
     assert "&lt;b&gt;not&lt;/b&gt; welcome" in row
-    assert f"/transcript?target=127.0.0.1%3A{refused.port}&amp;module=plain" in row
-    healthy_row = next(r for r in page.split("<tr>") if healthy.target in r)
-    assert "OK" in healthy_row and "banner&nbsp;<code>220</code>" in healthy_row
+    assert f"/target?target=127.0.0.1%3A{refused.port}&amp;module=plain" in row
+    healthy_row = next(r for r in rows if healthy.target in r)
+    assert healthy_row.startswith('"healthy"') and ">OK<" in healthy_row
+    assert '<span class="stage">banner</span><code class="code c2" ' in healthy_row
+    assert page.index(refused.target) < page.index(healthy.target)  # failing first
     status, transcript = running.get(f"/transcript?target={refused.target}&module=plain")
     assert status == 200 and "S: 554 5.7.1 <b>not</b> welcome" in transcript
 

@@ -26,7 +26,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 
 from smtpmon import __version__
 from smtpmon.config.load import Config
-from smtpmon.exposition.history import HistoryView, Point
+from smtpmon.exposition.history import HistoryView
 from smtpmon.exposition.state import ExporterStatus
 from smtpmon.exposition.store import ResultStore, TargetSnapshot
 from smtpmon.smtp import transcript
@@ -76,7 +76,7 @@ def _show_character(match: re.Match[str]) -> str:
 
 
 class Exporter(Protocol):
-    """What the pages read (see smtpmon.web.server.Exporter)."""
+    """What the pages read (see smtpmon.web.routes.Exporter)."""
 
     store: ResultStore
     probe_store: ResultStore
