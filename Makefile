@@ -1,12 +1,13 @@
 # Two commands set up everything on a fresh machine:
 #   make run    install smtpmon in .venv and run the daemon (default: watch the MTA on 127.0.0.1:25)
 #   make test   install smtpmon with its test tools in .venv and run the whole test suite
+#   make lint   check the code with ruff (rules in pyproject.toml)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test bench clean
+.PHONY: run test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(ARGS)
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
 
 # The benchmark suite (benchmarks/README.md); ARGS=--quick for the three-minute version.
 bench: $(VENV)/.installed-test

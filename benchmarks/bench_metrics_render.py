@@ -30,8 +30,14 @@ from smtpmon.exposition import history
 from smtpmon.exposition.metrics import metrics_chunks
 from smtpmon.exposition.state import ExporterState
 from smtpmon.exposition.store import ResultStore
-from smtpmon.smtp.results import (Capabilities, ProbeResult, Reply, StageResult, TlsInfo,
-                                  TranscriptLine)
+from smtpmon.smtp.results import (
+    Capabilities,
+    ProbeResult,
+    Reply,
+    StageResult,
+    TlsInfo,
+    TranscriptLine,
+)
 from smtpmon.web import landing, triage
 
 TARGET_BUDGET_SECONDS = 0.250

@@ -74,7 +74,7 @@ def main() -> None:
         resolv.write_text(RESOLV_CONF)
         config = wd / "smtpmon.yml"
         config.write_text("\n".join([
-            "global: {interval: 10s, timeout: 2s, max_concurrency: %d}" % args.max_concurrency,
+            f"global: {{interval: 10s, timeout: 2s, max_concurrency: {args.max_concurrency}}}",
             "modules: {plain: {tls: none}}",
             "targets:",
             *(f"  - {{address: 'mx{i}.outage.test:25', module: plain}}"

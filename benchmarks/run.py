@@ -154,7 +154,7 @@ async def daemon_phase(n: int, interval: float, measure_seconds: float) -> dict:
             scrape_times.append(time.perf_counter() - begun)
             sizes.append(len(body))
             rss.append(h.rss_bytes(smtpmon.pid))
-            last = {h.label(l, "target"): v for l, v in
+            last = {h.label(labels, "target"): v for labels, v in
                     h.samples(body, "smtpmon_probe_last_timestamp_seconds")}
             for labels, value in h.samples(body, "smtpmon_probe_stage_duration_seconds"):
                 target = h.label(labels, "target")
@@ -320,10 +320,10 @@ async def isolation_phase(n: int, measure_seconds: float) -> dict:
 
 async def postfix_phase(sessions: int) -> dict | None:
     sys.path.insert(0, str(h.ROOT))
-    from tests.postfix import start_postfix, unavailable_reason
-    from smtpmon.smtp.module import Module
     from smtpmon.config.addresses import parse_address
+    from smtpmon.smtp.module import Module
     from smtpmon.smtp.session import run_probe
+    from tests.postfix import start_postfix, unavailable_reason
 
     if unavailable_reason():
         log(f"postfix phase skipped: {unavailable_reason()}")

@@ -64,7 +64,7 @@ def rotating_behaviour(index: int, rotate_seconds: float) -> str:
 
 
 class Session(asyncio.Protocol):
-    def __init__(self, server: "Listener") -> None:
+    def __init__(self, server: Listener) -> None:
         self.listener = server
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
@@ -169,7 +169,7 @@ async def serve(spec: list[str], tls_context, rotate_seconds: float, timings: st
     servers = []
     for index, behaviour in enumerate(spec):
         listener = Listener(index, behaviour, tls_context, rotate_seconds)
-        server = await loop.create_server(lambda l=listener: Session(l), "127.0.0.1", 0,
+        server = await loop.create_server(lambda bound=listener: Session(bound), "127.0.0.1", 0,
                                           backlog=256, reuse_address=True)
         servers.append(server)
         listener.port = server.sockets[0].getsockname()[1]

@@ -10,7 +10,6 @@ import datetime
 
 import pytest
 import trustme
-
 from smtpservers import SERVER_NAME, AiosmtpdServer, ScriptedServer, server_tls_context
 
 # The session-scoped `postfix` fixture (a private, real Postfix on loopback) for any test module.
@@ -35,7 +34,7 @@ def tls_contexts(ca):
     """Server TLS contexts by kind: trusted, untrusted (unknown CA), self_signed, expired,
     wrong_host (valid, but for another name)."""
     stranger = trustme.CA()
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     names = ("127.0.0.1", "localhost", SERVER_NAME)
     return {
         "trusted": server_tls_context(ca.issue_cert(*names)),

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 
+from helpers import run_probe_at
+
 from smtpmon.net.hub import Hub
 from smtpmon.smtp.module import Module
 from smtpmon.smtp.results import ProbeResult
-
-from helpers import run_probe_at
 
 # Past the probe's own deadline, how long the hub may take to hand its result back.
 HUB_GRACE_SECONDS = 5.0

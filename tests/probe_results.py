@@ -1,4 +1,4 @@
-"""Probe results as the probe engine makes them, for the store and collector tests.
+"""Probe results as the probe engine makes them, for the store and exposition tests.
 
 Replies are parsed from the bytes a server would send (`replycodes.parse_reply`), so they
 carry the same codes, enhanced codes and protocol errors a real session produces.

@@ -8,7 +8,12 @@ import re
 
 import pytest
 
-from smtpmon.config.addresses import format_address, matches_pattern, parse_address, parse_listen_address
+from smtpmon.config.addresses import (
+    format_address,
+    matches_pattern,
+    parse_address,
+    parse_listen_address,
+)
 
 
 @pytest.mark.parametrize(

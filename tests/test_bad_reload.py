@@ -7,7 +7,6 @@ Each one: POST /-/reload answers 400 with every error, the old targets keep bein
 from __future__ import annotations
 
 import pytest
-
 from daemon_process import probed, start_daemon
 from helpers import sample_value
 from test_config import INVALID

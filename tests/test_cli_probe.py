@@ -11,9 +11,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from smtpservers import (
+    BANNER,
+    EHLO_OK,
+    QUIT_OK,
+    ScriptedHandler,
+    Send,
+    Sleep,
+    password_authenticator,
+)
 
 from smtpmon.cli import main
-from smtpservers import BANNER, EHLO_OK, QUIT_OK, ScriptedHandler, Send, Sleep, password_authenticator
 
 SECRET = "correct horse battery staple"
 SECRET_PLAIN_BLOB = "AHByb2JlAGNvcnJlY3QgaG9yc2UgYmF0dGVyeSBzdGFwbGU="  # base64("\0probe\0" + SECRET)

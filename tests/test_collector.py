@@ -7,11 +7,12 @@ import os
 import shutil
 import subprocess
 
+import probe_results
 import pytest
+from helpers import render_metrics, sample_value, samples, stored_keys
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.parser import text_string_to_metric_families
 
-import probe_results
 from smtpmon import __version__
 from smtpmon.exposition.metrics import (
     CONTENT_TYPE,
@@ -20,14 +21,13 @@ from smtpmon.exposition.metrics import (
 )
 from smtpmon.exposition.state import EXPORTER_FAMILIES, ExporterState
 from smtpmon.exposition.store import ResultStore
-from helpers import render_metrics, sample_value, samples, stored_keys
 
 
 def series(exposition: bytes, name: str, **labels: str) -> list[dict[str, str]]:
     """Label sets of every `name` sample that has at least `labels`."""
     wanted = {key.rstrip("_"): label for key, label in labels.items()}
-    return [l for n, l, _ in samples(exposition)
-            if n == name and wanted.items() <= l.items()]
+    return [found for n, found, _ in samples(exposition)
+            if n == name and wanted.items() <= found.items()]
 
 
 def metrics_after(*results) -> bytes:
@@ -75,11 +75,11 @@ def test_healthy_target():
         probe_results.NOT_BEFORE
     assert sample_value(out, "smtpmon_tls_certificate_verified", **t) == 1
     assert sample_value(out, "smtpmon_starttls_offered", **t) == 1
-    plain = {l["extension"] for l in series(out, "smtpmon_ehlo_extension_info", phase="plain")}
+    plain = {labels["extension"] for labels in series(out, "smtpmon_ehlo_extension_info", phase="plain")}
     # X-VENDOR-MAGIC is not a known keyword: it becomes "other", the label set stays bounded.
     assert plain == {"PIPELINING", "SIZE", "STARTTLS", "ENHANCEDSTATUSCODES", "8BITMIME",
                      "other"}
-    tls = {l["extension"] for l in series(out, "smtpmon_ehlo_extension_info", phase="tls")}
+    tls = {labels["extension"] for labels in series(out, "smtpmon_ehlo_extension_info", phase="tls")}
     assert tls == {"AUTH", "SIZE"}
     assert sample_value(out, "smtpmon_ehlo_size_limit_bytes", phase="plain", **t) == 10240000
     assert sample_value(out, "smtpmon_ehlo_size_limit_bytes", phase="tls", **t) == 20480000
@@ -195,7 +195,7 @@ def test_removed_target_series_disappear():
         store.record(result)
     store.remove("busy.example.org:25", "mx")
     out = render_metrics(store, ExporterState())
-    assert not any(l.get("target") == "busy.example.org:25" for _, l, _ in samples(out))
+    assert not any(labels.get("target") == "busy.example.org:25" for _, labels, _ in samples(out))
     assert sample_value(out, "smtpmon_probe_success", target="mx.example.org:25", module="mx") == 1
 
 
@@ -273,9 +273,9 @@ def test_render_probe_is_one_target_without_exporter_metrics():
     assert not any(name.startswith(("smtpmon_build", "smtpmon_targets", "process_", "python_"))
                    for name in names)
     # The same families and labels as the daemon's view of the same result.
-    daemon = {(n, tuple(sorted(l.items()))) for n, l, _ in samples(metrics_after(result))
-              if "target" in l and n != "smtpmon_probe_skipped_total"}
-    probe = {(n, tuple(sorted(l.items()))) for n, l, _ in samples(out)}
+    daemon = {(n, tuple(sorted(labels.items()))) for n, labels, _ in samples(metrics_after(result))
+              if "target" in labels and n != "smtpmon_probe_skipped_total"}
+    probe = {(n, tuple(sorted(labels.items()))) for n, labels, _ in samples(out)}
     assert probe == daemon
 
 
@@ -320,7 +320,7 @@ def test_render_probe_counts_every_probe_of_the_target():
                  class_="permanent_negative", category="mail_system", **t) == 2
     assert sample_value(out, "smtpmon_probe_failures_total", stage="data", reason="data_rejected",
                  **t) == 2
-    assert {l["target"] for _, l, _ in samples(out)} == {t["target"]}
+    assert {labels["target"] for _, labels, _ in samples(out)} == {t["target"]}
 
 
 def test_render_probe_store_forgets_the_least_recently_probed_when_full():

@@ -13,8 +13,8 @@ import pytest
 from smtpmon.cli import main
 from smtpmon.config.load import (
     DEFAULT_CONFIG_TEXT,
-    ConfigError,
     Config,
+    ConfigError,
     Settings,
     Target,
     default_config,

@@ -14,11 +14,8 @@ import sys
 import time
 
 import pytest
-
 from daemon_process import REPO, RunningDaemon, free_port, probed, start_daemon
 from helpers import sample_value
-from smtpmon.config.load import DEFAULT_CONFIG_TEXT
-from smtpmon.runtime.daemon import free_memory_trimmer, limit_malloc_arenas
 from smtpservers import (
     BANNER,
     EHLO_OK,
@@ -28,6 +25,9 @@ from smtpservers import (
     Send,
     Sleep,
 )
+
+from smtpmon.config.load import DEFAULT_CONFIG_TEXT
+from smtpmon.runtime.daemon import free_memory_trimmer, limit_malloc_arenas
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from prometheus_tools import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent

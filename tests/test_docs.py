@@ -1,6 +1,6 @@
 """The reference pages cannot drift from the code.
 
-- docs/metrics.md lists exactly the families the collector defines, with their types, and the
+- docs/metrics.md lists exactly the families smtpmon/exposition defines, with their types, and the
   label set of each is the one a real `/metrics` and `/probe` page shows after real probes;
 - docs/reply-codes.md is what tools/gen_reply_codes_doc.py renders from smtpmon.smtp.replycodes, and
   carries every code of the project's reference table with its class and category;
@@ -22,20 +22,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from helpers import render_metrics, run_probe_at
 from prometheus_client.parser import text_string_to_metric_families
-
 from prometheus_tools import require_tool
+from smtpservers import SERVER_NAME, AiosmtpdServer, ScriptedHandler
+
 from smtpmon.cli import SUBCOMMANDS, build_parser, main
+from smtpmon.config.load import parse_config
 from smtpmon.exposition.metrics import (
     TARGET_FAMILIES,
     render_probe,
 )
-from smtpmon.config.load import parse_config
-from smtpmon.smtp.module import Module
 from smtpmon.exposition.state import EXPORTER_FAMILIES, ExporterState
 from smtpmon.exposition.store import ResultStore
-from helpers import render_metrics, run_probe_at
-from smtpservers import SERVER_NAME, AiosmtpdServer, ScriptedHandler
+from smtpmon.smtp.module import Module
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"

@@ -15,18 +15,14 @@ import ssl
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pytest
 import trustme
-
 from daemon_process import start_daemon
 from helpers import run_probe_at, sample_value
 from probe_engines import ENGINES
-from smtpmon.smtp.module import Module
-from smtpmon.smtp.results import FAILURE_REASONS
-from smtpmon.smtp.client import MAX_LINE_BYTES, MAX_REPLY_LINES
 from smtpservers import (
     BANNER,
     EHLO_OK,
@@ -44,6 +40,10 @@ from smtpservers import (
     Trickle,
     reply,
 )
+
+from smtpmon.smtp.client import MAX_LINE_BYTES, MAX_REPLY_LINES
+from smtpmon.smtp.module import Module
+from smtpmon.smtp.results import FAILURE_REASONS
 
 TIMEOUT = 1.0
 FAST = 0.5 * TIMEOUT  # "at once": a failure that must not wait for the deadline

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import probe_results
+
 from smtpmon.exposition.history import (
     HISTORY_LENGTH,
     OLDER_SESSIONS,

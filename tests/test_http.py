@@ -12,12 +12,12 @@ import threading
 import time
 
 import pytest
+from smtpservers import BANNER, EHLO_OK, QUIT_OK, Send, Sleep
 
 from smtpmon.config.load import parse_config
-from smtpmon.runtime.daemon import Daemon
 from smtpmon.exposition.store import ResultStore
+from smtpmon.runtime.daemon import Daemon
 from smtpmon.web.server import Server
-from smtpservers import BANNER, EHLO_OK, QUIT_OK, Send, Sleep
 
 CONFIG = """
 global:
@@ -348,7 +348,7 @@ def test_malformed_requests_get_a_4xx_and_no_traceback(exporter, raw, status):
         answer = b""
         while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
             answer += chunk
-    assert answer.startswith("HTTP/1.".encode()) and f" {status} ".encode() in answer[:40]
+    assert answer.startswith(b"HTTP/1.") and f" {status} ".encode() in answer[:40]
     assert b"Traceback" not in answer
 
 

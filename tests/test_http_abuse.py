@@ -14,7 +14,6 @@ import threading
 import time
 
 import pytest
-
 from daemon_process import start_daemon
 from helpers import sample_value
 from smtpservers import LOOPBACK, Sleep

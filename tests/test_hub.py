@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from smtpmon.net.hub import READ, WRITE, Hub
 from smtpmon.logs import setup_logging
+from smtpmon.net.hub import READ, WRITE, Hub
 
 
 @pytest.fixture

@@ -15,14 +15,14 @@ import threading
 import time
 
 import pytest
-
 from daemon_process import start_daemon
 from helpers import run_probe_at
 from probe_engines import call_on_engine
+
 from smtpmon.net import lookups
-from smtpmon.smtp import client as smtpclient
 from smtpmon.net.hub import Hub
 from smtpmon.net.lookups import MAX_THREADS, LookupPool
+from smtpmon.smtp import client as smtpclient
 from smtpmon.smtp.module import Module
 
 
@@ -159,7 +159,7 @@ def test_probes_against_a_resolver_that_stopped_answering_fail_at_resolve_with_b
     most_threads = 0
     for round_number in range(4):
         first = 9 * round_number
-        round_results = on_threads(3, lambda i: call_on_engine(engine, probes(first + 3 * i)))
+        round_results = on_threads(3, lambda i, first=first: call_on_engine(engine, probes(first + 3 * i)))
         for found, threads in round_results:
             results += found
             most_threads = max(most_threads, threads)

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from postfix import HOSTNAME, SIZE_LIMIT, require_postfix, start_postfix
 
 REPO = Path(__file__).resolve().parent.parent

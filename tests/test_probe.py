@@ -6,17 +6,10 @@ Rejections must come back well before the timeout (FAST), never by waiting for i
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import time
 
 import pytest
-
-from smtpmon.smtp.module import Module
-from smtpmon.smtp.session import default_ehlo_name, module_default_port
-from smtpmon.smtp.replycodes import reply_category, reply_class
-from smtpmon.smtp.results import FAILURE_REASONS
-from smtpmon.smtp.client import MAX_REPLY_LINES
 from helpers import run_probe_at
 from probe_engines import ENGINES
 from smtpservers import (
@@ -33,6 +26,12 @@ from smtpservers import (
     password_authenticator,
     reply,
 )
+
+from smtpmon.smtp.client import MAX_REPLY_LINES
+from smtpmon.smtp.module import Module
+from smtpmon.smtp.replycodes import reply_category, reply_class
+from smtpmon.smtp.results import FAILURE_REASONS
+from smtpmon.smtp.session import default_ehlo_name, module_default_port
 
 TIMEOUT = 5.0
 FAST = 1.0  # a rejection must end the probe well before TIMEOUT

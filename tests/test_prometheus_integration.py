@@ -22,12 +22,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
-
 from daemon_process import RunningDaemon, free_port, start_daemon, stop_process
 from prometheus_tools import require_tool
 from smtpservers import (

@@ -7,10 +7,10 @@ loopback tarpit and a loopback SMTP server. The store and exporter state are the
 
 from __future__ import annotations
 
+import datetime
 import io
 import re
 import statistics
-import datetime
 import threading
 import time
 import types
@@ -18,17 +18,17 @@ from collections import defaultdict
 from types import MappingProxyType
 
 import pytest
-
-from smtpmon.exposition.state import ExporterState
-from smtpmon.config.load import Config, Settings, Target
-from smtpmon.logs import setup_logging
-from smtpmon.smtp.module import Module
-from smtpmon.smtp.results import ProbeResult, StageResult
-from smtpmon.runtime.scheduler import Scheduler, spread_offset
-from smtpmon.smtp.session import run_probe
-from smtpmon.exposition.store import ResultStore
 from helpers import render_metrics, sample_value
 from smtpservers import BANNER, EHLO_OK, QUIT_OK, Sleep
+
+from smtpmon.config.load import Config, Settings, Target
+from smtpmon.exposition.state import ExporterState
+from smtpmon.exposition.store import ResultStore
+from smtpmon.logs import setup_logging
+from smtpmon.runtime.scheduler import Scheduler, spread_offset
+from smtpmon.smtp.module import Module
+from smtpmon.smtp.results import ProbeResult, StageResult
+from smtpmon.smtp.session import run_probe
 
 
 def make_config(targets, *, interval=1.0, timeout=0.5, max_concurrency=8, modules=None):

@@ -18,7 +18,6 @@ import sys
 import urllib.parse
 
 import pytest
-
 from daemon_process import REPO, start_daemon
 from helpers import sample_value
 from smtpservers import BANNER, QUIT_OK, Expect, Send, StartTls, password_authenticator, reply

@@ -10,8 +10,10 @@ import uuid
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from helpers import run_probe_at
+from probe_engines import ENGINES, call_on_engine
+from smtpservers import BANNER, Expect, FullBacklogListener, Send, Sleep, Trickle, reply
 
-from smtpmon.smtp.module import Module
 from smtpmon.smtp.client import (
     MAX_LINE_BYTES,
     REPLIES,
@@ -24,9 +26,7 @@ from smtpmon.smtp.client import (
     printable,
     resolve,
 )
-from helpers import run_probe_at
-from probe_engines import ENGINES, call_on_engine
-from smtpservers import BANNER, Expect, FullBacklogListener, Send, Sleep, Trickle, reply
+from smtpmon.smtp.module import Module
 
 
 def connect(server, timeout: float = 5.0) -> SmtpConnection:

@@ -9,17 +9,17 @@ import re
 import time
 import urllib.parse
 
-import pytest
-
 import probe_results
+import pytest
 from browser import Browser
 from daemon_process import probed, start_daemon
+from smtpservers import ScriptedHandler, Send
+
 from smtpmon.config.load import parse_config
 from smtpmon.exposition.store import TargetSnapshot
 from smtpmon.runtime.daemon import Daemon
 from smtpmon.smtp.results import TlsInfo
 from smtpmon.web import landing, triage
-from smtpservers import ScriptedHandler, Send
 
 # What a hostile server says: markup, script, an image that runs script, a terminal escape
 # sequence (colour, then a window title), a bidirectional override.

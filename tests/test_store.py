@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 
+import probe_results
+from helpers import render_metrics, stored_keys
 from prometheus_client.parser import text_string_to_metric_families
 
-import probe_results
 from smtpmon.exposition.state import ExporterState
 from smtpmon.exposition.store import ResultStore
-from helpers import render_metrics, stored_keys
 
 MX = ("mx.example.org:25", "mx")
 

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from daemon_process import probed, start_daemon
 from helpers import sample_value
 from smtpservers import Send

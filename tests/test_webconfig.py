@@ -22,9 +22,9 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 
 from smtpmon.config.load import default_config
+from smtpmon.config.webconfig import WWW_AUTHENTICATE, WebConfigError, load_web_config
 from smtpmon.runtime.daemon import Daemon, web_server_options
 from smtpmon.web.server import Server
-from smtpmon.config.webconfig import WWW_AUTHENTICATE, WebConfigError, load_web_config
 
 REPO = Path(__file__).resolve().parent.parent
 NETWORK_TIMEOUT = 2.0

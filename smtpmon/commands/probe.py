@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     session.add_argument("--ehlo-name", metavar="NAME", help="name sent in EHLO (default: this host's name or address)")
     session.add_argument("--no-helo-fallback", dest="helo_fallback", action="store_false",
                          help="do not try HELO when EHLO is refused")
-    session.add_argument("--auth", type=str.upper, choices=AUTH_MECHANISMS, help="authenticate with this mechanism; needs --tls starttls or implicit")
+    session.add_argument("--auth", type=str.upper, choices=AUTH_MECHANISMS,
+                         help="authenticate with this mechanism; needs --tls starttls or implicit")
     session.add_argument("--user", help="AUTH username")
     session.add_argument("--password-file", metavar="PATH", help="file holding the AUTH password")
     session.add_argument("--password-env", metavar="VARIABLE", help="environment variable holding the AUTH password")
@@ -76,8 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--status-only", action="store_true", help="print only the status line (for Nagios/Icinga)")
     output.add_argument("--no-annotations", dest="annotate", action="store_false",
                         help="do not explain each reply under it")
-    output.add_argument("--warning", metavar="SECONDS", type=_positive_seconds, help="WARNING when the session takes longer")
-    output.add_argument("--critical", metavar="SECONDS", type=_positive_seconds, help="CRITICAL when the session takes longer")
+    output.add_argument("--warning", metavar="SECONDS", type=_positive_seconds,
+                        help="WARNING when the session takes longer")
+    output.add_argument("--critical", metavar="SECONDS", type=_positive_seconds,
+                        help="CRITICAL when the session takes longer")
     output.add_argument("--warn-days", metavar="DAYS", type=float, default=14.0,
                         help="WARNING when the certificate expires within DAYS (default 14)")
     output.add_argument("--crit-days", metavar="DAYS", type=float, default=3.0,

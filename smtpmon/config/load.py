@@ -14,14 +14,29 @@ import ipaddress
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
-from smtpmon.config.addresses import host_problem, is_bad_pattern, is_ip, is_ipv6, matches_pattern, parse_address
+from smtpmon.config.addresses import (
+    host_problem,
+    is_bad_pattern,
+    is_ip,
+    is_ipv6,
+    matches_pattern,
+    parse_address,
+)
 from smtpmon.config.validation import Validator, describe, key_path
 from smtpmon.config.yamldoc import YamlSyntaxError, read_document
-from smtpmon.smtp.module import AUTH_MECHANISMS, AUTH_TLS_MODES, IP_PROTOCOLS, TLS_MODES, TLS_VERSIONS, Module
+from smtpmon.smtp.module import (
+    AUTH_MECHANISMS,
+    AUTH_TLS_MODES,
+    IP_PROTOCOLS,
+    TLS_MODES,
+    TLS_VERSIONS,
+    Module,
+)
 from smtpmon.smtp.results import STAGES
 
 EMBEDDED_SOURCE = "<embedded default>"

@@ -8,7 +8,8 @@ in one round; at the end it raises the file's own error class with all of them.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def describe(value: Any) -> str:

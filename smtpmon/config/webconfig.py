@@ -23,9 +23,10 @@ import os
 import re
 import ssl
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from smtpmon.config.validation import Validator, describe, key_path
 from smtpmon.config.yamldoc import YamlSyntaxError, read_document
@@ -226,7 +227,7 @@ class WebConfig:
         if credentials is None:
             return False
         user, password = credentials
-        digest = hashlib.sha256(f"{user}:{password}".encode("utf-8")).digest()
+        digest = hashlib.sha256(f"{user}:{password}".encode()).digest()
         cached = self._verified.get(user)
         if cached is not None and hmac.compare_digest(cached, digest):
             return True

@@ -108,7 +108,7 @@ class Hub:
         if self._starting:  # spawned by a session that ran outside run_once (its first step)
             timeout = 0.0
         self._dropped.clear()
-        for fd, events in self._epoll.poll(max(0.0, timeout)):
+        for fd, _events in self._epoll.poll(max(0.0, timeout)):
             if fd == self._wake_fd:
                 self._run_posted()
                 continue

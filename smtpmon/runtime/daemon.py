@@ -15,18 +15,19 @@ import resource
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from smtpmon import __version__
 from smtpmon.config import webconfig
 from smtpmon.config.addresses import parse_listen_address
 from smtpmon.config.load import Config, ConfigError, default_config, load_config
 from smtpmon.exposition.state import ExporterState
-from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server
+from smtpmon.exposition.store import ResultStore
 from smtpmon.logs import get_logger
 from smtpmon.runtime.scheduler import Scheduler
-from smtpmon.exposition.store import ResultStore
+from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server
 
 log = get_logger("daemon")
 

@@ -3,10 +3,10 @@
 The `schedule` library decides when each target is due: one `schedule.Job` per target, on a
 private `schedule.Scheduler()`. Its `run_pending()` and `idle_seconds` scan every job on every
 tick, which at 10,000 targets takes longer than the time between two due probes: the loop
-would eat a core and fall behind (figures in benchmarks/README.md). So the loop keeps a heap of the
-jobs' `next_run` times, runs each due job through `Job.run()` (which calls our dispatch and
-lets `schedule` compute the next run), and pushes the job back with its new `next_run`: O(log n)
-per due probe, nothing per idle tick.
+would eat a core and fall behind (figures in benchmarks/README.md). So the loop keeps a heap
+of the jobs' `next_run` times, runs each due job through `Job.run()` (which calls our dispatch
+and lets `schedule` compute the next run), and pushes the job back with its new `next_run`:
+O(log n) per due probe, nothing per idle tick.
 
 The same thread runs the probes: each session is a greenlet on a `smtpmon.net.hub.Hub`, parked
 while it waits for its server, and the loop waits on the hub (every session's socket at once)
@@ -33,16 +33,17 @@ import heapq
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import schedule
 
-from smtpmon.net.hub import Hub
 from smtpmon.logs import get_logger
+from smtpmon.net.hub import Hub
 from smtpmon.smtp.module import Module
-from smtpmon.smtp.session import run_probe
 from smtpmon.smtp.results import ProbeResult
+from smtpmon.smtp.session import run_probe
 
 log = get_logger("scheduler")
 

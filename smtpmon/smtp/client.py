@@ -265,7 +265,8 @@ def _cached_tls_context(
         try:
             context = ssl.create_default_context(cafile=ca_file)
         except OSError as error:  # includes ssl.SSLError for a file that is not PEM
-            raise SessionError("internal_error", f"cannot load the CA file {ca_file}: {error.strerror or error}") from None
+            raise SessionError("internal_error",
+                               f"cannot load the CA file {ca_file}: {error.strerror or error}") from None
     else:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
@@ -441,7 +442,8 @@ class SmtpConnection:
             raise self._noted(SessionError("connect_timeout", f"no TCP connection within {left:.2f}s")) from None
         except OSError as error:
             self._discard(sock)
-            raise self._noted(SessionError("connect_refused", f"connection failed: {error.strerror or error}")) from None
+            failed = SessionError("connect_refused", f"connection failed: {error.strerror or error}")
+            raise self._noted(failed) from None
         self._sock = sock
 
     def _connect_nonblocking(self, sock: socket.socket, sockaddr: tuple) -> None:

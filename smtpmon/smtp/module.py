@@ -6,9 +6,9 @@ The CLI builds one from flags, the config loader from YAML; the probe engine onl
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 TLS_MODES = ("none", "starttls", "opportunistic", "implicit")
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from smtpmon.smtp.results import Reply
 

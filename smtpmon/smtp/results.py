@@ -1,7 +1,7 @@
-"""Plain values that flow from the probe engine to the collector.
+"""Plain values that flow from the probe engine to the store and the exposition.
 
 Everything here is frozen: a result, once made, is never changed, so it can be handed between
-threads without locks. The store of latest results and counters lives in `store.py`.
+threads without locks. The store of latest results and counters is smtpmon/exposition/store.py.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # The stages of a session, in the order they run. A probe walks a prefix of this list (some
-# stages are skipped by the module's options); the collector and the docs use the same names.
+# stages are skipped by the module's options); the metrics and the docs use the same names.
 STAGES: tuple[str, ...] = (
     "resolve",
     "connect",

@@ -333,7 +333,8 @@ class _Session:
 
     def starttls(self, record: _StageRecord) -> None:
         if self.ehlo is None or "STARTTLS" not in self.ehlo.extensions:
-            said = "HELO was used, so no extensions" if self.ehlo and self.ehlo.used_helo else "EHLO did not offer STARTTLS"
+            said = ("HELO was used, so no extensions" if self.ehlo and self.ehlo.used_helo
+                    else "EHLO did not offer STARTTLS")
             record.fail("starttls_not_offered", f"STARTTLS is required but {said}")
             return
         reply = self.connection.command("STARTTLS")

@@ -74,9 +74,10 @@ def render_page(name: str, directory: Path | None, version: str) -> bytes | None
     title = html.escape(name)
     body = markdown_to_html(text)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>smtpmon docs: {title}</title><link rel=\"icon\" href=\"data:,\"><style>{_STYLE}</style></head><body>"
+            f'<title>smtpmon docs: {title}</title><link rel="icon" href="data:,">'
+            f"<style>{_STYLE}</style></head><body>"
             f'<nav><a href="/">status</a> &middot; <a href="/docs">docs</a> &middot; '
-            f"smtpmon {html.escape(version)}</nav>\n{body}</body></html>\n").encode("utf-8")
+            f"smtpmon {html.escape(version)}</nav>\n{body}</body></html>\n").encode()
 
 
 def render_index(directory: Path | None, version: str) -> bytes:
@@ -86,9 +87,10 @@ def render_index(directory: Path | None, version: str) -> bytes:
              "&lt;prefix&gt;/share/doc/smtpmon.</p>" if directory is None else
              f"<p>From <code>{html.escape(str(directory))}</code>.</p>")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>smtpmon docs</title><link rel=\"icon\" href=\"data:,\"><style>{_STYLE}</style></head><body>"
+            f'<title>smtpmon docs</title><link rel="icon" href="data:,">'
+            f"<style>{_STYLE}</style></head><body>"
             f'<nav><a href="/">status</a> &middot; smtpmon {html.escape(version)}</nav>'
-            f"<h1>Documentation</h1>{where}<ul>{items}</ul></body></html>\n").encode("utf-8")
+            f"<h1>Documentation</h1>{where}<ul>{items}</ul></body></html>\n").encode()
 
 
 _STYLE = """

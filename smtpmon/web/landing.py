@@ -20,9 +20,10 @@ import os
 import re
 import time
 import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Protocol
 
 from smtpmon import __version__
 from smtpmon.config.load import Config
@@ -33,8 +34,8 @@ from smtpmon.smtp import transcript
 from smtpmon.smtp.results import ProbeResult, StageResult
 from smtpmon.web import docs
 from smtpmon.web.triage import (
-    FAILING,
     DEFAULT_REFRESH_SECONDS,
+    FAILING,
     HEALTHY,
     PAGE_SIZE,
     PENDING,

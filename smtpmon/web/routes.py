@@ -4,15 +4,16 @@ the thread that serves everything else."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
-from typing import Callable, Protocol
+from typing import Protocol
 
+from smtpmon import __version__
 from smtpmon.config.load import Config
 from smtpmon.exposition.metrics import CONTENT_TYPE, metrics_chunks
 from smtpmon.exposition.state import ExporterState
 from smtpmon.exposition.store import ResultStore
 from smtpmon.smtp import transcript
-from smtpmon import __version__
 from smtpmon.web import docs, landing, triage
 from smtpmon.web.probe import answer_probe
 from smtpmon.web.wire import HTML, TEXT, Answer, BadRequest, Request, single_parameters

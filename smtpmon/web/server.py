@@ -1,10 +1,11 @@
 """The HTTP server: its two transports and its limits. What is served is in routes.py (one
 table both transports dispatch), the HTTP/1.1 wire format in wire.py.
 
-The serving thread runs a hub (smtpmon.net.hub): it accepts every connection, and serves plain-HTTP
-`GET /probe?` requests itself, as hub sessions, the probe included. Prometheus keeps one
-connection per target alive, so at 64 probes at once that is 64 sessions sharing each wake-up of
-one thread, instead of 64 threads each woken, and each waiting for the GIL, for every read.
+The serving thread runs a hub (smtpmon.net.hub): it accepts every connection, and serves
+plain-HTTP `GET /probe?` requests itself, as hub sessions, the probe included. Prometheus keeps
+one connection per target alive, so at 64 probes at once that is 64 sessions sharing each
+wake-up of one thread, instead of 64 threads each woken, and each waiting for the GIL, for every
+read.
 Any other request, and every connection when TLS or basic auth is configured (a handshake or a
 bcrypt check would stall every session), goes on on a thread of its own (`Handler`), so a slow
 `/probe` never holds up `/metrics`, nor `/metrics` a probe. No client can hold either for long
@@ -30,9 +31,9 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import Callable, Mapping, Sequence
 
 from smtpmon import __version__
 from smtpmon.config.webconfig import WWW_AUTHENTICATE
@@ -45,8 +46,8 @@ from smtpmon.web.wire import (
     Answer,
     HeadTooLarge,
     Request,
-    RequestHeadReader,
     RequestHeaders,
+    RequestHeadReader,
     error_answer,
     http_version,
     keeps_alive,

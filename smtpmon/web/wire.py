@@ -14,8 +14,9 @@ import io
 import socket
 import time
 import urllib.parse
+from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Mapping, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from smtpmon import __version__
 from smtpmon.logs import get_logger
