@@ -111,8 +111,10 @@ def _ago(seconds: float) -> str:
 
 def _time(timestamp: float, now: float) -> str:
     """A point in time as "… ago", kept moving by the page's script, the date in its title."""
-    iso = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
-    return (f'<time datetime="{iso}" data-t="{timestamp:.0f}" title="{iso}">'
+    moment = time.gmtime(timestamp)
+    iso, shown = time.strftime("%Y-%m-%dT%H:%M:%SZ", moment), time.strftime(
+        "%Y-%m-%d %H:%M:%S UTC", moment)
+    return (f'<time datetime="{iso}" data-t="{timestamp:.0f}" title="{shown}">'
             f"{_ago(now - timestamp)}</time>")
 
 
