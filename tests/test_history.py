@@ -114,3 +114,15 @@ def test_snapshot_in_chunks_sees_every_entry_once():
     for name in names:
         store.register(name, "mx")
     assert [s.target for s in store.snapshot(counts=False)] == names
+
+
+def test_a_point_keeps_the_second_and_three_significant_digits_of_the_duration():
+    history = TargetHistory()
+    result = at(probe_results.healthy(), 1_700_000_123.75, 0.0423)
+    history.record(result, None, TranscriptBudget())
+    history.record(at(probe_results.healthy(), 1_700_000_200.0, 1e9), result, TranscriptBudget())
+    first, second = history.view(None).points
+    assert first.started_at == 1_700_000_123.0
+    assert abs(first.duration_seconds - 0.0423) / 0.0423 < 0.001
+    assert second.duration_seconds == 65504.0  # a duration past float16's range is capped
+    assert history.since == 1_700_000_123.75  # "since" keeps the exact start

@@ -1,10 +1,12 @@
 """The recent past of each target, for the status page: its last results as compact values, and
 the sessions (transcripts) of its last few notable probes.
 
-Recording happens on the probe's hot path, under the store's lock, for every probe: it writes a
-start time, a duration and a 16-bit outcome into preallocated arrays (no object is made per
-probe) and moves one reference. The arrays are fixed at HISTORY_LENGTH slots per target, so
-their cost is known in advance (benchmarks/README.md has the figure for 10,000 targets).
+Recording happens on the probe's hot path, under the store's lock, for every probe: it packs
+a start time (whole seconds), a duration (a half-precision float: three significant digits,
+which is what a strip of bars can show) and a 16-bit outcome into 8 bytes of a preallocated
+buffer (no object is made per probe) and moves one reference. The buffer is fixed at
+HISTORY_LENGTH slots per target, so its cost is known in advance (benchmarks/README.md has the
+figure for 10,000 targets).
 
 Whole results are large (the transcript is most of one), so a target keeps, besides its latest
 result (which the store holds anyway), at most OLDER_SESSIONS earlier ones, and only notable
@@ -15,7 +17,7 @@ one kept longest goes first. So a mail outage over 10,000 targets costs a bounde
 
 from __future__ import annotations
 
-from array import array
+import struct
 from collections import deque
 from dataclasses import dataclass
 
@@ -46,8 +48,8 @@ def encode_outcome(result: ProbeResult) -> int:
 class Point:
     """One past probe, as the history strip draws it."""
 
-    started_at: float  # Unix time
-    duration_seconds: float
+    started_at: float  # Unix time, whole seconds
+    duration_seconds: float  # to three significant digits
     success: bool
     failed_stage: str | None
     reason: str | None
@@ -78,33 +80,37 @@ class TranscriptBudget:
             owner.forget(oldest)
 
 
+# A slot: start (Unix seconds, unsigned 32 bits: until 2106), duration (float16), outcome.
+_SLOT = struct.Struct("<IeH")
+_LONGEST_DURATION = 65504.0  # the largest float16
+
+
 class TargetHistory:
     """The last HISTORY_LENGTH outcomes of one target, in a ring, and its earlier sessions."""
 
-    __slots__ = ("_started", "_durations", "_outcomes", "_next", "_count", "since", "_older")
+    __slots__ = ("_slots", "_next", "_count", "since", "_older")
 
     def __init__(self) -> None:
-        self._started = array("d", bytes(8 * HISTORY_LENGTH))
-        self._durations = array("f", bytes(4 * HISTORY_LENGTH))
-        self._outcomes = array("H", bytes(2 * HISTORY_LENGTH))
+        self._slots = bytearray(_SLOT.size * HISTORY_LENGTH)
         self._next = 0  # the slot the next result goes to
         self._count = 0
         self.since: float | None = None
-        self._older: list[ProbeResult] = []  # newest first, at most OLDER_SESSIONS
+        self._older: list[ProbeResult] | None = None  # newest first, at most OLDER_SESSIONS
 
     def record(self, result: ProbeResult, previous: ProbeResult | None,
                budget: TranscriptBudget) -> None:
         """Add `result`; `previous` is the latest result before it (the store holds it)."""
         slot = self._next
-        self._started[slot] = result.started_at
-        self._durations[slot] = result.duration_seconds
-        self._outcomes[slot] = encode_outcome(result)
+        _SLOT.pack_into(self._slots, slot * _SLOT.size, int(result.started_at),
+                        min(result.duration_seconds, _LONGEST_DURATION), encode_outcome(result))
         self._next = (slot + 1) % HISTORY_LENGTH
         if self._count < HISTORY_LENGTH:
             self._count += 1
         if previous is None or previous.success != result.success:
             self.since = result.started_at
         if previous is not None and not (previous.success and result.success):
+            if self._older is None:
+                self._older = []
             older = self._older
             if len(older) == OLDER_SESSIONS:
                 older.pop()
@@ -113,7 +119,7 @@ class TargetHistory:
 
     def forget(self, result: ProbeResult) -> None:
         """Let go of an earlier result (the budget is spent), if it is still kept."""
-        for index, kept in enumerate(self._older):
+        for index, kept in enumerate(self._older or ()):
             if kept is result:
                 del self._older[index]
                 return
@@ -122,13 +128,13 @@ class TargetHistory:
         first = (self._next - self._count) % HISTORY_LENGTH
         points = []
         for offset in range(self._count):
-            slot = (first + offset) % HISTORY_LENGTH
-            outcome = self._outcomes[slot]
+            started, duration, outcome = _SLOT.unpack_from(
+                self._slots, (first + offset) % HISTORY_LENGTH * _SLOT.size)
             points.append(Point(
-                self._started[slot], self._durations[slot], outcome == _SUCCESS,
+                float(started), duration, outcome == _SUCCESS,
                 _name(_STAGE_NAMES, outcome >> 8), _name(_REASON_NAMES, outcome & 0xFF),
             ))
-        sessions = ((latest,) if latest is not None else ()) + tuple(self._older)
+        sessions = ((latest,) if latest is not None else ()) + tuple(self._older or ())
         return HistoryView(tuple(points), self.since, sessions)
 
 
