@@ -57,9 +57,9 @@ class _StoredTarget:
     # Rendered exposition, replaced (never mutated); None when the entry changed since.
     row: tuple[bytes, ...] | None = None
     scraped: bool = True  # a scrape read the row since the entry last changed
-    # The status page's copy (without counters), made when a page first reads the entry after a
-    # change and shared by every view until the next: a page of 10,000 targets then makes
-    # objects only for the entries that changed since the last view.
+    # The status page's copy (without counters), replaced at each change and shared by every
+    # view until the next: a view of 10,000 targets makes no object per target, and so never
+    # brings on a collection of the whole heap (which costs more than the page).
     view: TargetSnapshot | None = None
 
     def snapshot(self) -> TargetSnapshot:
@@ -79,6 +79,7 @@ class _StoredTarget:
         """Render now if a scrape read the previous row, else leave it to the next scrape."""
         self.row = None
         self.view = None
+        self.snapshot()
         if self.scraped:
             self.scraped = False
             self.rendered()
@@ -162,8 +163,8 @@ class ResultStore:
     def snapshot(self, *, counts: bool = True) -> list[TargetSnapshot]:
         """Every entry as it is now, in registration order (for /probe entries: least recently
         probed first). The lock is held for SNAPSHOT_CHUNK entries at a time; without `counts`
-        each entry's copy is the one kept since its last change (see _StoredTarget.view), so most
-        entries cost a reference."""
+        each entry's copy is the one made at its last change (see _StoredTarget.view), so an
+        entry costs a reference."""
         with self._lock:
             entries = list(self._entries.values())
         snapshots: list[TargetSnapshot] = []
