@@ -32,14 +32,15 @@ GREEN, BLUE, AMBER, RED = "rgb(23, 111, 44)", "rgb(31, 79, 160)", "rgb(138, 83, 
 @pytest.fixture
 def mail_servers(smtp_server, scripted_server, tls_contexts):
     """Healthy (STARTTLS, a message accepted: 2xx and 354), greylisting (450 at RCPT), hostile
-    (554 banner with markup and escapes), and no STARTTLS (a warning for an opportunistic
-    module)."""
+    (554 banner with markup and escapes), no STARTTLS (a warning for an opportunistic module),
+    and a certificate that expires in 7 days (a warning)."""
     return {
         "healthy": smtp_server(starttls_context=tls_contexts["trusted"]),
         "greylisting": smtp_server(ScriptedHandler(
             rcpt_replies={"grey@example.org": "450 4.2.0 <grey@example.org>: Greylisted"})),
         "hostile": scripted_server([Send(HOSTILE_TEXT)]),
         "plain": smtp_server(),
+        "expiring": smtp_server(starttls_context=tls_contexts["expiring"]),
     }
 
 
@@ -65,6 +66,7 @@ targets:
   - {{address: "{mail_servers['greylisting'].target}", module: grey}}
   - {{address: "{mail_servers['hostile'].target}", module: opportunistic}}
   - {{address: "{mail_servers['plain'].target}", module: opportunistic}}
+  - {{address: "{mail_servers['expiring'].target}", module: mx}}
 """
     daemon = start_daemon(tmp_path, config)
     try:
@@ -105,26 +107,28 @@ def test_a_browser_sees_failing_targets_first_coloured_by_class_with_history(
     screenshot = page.screenshot(tmp_path / "status.png")
     seen = rows(page)
     states = [row["state"] for row in seen]
-    assert states == ["failing", "failing", "warning", "healthy"], seen
+    assert states == ["failing", "failing", "warning", "warning", "healthy"], seen
     assert {seen[0]["target"], seen[1]["target"]} == {
         mail_servers["greylisting"].target, mail_servers["hostile"].target}
-    assert seen[2]["target"] == mail_servers["plain"].target
-    assert seen[3]["target"] == mail_servers["healthy"].target
+    assert {seen[2]["target"], seen[3]["target"]} == {
+        mail_servers["plain"].target, mail_servers["expiring"].target}
+    assert seen[4]["target"] == mail_servers["healthy"].target
     # Each row has its history strip; the failing ones draw failures.
     assert all(row["history"] >= 1 for row in seen), seen
     assert seen[0]["failedBars"] == seen[1]["failedBars"] == 1
-    assert seen[3]["failedBars"] == 0
+    assert seen[4]["failedBars"] == 0
     # Colours by class, as computed by the browser: 250 green, 354 blue, 450 amber, 554 red.
     assert code_colour(page, "250") == GREEN
     assert code_colour(page, "354") == BLUE
     assert code_colour(page, "450 4.2.0") == AMBER
     assert code_colour(page, "554 5.7.1") == RED
     summary = page.evaluate("document.querySelector('.summary .headline').textContent")
-    assert summary == "2 of 4 targets failing"
+    assert summary == "2 of 5 targets failing"
     reasons = page.evaluate("document.querySelector('.summary .reasons').textContent")
     assert "banner_rejected 1" in reasons and "rcpt_rejected 1" in reasons
-    warning = page.evaluate("document.querySelector('tr.warning').textContent")
-    assert "STARTTLS not offered" in warning
+    warnings = page.evaluate("[...document.querySelectorAll('tr.warning')].map(r => r.textContent)")
+    assert any("STARTTLS not offered" in row for row in warnings), warnings
+    assert any("certificate expires in 6 days" in row for row in warnings), warnings  # 7 days less the time since it was made
     assert page.errors() == [] and page.dialogs() == []
     assert screenshot.stat().st_size > 10_000
 
@@ -181,10 +185,10 @@ def test_a_target_page_shows_its_history_and_last_sessions(running, browser, mai
 
 def test_the_page_refreshes_itself_without_javascript(running, browser):
     page = browser.open(f"http://127.0.0.1:{running.port}/?refresh=5", javascript=False)
-    assert page.evaluate("document.querySelectorAll('table.targets tbody tr').length") == 4
+    assert page.evaluate("document.querySelectorAll('table.targets tbody tr').length") == 5
     loads = page.event_count()
     page.wait_for_load(loads, timeout=12)  # the meta refresh loads it again
-    assert page.evaluate("document.querySelectorAll('table.targets tbody tr').length") == 4
+    assert page.evaluate("document.querySelectorAll('table.targets tbody tr').length") == 5
 
 
 def test_filter_by_state_and_text(running, mail_servers):
@@ -222,7 +226,7 @@ def test_a_failed_reload_shows_in_the_summary_with_its_errors(running):
     assert status == 200
     assert "last reload FAILED" in body and "the previous configuration keeps running" in body
     assert "modules.mx.tls" in body
-    assert body.count("<tr class=") == 4  # the running configuration's targets, still probed
+    assert body.count("<tr class=") == 5  # the running configuration's targets, still probed
 
 
 # -- /probe-only mode ---------------------------------------------------------------------------

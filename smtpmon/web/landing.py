@@ -223,6 +223,8 @@ def _target_link(snapshot: TargetSnapshot) -> str:
 
 
 _STATE_WORDS = {FAILING: "FAILING", WARNING: "WARNING", HEALTHY: "OK", PENDING: "not probed yet"}
+_COUNT_WORDS = {FAILING: "failing", WARNING: "with warnings", HEALTHY: "healthy",
+                PENDING: "not probed yet"}
 
 
 def _state(row: Row, now: float) -> str:
@@ -270,7 +272,7 @@ def _summary(summary: Summary, query: PageQuery, what: str) -> str:
         headline = f'<p class="headline healthy">All {total} {what} passing</p>'
     counts = " &middot; ".join(
         f'<a class="count {state}" href="{_href(query, state=state)}">'
-        f"{summary.by_state[state]} {state}</a>" for state in STATES)
+        f"{summary.by_state[state]} {_COUNT_WORDS[state]}</a>" for state in STATES)
     reasons = "".join(
         f'<a class="chip" href="{_href(query, state=FAILING, reason=reason)}">'
         f"{text(reason)} <b>{count}</b></a>" for reason, count in summary.failing_by_reason)
@@ -305,7 +307,8 @@ def _resident_bytes() -> int | None:
 def _process_facts(ready: bool, status: ExporterStatus, skipped: int, now: float) -> str:
     facts = ['<span class="ok">ready</span>' if ready else '<span class="bad">not ready</span>',
              f"up since {_time(status.started_at, now)}",
-             f"{status.probes_in_flight} probes running"]
+             f"{status.probes_in_flight} probe{'' if status.probes_in_flight == 1 else 's'} "
+             "running"]
     resident = _resident_bytes()
     if resident is not None:
         facts.append(f"{resident / 2**20:.0f} MiB resident")

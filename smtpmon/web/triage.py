@@ -127,11 +127,11 @@ def warnings_of(snapshot: TargetSnapshot, expectation: Expectation | None,
     warnings = []
     tls = snapshot.tls if result.tls is None else result.tls
     if tls is not None and tls.not_after is not None:
-        days = (tls.not_after - now) / _SECONDS_PER_DAY
+        days = int((tls.not_after - now) // _SECONDS_PER_DAY)  # whole days, as the TLS column
         if days < 0:
-            warnings.append(f"certificate expired {-days:.0f} days ago")
+            warnings.append(f"certificate expired {-days} days ago")
         elif days < CERTIFICATE_WARNING_DAYS:
-            warnings.append(f"certificate expires in {days:.0f} days")
+            warnings.append(f"certificate expires in {days} days")
     if result.tls is not None and not result.tls.verified:
         warnings.append("certificate not verified")
     if (expectation is not None and expectation.tls_mode == "opportunistic"
