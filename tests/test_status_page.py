@@ -102,7 +102,7 @@ def code_colour(page, starts_with: str):
 
 
 def test_a_browser_sees_failing_targets_first_coloured_by_class_with_history(
-        running, browser, mail_servers, tmp_path):
+        browser, running, mail_servers, tmp_path):
     page = browser.open(f"http://127.0.0.1:{running.port}/")
     screenshot = page.screenshot(tmp_path / "status.png")
     seen = rows(page)
@@ -133,7 +133,7 @@ def test_a_browser_sees_failing_targets_first_coloured_by_class_with_history(
     assert screenshot.stat().st_size > 10_000
 
 
-def test_what_a_hostile_server_says_comes_out_inert(running, browser, mail_servers):
+def test_what_a_hostile_server_says_comes_out_inert(browser, running, mail_servers):
     page = browser.open(f"http://127.0.0.1:{running.port}/?state=failing")
     assert page.evaluate("window.pwned") is None
     assert page.evaluate("document.querySelectorAll('img').length") == 0
@@ -158,7 +158,7 @@ def test_what_a_hostile_server_says_comes_out_inert(running, browser, mail_serve
     assert "<script>window.pwned" not in body and "&lt;script&gt;window.pwned" in body
 
 
-def test_a_target_page_shows_its_history_and_last_sessions(running, browser, mail_servers,
+def test_a_target_page_shows_its_history_and_last_sessions(browser, running, mail_servers,
                                                            tmp_path):
     target = urllib.parse.quote(mail_servers["greylisting"].target)
     page = browser.open(f"http://127.0.0.1:{running.port}/target?target={target}&module=grey")
@@ -183,7 +183,7 @@ def test_a_target_page_shows_its_history_and_last_sessions(running, browser, mai
     assert page.errors() == []
 
 
-def test_the_page_refreshes_itself_without_javascript(running, browser):
+def test_the_page_refreshes_itself_without_javascript(browser, running):
     page = browser.open(f"http://127.0.0.1:{running.port}/?refresh=5", javascript=False)
     assert page.evaluate("document.querySelectorAll('table.targets tbody tr').length") == 5
     loads = page.event_count()
