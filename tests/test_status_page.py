@@ -19,7 +19,7 @@ from smtpmon.config.load import parse_config
 from smtpmon.exposition.store import TargetSnapshot
 from smtpmon.runtime.daemon import Daemon
 from smtpmon.smtp.results import TlsInfo
-from smtpmon.web import landing, triage
+from smtpmon.web import inert, landing, triage
 
 # What a hostile server says: markup, script, an image that runs script, a terminal escape
 # sequence (colour, then a window title), a bidirectional override.
@@ -151,7 +151,8 @@ def test_what_a_hostile_server_says_comes_out_inert(browser, running, mail_serve
     assert "\\x1b[31mred" in session and "\x1b" not in session
     assert page.evaluate("window.pwned") is None and page.dialogs() == [] and page.errors() == []
     # And with curl: neither the page nor the plain-text transcript carries the raw bytes.
-    for path in ("/", f"/transcript?target={target}&module=opportunistic"):
+    for path in ("/", f"/transcript?target={target}&module=opportunistic",
+                 f"/probe?target={target}&module=opportunistic&debug=true"):
         status, body = running.get(path)
         assert status == 200 and "\x1b" not in body and "\u202e" not in body
     status, body = running.get("/")
@@ -339,7 +340,7 @@ def test_the_rendered_page_pages_10_000_targets(tmp_path):
     ("tab\tand\nnewline", "tab\tand\nnewline"),
 ])
 def test_text_escapes_markup_and_shows_control_characters(raw, shown):
-    assert landing.text(raw) == shown
+    assert inert.text(raw) == shown
 
 
 def test_the_history_strip_draws_a_bar_per_probe():

@@ -8,16 +8,13 @@ refreshes itself (`<meta http-equiv=refresh>`: no JavaScript needed); a small sc
 the "… ago" times moving between refreshes. No external assets: CSS and SVG are inline.
 
 Everything that came from a server, the configuration or the request (reply text, failure
-details, target and module names, the filter) goes through `text()`: HTML-escaped, and control
-characters and bidirectional overrides shown as `\\xNN` / `\\u202e`, so neither a browser nor a
-terminal that gets the page (curl) acts on them.
+details, target and module names, the filter) goes through `inert.text`, so neither a browser
+nor a terminal that gets the page (curl) acts on it.
 """
 
 from __future__ import annotations
 
-import html
 import os
-import re
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +30,7 @@ from smtpmon.exposition.store import ResultStore, TargetSnapshot
 from smtpmon.smtp import transcript
 from smtpmon.smtp.results import ProbeResult, StageResult
 from smtpmon.web import docs
+from smtpmon.web.inert import text
 from smtpmon.web.triage import (
     DEFAULT_REFRESH_SECONDS,
     FAILING,
@@ -53,27 +51,7 @@ from smtpmon.web.triage import (
     warnings_of,
 )
 
-# Control characters (C0 but tab and newline, DEL, C1) and Unicode's bidirectional overrides
-# and isolates: a terminal acts on the first, and the second reorder what a person reads.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 DETAIL_CHARACTERS = 300
-
-
-def text(value: object) -> str:
-    """`value` as inert HTML text (see the module's docstring)."""
-    escaped = html.escape(str(value), quote=True)
-    return _UNSAFE.sub(_show_character, escaped)
-
-
-def show_controls(value: str) -> str:
-    """`value` with control characters and bidirectional overrides written out (`\\x1b`), for
-    plain text a terminal may show."""
-    return _UNSAFE.sub(_show_character, value)
-
-
-def _show_character(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class Exporter(Protocol):

@@ -15,6 +15,7 @@ from smtpmon.exposition.state import ExporterState
 from smtpmon.exposition.store import ResultStore
 from smtpmon.smtp import transcript
 from smtpmon.web import docs, landing, triage
+from smtpmon.web.inert import show_controls
 from smtpmon.web.probe import answer_probe
 from smtpmon.web.wire import HTML, TEXT, Answer, BadRequest, Request, single_parameters
 
@@ -49,7 +50,7 @@ def show_transcript(exporter: Exporter, request: Request) -> Answer:
     if result is None:
         return Answer(HTTPStatus.NOT_FOUND, "no probe result for this target and module yet\n")
     # A server's bytes, read with curl in a terminal: its escape sequences stay text.
-    return Answer(HTTPStatus.OK, landing.show_controls(transcript.render(result)), TEXT)
+    return Answer(HTTPStatus.OK, show_controls(transcript.render(result)), TEXT)
 
 
 def landing_page(exporter: Exporter, request: Request) -> Answer:
