@@ -356,8 +356,8 @@ def test_render_probe_store_forgets_the_least_recently_probed_when_full():
 
 
 def test_render_probe_store_is_bounded_in_bytes_and_keeps_no_transcript_or_reply_text():
-    """Results with 60 KB replies and their transcripts: the store keeps counters and rendered
-    rows, not the results, and stays within its byte bound however many targets come."""
+    """Results with 60 KB replies and their transcripts: the store keeps counters, rendered
+    rows and slim results (no transcript, replies cut to a line), and stays within its byte bound however many targets come."""
     big_banner = b"".join(b"220-" + b"x" * 3996 + b"\r\n" for _ in range(14)) + b"220 ok\r\n"
     transcript = tuple(TranscriptLine(0.0, "S", "x" * 4000) for _ in range(15))
 
@@ -380,7 +380,9 @@ def test_render_probe_store_is_bounded_in_bytes_and_keeps_no_transcript_or_reply
     keys = stored_keys(store)
     assert 10 < len(keys) < 500  # the least recently probed made room
     assert kept < 4 * 1024 * 1024, f"{kept} bytes kept"
-    assert store.latest("host499.example.org:25", "mx") is None  # counted and rendered, not kept
+    kept_result = store.latest("host499.example.org:25", "mx")  # for the status page, slim
+    assert kept_result.transcript == () and len(kept_result.detail) <= 200
+    assert all(len("".join(reply.lines)) <= 200 for stage in kept_result.stages for reply in stage.replies)
 
 
 def test_promtool_accepts_probe(promtool):

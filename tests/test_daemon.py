@@ -209,16 +209,19 @@ def test_landing_page(daemon, smtp_server, scripted_server):
                                and probed(by_name)(t))
     status, page = running.get("/")
     assert status == 200
-    row = next(r for r in page.split("<tr>") if refused.target in r)
-    assert "FAILED" in row and "banner_rejected" in row and "<code>554 5.7.1</code>" in row
+    rows = page.split("<tr class=")[1:]
+    row = next(r for r in rows if refused.target in r)
+    assert row.startswith('"failing"') and "FAILING" in row and "banner_rejected" in row
+    assert '<code class="code c5" title="5.7.1 &lt;b&gt;not&lt;/b&gt; welcome">554 5.7.1</code>' in row
     assert "&lt;b&gt;not&lt;/b&gt; welcome" in row
-    assert f"/transcript?target=127.0.0.1%3A{refused.port}&amp;module=plain" in row
-    healthy_row = next(r for r in page.split("<tr>") if healthy.target in r)
-    assert "OK" in healthy_row and "banner&nbsp;<code>220</code>" in healthy_row
+    assert f"/target?target=127.0.0.1%3A{refused.port}&amp;module=plain" in row
+    healthy_row = next(r for r in rows if healthy.target in r)
+    assert healthy_row.startswith('"healthy"') and ">OK<" in healthy_row
+    assert '<span class="stage">banner</span><code class="code c2" ' in healthy_row
+    assert page.index(refused.target) < page.index(healthy.target)  # failing first
     # A name: the address its session used is shown, and exported as an _info series.
-    named_row = next(r for r in page.split("<tr>") if f"<code>{by_name}</code>" in r)
-    assert '<span class="detail">via 127.0.0.1</span>' in named_row
-    assert "via " not in healthy_row  # an address target needs no "via"
+    named_row = next(r for r in rows if f"<code>{by_name}</code>" in r)
+    assert "&middot; 127.0.0.1</div>" in named_row
     assert sample_value(metrics, "smtpmon_probe_address_info", target=by_name, address="127.0.0.1", family="ipv4") == 1
     status, transcript = running.get(f"/transcript?target={refused.target}&module=plain")
     assert status == 200 and "S: 554 5.7.1 <b>not</b> welcome" in transcript
@@ -235,8 +238,9 @@ def test_opportunistic_tls_over_a_self_signed_certificate_passes_and_says_so(dae
     assert sample_value(text, "smtpmon_tls_certificate_verified", target=server.target) == 0
     assert sample_value(text, "smtpmon_tls_certificate_verify_failure_info", target=server.target,
                  reason="certificate_untrusted") == 1
-    row = next(r for r in running.get("/")[1].split("<tr>") if server.target in r)
-    assert "OK" in row and "not verified: " in row and "certificate_untrusted: " in row
+    row = next(r for r in running.get("/")[1].split("<tr class=")[1:] if server.target in r)
+    # Not a failure, but a warning on the status page, with the reason.
+    assert row.startswith('"warning"') and "not verified: certificate_untrusted" in row
     status, transcript = running.get(f"/transcript?target={server.target}&module=opportunistic")
     assert status == 200
     assert "(opportunistic TLS: reported, not a failure)" in transcript

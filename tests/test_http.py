@@ -272,12 +272,15 @@ targets:
         status, content_type, page = client.get("/")
         assert status == 200 and content_type == "text/html; charset=utf-8"
         assert hostile.target in page
-        assert "FAILED" in page and "banner_rejected" in page
-        assert "banner&nbsp;<code>554 5.7.1</code>" in page
-        assert "<script>" not in page and "&lt;script&gt;" in page
-        link = f"/transcript?target=127.0.0.1%3A{hostile.port}&amp;module=plain"
+        assert "FAILING" in page and "banner_rejected" in page
+        assert '<code class="code c5" title="5.7.1 &lt;script&gt;alert(1)&lt;/script&gt; go away">554 5.7.1</code>' in page
+        assert "<script>alert" not in page and "&lt;script&gt;" in page
+        link = f"/target?target=127.0.0.1%3A{hostile.port}&amp;module=plain"
         assert link in page
-        status, _, text = client.get(link.replace("&amp;", "&"))
+        status, _, target_page = client.get(link.replace("&amp;", "&"))
+        assert status == 200 and "S: 554 5.7.1 &lt;script&gt;" in target_page
+        assert "<script>alert" not in target_page
+        status, _, text = client.get(link.replace("&amp;", "&").replace("/target", "/transcript"))
         assert status == 200 and "S: 554 5.7.1 <script>" in text
     finally:
         daemon.scheduler.stop(1.0)

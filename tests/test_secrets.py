@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 import urllib.parse
@@ -138,6 +139,7 @@ def test_daemon_outputs_never_show_the_password(tmp_path, auth_server, ca_file, 
         for name in MODULES:
             query = urllib.parse.urlencode({"target": target, "module": name})
             outputs[f"/transcript {name}"] = running.get(f"/transcript?{query}")[1]
+            outputs[f"/target {name}"] = running.get(f"/target?{query}")[1]
             outputs[f"/probe?debug=true {name}"] = running.get(f"/probe?{query}&debug=true")[1]
             outputs[f"/probe {name}"] = running.get(f"/probe?{query}")[1]
     finally:
@@ -152,12 +154,14 @@ def test_daemon_outputs_never_show_the_password(tmp_path, auth_server, ca_file, 
                      code=str(code)) >= 1
         assert sample_value(outputs[f"/probe {name}"], "smtpmon_replies_total", module=name, stage="auth",
                      code=str(code)) >= 1
-        for path in ("/transcript", "/probe?debug=true"):
+        for path in ("/transcript", "/target", "/probe?debug=true"):
             shown = outputs[f"{path} {name}"]
             assert f"C: AUTH {mechanism}" in shown and f"S: {code} " in shown and "********" in shown, shown
-    row = {name: next(r for r in outputs["/"].split("<tr>") if f"module={name}" in r) for name in MODULES}
+    row = {name: next(r for r in outputs["/"].split("<tr class=") if f"module={name}" in r)
+           for name in MODULES}
     for name, (_, _, code) in MODULES.items():
-        assert f"auth&nbsp;<code>{code} " in row[name]
+        auth_codes = re.search(r'<span class="stage">auth</span>(.*?)</span>', row[name]).group(1)
+        assert re.search(rf">{code}[ <]", auth_codes), auth_codes
     log = outputs["log"]
     for name, (_, _, code) in MODULES.items():
         if code == 235:

@@ -8,6 +8,7 @@ import bisect
 import platform
 import threading
 import time
+from dataclasses import dataclass
 
 from prometheus_client.utils import floatToGoString
 
@@ -33,11 +34,26 @@ SCHEDULE_LAG_BUCKETS: tuple[float, ...] = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class ExporterStatus:
+    """The exporter's own state at one moment, for the status page."""
+
+    started_at: float  # Unix time
+    config_loaded: bool  # the last load or reload succeeded
+    config_loaded_at: float  # the last successful load (Unix time; 0 before any)
+    config_attempted_at: float  # the last load or reload, successful or not (0 before any)
+    config_errors: tuple[str, ...]  # why the last load failed; empty after a success
+    probes_in_flight: int
+
+
 class ExporterState:
     """The exporter's own metrics, updated by the daemon from any thread."""
 
     def __init__(self, version: str = __version__) -> None:
         self._lock = threading.Lock()
+        self._started_at = time.time()
+        self._reload_attempt_timestamp = 0.0
+        self._config_errors: tuple[str, ...] = ()
         self._build_labels = label_pairs(("version", "python_version"),
                                      (version, platform.python_version()))[1:]
         self._reload_successful = False
@@ -47,12 +63,23 @@ class ExporterState:
         self._lag_counts = [0] * (len(SCHEDULE_LAG_BUCKETS) + 1)  # the last one is +Inf
         self._lag_sum = 0.0
 
-    def config_loaded(self, success: bool, at: float | None = None) -> None:
-        """Record a configuration load or reload; `at` defaults to now."""
+    def config_loaded(self, success: bool, at: float | None = None,
+                      errors: tuple[str, ...] = ()) -> None:
+        """Record a configuration load or reload (`errors`: why it failed); `at` defaults to
+        now."""
+        at = time.time() if at is None else at
         with self._lock:
             self._reload_successful = success
+            self._reload_attempt_timestamp = at
+            self._config_errors = () if success else tuple(errors)
             if success:
-                self._reload_success_timestamp = time.time() if at is None else at
+                self._reload_success_timestamp = at
+
+    def status(self) -> ExporterStatus:
+        with self._lock:
+            return ExporterStatus(self._started_at, self._reload_successful,
+                                  self._reload_success_timestamp, self._reload_attempt_timestamp,
+                                  self._config_errors, self._in_flight)
 
     def set_targets(self, count: int) -> None:
         with self._lock:

@@ -94,8 +94,10 @@ HTTP_POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 2.0
 # (target, module) pairs whose /probe counters are kept, and about how many bytes they may
 # hold (an estimate: smtpmon.exposition.store); beyond either, the least recently probed goes first.
+# The count binds for ordinary results (about 9 KB each, estimated); the bytes for a hostile
+# server's long replies.
 MAX_PROBE_ENTRIES = 10_000
-MAX_PROBE_BYTES = 64 * 1024 * 1024
+MAX_PROBE_BYTES = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -154,15 +156,18 @@ class Daemon:
                 for message in error.errors:
                     log.error("configuration reload failed; keeping the running configuration",
                               source=error.source, error=message)
-                self.state.config_loaded(False)
                 if isinstance(error, webconfig.WebConfigError):
-                    return [f"web config {error.source}: {message}" for message in error.errors]
-                return list(error.errors)
+                    errors = [f"web config {error.source}: {message}" for message in error.errors]
+                else:
+                    errors = list(error.errors)
+                self.state.config_loaded(False, errors=tuple(errors))
+                return errors
             except Exception as error:  # a bug must not take the running daemon down
                 log.exception("configuration reload failed; keeping the running configuration",
                               source=self.config_file)
-                self.state.config_loaded(False)
-                return [f"internal error while applying the configuration: {type(error).__name__}: {error}"]
+                errors = [f"internal error while applying the configuration: {type(error).__name__}: {error}"]
+                self.state.config_loaded(False, errors=tuple(errors))
+                return errors
             warn_about_secrets(config)
             self._config = config
             self.state.config_loaded(True)

@@ -24,6 +24,7 @@ from smtpmon.logs import ThrottledWarning, get_logger
 from smtpmon.smtp import transcript
 from smtpmon.smtp.module import Module
 from smtpmon.smtp.session import run_probe
+from smtpmon.web.inert import show_controls
 from smtpmon.web.wire import TEXT, Answer, BadRequest, Request, single_parameters
 
 log = get_logger("http")
@@ -134,7 +135,8 @@ def answer_probe(exporter, request: Request) -> Answer:
     # Counted with every /probe of the same target and module before, as daemon mode counts.
     metrics = render_probe(exporter.probe_store.record_on_demand(result))
     if debug:
-        text = transcript.render(result).rstrip("\n")
+        # A server's bytes, read with curl in a terminal: its escape sequences stay text.
+        text = show_controls(transcript.render(result)).rstrip("\n")
         body = f"{text}\n\nMetrics that would have been returned:\n".encode() + metrics
         return Answer(HTTPStatus.OK, body, TEXT)
     return Answer(HTTPStatus.OK, metrics, CONTENT_TYPE)

@@ -8,12 +8,14 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Protocol
 
+from smtpmon import __version__
 from smtpmon.config.load import Config
 from smtpmon.exposition.metrics import CONTENT_TYPE, metrics_chunks
 from smtpmon.exposition.state import ExporterState
 from smtpmon.exposition.store import ResultStore
 from smtpmon.smtp import transcript
-from smtpmon.web import landing
+from smtpmon.web import docs, landing, triage
+from smtpmon.web.inert import show_controls
 from smtpmon.web.probe import answer_probe
 from smtpmon.web.wire import HTML, TEXT, Answer, BadRequest, Request, single_parameters
 
@@ -47,12 +49,38 @@ def show_transcript(exporter: Exporter, request: Request) -> Answer:
     result = exporter.store.latest(target, module_name)
     if result is None:
         return Answer(HTTPStatus.NOT_FOUND, "no probe result for this target and module yet\n")
-    return Answer(HTTPStatus.OK, transcript.render(result), TEXT)
+    # A server's bytes, read with curl in a terminal: its escape sequences stay text.
+    return Answer(HTTPStatus.OK, show_controls(transcript.render(result)), TEXT)
 
 
 def landing_page(exporter: Exporter, request: Request) -> Answer:
-    page = landing.render(exporter.config, exporter.store.snapshot(counts=False),
-                          ready=exporter.ready)
+    try:
+        query = triage.parse_query(single_parameters(request.query))
+    except triage.QueryError as error:
+        raise BadRequest(str(error)) from None
+    return Answer(HTTPStatus.OK, landing.render(exporter, exporter.state.status(), query), HTML)
+
+
+def target_page(exporter: Exporter, request: Request) -> Answer:
+    params = single_parameters(request.query)
+    target, module_name = params.get("target"), params.get("module")
+    if not target or not module_name:
+        raise BadRequest("parameters 'target' and 'module' are required")
+    page = landing.render_target(exporter, target, module_name)
+    if page is None:
+        return Answer(HTTPStatus.NOT_FOUND, "no such target and module\n")
+    return Answer(HTTPStatus.OK, page, HTML)
+
+
+def docs_page(exporter: Exporter, request: Request) -> Answer:
+    """docs/*.md as HTML (smtpmon.web.docs): the index, or ?page=NAME."""
+    name = single_parameters(request.query).get("page")
+    directory = docs.docs_directory()
+    if name is None:
+        return Answer(HTTPStatus.OK, docs.render_index(directory, __version__), HTML)
+    page = docs.render_page(name, directory, __version__)
+    if page is None:
+        return Answer(HTTPStatus.NOT_FOUND, "no such page; /docs lists them\n")
     return Answer(HTTPStatus.OK, page, HTML)
 
 
@@ -84,6 +112,8 @@ ROUTES: dict[str, tuple[Route, tuple[str, ...]]] = {
     "/metrics": (metrics, ("GET", "HEAD")),
     "/probe": (answer_probe, ("GET",)),
     "/transcript": (show_transcript, ("GET", "HEAD")),
+    "/target": (target_page, ("GET", "HEAD")),
+    "/docs": (docs_page, ("GET", "HEAD")),
     "/-/healthy": (healthy, ("GET", "HEAD")),
     "/-/ready": (ready, ("GET", "HEAD")),
     "/-/reload": (reload, ("POST",)),
