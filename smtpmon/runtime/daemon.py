@@ -13,6 +13,7 @@ import ctypes.util
 import os
 import resource
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from smtpmon.exposition.state import ExporterState
 from smtpmon.exposition.store import ResultStore
 from smtpmon.logs import get_logger
 from smtpmon.runtime.scheduler import Scheduler
+from smtpmon.web import listeners
 from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server
 
 log = get_logger("daemon")
@@ -94,10 +96,13 @@ STOP_GRACE_SECONDS = 0.5
 MAX_PROBE_ENTRIES = 10_000
 
 
+DEFAULT_LISTEN_ADDRESS = ":9725"
+
+
 @dataclass(frozen=True)
 class Options:
     config_file: str | None
-    listen_address: str
+    listen_addresses: tuple[str, ...] = (DEFAULT_LISTEN_ADDRESS,)
     web_config_file: str | None = None
     max_connections: int = MAX_CONNECTIONS
     max_concurrent_probes: int = MAX_CONCURRENT_PROBES
@@ -187,14 +192,35 @@ def web_server_options(path: str | None) -> dict[str, Any]:
     }
 
 
-def _listen(address: tuple[str, int], daemon: Daemon, server_options: dict[str, Any]) -> Server:
+class ListenError(Exception):
+    """No socket to serve on: the message says which address and why."""
+
+
+def open_listeners(options: Options, addresses: list[tuple[str, int]]) -> list[socket.socket]:
+    """The listening sockets: one bound for each --web.listen-address. Raises ListenError; on
+    failure none stays open."""
+    opened: list[socket.socket] = []
     try:
-        return Server(address, daemon, **server_options)
+        for text, (host, port) in zip(options.listen_addresses, addresses):
+            try:
+                opened.append(_bind(host, port))
+            except OSError as error:
+                raise ListenError(f"cannot listen on {text}: {error.strerror}") from None
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        raise
+    return opened
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        return listeners.bind(host, port)
     except OSError:
-        if address[0] != "::":
+        if host != "::":
             raise
         # ":port" on a host without IPv6: every IPv4 interface will do.
-        return Server(("", address[1]), daemon, **server_options)
+        return listeners.bind("", port)
 
 
 def run(options: Options) -> int:
@@ -202,7 +228,7 @@ def run(options: Options) -> int:
     if config is None:
         return EXIT_BAD_CONFIG
     try:
-        address = parse_listen_address(options.listen_address)
+        addresses = [parse_listen_address(text) for text in options.listen_addresses]
         server_options = web_server_options(options.web_config_file)
     except ValueError as error:
         print(f"smtpmon: {error}", file=sys.stderr)
@@ -216,23 +242,21 @@ def run(options: Options) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
     daemon = Daemon(config, options.config_file)
     try:
-        server = _listen(address, daemon, {
-            **server_options,
-            "max_connections": options.max_connections,
-            "max_concurrent_probes": options.max_concurrent_probes,
-        })
-    except OSError as error:
-        print(f"smtpmon: cannot listen on {options.listen_address}: {error.strerror}",
-              file=sys.stderr)
+        sockets = open_listeners(options, addresses)
+    except ListenError as error:
+        print(f"smtpmon: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    server = Server(None, daemon, listeners=sockets, **server_options,
+                    max_connections=options.max_connections,
+                    max_concurrent_probes=options.max_concurrent_probes)
     daemon.start()
     http_thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": HTTP_POLL_SECONDS},
         name="http", daemon=True,
     )
     http_thread.start()
-    host, port = server.server_address[:2]
-    log.info("smtpmon started", version=__version__, listen=f"{host}:{port}",
+    log.info("smtpmon started", version=__version__,
+             listen=",".join(listeners.describe(sock) for sock in sockets),
              config=config.source, targets=len(config.targets), open_files_limit=open_files)
 
     trim = free_memory_trimmer()
