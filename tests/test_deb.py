@@ -48,6 +48,8 @@ SANDBOX = REPO / "tests" / "systemd_sandbox.py"
 MAX_EXPOSURE = 1.5
 
 INSTALLED_UNIT = Path("/lib/systemd/system/smtpmon.service")
+INSTALLED_SOCKET = Path("/lib/systemd/system/smtpmon.socket")
+UPSTREAM_SOCKET = REPO / "systemd" / "smtpmon.socket"
 INSTALLED_CONFIG = Path("/etc/smtpmon/smtpmon.yml")
 INSTALLED_DEFAULTS = Path("/etc/default/smtpmon")
 STATE_DIRECTORY = Path("/var/lib/smtpmon")
@@ -222,6 +224,10 @@ def test_installed_files(installed):
     # Enabled, not started (there is no systemd to start it here anyway: what counts is the link).
     wants = Path("/etc/systemd/system/multi-user.target.wants/smtpmon.service")
     assert wants.is_symlink() and wants.resolve() == INSTALLED_UNIT.resolve()
+    # The socket unit (socket activation) is there, neither enabled nor started: it needs
+    # ARGS="--web.systemd-socket", the administrator's choice.
+    assert INSTALLED_SOCKET.read_bytes() == UPSTREAM_SOCKET.read_bytes()
+    assert not Path("/etc/systemd/system/sockets.target.wants/smtpmon.socket").exists()
     for name in ("prometheus/smtpmon-alerts.yml", "prometheus/smtpmon-recording.yml",
                  "grafana/smtpmon-dashboard.json", "smtpmon.yml"):
         assert (Path("/usr/share/smtpmon") / name).read_bytes() == (REPO / "config" / name).read_bytes(), name

@@ -1,11 +1,19 @@
-"""Where `smtpmon run` listens: several `--web.listen-address`es (IPv4 and IPv6). The daemon
-runs as a real subprocess."""
+"""Where `smtpmon run` listens: several `--web.listen-address`es (IPv4 and IPv6), and the
+sockets systemd passes with `--web.systemd-socket` (socket activation), on both transports
+(the hub that serves plain `/probe`, and the threads that serve TLS and basic auth).
+
+The daemon runs as a real subprocess; systemd's part is played as systemd plays it: a listening
+socket made here is inherited as descriptor 3, with LISTEN_FDS=1 and LISTEN_PID set to the
+daemon's own process id by a wrapper that then exec()s it.
+"""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -13,10 +21,14 @@ import sys
 import time
 from pathlib import Path
 
+import bcrypt
 import pytest
+import trustme
 from daemon_process import REPO, stop_process
 from helpers import sample_value
 from smtpservers import LOOPBACK
+
+from smtpmon.web import listeners
 
 PASSWORD = "correct horse battery staple"
 # Plays systemd's part between fork and exec: the socket passed as argv[1] becomes descriptor 3
@@ -151,3 +163,128 @@ def test_a_bad_listen_address_among_several_is_exit_2(run_daemon):
     daemon = run_daemon(["--web.listen-address", f"{LOOPBACK}:0", "--web.listen-address", "nowhere"])
     assert daemon.process.wait(15) == 2
     assert "invalid listen address 'nowhere'" in daemon.log()
+
+
+# -- --web.systemd-socket -------------------------------------------------------------------------
+def test_systemd_socket_serves_metrics_and_probe_on_the_inherited_socket(run_daemon, tmp_path, smtp_server):
+    server = smtp_server()
+    with listening_socket() as inherited:
+        address = f"{LOOPBACK}:{inherited.getsockname()[1]}"
+        # --web.listen-address is ignored with --web.systemd-socket, as exporter-toolkit does.
+        daemon = run_daemon(["--web.systemd-socket", "--web.listen-address", f"{LOOPBACK}:0",
+                             *probe_config(tmp_path, server.target)],
+                            inherit=inherited, env={"LISTEN_FDS": "1"})
+        assert daemon.listening() == [address]
+    # Closed here: only the daemon's copy is left, so an answer can only come from the daemon.
+    status, text = get(address, "/metrics")
+    assert status == 200, text
+    assert sample_value(text, "smtpmon_targets") == 1
+    # /probe on a plain port is the hub's transport; its answer carries the probe's metrics.
+    status, text = get(address, f"/probe?target={server.target}&module=plain")
+    assert status == 200 and sample_value(text, "smtpmon_probe_success") == 1, text
+    assert daemon.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def tls_web_config(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("web")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(directory / "server.crt"))
+    cert.private_key_pem.write_to_path(str(directory / "server.key"))
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    path = directory / "web.yml"
+    path.write_text("tls_server_config: {cert_file: server.crt, key_file: server.key}\n"
+                    f"basic_auth_users: {{prometheus: '{hashed}'}}\n")
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return path, context
+
+
+def test_systemd_socket_with_tls_and_basic_auth(run_daemon, tls_web_config, tmp_path, smtp_server):
+    path, context = tls_web_config
+    server = smtp_server()
+    with listening_socket() as inherited:
+        address = f"{LOOPBACK}:{inherited.getsockname()[1]}"
+        daemon = run_daemon(["--web.systemd-socket", "--web.config.file", str(path),
+                             *probe_config(tmp_path, server.target)],
+                            inherit=inherited, env={"LISTEN_FDS": "1"})
+        assert daemon.listening() == [address]
+    token = base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
+    assert get(address, "/metrics", context=context)[0] == 401
+    status, text = get(address, "/metrics", context=context, headers={"Authorization": f"Basic {token}"})
+    assert status == 200 and sample_value(text, "smtpmon_targets") == 1, text
+    status, text = get(address, f"/probe?target={server.target}&module=plain", context=context,
+                       headers={"Authorization": f"Basic {token}"})
+    assert status == 200 and sample_value(text, "smtpmon_probe_success") == 1, text
+    assert daemon.stop() == 0
+
+
+def test_systemd_socket_for_another_process_is_refused(run_daemon):
+    # LISTEN_PID names another process (as when the variables leak into a child): not ours.
+    daemon = run_daemon(["--web.systemd-socket"], env={"LISTEN_FDS": "1", "LISTEN_PID": str(os.getpid())})
+    assert daemon.process.wait(15) == 1
+    assert ("smtpmon: --web.systemd-socket: the sockets from systemd are not for this process "
+            f"(LISTEN_PID={os.getpid()}") in daemon.log()
+
+
+def test_systemd_socket_without_systemd_is_exit_1_with_the_reason(run_daemon):
+    daemon = run_daemon(["--web.systemd-socket"], env={})
+    assert daemon.process.wait(15) == 1
+    assert "smtpmon: --web.systemd-socket: no sockets from systemd (LISTEN_PID and LISTEN_FDS are not set)" in daemon.log()
+
+
+def test_an_inherited_socket_that_is_not_listening_is_refused(run_daemon):
+    with socket.socket() as bound:
+        bound.bind((LOOPBACK, 0))  # bound but not listening: systemd never passes such a one
+        daemon = run_daemon(["--web.systemd-socket"], inherit=bound, env={"LISTEN_FDS": "1"})
+        assert daemon.process.wait(15) == 1
+    assert "descriptor 3 from systemd is not a listening TCP socket" in daemon.log()
+
+
+def test_the_activation_variables_are_removed_after_use():
+    # As sd_listen_fds(unset_environment=1): a child must never take them for its own.
+    environ = {"LISTEN_PID": "1", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "smtpmon.socket", "PATH": "/bin"}
+    with pytest.raises(listeners.ActivationError):
+        listeners.systemd_sockets(environ)
+    assert environ == {"PATH": "/bin"}
+
+
+# -- the socket unit ------------------------------------------------------------------------------
+SOCKET_UNIT = REPO / "systemd" / "smtpmon.socket"
+
+
+def unit_section(path: Path, section: str) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    current = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            current = line
+        elif current == section and "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values.setdefault(key, []).append(value)
+    return values
+
+
+def test_socket_unit_listens_where_the_daemon_would_and_is_valid_with_the_service(tmp_path):
+    socket_settings = unit_section(SOCKET_UNIT, "[Socket]")
+    # The flag's default, :9725: every address, IPv4 and IPv6; one service for every connection.
+    assert socket_settings["ListenStream"] == ["9725"]
+    assert socket_settings["Accept"] == ["no"]
+    assert unit_section(SOCKET_UNIT, "[Install]")["WantedBy"] == ["sockets.target"]
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but systemd-analyze (Debian's systemd package) is missing")
+        pytest.skip("systemd-analyze (Debian's systemd package) is missing")
+    # verify checks the socket's service too: the unit, with a command that exists here.
+    service = (REPO / "systemd" / "smtpmon.service").read_text(encoding="utf-8")
+    script = Path(sys.executable).with_name("smtpmon")
+    command = str(script) if script.exists() else f"{sys.executable} -m smtpmon"
+    (tmp_path / "smtpmon.service").write_text(
+        service.replace("ExecStart=/usr/local/bin/smtpmon ", f"ExecStart={command} "), encoding="utf-8")
+    shutil.copy(SOCKET_UNIT, tmp_path / "smtpmon.socket")
+    result = subprocess.run([analyze, "verify", str(tmp_path / "smtpmon.socket"), str(tmp_path / "smtpmon.service")],
+                            capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")

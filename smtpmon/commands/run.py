@@ -33,6 +33,9 @@ def add_arguments(parser) -> None:
                         help="address to serve HTTP on: host:port, [IPv6]:port or :port (every "
                              "address); repeat it to serve on several "
                              f"(default: {daemon.DEFAULT_LISTEN_ADDRESS})")
+    parser.add_argument("--web.systemd-socket", dest="systemd_socket", action="store_true",
+                        help="serve on the sockets systemd passes (socket activation, "
+                             "smtpmon.socket) instead of --web.listen-address")
     parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
                         help="TLS, basic auth and response headers for the HTTP server "
                              "(exporter-toolkit format)")
@@ -53,6 +56,7 @@ def run(args) -> int:
     return daemon.run(daemon.Options(
         config_file=args.config_file,
         listen_addresses=tuple(args.listen_addresses or (daemon.DEFAULT_LISTEN_ADDRESS,)),
+        systemd_socket=args.systemd_socket,
         web_config_file=args.web_config_file,
         max_connections=args.max_connections,
         max_concurrent_probes=args.max_concurrent_probes,

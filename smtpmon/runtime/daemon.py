@@ -104,6 +104,8 @@ class Options:
     config_file: str | None
     listen_addresses: tuple[str, ...] = (DEFAULT_LISTEN_ADDRESS,)
     web_config_file: str | None = None
+    # Serve the sockets systemd passes (socket activation) instead of listen_addresses.
+    systemd_socket: bool = False
     max_connections: int = MAX_CONNECTIONS
     max_concurrent_probes: int = MAX_CONCURRENT_PROBES
 
@@ -197,8 +199,13 @@ class ListenError(Exception):
 
 
 def open_listeners(options: Options, addresses: list[tuple[str, int]]) -> list[socket.socket]:
-    """The listening sockets: one bound for each --web.listen-address. Raises ListenError; on
-    failure none stays open."""
+    """The listening sockets: systemd's with --web.systemd-socket, else one bound for each
+    --web.listen-address. Raises ListenError; on failure none stays open."""
+    if options.systemd_socket:
+        try:
+            return listeners.systemd_sockets()
+        except listeners.ActivationError as error:
+            raise ListenError(f"--web.systemd-socket: {error}") from None
     opened: list[socket.socket] = []
     try:
         for text, (host, port) in zip(options.listen_addresses, addresses):
