@@ -1,6 +1,7 @@
 """Where `smtpmon run` listens: several `--web.listen-address`es (IPv4 and IPv6), and the
 sockets systemd passes with `--web.systemd-socket` (socket activation), on both transports
-(the hub that serves plain `/probe`, and the threads that serve TLS and basic auth).
+(the hub that serves plain `/probe`, and the threads that serve TLS and basic auth); and where
+it serves the metrics (`--web.telemetry-path`).
 
 The daemon runs as a real subprocess; systemd's part is played as systemd plays it: a listening
 socket made here is inherited as descriptor 3, with LISTEN_FDS=1 and LISTEN_PID set to the
@@ -248,6 +249,38 @@ def test_the_activation_variables_are_removed_after_use():
     with pytest.raises(listeners.ActivationError):
         listeners.systemd_sockets(environ)
     assert environ == {"PATH": "/bin"}
+
+
+# -- --web.telemetry-path -------------------------------------------------------------------------
+def test_telemetry_path_moves_the_metrics_and_the_landing_page_links_there(run_daemon):
+    daemon = run_daemon(["--web.listen-address", f"{LOOPBACK}:0", "--web.telemetry-path", "/smtp/metrics"])
+    (address,) = daemon.listening()
+    status, text = get(address, "/smtp/metrics")
+    assert status == 200 and sample_value(text, "smtpmon_targets") == 1, text
+    assert get(address, "/metrics") == (404, "not found: /metrics\n")
+    status, page = get(address, "/")
+    assert status == 200
+    assert '<a href="/smtp/metrics">Metrics</a>' in page and 'href="/metrics"' not in page
+    assert get(address, "/-/healthy") == (200, "Healthy\n")
+
+
+def test_default_telemetry_path_is_metrics(run_daemon):
+    daemon = run_daemon(["--web.listen-address", f"{LOOPBACK}:0"])
+    (address,) = daemon.listening()
+    assert get(address, "/metrics")[0] == 200
+    assert '<a href="/metrics">Metrics</a>' in get(address, "/")[1]
+
+
+@pytest.mark.parametrize(("path", "reason"), [
+    ("metrics", "want a path such as /metrics"),
+    ("/metrics?x=1", "want a path such as /metrics"),
+    ("/probe", "smtpmon serves something else there"),
+    ("/", "smtpmon serves something else there"),
+])
+def test_a_telemetry_path_that_cannot_be_served_is_exit_2(run_daemon, path, reason):
+    daemon = run_daemon(["--web.listen-address", f"{LOOPBACK}:0", "--web.telemetry-path", path])
+    assert daemon.process.wait(15) == 2
+    assert f"smtpmon: invalid --web.telemetry-path {path!r}: {reason}" in daemon.log()
 
 
 # -- the socket unit ------------------------------------------------------------------------------

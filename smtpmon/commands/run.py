@@ -6,6 +6,7 @@ import argparse
 
 from smtpmon.logs import LEVELS, setup_logging
 from smtpmon.runtime import daemon
+from smtpmon.web.routes import METRICS_PATH
 from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS
 
 DESCRIPTION = """Run the daemon: probe every configured target on its schedule and serve the
@@ -36,6 +37,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--web.systemd-socket", dest="systemd_socket", action="store_true",
                         help="serve on the sockets systemd passes (socket activation, "
                              "smtpmon.socket) instead of --web.listen-address")
+    parser.add_argument("--web.telemetry-path", dest="telemetry_path", metavar="PATH",
+                        default=METRICS_PATH,
+                        help="path under which to serve the metrics (default: %(default)s)")
     parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
                         help="TLS, basic auth and response headers for the HTTP server "
                              "(exporter-toolkit format)")
@@ -57,6 +61,7 @@ def run(args) -> int:
         config_file=args.config_file,
         listen_addresses=tuple(args.listen_addresses or (daemon.DEFAULT_LISTEN_ADDRESS,)),
         systemd_socket=args.systemd_socket,
+        telemetry_path=args.telemetry_path,
         web_config_file=args.web_config_file,
         max_connections=args.max_connections,
         max_concurrent_probes=args.max_concurrent_probes,

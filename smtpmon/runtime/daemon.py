@@ -29,6 +29,7 @@ from smtpmon.exposition.store import ResultStore
 from smtpmon.logs import get_logger
 from smtpmon.runtime.scheduler import Scheduler
 from smtpmon.web import listeners
+from smtpmon.web.routes import METRICS_PATH, check_telemetry_path
 from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server
 
 log = get_logger("daemon")
@@ -106,6 +107,7 @@ class Options:
     web_config_file: str | None = None
     # Serve the sockets systemd passes (socket activation) instead of listen_addresses.
     systemd_socket: bool = False
+    telemetry_path: str = METRICS_PATH
     max_connections: int = MAX_CONNECTIONS
     max_concurrent_probes: int = MAX_CONCURRENT_PROBES
 
@@ -113,8 +115,10 @@ class Options:
 class Daemon:
     """The running exporter: what the HTTP side sees (see smtpmon.web.server.Exporter)."""
 
-    def __init__(self, config: Config, config_file: str | None):
+    def __init__(self, config: Config, config_file: str | None, *,
+                 telemetry_path: str = METRICS_PATH):
         self.config_file = config_file
+        self.telemetry_path = telemetry_path
         self.store = ResultStore()
         self.probe_store = ResultStore(max_entries=MAX_PROBE_ENTRIES)
         self.state = ExporterState()
@@ -236,6 +240,7 @@ def run(options: Options) -> int:
         return EXIT_BAD_CONFIG
     try:
         addresses = [parse_listen_address(text) for text in options.listen_addresses]
+        check_telemetry_path(options.telemetry_path)
         server_options = web_server_options(options.web_config_file)
     except ValueError as error:
         print(f"smtpmon: {error}", file=sys.stderr)
@@ -247,7 +252,7 @@ def run(options: Options) -> int:
     # Blocked before any thread starts, so every thread inherits the mask and only sigwait()
     # below ever sees these signals.
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
-    daemon = Daemon(config, options.config_file)
+    daemon = Daemon(config, options.config_file, telemetry_path=options.telemetry_path)
     try:
         sockets = open_listeners(options, addresses)
     except ListenError as error:

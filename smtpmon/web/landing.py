@@ -100,7 +100,8 @@ def _row(snapshot: TargetSnapshot, now: float) -> str:
     return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
 
 
-def render(config: Config, snapshots: Iterable[TargetSnapshot], *, ready: bool) -> bytes:
+def render(config: Config, snapshots: Iterable[TargetSnapshot], *, ready: bool,
+           telemetry_path: str = "/metrics") -> bytes:
     now = time.time()
     rows = [_row(s, now) for s in sorted(snapshots, key=lambda s: (s.target, s.module))]
     body = "\n".join(rows) or '<tr><td colspan="8">no targets configured</td></tr>'
@@ -110,7 +111,7 @@ def render(config: Config, snapshots: Iterable[TargetSnapshot], *, ready: bool) 
 <h1>smtpmon</h1>
 <p>Version {_e(__version__)} &middot; configuration: <code>{_e(config.source)}</code>
 &middot; {len(rows)} target{"" if len(rows) == 1 else "s"} &middot; {"ready" if ready else "not ready"}</p>
-<p><a href="/metrics">Metrics</a> &middot; <a href="/-/healthy">Health</a>
+<p><a href="{_e(telemetry_path)}">Metrics</a> &middot; <a href="/-/healthy">Health</a>
 &middot; <a href="/-/ready">Readiness</a>
 &middot; probe one target: <code>/probe?target=host:port&amp;module=NAME[&amp;debug=true]</code></p>
 <table>
