@@ -310,6 +310,8 @@ def test_installed_daemon_runs_as_the_unit_and_is_scraped(installed, tmp_path, s
         assert status["Uid"].split()[0] == str(user.pw_uid)
         assert status["CapEff"] == "0000000000000000" and status["NoNewPrivs"] == "1"
         assert f'smtpmon_build_info{{version="{__version__}",' in text
+        # `make deb` records the commit of the checkout it packs (REPO's HEAD, else "unknown").
+        assert sample_value(text, "smtpmon_build_info", revision=checkout_revision()) == 1
         assert sample_value(text, "smtpmon_probe_success", target=server.target) == 1, log_path.read_text()
         assert sample_value(text, "smtpmon_replies_total", target=server.target, stage="starttls", code="220") >= 1
         assert sample_value(text, "smtpmon_tls_certificate_not_after_timestamp_seconds", target=server.target) > time.time()
@@ -326,6 +328,12 @@ def test_installed_daemon_runs_as_the_unit_and_is_scraped(installed, tmp_path, s
     log = log_path.read_text()
     assert f"config={INSTALLED_CONFIG}" in log and "msg=stopped" in log
     assert "Traceback" not in log and "Operation not permitted" not in log, log
+
+
+def checkout_revision() -> str:
+    if not (REPO / ".git").exists() or shutil.which("git") is None:
+        return "unknown"
+    return run("git", "rev-parse", "HEAD", cwd=REPO).stdout.strip()
 
 
 def wait_for_metrics(port: int, process: subprocess.Popen, log_path: Path, condition, timeout: float = 30) -> str:
