@@ -183,7 +183,11 @@ def parse_probe_head(head: bytes) -> tuple[str, str, RequestHeaders, bool] | Non
 class Server(socketserver.TCPServer):
     """Accepts on a hub (smtpmon.net.hub) on the serving thread. A plain-HTTP `/probe` request is
     served there, as a hub session, probe and all; any other request, and every connection
-    when TLS or basic auth is configured, gets a thread of its own (`Handler`)."""
+    when TLS or basic auth is configured, gets a thread of its own (`Handler`).
+
+    It binds `address`, unless given `listeners`: sockets listening already (listeners.py:
+    several --web.listen-address, or systemd's), each with its own accept loop on the hub,
+    all under the same limits."""
 
     allow_reuse_address = True
     request_queue_size = 128
