@@ -104,7 +104,8 @@ def test_the_page_parser_reads_the_metrics_tables():
     assert per_target["smtpmon_replies_total"] == Documented(
         "counter", frozenset({"target", "module", "stage", "code", "class", "category"})
     )
-    assert exporter["smtpmon_build_info"] == Documented("gauge", frozenset({"version", "python_version"}))
+    assert exporter["smtpmon_build_info"] == Documented(
+        "gauge", frozenset({"version", "revision", "python_version", "openssl_version"}))
 
 
 def test_metrics_reference_lists_exactly_the_collector_families_in_order():

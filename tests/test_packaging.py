@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import email.parser
 import os
+import platform
 import shutil
+import ssl
 import subprocess
 import sys
 import zipfile
@@ -21,13 +23,14 @@ from pathlib import Path
 
 import pytest
 from markdown_pages import broken_links, relative_links
+from prometheus_client.parser import text_string_to_metric_families
 
 from smtpmon import __version__
 from smtpmon.cli import SUBCOMMANDS
 from smtpmon.exposition.state import ExporterState
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = ("pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "smtpmon", "config", "systemd", "docs")
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "CHANGELOG.md", "smtpmon", "config", "systemd", "docs")
 # Installed file (under <prefix>) -> its source in the repository, for every file that ships.
 SHARED_DIRS = {
     "share/smtpmon": "config",
@@ -46,16 +49,47 @@ def expected_data_files() -> dict[str, Path]:
     return files
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("packaging")
-    source = work / "source"
+def copy_sources(source: Path) -> None:
     source.mkdir()
     for name in SOURCES:
         if (REPO / name).is_dir():
-            shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "_build.py"))
         else:
             shutil.copy2(REPO / name, source / name)
+
+
+def git(*args: str, cwd: Path) -> str:
+    if shutil.which("git") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but git is missing (.ci/run installs it)")
+        pytest.skip("git is missing")
+    environment = {name: value for name, value in _without_pythonpath().items() if not name.startswith("GIT_")}
+    environment.update(GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@test.example",
+                       GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@test.example")
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True,
+                          env=environment, timeout=30).stdout.strip()
+
+
+def commit_all(source: Path) -> str:
+    """Make `source` a git checkout with one commit of everything in it; the commit."""
+    git("init", "-q", cwd=source)
+    git("add", "-A", cwd=source)
+    git("commit", "-q", "-m", "the sources", cwd=source)
+    return git("rev-parse", "HEAD", cwd=source)
+
+
+@pytest.fixture(scope="module")
+def source_commit(tmp_path_factory) -> tuple[Path, str]:
+    """A copy of the sources that is a git checkout, and its commit."""
+    source = tmp_path_factory.mktemp("packaging") / "source"
+    copy_sources(source)
+    return source, commit_all(source)
+
+
+@pytest.fixture(scope="module")
+def wheel(source_commit) -> Path:
+    source, _ = source_commit
+    work = source.parent
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
          "--quiet", "--wheel-dir", str(work / "dist"), str(source)],
@@ -185,3 +219,44 @@ def test_installed_documentation_links_work_where_it_is_installed(venv):
 def test_build_info_metric_carries_the_same_version():
     page = ExporterState().render().decode()
     assert f'smtpmon_build_info{{version="{__version__}",' in page
+
+
+def build_info(python: Path, cwd: Path, env: dict[str, str]) -> dict[str, str]:
+    """The labels of smtpmon_build_info as that Python's smtpmon renders them."""
+    result = subprocess.run(
+        [str(python), "-c", "from smtpmon.exposition.state import ExporterState; "
+                            "print(ExporterState().render().decode())"],
+        capture_output=True, text=True, cwd=cwd, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    (family,) = [family for family in text_string_to_metric_families(result.stdout)
+                 if family.name == "smtpmon_build_info"]
+    (sample,) = family.samples
+    return sample.labels
+
+
+def test_installed_wheel_reports_the_commit_it_was_built_from(venv, source_commit):
+    _, commit = source_commit
+    labels = build_info(venv / "bin" / "python", venv, _without_pythonpath())
+    assert labels == {"version": __version__, "revision": commit,
+                      "python_version": platform.python_version(), "openssl_version": ssl.OPENSSL_VERSION}
+
+
+def test_a_checkout_reports_its_head_as_it_runs(tmp_path):
+    # An editable install or `python -m smtpmon` in the tree: HEAD now, never a stale one.
+    source = tmp_path / "checkout"
+    copy_sources(source)
+    first = commit_all(source)
+    environment = {**_without_pythonpath(), "PYTHONPATH": str(source)}
+    assert build_info(Path(sys.executable), tmp_path, environment)["revision"] == first
+    (source / "README.md").write_text("changed\n")
+    git("commit", "-q", "-a", "-m", "a second commit", cwd=source)
+    second = git("rev-parse", "HEAD", cwd=source)
+    assert second != first
+    assert build_info(Path(sys.executable), tmp_path, environment)["revision"] == second
+
+
+def test_sources_outside_git_report_an_unknown_revision(tmp_path):
+    source = tmp_path / "tarball"
+    copy_sources(source)
+    environment = {**_without_pythonpath(), "PYTHONPATH": str(source)}
+    assert build_info(Path(sys.executable), tmp_path, environment)["revision"] == "unknown"

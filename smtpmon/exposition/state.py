@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import bisect
 import platform
+import ssl
 import threading
 import time
 from dataclasses import dataclass
 
 from prometheus_client.utils import floatToGoString
 
-from smtpmon import __version__
+from smtpmon import __version__, build
 from smtpmon.exposition.metrics import Family, label_pairs
 
 EXPORTER_FAMILIES: tuple[Family, ...] = (
-    Family("smtpmon_build_info", "gauge", "Constant 1: the smtpmon and Python versions."),
+    Family("smtpmon_build_info", "gauge",
+           "Constant 1: the smtpmon version and git revision, the Python and OpenSSL versions."),
     Family("smtpmon_config_last_reload_successful", "gauge",
            "1 if the last configuration load succeeded, else 0."),
     Family("smtpmon_config_last_reload_success_timestamp_seconds", "gauge",
@@ -54,8 +56,10 @@ class ExporterState:
         self._started_at = time.time()
         self._reload_attempt_timestamp = 0.0
         self._config_errors: tuple[str, ...] = ()
-        self._build_labels = label_pairs(("version", "python_version"),
-                                     (version, platform.python_version()))[1:]
+        # OpenSSL decides which TLS versions and ciphers a probe can speak.
+        self._build_labels = label_pairs(
+            ("version", "revision", "python_version", "openssl_version"),
+            (version, build.revision(), platform.python_version(), ssl.OPENSSL_VERSION))[1:]
         self._reload_successful = False
         self._reload_success_timestamp = 0.0
         self._targets = 0

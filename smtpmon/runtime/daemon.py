@@ -13,6 +13,7 @@ import ctypes.util
 import os
 import resource
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from smtpmon.exposition.state import ExporterState
 from smtpmon.exposition.store import ResultStore
 from smtpmon.logs import get_logger
 from smtpmon.runtime.scheduler import Scheduler
+from smtpmon.web import listeners
+from smtpmon.web.routes import METRICS_PATH, check_telemetry_path
 from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server
 
 log = get_logger("daemon")
@@ -100,11 +103,17 @@ MAX_PROBE_ENTRIES = 10_000
 MAX_PROBE_BYTES = 128 * 1024 * 1024
 
 
+DEFAULT_LISTEN_ADDRESS = ":9725"
+
+
 @dataclass(frozen=True)
 class Options:
     config_file: str | None
-    listen_address: str
+    listen_addresses: tuple[str, ...] = (DEFAULT_LISTEN_ADDRESS,)
     web_config_file: str | None = None
+    # Serve the sockets systemd passes (socket activation) instead of listen_addresses.
+    systemd_socket: bool = False
+    telemetry_path: str = METRICS_PATH
     max_connections: int = MAX_CONNECTIONS
     max_concurrent_probes: int = MAX_CONCURRENT_PROBES
 
@@ -113,9 +122,11 @@ class Daemon:
     """The running exporter: what the HTTP side sees (see smtpmon.web.server.Exporter)."""
 
     def __init__(self, config: Config, config_file: str | None,
-                 web_config: webconfig.WebConfigFile | None = None):
+                 web_config: webconfig.WebConfigFile | None = None, *,
+                 telemetry_path: str = METRICS_PATH):
         self.config_file = config_file
         self.web_config = web_config  # reloaded with the configuration
+        self.telemetry_path = telemetry_path
         self.store = ResultStore()
         self.probe_store = ResultStore(max_entries=MAX_PROBE_ENTRIES, max_bytes=MAX_PROBE_BYTES)
         self.state = ExporterState()
@@ -215,14 +226,40 @@ def web_server_options(web: webconfig.WebConfigFile | None) -> dict[str, Any]:
     }
 
 
-def _listen(address: tuple[str, int], daemon: Daemon, server_options: dict[str, Any]) -> Server:
+class ListenError(Exception):
+    """No socket to serve on: the message says which address and why."""
+
+
+def open_listeners(options: Options, addresses: list[tuple[str, int]]) -> list[socket.socket]:
+    """The listening sockets: systemd's with --web.systemd-socket, else one bound for each
+    --web.listen-address. Raises ListenError; on failure none stays open."""
+    if options.systemd_socket:
+        try:
+            return listeners.systemd_sockets()
+        except listeners.ActivationError as error:
+            raise ListenError(f"--web.systemd-socket: {error}") from None
+    opened: list[socket.socket] = []
     try:
-        return Server(address, daemon, **server_options)
+        for text, (host, port) in zip(options.listen_addresses, addresses):
+            try:
+                opened.append(_bind(host, port))
+            except OSError as error:
+                raise ListenError(f"cannot listen on {text}: {error.strerror}") from None
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        raise
+    return opened
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        return listeners.bind(host, port)
     except OSError:
-        if address[0] != "::":
+        if host != "::":
             raise
         # ":port" on a host without IPv6: every IPv4 interface will do.
-        return Server(("", address[1]), daemon, **server_options)
+        return listeners.bind("", port)
 
 
 def run(options: Options) -> int:
@@ -230,7 +267,8 @@ def run(options: Options) -> int:
     if config is None:
         return EXIT_BAD_CONFIG
     try:
-        address = parse_listen_address(options.listen_address)
+        addresses = [parse_listen_address(text) for text in options.listen_addresses]
+        check_telemetry_path(options.telemetry_path)
         web = webconfig.WebConfigFile(options.web_config_file) if options.web_config_file else None
         server_options = web_server_options(web)
     except ValueError as error:
@@ -243,21 +281,19 @@ def run(options: Options) -> int:
     # Blocked before any thread starts, so every thread inherits the mask and only sigwait()
     # below ever sees these signals.
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
-    daemon = Daemon(config, options.config_file, web)
+    daemon = Daemon(config, options.config_file, web, telemetry_path=options.telemetry_path)
     try:
-        server = _listen(address, daemon, {
-            **server_options,
-            "max_connections": options.max_connections,
-            "max_concurrent_probes": options.max_concurrent_probes,
-        })
-    except OSError as error:
-        print(f"smtpmon: cannot listen on {options.listen_address}: {error.strerror}",
-              file=sys.stderr)
+        sockets = open_listeners(options, addresses)
+    except ListenError as error:
+        print(f"smtpmon: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    host, port = server.server_address[:2]
+    server = Server(None, daemon, listeners=sockets, **server_options,
+                    max_connections=options.max_connections,
+                    max_concurrent_probes=options.max_concurrent_probes)
     # Said before the scheduler starts, so that the log reads in order: started, the schedule,
     # then the first probes (which may fail within a millisecond).
-    log.info("smtpmon started", version=__version__, listen=f"{host}:{port}",
+    log.info("smtpmon started", version=__version__,
+             listen=",".join(listeners.describe(sock) for sock in sockets),
              config=config.source, targets=len(config.targets), open_files_limit=open_files)
     daemon.start()
     http_thread = threading.Thread(

@@ -423,7 +423,7 @@ def render(exporter: Exporter, status: ExporterStatus, query: PageQuery) -> byte
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_title(summary, what)}</title>{_icon(summary.by_state[FAILING] > 0)}<style>{STYLE}</style></head>
 <body>
-{_header()}
+{_header(exporter.telemetry_path)}
 <section class="summary">
 {_summary(summary, query, what)}
 <p>Configuration: {_config_facts(config, status, now)}</p>
@@ -461,10 +461,10 @@ def _title(summary: Summary, what: str) -> str:
     return f"smtpmon: {failing} failing" if failing else f"smtpmon: {summary.total} {what} OK"
 
 
-def _header() -> str:
+def _header(telemetry_path: str) -> str:
     return (f'<header><h1><a href="/">smtpmon</a></h1><span class="version">version '
             f"{text(__version__)}</span><nav>"
-            '<a href="/metrics">metrics</a> <a href="/-/healthy">healthy</a> '
+            f'<a href="{text(telemetry_path)}">metrics</a> <a href="/-/healthy">healthy</a> '
             '<a href="/-/ready">ready</a> <a href="/docs">docs</a> '
             f'<a href="/docs?page={docs.RUNBOOK}">runbook</a></nav></header>')
 
@@ -505,7 +505,7 @@ def render_target(exporter: Exporter, target: str, module: str) -> bytes | None:
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="30">
 <title>smtpmon: {text(target)} ({text(module)})</title>{_icon(row.state == FAILING)}<style>{STYLE}</style></head>
 <body>
-{_header()}
+{_header(exporter.telemetry_path)}
 <h2><code>{text(target)}</code> <span class="muted">module {text(module)}</span></h2>
 {table}
 <h3>Last {len(history.points)} probes</h3>

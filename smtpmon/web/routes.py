@@ -26,6 +26,7 @@ class Exporter(Protocol):
     store: ResultStore
     probe_store: ResultStore  # bounded; counts /probe results per (target, module)
     state: ExporterState
+    telemetry_path: str  # where /metrics is served (--web.telemetry-path)
 
     @property
     def config(self) -> Config: ...
@@ -106,10 +107,13 @@ def reload(exporter: Exporter, request: Request) -> Answer:
 
 Route = Callable[[Exporter, Request], Answer]
 
-# path -> (route, the methods it accepts)
+METRICS_PATH = "/metrics"
+
+# path -> (route, the methods it accepts); the exposition is served at the exporter's
+# telemetry_path, METRICS_PATH unless --web.telemetry-path says otherwise.
 ROUTES: dict[str, tuple[Route, tuple[str, ...]]] = {
     "/": (landing_page, ("GET", "HEAD")),
-    "/metrics": (metrics, ("GET", "HEAD")),
+    METRICS_PATH: (metrics, ("GET", "HEAD")),
     "/probe": (answer_probe, ("GET",)),
     "/transcript": (show_transcript, ("GET", "HEAD")),
     "/target": (target_page, ("GET", "HEAD")),
@@ -123,7 +127,12 @@ ROUTES: dict[str, tuple[Route, tuple[str, ...]]] = {
 def dispatch(exporter: Exporter, request: Request) -> Answer:
     """The route's answer; 404 for an unknown path, 405 for a method it does not accept.
     Raises what the route raises (see wire.error_answer)."""
-    route = ROUTES.get(request.path)
+    if request.path == exporter.telemetry_path:
+        route = ROUTES[METRICS_PATH]
+    elif request.path == METRICS_PATH:
+        route = None  # moved by --web.telemetry-path
+    else:
+        route = ROUTES.get(request.path)
     if route is None:
         return Answer(HTTPStatus.NOT_FOUND, f"not found: {request.path}\n")
     answer, methods = route
@@ -131,3 +140,12 @@ def dispatch(exporter: Exporter, request: Request) -> Answer:
         return Answer(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.path} accepts {', '.join(methods)}\n",
                       headers={"Allow": ", ".join(methods)})
     return answer(exporter, request)
+
+
+def check_telemetry_path(path: str) -> str:
+    """`--web.telemetry-path` as given, or ValueError saying why it cannot be served."""
+    if not path.startswith("/") or any(char in path for char in "?# ") or not path.isprintable():
+        raise ValueError(f"invalid --web.telemetry-path {path!r}: want a path such as /metrics")
+    if path != METRICS_PATH and path in ROUTES:
+        raise ValueError(f"invalid --web.telemetry-path {path!r}: smtpmon serves something else there")
+    return path

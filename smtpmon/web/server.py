@@ -184,16 +184,21 @@ def parse_probe_head(head: bytes) -> tuple[str, str, RequestHeaders, bool] | Non
 class Server(socketserver.TCPServer):
     """Accepts on a hub (smtpmon.net.hub) on the serving thread. A plain-HTTP `/probe` request is
     served there, as a hub session, probe and all; any other request, and every connection
-    when TLS or basic auth is configured, gets a thread of its own (`Handler`)."""
+    when TLS or basic auth is configured, gets a thread of its own (`Handler`).
+
+    It binds `address`, unless given `listeners`: sockets listening already (listeners.py:
+    several --web.listen-address, or systemd's), each with its own accept loop on the hub,
+    all under the same limits."""
 
     allow_reuse_address = True
     request_queue_size = 128
 
     def __init__(
         self,
-        address: tuple[str, int],
+        address: tuple[str, int] | None,
         exporter: Exporter,
         *,
+        listeners: Sequence[socket.socket] = (),
         authorize: Callable[[Mapping[str, str], str], bool] | None = None,
         wrap_connection: Callable[[socket.socket], socket.socket] | None = None,
         extra_headers: Mapping[str, str] | None = None,
@@ -202,8 +207,6 @@ class Server(socketserver.TCPServer):
         max_connections: int = MAX_CONNECTIONS,
         max_concurrent_probes: int = MAX_CONCURRENT_PROBES,
     ):
-        host = address[0]
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.exporter = exporter
         self.authorize = authorize
         self.wrap_connection = wrap_connection
@@ -226,7 +229,16 @@ class Server(socketserver.TCPServer):
         self._hub_connections: set[socket.socket] = set()
         self._stopping = False
         self._stopped = threading.Event()
-        super().__init__(address, Handler)
+        if listeners:
+            # Bound and listening already (listeners.py): several addresses, or systemd's.
+            self.listeners = list(listeners)
+            socketserver.BaseServer.__init__(self, self.listeners[0].getsockname(), Handler)
+            self.socket = self.listeners[0]
+            self.address_family = self.socket.family
+        else:
+            self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+            super().__init__(address, Handler)
+            self.listeners = [self.socket]
 
     def _canned_503(self, body: str) -> bytes:
         """A complete answer written without a handler (and so without reading the request)."""
@@ -246,10 +258,11 @@ class Server(socketserver.TCPServer):
 
     # -- the serving thread ----------------------------------------------------------------
     def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """Run the hub until shutdown(): the accept loop and every hub connection."""
-        self.socket.setblocking(False)
+        """Run the hub until shutdown(): the accept loops and every hub connection."""
         try:
-            self.hub.spawn(self._accept_connections)
+            for listener in self.listeners:
+                listener.setblocking(False)
+                self.hub.spawn(self._accept_connections, listener)
             while not self._stopping:
                 self.hub.run_once(poll_interval)
         finally:
@@ -265,10 +278,11 @@ class Server(socketserver.TCPServer):
 
     def server_close(self) -> None:
         super().server_close()
+        for listener in self.listeners[1:]:
+            listener.close()
         self.hub.close()
 
-    def _accept_connections(self) -> None:
-        listener = self.socket
+    def _accept_connections(self, listener: socket.socket) -> None:
         accepted = 0
         while True:
             if accepted == ACCEPTS_PER_TURN:  # a flood of connections must not starve the probes
