@@ -1,11 +1,11 @@
 """One DNS question at a time (a name and a type), every outcome a value, never an exception.
 
-The questions go to the system resolver (/etc/resolv.conf) by default, or to the nameservers
-the configuration names, as (address, port) pairs. dnspython does the protocol work: message
-parsing, EDNS, the retry over TCP when a UDP answer is truncated, a per-attempt timeout and an
-overall lifetime. What this module adds is the reading of the outcome in a sender's terms:
-an answer, NODATA, NXDOMAIN, or one of the temporary failures (servfail, timeout,
-bad_response, unreachable), each with a sentence saying what happened.
+The questions go to the nameservers of the system resolver (/etc/resolv.conf) by default, or
+to the nameservers the configuration names, as (address, port) pairs. dnspython does the
+protocol work: building and parsing messages, EDNS, the retry over TCP when a UDP answer is
+truncated. This module keeps the deadline and reads the outcome in a sender's terms: an
+answer, NODATA, NXDOMAIN, or one of the temporary failures (servfail, timeout, bad_response,
+unreachable), each with a sentence saying what happened.
 
 Blocking (dnspython's sync API): the daemon runs it on the lookup pool's threads.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import dns.exception
@@ -35,8 +34,9 @@ ANSWER_STATES: tuple[str, ...] = ("ok", "nodata", "nxdomain")
 FAILURE_STATES: tuple[str, ...] = ("servfail", "timeout", "bad_response", "unreachable")
 LOOKUP_STATES: tuple[str, ...] = ANSWER_STATES + FAILURE_STATES
 
-QUESTION_TYPES: tuple[str, ...] = ("MX", "A", "AAAA")
 EDNS_PAYLOAD = 1232  # the DNS flag day 2020 size: larger answers come over TCP, unfragmented
+FIRST_PAUSE_SECONDS = 0.05  # between rounds over servers that all timed out, doubling
+MAX_PAUSE_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,25 +111,42 @@ class Answer:
 
 
 class Resolver:
-    """Asks questions as `settings` say; safe to share between threads (each question is its
-    own dnspython resolution; the configuration is not changed after set-up)."""
+    """Asks questions as `settings` say; safe to share between threads (nothing changes
+    after set-up but a counter).
+
+    dnspython's Resolver.resolve() is not used for the asking: in 2.3 it sleeps a back-off of
+    up to 2 s between rounds without looking at the lifetime, so a server that answers junk
+    at once holds a question up to 2 s past its deadline. The loop here is the same (each
+    server in turn, round after round; a server that fails for good is dropped) with every
+    wait cut at the deadline; dnspython still builds, sends and reads the messages, and
+    retries over TCP when the UDP answer is truncated (dns.query.udp_with_fallback).
+    """
 
     def __init__(self, settings: ResolverSettings) -> None:
         self.settings = settings
-        self._resolver: dns.resolver.Resolver | None = None
-        self._setup_error = ""
         self._count_lock = threading.Lock()
         self._queries_sent = 0
+        self._setup_error = ""
+        self._servers: tuple[tuple[str, int], ...] = ()
+        if settings.nameservers:
+            self._servers = tuple((str(ipaddress.ip_address(ip)), port)
+                                  for ip, port in settings.nameservers)
+            return
         try:
-            self._resolver = _make_resolver(settings)
+            system = dns.resolver.Resolver(configure=True)
+            self._servers = tuple((ip, system.nameserver_ports.get(ip, system.port))
+                                  for ip in system.nameservers if _is_ip(ip))
         except (dns.exception.DNSException, OSError, ValueError) as error:
-            # No /etc/resolv.conf, or no nameserver in it: every question says so.
             self._setup_error = f"no nameserver to ask: {error}"
+            return
+        if not self._servers:
+            self._setup_error = "no nameserver to ask: /etc/resolv.conf names none"
 
     @property
     def queries_sent(self) -> int:
-        """Questions handed to dnspython so far (its retries and TCP fallback not counted
-        again): with a cache in front, the DNS queries a benchmark sees per minute."""
+        """Questions asked so far (one per call that had time to ask; the retries and the
+        TCP fallback of one question are not counted again): with a cache in front, the DNS
+        queries a benchmark sees per minute."""
         with self._count_lock:
             return self._queries_sent
 
@@ -137,145 +154,124 @@ class Resolver:
         """Ask for `rdtype` records of the absolute `name`, giving up at the monotonic
         `deadline`. Never raises."""
         shown = name_text(name)
-        if self._resolver is None:
+        if self._setup_error:
             return Answer(shown, rdtype, "unreachable", detail=self._setup_error)
-        left = deadline - time.monotonic()
-        if left <= 0:
+        if deadline <= time.monotonic():
             return Answer(shown, rdtype, "timeout", detail="no time left before the deadline")
         with self._count_lock:
             self._queries_sent += 1
         started = time.monotonic()
-        answer = self._ask(name, rdtype, left)
-        return _with_duration(answer, time.monotonic() - started)
+        answer = self._ask(name, rdtype, deadline)
+        return replace(answer, duration_seconds=time.monotonic() - started)
 
-    def _ask(self, name: dns.name.Name, rdtype: str, lifetime: float) -> Answer:
+    def _ask(self, name: dns.name.Name, rdtype: str, deadline: float) -> Answer:
         shown = name_text(name)
-        assert self._resolver is not None
+        query = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
+        servers = list(self._servers)
+        failures: dict[str, list[str]] = {}  # state -> what each server did
+        pause = FIRST_PAUSE_SECONDS
+        while servers:
+            for server in list(servers):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return _gave_up(shown, rdtype, failures, final=False)
+                outcome = self._ask_server(query, shown, rdtype, server, left)
+                if isinstance(outcome, Answer):
+                    return outcome
+                state, what, drop = outcome
+                failures.setdefault(state, [])
+                if what not in failures[state]:
+                    failures[state].append(what)
+                if drop:
+                    servers.remove(server)
+            if servers:  # every server left timed out: a short pause, then another round
+                time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+                pause = min(pause * 2, MAX_PAUSE_SECONDS)
+        return _gave_up(shown, rdtype, failures, final=True)
+
+    def _ask_server(self, query: dns.message.Message, shown: str, rdtype: str,
+                    server: tuple[str, int], left: float) -> Answer | tuple[str, str, bool]:
+        """The answer, or (state, what happened, whether to stop asking this server)."""
+        ip, port = server
+        where = _server_text(ip, port)
+        timeout = min(self.settings.timeout_seconds, left)
+        tcp = False
         try:
-            result = self._resolver.resolve(
-                name, rdtype, search=False, raise_on_no_answer=False, lifetime=lifetime)
-        except dns.resolver.NXDOMAIN as error:
-            return _nxdomain(shown, rdtype, error)
-        except dns.exception.Timeout as error:
-            return _timeout(shown, rdtype, error, lifetime)
-        except dns.resolver.NoNameservers as error:
-            return _no_nameservers(shown, rdtype, error)
-        except dns.resolver.YXDOMAIN:
-            return Answer(shown, rdtype, "bad_response",
-                          detail="a DNAME made the name longer than DNS allows (YXDOMAIN)")
-        except Exception as error:  # dnspython's own surprises become a failed question
-            return Answer(shown, rdtype, "bad_response",
-                          detail=f"the answer could not be read: {_error_text(error)}")
-        return _from_answer(shown, rdtype, result)
+            response, tcp = dns.query.udp_with_fallback(query, ip, timeout=timeout, port=port)
+        except dns.exception.Timeout:
+            return "timeout", f"{where} did not answer within {timeout:.2f} s", False
+        except ConnectionRefusedError:
+            return "unreachable", f"{where} refused the connection (nothing listens there)", True
+        except OSError as error:
+            return "unreachable", f"{where} cannot be reached ({_error_text(error)})", True
+        except Exception as error:  # anything dnspython could not read
+            return "bad_response", f"{where} answered something unusable ({_error_text(error)})", True
+        where = f"{where} over {'TCP' if tcp else 'UDP'}"
+        if response.flags & dns.flags.TC:
+            return "bad_response", f"{where} answered truncated (TC) even over TCP", True
+        rcode = response.rcode()
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            return "servfail", f"{where} answered {dns.rcode.to_text(rcode)}", True
+        if rcode == dns.rcode.NOERROR and _is_referral(response):
+            servers = ", ".join(sorted({name_text(rrset.name) for rrset in response.authority
+                                        if rrset.rdtype == dns.rdatatype.NS}))
+            return "servfail", (f"{where} answered with a referral to the nameservers of "
+                                f"{servers} instead of an answer: it does not resolve "
+                                "recursively"), True
+        try:
+            return _from_response(shown, rdtype, response)
+        except Exception as error:  # an answer that contradicts itself
+            return "bad_response", f"{where} answered something unusable ({_error_text(error)})", True
 
 
-def _make_resolver(settings: ResolverSettings) -> dns.resolver.Resolver:
-    resolver = dns.resolver.Resolver(configure=not settings.nameservers)
-    if settings.nameservers:
-        resolver.nameservers = [str(ipaddress.ip_address(ip)) for ip, _ in settings.nameservers]
-        resolver.nameserver_ports = {
-            str(ipaddress.ip_address(ip)): port for ip, port in settings.nameservers}
-    resolver.timeout = settings.timeout_seconds
-    resolver.lifetime = settings.lifetime_seconds
-    resolver.use_edns(0, 0, EDNS_PAYLOAD)
-    resolver.cache = None  # smtpmon.dns.cache keeps answers, with bounds and a grace time
-    resolver.retry_servfail = False  # a SERVFAIL is an answer to report, not to hide
-    resolver.search = []
-    resolver.use_search_by_default = False
-    return resolver
-
-
-def _from_answer(shown: str, rdtype: str, result: dns.resolver.Answer) -> Answer:
-    response = result.response
+def _from_response(shown: str, rdtype: str, response: dns.message.Message) -> Answer:
     chain = response.resolve_chaining()
     cnames = tuple(name_text(rrset.name) for rrset in chain.cnames)
-    common = dict(canonical_name=name_text(chain.canonical_name),
-                  ttl_seconds=float(chain.minimum_ttl), cnames=cnames)
-    if result.rrset is None:
-        if _is_referral(response):
-            servers = ", ".join(sorted(name_text(rrset.name) for rrset in response.authority
-                                       if rrset.rdtype == dns.rdatatype.NS))
-            return Answer(shown, rdtype, "servfail",
-                          detail=(f"{_server_text(result.nameserver, result.port)} answered "
-                                  f"with a referral to the nameservers of {servers} instead of "
-                                  "an answer: it does not resolve recursively"))
+    canonical = name_text(chain.canonical_name)
+    ttl = float(chain.minimum_ttl)
+    if chain.answer is None and not any(rrset.rdtype == dns.rdatatype.SOA
+                                        for rrset in response.authority):
+        ttl = 0.0  # a negative answer without an SOA is not to be kept (RFC 2308 5)
+    common = dict(canonical_name=canonical, ttl_seconds=ttl, cnames=cnames)
+    if response.rcode() == dns.rcode.NXDOMAIN:
+        detail = f"{shown} is an alias of {canonical}, which does not exist" if cnames else ""
+        return Answer(shown, rdtype, "nxdomain", detail=detail, **common)
+    if chain.answer is None:
         return Answer(shown, rdtype, "nodata", **common)
     if rdtype == "MX":
-        records: tuple = tuple((rdata.preference, rdata.exchange) for rdata in result.rrset)
+        records: tuple = tuple((rdata.preference, rdata.exchange) for rdata in chain.answer)
     else:
-        records = tuple(rdata.address for rdata in result.rrset)
+        records = tuple(rdata.address for rdata in chain.answer)
     return Answer(shown, rdtype, "ok", records=records, **common)
 
 
 def _is_referral(response: dns.message.Message) -> bool:
     """A 'go ask them' answer: an authoritative server's delegation (NS records in the
-    authority section, no SOA, not authoritative itself), which a recursive resolver would
-    have followed. dnspython takes it for NODATA; a sender's resolver would not."""
-    if response.flags & dns.flags.AA:
+    authority section, no SOA, no answer, not authoritative itself), which a recursive
+    resolver would have followed. Taken for NODATA it would make an implicit MX."""
+    if response.flags & dns.flags.AA or response.answer:
         return False
     kinds = {rrset.rdtype for rrset in response.authority}
     return dns.rdatatype.NS in kinds and dns.rdatatype.SOA not in kinds
 
 
-def _nxdomain(shown: str, rdtype: str, error: dns.resolver.NXDOMAIN) -> Answer:
-    ttl, canonical, cnames = 0.0, shown, ()
+def _gave_up(shown: str, rdtype: str, failures: dict[str, list[str]], final: bool) -> Answer:
+    """No answer: at the deadline (`final` False) or with every server dropped. A server's
+    SERVFAIL says most, then an unusable answer; silence is a timeout."""
+    order = ("servfail", "bad_response", "timeout", "unreachable" if final else "timeout")
+    state = next((s for s in order if s in failures), "timeout")
+    what = "; ".join(text for texts in failures.values() for text in texts)
+    if not final:
+        what = f"no answer before the deadline{': ' + what if what else ''}"
+    return Answer(shown, rdtype, state, detail=what)
+
+
+def _is_ip(text: str) -> bool:
     try:
-        response = error.response(error.qnames()[0])
-        chain = response.resolve_chaining()
-        ttl, canonical = float(chain.minimum_ttl), name_text(chain.canonical_name)
-        cnames = tuple(name_text(rrset.name) for rrset in chain.cnames)
-    except Exception:  # a response without a usable SOA: not cached beyond the lower bound
-        pass
-    detail = f"{shown} is an alias of {canonical}, which does not exist" if cnames else ""
-    return Answer(shown, rdtype, "nxdomain", canonical_name=canonical, ttl_seconds=ttl,
-                  detail=detail, cnames=cnames)
-
-
-def _timeout(shown: str, rdtype: str, error: dns.exception.Timeout, lifetime: float) -> Answer:
-    errors = error.kwargs.get("errors") or []
-    broken = [entry for entry in errors if not isinstance(entry[3], dns.exception.Timeout)]
-    if broken:  # the server kept answering, with something that could not be used
-        return Answer(shown, rdtype, "bad_response",
-                      detail="no usable answer before the deadline: " + _errors_text(broken))
-    return Answer(shown, rdtype, "timeout",
-                  detail=f"no answer within {lifetime:.2f} s{_servers_tried(errors)}")
-
-
-def _no_nameservers(shown: str, rdtype: str, error: dns.resolver.NoNameservers) -> Answer:
-    """Every server was given up on. SERVFAIL (or another error code) from any of them makes
-    it a servfail; otherwise what went wrong with the answers decides."""
-    errors = error.kwargs.get("errors") or []
-    coded = [entry for entry in errors
-             if entry[4] is not None and entry[4].rcode() != dns.rcode.NOERROR]
-    if coded:
-        return Answer(shown, rdtype, "servfail", detail=_errors_text(coded))
-    if errors and all(isinstance(entry[3], OSError) for entry in errors):
-        return Answer(shown, rdtype, "unreachable", detail=_errors_text(errors))
-    return Answer(shown, rdtype, "bad_response",
-                  detail=_errors_text(errors) or "no nameserver gave a usable answer")
-
-
-def _errors_text(errors: Iterable[tuple]) -> str:
-    texts: list[str] = []
-    for server, tcp, port, error, response in errors:
-        where = f"{_server_text(server, port)} over {'TCP' if tcp else 'UDP'}"
-        if response is not None and response.rcode() != dns.rcode.NOERROR:
-            what = f"answered {dns.rcode.to_text(response.rcode())}"
-        elif isinstance(error, dns.message.Truncated):
-            what = "answered truncated (TC) even over TCP" if tcp else "answered truncated"
-        elif isinstance(error, ConnectionRefusedError):
-            what = "refused the connection (nothing listens there)"
-        else:
-            what = f"answered something unusable ({_error_text(error)})"
-        text = f"{where} {what}"
-        if text not in texts:
-            texts.append(text)
-    return "; ".join(texts)
-
-
-def _servers_tried(errors: Iterable[tuple]) -> str:
-    servers = sorted({_server_text(entry[0], entry[2]) for entry in errors})
-    return f" from {', '.join(servers)}" if servers else ""
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _error_text(error: object) -> str:
@@ -287,7 +283,3 @@ def _error_text(error: object) -> str:
 def _server_text(address: object, port: object) -> str:
     text = str(address)
     return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
-
-
-def _with_duration(answer: Answer, seconds: float) -> Answer:
-    return replace(answer, duration_seconds=seconds)
