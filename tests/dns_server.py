@@ -16,7 +16,8 @@ then `knot.set_zone(Zone("test", records + wrong_ds, ...))` reloads it.
 Resolvers that misbehave (each a real UDP socket on loopback, answering from a thread):
 `silent_server()` never answers, `garbage_server()` answers bytes that are not DNS,
 `servfail_server()` answers SERVFAIL to everything, `truncating_server(knot)` answers
-every UDP query with TC set and no records and serves TCP by passing it to knot's TCP.
+every UDP query with TC set and no records and serves TCP by passing it to knot's TCP
+(`truncating_server(None)`: TCP connections are accepted and never answered).
 
 The `knot` fixture is a factory (`knot(zones)`); `require_knot()` skips with the reason
 locally and fails under CI=true.
@@ -397,9 +398,9 @@ def servfail_server() -> BadResolver:
 class TruncatingServer(BadResolver):
     """UDP: every answer truncated (TC, no records). TCP on the same address and port: each
     query passed to knot over TCP and its answer returned, so a client that falls back to TCP
-    gets knot's real answer."""
+    gets knot's real answer; without a knot, TCP connections are accepted and never answered."""
 
-    def __init__(self, knot: KnotServer) -> None:
+    def __init__(self, knot: KnotServer | None) -> None:
         super().__init__(self._truncated)
         self.knot = knot
         self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -423,6 +424,17 @@ class TruncatingServer(BadResolver):
             except (socket.timeout, OSError):
                 continue
             with connection:
+                if self.knot is None:  # held open, unanswered, until the client gives up
+                    connection.settimeout(0.1)
+                    while not self._stopping.is_set():
+                        try:
+                            if not connection.recv(4096):
+                                break
+                        except socket.timeout:
+                            continue
+                        except OSError:
+                            break
+                    continue
                 connection.settimeout(5)
                 try:
                     self._pass_to_knot(connection)
@@ -445,7 +457,7 @@ class TruncatingServer(BadResolver):
         self.tcp.close()
 
 
-def truncating_server(knot: KnotServer) -> TruncatingServer:
+def truncating_server(knot: KnotServer | None) -> TruncatingServer:
     return TruncatingServer(knot)
 
 

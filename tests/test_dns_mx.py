@@ -6,7 +6,9 @@ resolver, and no question can leave the machine.
 
 from __future__ import annotations
 
+import functools
 import socket
+import threading
 import time
 
 import pytest
@@ -30,6 +32,7 @@ from smtpmon.dns import (
     ResolverSettings,
     parse_domain,
 )
+from smtpmon.lookups import LookupPool
 
 ZONE = "smtpmon.test"
 MANY = 100
@@ -80,6 +83,11 @@ ns.lame A 127.0.53.99
 alias CNAME pref
 
 xn--bcher-kva MX 10 mx2.pref
+
+twice MX 20 mx2.pref
+twice MX 10 mx2.pref
+
+dangling CNAME nowhere
 """
 
 
@@ -188,6 +196,13 @@ def test_a_domain_that_is_an_alias_uses_the_mx_records_of_its_target(resolver):
             "(RFC 5321 5.1)") in result.notes
 
 
+def test_a_host_named_twice_is_one_host_at_its_best_preference(resolver):
+    result = resolver.resolve(fqdn("twice"))
+    assert result.state == "ok" and result.mx_record_count == 2
+    assert table(result) == [(10, "mx2.pref.smtpmon.test", "ok", ["127.0.54.3"])]
+    assert "an MX host is named more than once; its lowest preference counts" in result.notes
+
+
 # -- no MX, null MX, no domain -------------------------------------------------------------------
 def test_no_mx_records_means_the_implicit_mx(resolver):
     result = resolver.resolve(fqdn("implicit"))
@@ -226,6 +241,13 @@ def test_nxdomain_is_its_own_failure_with_the_negative_ttl(resolver):
     assert result.mx_hosts == ()
     assert result.ttl_seconds == 60  # the SOA minimum
     assert "absent.smtpmon.test does not exist (NXDOMAIN)" in result.notes
+
+
+def test_a_domain_that_is_an_alias_of_nothing_is_nxdomain_and_says_why(resolver):
+    result = resolver.resolve(fqdn("dangling"))
+    assert result.state == "nxdomain"
+    assert ("dangling.smtpmon.test is an alias of nowhere.smtpmon.test, which does not exist"
+            in result.notes)
 
 
 # -- MX misconfigurations ------------------------------------------------------------------------
@@ -364,6 +386,17 @@ def test_a_truncated_answer_is_asked_again_over_tcp(knot_server, bad_resolvers):
     assert server.tcp_queries == len(result.lookups) == 5
 
 
+def test_a_truncated_answer_whose_tcp_side_never_answers_ends_at_the_deadline(bad_resolvers):
+    server = bad_resolvers(truncating_server(None))
+    resolver = MxResolver(ResolverSettings(nameservers=(server.nameserver,),
+                                           timeout_seconds=0.4, lifetime_seconds=1))
+    started = time.monotonic()
+    result = resolver.resolve(fqdn("pref"))
+    assert time.monotonic() - started < 1.3
+    assert result.state == "timeout"
+    assert any("did not answer over TCP within" in note for note in result.notes), result.notes
+
+
 def test_a_nameserver_where_nothing_listens_is_a_timeout_within_the_deadline():
     # Nothing tells an unconnected UDP socket that the port is closed: as with a resolver
     # that is down, the question goes unanswered until the deadline.
@@ -455,3 +488,31 @@ def test_a_failure_serves_the_last_good_answer_for_the_grace_time_and_says_so(kn
     time.sleep(1.5)  # the grace time is over: the failure shows as what it is
     failed = resolver.resolve("grace.test")
     assert failed.state == "timeout" and not failed.stale and failed.mx_hosts == ()
+
+
+# -- on the lookup pool, as the daemon runs it ---------------------------------------------------
+def test_resolutions_on_the_lookup_pool_share_the_cache_and_agree(knot_server):
+    """The daemon runs resolve() on smtpmon.lookups' threads; identical resolutions in flight
+    share one call, and the cache is shared by all threads."""
+    resolver = MxResolver(ResolverSettings(nameservers=(knot_server.nameserver,)), DnsCache())
+    expected = {domain: table(resolver.resolve(fqdn(domain)))
+                for domain in ("pref", "equal", "implicit", "cname")}
+    sent = resolver.resolver.queries_sent
+    pool = LookupPool(max_threads=4)
+    outcomes = []
+
+    def resolve_on_pool(domain: str) -> None:
+        until = time.monotonic() + 5
+        call = functools.partial(resolver.resolve, fqdn(domain), MxOptions(), until)
+        outcomes.append((domain, pool.run(("mx", domain), call, until)))
+
+    threads = [threading.Thread(target=resolve_on_pool, args=(domain,))
+               for domain in list(expected) * 10]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(outcomes) == 40
+    for domain, (answered, result) in outcomes:
+        assert answered and result.from_cache and table(result) == expected[domain]
+    assert resolver.resolver.queries_sent == sent  # every answer came from the cache

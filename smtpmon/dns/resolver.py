@@ -119,7 +119,8 @@ class Resolver:
     at once holds a question up to 2 s past its deadline. The loop here is the same (each
     server in turn, round after round; a server that fails for good is dropped) with every
     wait cut at the deadline; dnspython still builds, sends and reads the messages, and
-    retries over TCP when the UDP answer is truncated (dns.query.udp_with_fallback).
+    the retry over TCP of a truncated UDP answer is made here, in what is left of the attempt's
+time (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
     """
 
     def __init__(self, settings: ResolverSettings) -> None:
@@ -172,10 +173,9 @@ class Resolver:
         pause = FIRST_PAUSE_SECONDS
         while servers:
             for server in list(servers):
-                left = deadline - time.monotonic()
-                if left <= 0:
+                if deadline <= time.monotonic():
                     return _gave_up(shown, rdtype, failures, final=False)
-                outcome = self._ask_server(query, shown, rdtype, server, left)
+                outcome = self._ask_server(query, shown, rdtype, server, deadline)
                 if isinstance(outcome, Answer):
                     return outcome
                 state, what, drop = outcome
@@ -190,16 +190,26 @@ class Resolver:
         return _gave_up(shown, rdtype, failures, final=True)
 
     def _ask_server(self, query: dns.message.Message, shown: str, rdtype: str,
-                    server: tuple[str, int], left: float) -> Answer | tuple[str, str, bool]:
+                    server: tuple[str, int], deadline: float) -> Answer | tuple[str, str, bool]:
         """The answer, or (state, what happened, whether to stop asking this server)."""
         ip, port = server
         where = _server_text(ip, port)
-        timeout = min(self.settings.timeout_seconds, left)
         tcp = False
+        timeout = min(self.settings.timeout_seconds, deadline - time.monotonic())
         try:
-            response, tcp = dns.query.udp_with_fallback(query, ip, timeout=timeout, port=port)
+            try:
+                response = dns.query.udp(query, ip, timeout=timeout, port=port,
+                                         raise_on_truncation=True)
+            except dns.message.Truncated:
+                # Asked again over TCP, in what is left of the same attempt's time.
+                tcp = True
+                timeout = min(self.settings.timeout_seconds, deadline - time.monotonic())
+                if timeout <= 0:
+                    raise dns.exception.Timeout() from None
+                response = dns.query.tcp(query, ip, timeout=timeout, port=port)
         except dns.exception.Timeout:
-            return "timeout", f"{where} did not answer within {timeout:.2f} s", False
+            over = " over TCP" if tcp else ""
+            return "timeout", f"{where} did not answer{over} within {max(timeout, 0):.2f} s", False
         except ConnectionRefusedError:
             return "unreachable", f"{where} refused the connection (nothing listens there)", True
         except OSError as error:
