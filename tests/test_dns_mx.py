@@ -25,6 +25,8 @@ from dns_server import (  # knot and bad_resolvers are fixtures
     truncating_server,
 )
 from smtpmon.dns import (
+    DOMAIN_STATES,
+    MX_HOST_STATES,
     Address,
     DnsCache,
     MxOptions,
@@ -32,6 +34,7 @@ from smtpmon.dns import (
     ResolverSettings,
     parse_domain,
 )
+from smtpmon.dns.resolver import LOOKUP_STATES
 from smtpmon.lookups import LookupPool
 
 ZONE = "smtpmon.test"
@@ -300,6 +303,21 @@ def test_a_delegation_to_a_server_that_never_answers_is_a_servfail(resolver):
     assert result.mx_hosts == ()
     assert any("referral to the nameservers of lame.smtpmon.test" in note
                and "does not resolve recursively" in note for note in result.notes)
+
+
+def test_every_state_seen_is_in_its_vocabulary(resolver):
+    """States become label values: each must be one of the documented words."""
+    labels = ["pref", "equal", "implicit", "nodata", "nullmx", "nullmix", "cname", "missing",
+              "noaddr", "literal", "v6only", "lame", "alias", "twice", "dangling", "absent"]
+    seen = set()
+    for label in labels:
+        result = resolver.resolve(fqdn(label))
+        assert result.state in DOMAIN_STATES
+        assert {host.state for host in result.mx_hosts} <= set(MX_HOST_STATES)
+        assert {lookup.state for lookup in result.lookups} <= set(LOOKUP_STATES)
+        seen.add(result.state)
+    assert seen == {"ok", "implicit_mx", "no_address", "null_mx", "misconfigured", "servfail",
+                    "nxdomain"}
 
 
 # -- names ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import dns.name
@@ -94,7 +95,9 @@ class MxResolver:
         run = _Resolution(self, parsed, options, deadline)
         return run.result(started)
 
-    def ask(self, name: dns.name.Name, rdtype: str, deadline: float) -> Answer:
+    def _ask(self, name: dns.name.Name, rdtype: str, deadline: float) -> Answer:
+        """One question, through the cache when there is one (keyed by nameserver set too:
+        two sets may see different answers, e.g. split horizon)."""
         if self.cache is None:
             return self.resolver.query(name, rdtype, deadline)
         key = (self.resolver.settings.nameservers, name_text(name), rdtype)
@@ -114,7 +117,7 @@ class _Resolution:
         self.notes: list[str] = []
 
     def ask(self, name: dns.name.Name, rdtype: str) -> Answer:
-        answer = self.owner.ask(name, rdtype, self.deadline)
+        answer = self.owner._ask(name, rdtype, self.deadline)
         self.answers.append(answer)
         if answer.stale:
             self.notes.append(f"{rdtype} {answer.name}: {answer.detail}")
@@ -232,14 +235,15 @@ class _Resolution:
             self.notes.append(
                 f"{what}: {len(addresses)} addresses, probing {len(kept)} "
                 f"(max_addresses_per_host {self.options.max_addresses_per_host})")
-        self._note_host(what, shown, state, answers.values(), canonical)
+        self._note_host(what, shown, state, answers.values(), canonical, implicit)
         return MxHost(preference=preference, name=shown, unicode_name=unicode, state=state,
                       addresses=kept, capped=capped, address_count=len(addresses),
                       implicit=implicit, canonical_name=canonical)
 
-    def _note_host(self, what: str, shown: str, state: str, answers, canonical: str) -> None:
+    def _note_host(self, what: str, shown: str, state: str, answers: Iterable[Answer],
+                   canonical: str, implicit: bool) -> None:
         families = " or ".join(_FAMILY_QUESTIONS[f] for f in self.options.families)
-        if canonical and not what.startswith("the domain"):
+        if canonical and not implicit:
             self.notes.append(f"{what} is an alias of {canonical} (CNAME): RFC 2181 10.3 says "
                               "an MX must name a host, not an alias; most senders follow it")
         if state == "nxdomain":
@@ -251,7 +255,7 @@ class _Resolution:
                 self.notes.append(f"{answer.rdtype} {answer.name}: {answer.detail}")
 
 
-def _host_state(answers, addresses: tuple[Address, ...], canonical: str) -> str:
+def _host_state(answers: Iterable[Answer], addresses: tuple[Address, ...], canonical: str) -> str:
     answers = list(answers)
     if any(a.state == "nxdomain" for a in answers):
         return "nxdomain"

@@ -44,7 +44,6 @@ TEMPORARY_STATES: tuple[str, ...] = ("servfail", "timeout", "bad_response", "unr
 MISCONFIGURED_HOST_STATES: tuple[str, ...] = (
     "cname", "ip_literal", "null_mx", "nxdomain", "no_address")
 
-FAMILIES: tuple[str, ...] = ("ipv4", "ipv6")
 IP_PROTOCOLS: tuple[str, ...] = ("both", "ipv4", "ipv6")
 
 
