@@ -17,7 +17,8 @@ Resolvers that misbehave (each a real UDP socket on loopback, answering from a t
 `silent_server()` never answers, `garbage_server()` answers bytes that are not DNS,
 `servfail_server()` answers SERVFAIL to everything, `truncating_server(knot)` answers
 every UDP query with TC set and no records and serves TCP by passing it to knot's TCP
-(`truncating_server(None)`: TCP connections are accepted and never answered).
+(`truncating_server(None)`: TCP connections are accepted and never answered);
+`selectively_silent_server(knot, ("AAAA",))` passes queries to knot but never answers AAAA.
 
 The `knot` fixture is a factory (`knot(zones)`); `require_knot()` skips with the reason
 locally and fails under CI=true.
@@ -388,6 +389,22 @@ def servfail_server() -> BadResolver:
     def answer(query: bytes) -> bytes:
         response = dns.message.make_response(dns.message.from_wire(query))
         response.set_rcode(dns.rcode.SERVFAIL)
+        response.flags |= dns.flags.RA
+        return response.to_wire()
+    return BadResolver(answer)
+
+
+def selectively_silent_server(knot: KnotServer, silent_types: tuple[str, ...]) -> BadResolver:
+    """Passes each query to knot over UDP and returns its answer, except for queries of
+    `silent_types` (e.g. ("AAAA",)), which it never answers: a resolver whose upstream for
+    some names or types has gone quiet."""
+    silent = {dns.rdatatype.from_text(rdtype) for rdtype in silent_types}
+
+    def answer(query: bytes) -> bytes | None:
+        message = dns.message.from_wire(query)
+        if message.question[0].rdtype in silent:
+            return None
+        response = dns.query.udp(message, knot.address, timeout=2, port=knot.port)
         response.flags |= dns.flags.RA
         return response.to_wire()
     return BadResolver(answer)

@@ -18,8 +18,9 @@ from dns_server import (  # knot and bad_resolvers are fixtures
     bad_resolvers,
     garbage_server,
     knot,
-    servfail_server,
     require_knot,
+    selectively_silent_server,
+    servfail_server,
     silent_server,
     start_knot,
     truncating_server,
@@ -364,7 +365,7 @@ def test_a_resolver_that_never_answers_is_a_timeout_within_the_deadline(bad_reso
     assert time.monotonic() - started < 1.3
     assert result.state == "timeout"
     assert result.ttl_seconds == 0 and result.mx_hosts == ()
-    assert any(note.startswith("MX pref.smtpmon.test: no answer before the deadline: "
+    assert any(note.startswith("MX pref.smtpmon.test: no answer in time: "
                                f"{server.address}:{server.port} did not answer within 0.20 s")
                for note in result.notes), result.notes
     assert server.queries >= 2  # retried within the lifetime
@@ -373,6 +374,28 @@ def test_a_resolver_that_never_answers_is_a_timeout_within_the_deadline(bad_reso
     started = time.monotonic()
     assert resolver.resolve(fqdn("pref"), deadline=time.monotonic() + 0.3).state == "timeout"
     assert time.monotonic() - started < 0.6
+
+
+def test_a_silent_address_question_costs_its_own_attempts_not_the_whole_deadline(
+        knot_server, bad_resolvers):
+    # AAAA questions go unanswered: each gives up after its attempts, and the A questions
+    # after them still get their answers, so IPv4 senders' addresses are known.
+    server = bad_resolvers(selectively_silent_server(knot_server, ("AAAA",)))
+    resolver = MxResolver(ResolverSettings(nameservers=(server.nameserver,),
+                                           timeout_seconds=0.2, lifetime_seconds=5))
+    started = time.monotonic()
+    result = resolver.resolve(fqdn("pref"))
+    assert time.monotonic() - started < 2
+    assert result.state == "timeout"
+    assert table(result) == [
+        (10, "mx1.pref.smtpmon.test", "timeout", ["127.0.54.1", "127.0.54.2", "127.0.54.10"]),
+        (20, "mx2.pref.smtpmon.test", "timeout", ["127.0.54.3"]),
+    ]
+    assert all(host.usable for host in result.mx_hosts)
+    assert [(a.rdtype, a.state) for a in result.lookups] == [
+        ("MX", "ok"), ("AAAA", "timeout"), ("A", "ok"), ("AAAA", "timeout"), ("A", "ok")]
+    assert any(note.startswith("AAAA mx1.pref.smtpmon.test: no answer in time: ")
+               for note in result.notes), result.notes
 
 
 def test_a_resolver_that_answers_garbage_is_a_bad_response(bad_resolvers):

@@ -35,6 +35,9 @@ FAILURE_STATES: tuple[str, ...] = ("servfail", "timeout", "bad_response", "unrea
 LOOKUP_STATES: tuple[str, ...] = ANSWER_STATES + FAILURE_STATES
 
 EDNS_PAYLOAD = 1232  # the DNS flag day 2020 size: larger answers come over TCP, unfragmented
+# A question gets this many attempts at each server (within the resolution's deadline), so
+# that one silent question cannot use up the time of the questions after it.
+ATTEMPTS_PER_SERVER = 2
 FIRST_PAUSE_SECONDS = 0.05  # between rounds over servers that all timed out, doubling
 MAX_PAUSE_SECONDS = 1.0
 
@@ -44,8 +47,9 @@ class ResolverSettings:
     """Where questions go and how long they may take.
 
     `nameservers` empty means the system resolver. `timeout_seconds` bounds one attempt at one
-    server; `lifetime_seconds` is the default deadline of a whole domain resolution (several
-    questions), used when the caller gives none. Raises ValueError naming the bad field.
+    server, and a question gets ATTEMPTS_PER_SERVER attempts at each; `lifetime_seconds` is the
+    default deadline of a whole domain resolution (several questions), used when the caller
+    gives none. Raises ValueError naming the bad field.
     """
 
     nameservers: tuple[tuple[str, int], ...] = ()
@@ -162,7 +166,8 @@ time (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
         with self._count_lock:
             self._queries_sent += 1
         started = time.monotonic()
-        answer = self._ask(name, rdtype, deadline)
+        budget = self.settings.timeout_seconds * ATTEMPTS_PER_SERVER * len(self._servers)
+        answer = self._ask(name, rdtype, min(deadline, started + budget))
         return replace(answer, duration_seconds=time.monotonic() - started)
 
     def _ask(self, name: dns.name.Name, rdtype: str, deadline: float) -> Answer:
@@ -272,7 +277,7 @@ def _gave_up(shown: str, rdtype: str, failures: dict[str, list[str]], final: boo
     state = next((s for s in order if s in failures), "timeout")
     what = "; ".join(text for texts in failures.values() for text in texts)
     if not final:
-        what = f"no answer before the deadline{': ' + what if what else ''}"
+        what = f"no answer in time{': ' + what if what else ''}"
     return Answer(shown, rdtype, state, detail=what)
 
 
