@@ -250,8 +250,8 @@ def test_nxdomain_is_its_own_failure_with_the_negative_ttl(resolver):
 def test_a_domain_that_is_an_alias_of_nothing_is_nxdomain_and_says_why(resolver):
     result = resolver.resolve(fqdn("dangling"))
     assert result.state == "nxdomain"
-    assert ("dangling.smtpmon.test is an alias of nowhere.smtpmon.test, which does not exist"
-            in result.notes)
+    assert result.notes == (
+        "dangling.smtpmon.test is an alias of nowhere.smtpmon.test, which does not exist",)
 
 
 # -- MX misconfigurations ------------------------------------------------------------------------

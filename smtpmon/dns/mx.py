@@ -150,15 +150,15 @@ class _Resolution:
     def _resolve(self) -> tuple[str, list[MxHost], int, bool]:
         domain = self.domain
         mx = self.ask(domain.dns_name, "MX")
-        if mx.cnames:
-            self.notes.append(f"{domain.a_label} is an alias of {mx.canonical_name}: its MX "
-                              "records are used (RFC 5321 5.1)")
         if not mx.is_answer:
             self.notes.append(f"MX {domain.a_label}: {mx.detail}")
             return mx.state, [], 0, False
         if mx.state == "nxdomain":
             self.notes.append(mx.detail or f"{domain.a_label} does not exist (NXDOMAIN)")
             return "nxdomain", [], 0, False
+        if mx.cnames:
+            self.notes.append(f"{domain.a_label} is an alias of {mx.canonical_name}: its MX "
+                              "records are used (RFC 5321 5.1)")
         if mx.state == "nodata" or not mx.records:
             return self._implicit_mx(dns.name.from_text(mx.canonical_name or domain.a_label))
         return self._mx_hosts(mx.records)
