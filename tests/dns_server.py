@@ -17,7 +17,8 @@ Resolvers that misbehave (each a real UDP socket on loopback, answering from a t
 `silent_server()` never answers, `garbage_server()` answers bytes that are not DNS,
 `servfail_server()` answers SERVFAIL to everything, `truncating_server(knot)` answers
 every UDP query with TC set and no records and serves TCP by passing it to knot's TCP
-(`truncating_server(None)`: TCP connections are accepted and never answered);
+(`truncating_server(None)`: TCP connections are accepted and never answered;
+`truncating_server(None, tcp_listens=False)`: nothing listens on TCP);
 `selectively_silent_server(knot, ("AAAA",))` passes queries to knot but never answers AAAA.
 
 The `knot` fixture is a factory (`knot(zones)`); `require_knot()` skips with the reason
@@ -415,15 +416,18 @@ class TruncatingServer(BadResolver):
     query passed to knot over TCP and its answer returned, so a client that falls back to TCP
     gets knot's real answer; without a knot, TCP connections are accepted and never answered."""
 
-    def __init__(self, knot: KnotServer | None) -> None:
+    def __init__(self, knot: KnotServer | None, tcp_listens: bool = True) -> None:
         super().__init__(self._truncated)
         self.knot = knot
+        self.tcp_queries = 0
+        self.tcp: socket.socket | None = None
+        if not tcp_listens:  # like a resolver behind a firewall that blocks TCP port 53
+            return
         self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.tcp.bind((self.address, self.port))
         self.tcp.listen(16)
         self.tcp.settimeout(0.1)
-        self.tcp_queries = 0
         self._threads.append(threading.Thread(target=self._serve_tcp, daemon=True))
 
     @staticmethod
@@ -433,6 +437,7 @@ class TruncatingServer(BadResolver):
         return response.to_wire()
 
     def _serve_tcp(self) -> None:
+        assert self.tcp is not None
         while not self._stopping.is_set():
             try:
                 connection, _ = self.tcp.accept()
@@ -469,11 +474,12 @@ class TruncatingServer(BadResolver):
 
     def stop(self) -> None:
         super().stop()
-        self.tcp.close()
+        if self.tcp is not None:
+            self.tcp.close()
 
 
-def truncating_server(knot: KnotServer | None) -> TruncatingServer:
-    return TruncatingServer(knot)
+def truncating_server(knot: KnotServer | None, tcp_listens: bool = True) -> TruncatingServer:
+    return TruncatingServer(knot, tcp_listens)
 
 
 def _read_exactly(connection: socket.socket, count: int) -> bytes:

@@ -438,6 +438,15 @@ def test_a_truncated_answer_whose_tcp_side_never_answers_ends_at_the_deadline(ba
     assert any("did not answer over TCP within" in note for note in result.notes), result.notes
 
 
+def test_a_truncated_answer_whose_tcp_side_is_closed_is_unreachable(bad_resolvers):
+    server = bad_resolvers(truncating_server(None, tcp_listens=False))
+    resolver = MxResolver(ResolverSettings(nameservers=(server.nameserver,)))
+    result = resolver.resolve(fqdn("pref"))
+    assert result.state == "unreachable"
+    assert (f"MX pref.smtpmon.test: {server.address}:{server.port} answered truncated over UDP "
+            "and refused the TCP connection to ask again (is TCP port 53 blocked?)") in result.notes
+
+
 def test_a_nameserver_where_nothing_listens_is_a_timeout_within_the_deadline():
     # Nothing tells an unconnected UDP socket that the port is closed: as with a resolver
     # that is down, the question goes unanswered until the deadline.

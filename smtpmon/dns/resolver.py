@@ -215,8 +215,9 @@ time (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
         except dns.exception.Timeout:
             over = " over TCP" if tcp else ""
             return "timeout", f"{where} did not answer{over} within {max(timeout, 0):.2f} s", False
-        except ConnectionRefusedError:
-            return "unreachable", f"{where} refused the connection (nothing listens there)", True
+        except ConnectionRefusedError:  # only TCP learns it: UDP sockets are not connected
+            return "unreachable", (f"{where} answered truncated over UDP and refused the TCP "
+                                   "connection to ask again (is TCP port 53 blocked?)"), True
         except OSError as error:
             return "unreachable", f"{where} cannot be reached ({_error_text(error)})", True
         except Exception as error:  # anything dnspython could not read

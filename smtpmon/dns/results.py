@@ -22,7 +22,7 @@ DOMAIN_STATES: tuple[str, ...] = (
     "servfail",       # a DNS server reported failure (or gave no answer but a referral)
     "timeout",        # no answer before the deadline
     "bad_response",   # answers that could not be used (garbage, truncated over TCP too)
-    "unreachable",    # no nameserver could be asked (none configured, connection refused)
+    "unreachable",    # no nameserver could be asked (none configured, TCP refused)
     "invalid_name",   # the configured text is not a mail domain; nothing was asked
 )
 
