@@ -57,29 +57,23 @@ class ResolverSettings:
     lifetime_seconds: float = 5.0
 
     def __post_init__(self) -> None:
-        ports: dict[str, int] = {}
+        if not isinstance(self.nameservers, tuple):
+            raise ValueError(f"nameservers: {self.nameservers!r} is not a tuple of "
+                             "(address, port) pairs")
         for entry in self.nameservers:
             if not (isinstance(entry, tuple) and len(entry) == 2):
                 raise ValueError(f"nameservers: {entry!r} is not an (address, port) pair")
             address, port = entry
             try:
-                ip = str(ipaddress.ip_address(address))
+                ipaddress.ip_address(address)
             except ValueError:
                 raise ValueError(f"nameservers: {address!r} is not an IP address") from None
             if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
                 raise ValueError(f"nameservers: port {port!r} of {address} is not 1-65535")
-            # dnspython 2.3 keeps one port per server address (Resolver.nameserver_ports).
-            if ports.setdefault(ip, port) != port:
-                raise ValueError(f"nameservers: {ip} is named with two ports ({ports[ip]}, {port})")
         for name in ("timeout_seconds", "lifetime_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name}: {value!r} is not a positive number of seconds")
-
-    def describe(self) -> str:
-        if not self.nameservers:
-            return "the system resolver"
-        return ", ".join(_server_text(ip, port) for ip, port in self.nameservers)
 
 
 @dataclass(frozen=True, slots=True)
