@@ -380,8 +380,9 @@ def silent_server() -> BadResolver:
 
 def garbage_server() -> BadResolver:
     """Answers every query with bytes that are no DNS message: the query's ID (so the answer
-    is not dropped as someone else's) followed by junk."""
-    return BadResolver(lambda query: query[:2] + b"\xff\x0fnot a dns message")
+    is not dropped as someone else's), flags saying "a response" (QR; not TC, which newer
+    dnspython reads before the rest and answers by retrying over TCP), then junk."""
+    return BadResolver(lambda query: query[:2] + b"\x81\x00not a dns message")
 
 
 def servfail_server() -> BadResolver:

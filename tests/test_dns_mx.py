@@ -36,7 +36,7 @@ from smtpmon.dns import (
     parse_domain,
 )
 from smtpmon.dns.resolver import LOOKUP_STATES
-from smtpmon.lookups import LookupPool
+from smtpmon.net.lookups import LookupPool
 
 ZONE = "smtpmon.test"
 MANY = 100
@@ -553,7 +553,7 @@ def test_a_failure_serves_the_last_good_answer_for_the_grace_time_and_says_so(kn
 
 # -- on the lookup pool, as the daemon runs it ---------------------------------------------------
 def test_resolutions_on_the_lookup_pool_share_the_cache_and_agree(knot_server):
-    """The daemon runs resolve() on smtpmon.lookups' threads; identical resolutions in flight
+    """The daemon runs resolve() on smtpmon.net.lookups' threads; identical resolutions in flight
     share one call, and the cache is shared by all threads."""
     resolver = MxResolver(ResolverSettings(nameservers=(knot_server.nameserver,)), DnsCache())
     expected = {domain: table(resolver.resolve(fqdn(domain)))
