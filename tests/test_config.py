@@ -47,7 +47,7 @@ INVALID = [
         "top-level list",
         "- mx1.example.org:25\n",
         ["the top level must be a mapping with keys global, probe_allow, modules, targets, "
-         "got a list"],
+         "domains, dns, probe_allow_domains, got a list"],
     ),
     (
         "YAML syntax error names the line",
@@ -485,7 +485,7 @@ def test_shipped_example_passes_check_config_with_its_credential(tmp_path):
     env = environment(CREDENTIALS_DIRECTORY=str(tmp_path))
     result = check_config("config/smtpmon.yml", env=env)
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == "config/smtpmon.yml: OK: 4 modules, 5 targets\n"
+    assert result.stdout == "config/smtpmon.yml: OK: 4 modules, 5 targets, 3 domains\n"
 
 
 def test_shipped_example_outside_the_service_needs_skip_secrets():
@@ -499,7 +499,7 @@ def test_shipped_example_outside_the_service_needs_skip_secrets():
     )
     result = check_config("--skip-secrets", "config/smtpmon.yml", env=env)
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == "config/smtpmon.yml: OK: 4 modules, 5 targets\n"
+    assert result.stdout == "config/smtpmon.yml: OK: 4 modules, 5 targets, 3 domains\n"
 
 
 def test_shipped_example_has_the_documented_modules():

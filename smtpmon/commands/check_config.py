@@ -37,8 +37,9 @@ def run(args) -> int:
             print(f"smtpmon: {args.file}: {message}", file=sys.stderr)
         return 2
     modules, targets = len(config.modules), len(config.targets)
+    domains = f", {len(config.domains)} domain{'s' * (len(config.domains) != 1)}" if config.domains else ""
     print(
         f"{args.file}: OK: {modules} module{'s' * (modules != 1)}, "
-        f"{targets} target{'s' * (targets != 1)}"
+        f"{targets} target{'s' * (targets != 1)}{domains}"
     )
     return 0

@@ -18,6 +18,14 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from smtpmon.config.domains import (
+    DnsSettings,
+    DomainTarget,
+    domain_allowed,
+    parse_dns,
+    parse_domains,
+    parse_probe_allow_domains,
+)
 from smtpmon.config.addresses import host_problem, is_bad_pattern, is_ip, is_ipv6, matches_pattern, parse_address
 from smtpmon.config.validation import Validator, describe, key_path
 from smtpmon.config.yamldoc import YamlSyntaxError, read_document
@@ -46,7 +54,8 @@ targets:
 # Stages that receive a reply, so a module may say which codes it expects there.
 REPLY_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s not in ("resolve", "connect"))
 
-_TOP_KEYS = ("global", "probe_allow", "modules", "targets")
+_TOP_KEYS = ("global", "probe_allow", "modules", "targets", "domains", "dns",
+             "probe_allow_domains")
 _GLOBAL_KEYS = ("interval", "timeout", "max_concurrency", "ehlo_name")
 _MODULE_KEYS = (
     "tls", "tls_verify", "tls_ca_file", "tls_server_name", "tls_min_version", "ehlo_name",
@@ -75,6 +84,8 @@ class Settings:
     ehlo_name: str | None = None
     # Glob patterns of "host:port" that /probe may probe beyond the configured targets.
     probe_allow: tuple[str, ...] = ()
+    # Glob patterns of mail domains that /probe?domain= may probe beyond the configured ones.
+    probe_allow_domains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +106,8 @@ class Config:
     modules: Mapping[str, Module]
     targets: tuple[Target, ...]
     source: str  # the file's path, or EMBEDDED_SOURCE
+    domains: tuple[DomainTarget, ...] = ()
+    dns: DnsSettings = DnsSettings()
 
     def probe_allowed(self, host: str, port: int) -> bool:
         """May /probe run against host:port? Configured targets always; others by probe_allow."""
@@ -103,6 +116,13 @@ class Config:
             if target.host.lower() == host and target.port == port:
                 return True
         return any(matches_pattern(host, port, pattern) for pattern in self.settings.probe_allow)
+
+    def probe_domain_allowed(self, name: str, unicode: str) -> bool:
+        """May /probe?domain= probe this domain (A-label, Unicode)? Configured domains
+        always; others by probe_allow_domains."""
+        if any(domain.name == name for domain in self.domains):
+            return True
+        return domain_allowed(name, unicode, self.settings.probe_allow_domains)
 
 
 class ConfigError(Exception):
@@ -208,13 +228,17 @@ class _Parser(Validator):
             )
             raise self.failure()
         self.check_keys(document, "", _TOP_KEYS)
-        settings = self.parse_settings(document.get("global"), document.get("probe_allow"))
+        settings = self.parse_settings(document.get("global"), document.get("probe_allow"),
+                                       document.get("probe_allow_domains"))
         modules = self.parse_modules(document.get("modules"), settings)
         targets = self.parse_targets(document.get("targets"), settings, modules)
+        domains = parse_domains(self, document.get("domains"), settings, modules)
+        dns = parse_dns(self, document.get("dns"))
         if self.errors:
             raise self.failure()
         valid_modules = {name: module for name, module in modules.items() if module is not None}
-        return Config(settings, MappingProxyType(valid_modules), targets, self.source)
+        return Config(settings, MappingProxyType(valid_modules), targets, self.source,
+                      domains, dns)
 
     def check_keys(self, node: dict, path: str, allowed: tuple[str, ...]) -> None:
         for key in node:
@@ -336,7 +360,7 @@ class _Parser(Validator):
 
     # -- sections ----------------------------------------------------------------------------
 
-    def parse_settings(self, node: Any, allow_node: Any) -> Settings:
+    def parse_settings(self, node: Any, allow_node: Any, allow_domains_node: Any = None) -> Settings:
         values: dict[str, Any] = {}
         node = self.section(node, "global")
         if node:
@@ -350,6 +374,7 @@ class _Parser(Validator):
             if "ehlo_name" in node:
                 values["ehlo_name"] = self.ehlo_name(node["ehlo_name"], "global.ehlo_name")
         values["probe_allow"] = self.parse_probe_allow(allow_node)
+        values["probe_allow_domains"] = parse_probe_allow_domains(self, allow_domains_node)
         settings = Settings(**{key: value for key, value in values.items() if value is not None})
         self.global_durations_ok = (
             values.get("interval_seconds", 1) is not None and values.get("timeout_seconds", 1) is not None
