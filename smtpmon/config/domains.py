@@ -154,16 +154,17 @@ def parse_domains(parser, node: Any, settings, modules: dict) -> tuple[DomainTar
         parser.error("domains", f"must be a list, got {describe(node)}")
         return ()
     domains: list[DomainTarget] = []
-    first_index: dict[tuple[str, str, int], int] = {}
+    first_index: dict[tuple[str, str], int] = {}
     for index, item in enumerate(node):
         path = f"domains[{index}]"
         domain = _domain(parser, item, path, settings, modules)
         if domain is None:
             continue
-        key = (domain.name, domain.module, domain.port)
+        # (domain, module) names the series: two ports would share them.
+        key = (domain.name, domain.module)
         if key in first_index:
             parser.error(path, f"duplicate of domains[{first_index[key]}] (same domain "
-                               f'{describe(domain.name)}, module "{domain.module}" and port)')
+                               f'{describe(domain.name)} and module "{domain.module}")')
             continue
         first_index[key] = index
         domains.append(domain)

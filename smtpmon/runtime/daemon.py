@@ -22,6 +22,8 @@ from smtpmon import __version__
 from smtpmon.config import webconfig
 from smtpmon.config.addresses import parse_listen_address
 from smtpmon.config.load import Config, ConfigError, default_config, load_config
+from smtpmon.dns import DnsCache, MxResolver
+from smtpmon.exposition.domains import DomainStore
 from smtpmon.exposition.state import ExporterState
 from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server
 from smtpmon.logs import get_logger
@@ -91,6 +93,8 @@ HTTP_POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 0.5
 # (target, module) pairs whose /probe counters are kept; the least recently probed goes first.
 MAX_PROBE_ENTRIES = 10_000
+# (domain, module) pairs whose /probe?domain= counters are kept, each with its addresses'.
+MAX_PROBE_DOMAINS = 1_000
 
 
 @dataclass(frozen=True)
@@ -110,13 +114,26 @@ class Daemon:
         self.store = ResultStore()
         self.probe_store = ResultStore(max_entries=MAX_PROBE_ENTRIES)
         self.state = ExporterState()
-        self.scheduler = Scheduler(self.store, self.state)
+        self.domain_store = DomainStore()
+        self.domain_probe_store = DomainStore(max_entries=MAX_PROBE_DOMAINS)
+        self.scheduler = Scheduler(self.store, self.state, domain_store=self.domain_store)
+        self.state.set_dns_counts(self.scheduler.dns_counts)
         self._config = config
         self._reload_lock = threading.Lock()
 
     @property
     def config(self) -> Config:
         return self._config
+
+    @property
+    def resolver(self) -> MxResolver:
+        """The scheduler's (shared answer cache), or one for the configuration before start."""
+        resolver = self.scheduler.resolver
+        if resolver is None:
+            dns = self._config.dns
+            resolver = MxResolver(dns.resolver_settings, DnsCache(
+                dns.min_ttl_seconds, dns.max_ttl_seconds, dns.grace_seconds))
+        return resolver
 
     @property
     def ready(self) -> bool:
@@ -126,6 +143,7 @@ class Daemon:
         self.scheduler.apply(self._config)
         self.state.config_loaded(True)
         self.state.set_targets(len(self._config.targets))
+        self.state.set_domains(len(self._config.domains))
         self.scheduler.start()
 
     def reload(self) -> list[str]:
@@ -147,7 +165,9 @@ class Daemon:
             self._config = config
             self.state.config_loaded(True)
             self.state.set_targets(len(config.targets))
-            log.info("configuration reloaded", source=config.source, targets=len(config.targets))
+            self.state.set_domains(len(config.domains))
+            log.info("configuration reloaded", source=config.source, targets=len(config.targets),
+                     domains=len(config.domains))
             return []
 
     def stop_timeout(self) -> float:
@@ -156,7 +176,8 @@ class Daemon:
         A probe started just before SIGTERM ends at its own deadline plus the time to record
         its result; on a loaded machine that overruns the bare timeout by a few milliseconds.
         """
-        longest = max((target.timeout_seconds for target in self._config.targets), default=0.0)
+        longest = max((entry.timeout_seconds for entry in (*self._config.targets, *self._config.domains)),
+                      default=0.0)
         return longest + STOP_GRACE_SECONDS
 
 

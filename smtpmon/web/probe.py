@@ -6,6 +6,10 @@ must be a configured target or match `probe_allow`: an exporter must not become 
 The probe's deadline comes from Prometheus' scrape timeout header, less an offset. Its result
 is counted in the daemon's /probe store with every earlier /probe of the same target and
 module, so `rate()` means the same as in daemon mode; `debug=true` adds the transcript.
+
+`/probe?domain=example.org&module=mx` probes a whole mail domain in one scrape
+(smtpmon.domains.probe_domain: every address of every MX host, in parallel, within the same
+deadline), under `probe_allow_domains`, and answers with the same series as daemon mode.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import time
 from http import HTTPStatus
 
 from smtpmon.config.addresses import parse_address
-from smtpmon.exposition.metrics import CONTENT_TYPE, render_probe
+from smtpmon.dns import parse_domain
+from smtpmon.domains import probe_domain, report
+from smtpmon.exposition.domains import domain_chunks
+from smtpmon.exposition.metrics import CONTENT_TYPE, render_probe, render_probe_rows
 from smtpmon.logs import ThrottledWarning, get_logger
 from smtpmon.smtp import transcript
 from smtpmon.smtp.module import Module
@@ -92,13 +99,7 @@ def probe_deadline(header: str | None, module: Module, now: float) -> float:
 
 
 
-def answer_probe(exporter, request: Request) -> Answer:
-    """/probe: one probe now, on the request's hub session when it has one (else blocking
-    this thread). `exporter` is a smtpmon.web.routes.Exporter."""
-    params = single_parameters(request.query)
-    host, port = parse_probe_target(params.get("target"))
-    target = params["target"]
-    config = exporter.config
+def module_parameter(config, params: dict) -> tuple[str, Module]:
     module_name = params.get("module")
     if not module_name:
         raise BadRequest(f"missing parameter 'module'; known: {', '.join(config.modules)}")
@@ -106,6 +107,19 @@ def answer_probe(exporter, request: Request) -> Answer:
     if module is None:
         shown = module_name[:64].encode("unicode_escape").decode("ascii")
         raise BadRequest(f"unknown module '{shown}'; known: {', '.join(config.modules)}")
+    return module_name, module
+
+
+def answer_probe(exporter, request: Request) -> Answer:
+    """/probe: one probe now, on the request's hub session when it has one (else blocking
+    this thread). `exporter` is a smtpmon.web.routes.Exporter."""
+    params = single_parameters(request.query)
+    if "domain" in params:
+        return answer_domain_probe(exporter, request, params)
+    host, port = parse_probe_target(params.get("target"))
+    target = params["target"]
+    config = exporter.config
+    module_name, module = module_parameter(config, params)
     debug = parse_debug(params.get("debug"))
     if not config.probe_allowed(host, port):
         raise BadRequest(
@@ -135,5 +149,52 @@ def answer_probe(exporter, request: Request) -> Answer:
     if debug:
         text = transcript.render(result).rstrip("\n")
         body = f"{text}\n\nMetrics that would have been returned:\n".encode() + metrics
+        return Answer(HTTPStatus.OK, body, TEXT)
+    return Answer(HTTPStatus.OK, metrics, CONTENT_TYPE)
+
+
+def answer_domain_probe(exporter, request: Request, params: dict) -> Answer:
+    """/probe?domain=: every address of every MX host of the domain, one scrape."""
+    if "target" in params:
+        raise BadRequest("give 'target' (a host:port) or 'domain' (a mail domain), not both")
+    text = params["domain"]
+    if len(text) > MAX_TARGET_LENGTH:
+        raise BadRequest(f"parameter 'domain' is longer than {MAX_TARGET_LENGTH} characters")
+    domain = parse_domain(text)
+    if isinstance(domain, str):
+        raise BadRequest(f"invalid domain: {domain}")
+    config = exporter.config
+    module_name, module = module_parameter(config, params)
+    debug = parse_debug(params.get("debug"))
+    if not config.probe_domain_allowed(domain.a_label, domain.unicode):
+        raise BadRequest(
+            f"domain {domain.a_label} is neither a configured domain nor allowed by "
+            "probe_allow_domains", HTTPStatus.FORBIDDEN)
+    # A configured domain is probed as configured (port, families, caps, expect_mail).
+    configured = next((d for d in config.domains
+                       if d.name == domain.a_label and d.module == module_name), None)
+    configured = configured or next((d for d in config.domains if d.name == domain.a_label), None)
+    deadline = probe_deadline(request.headers.get(SCRAPE_TIMEOUT_HEADER), module, time.monotonic())
+    slots = request.probe_slots
+    if not slots.acquire(request.client):
+        return Answer(HTTPStatus.SERVICE_UNAVAILABLE,
+                      f"too many concurrent probes (limit {slots.limit}); try again later\n")
+    options = {} if configured is None else dict(
+        port=configured.port, options=configured.mx_options, expect_mail=configured.expect_mail)
+    exporter.state.probe_started()
+    try:
+        result = probe_domain(domain.a_label, module, exporter.resolver, module_name=module_name,
+                              deadline=deadline, hub=request.hub, **options)
+    finally:
+        exporter.state.probe_finished()
+        slots.release()
+    (log.debug if result.success else log.info)(
+        "domain probe via /probe", domain=domain.a_label, module=module_name,
+        verdict=result.verdict, client=request.client)
+    rows, row = exporter.domain_probe_store.record_on_demand(result)
+    metrics = render_probe_rows(rows, domain_chunks([row]))
+    if debug:
+        body = (report.render(result).rstrip("\n")
+                + "\n\nMetrics that would have been returned:\n").encode() + metrics
         return Answer(HTTPStatus.OK, body, TEXT)
     return Answer(HTTPStatus.OK, metrics, CONTENT_TYPE)

@@ -8,7 +8,9 @@ from http import HTTPStatus
 from typing import Callable, Protocol
 
 from smtpmon.config.load import Config
+from smtpmon.dns import MxResolver
 from smtpmon.exposition.metrics import CONTENT_TYPE, metrics_chunks
+from smtpmon.exposition.domains import DomainStore, domain_chunks
 from smtpmon.exposition.state import ExporterState
 from smtpmon.exposition.store import ResultStore
 from smtpmon.smtp import transcript
@@ -23,6 +25,8 @@ class Exporter(Protocol):
     store: ResultStore
     probe_store: ResultStore  # bounded; counts /probe results per (target, module)
     state: ExporterState
+    domain_store: DomainStore  # the scheduled mail domains
+    domain_probe_store: DomainStore  # bounded; /probe?domain= results per (domain, module)
 
     @property
     def config(self) -> Config: ...
@@ -30,12 +34,19 @@ class Exporter(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    @property
+    def resolver(self) -> MxResolver:
+        """The mail-domain resolver (and its answer cache) of the running configuration."""
+
     def reload(self) -> list[str]:
         """Load the configuration file again; the errors, empty on success."""
 
 
 def metrics(exporter: Exporter, request: Request) -> Answer:
-    return Answer(HTTPStatus.OK, metrics_chunks(exporter.store.rows(), exporter.state), CONTENT_TYPE)
+    domains = exporter.domain_store
+    page = metrics_chunks(exporter.store.rows() + domains.address_rows(), exporter.state,
+                          domain_chunks(domains.domain_rows()))
+    return Answer(HTTPStatus.OK, page, CONTENT_TYPE)
 
 
 def show_transcript(exporter: Exporter, request: Request) -> Answer:
