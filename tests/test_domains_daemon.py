@@ -4,13 +4,20 @@ names the loopback knotd of tests/mail_domains.py, scraped over HTTP; and `/prob
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 
 import pytest
 
 from daemon_process import start_daemon
+from dns_server import bad_resolvers, silent_server  # noqa: F401 - bad_resolvers is a fixture
 from helpers import sample_value, samples
 from mail_domains import fqdn, mail_world
 from prometheus_tools import require_tool
+from smtpmon.config.load import parse_config
+from smtpmon.exposition.domains import DomainStore
+from smtpmon.exposition.store import ResultStore
+from smtpmon.runtime.scheduler import Scheduler
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +163,81 @@ def test_the_metrics_reference_lists_the_domain_families_with_their_labels(daemo
             assert (family.type, family.labels) == documented[name], name
         elif name in per_target:
             assert family.labels - per_target[name].labels <= {"domain", "mx", "address"}, name
+
+
+class CountingState:
+    """The scheduler's State, counting the SMTP sessions in flight at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.in_flight = self.most = self.sessions = 0
+        self.lags: list[float] = []
+
+    def probe_started(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.sessions += 1
+            self.most = max(self.most, self.in_flight)
+
+    def probe_finished(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+    def observe_schedule_lag(self, seconds: float) -> None:
+        self.lags.append(seconds)
+
+
+def test_max_concurrency_bounds_every_session_of_every_domain(world):
+    """Three domains of 3 + 2 + 1 addresses, max_concurrency 2: never more than 2 sessions at
+    once, and every domain still gets all its results; a reload that drops a domain drops its
+    series."""
+    text = config(world).replace("interval: 2s", "interval: 30s")
+    parsed = parse_config(text, "test.yml")
+    store, domains, state = ResultStore(), DomainStore(), CountingState()
+    scheduler = Scheduler(store, state, domain_store=domains)
+    scheduler.apply(parsed)
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            latest = [domains.latest(fqdn(name), module) for name, module in
+                      (("good", "mx"), ("half", "mx"), ("dead", "mx"), ("v6", "plain"))]
+            if all(latest):
+                break
+            time.sleep(0.05)
+        assert all(latest), "not every domain was probed"
+        assert [len(result.probes) for result in latest] == [3, 2, 1, 2]
+        assert state.most == 2 and state.sessions == 8
+        # a reload without `half` drops its series
+        fewer = text.replace(f"  - {{domain: {fqdn('half')}, module: mx, port: {world.port}}}\n", "")
+        scheduler.apply(parse_config(fewer, "test.yml"))
+        assert domains.latest(fqdn("half"), "mx") is None
+        assert domains.latest(fqdn("good"), "mx") is not None  # unchanged: kept
+    finally:
+        assert scheduler.stop(5)
+
+
+def test_probe_domain_with_a_silent_resolver_answers_within_the_scrape_timeout(
+        world, tmp_path, bad_resolvers):
+    silent = bad_resolvers(silent_server())
+    text = f"""\
+modules:
+  mx: {{tls: none, timeout: 10s}}
+dns:
+  nameservers: ["{silent.address}:{silent.port}"]
+  timeout: 500ms
+probe_allow_domains: ["*.domains.test"]
+"""
+    running = start_daemon(tmp_path, text)
+    try:
+        started = time.monotonic()
+        status, body = running.request("GET", f"/probe?domain={fqdn('good')}&module=mx",
+                                       headers={"X-Prometheus-Scrape-Timeout-Seconds": "3"})
+        took = time.monotonic() - started
+    finally:
+        running.stop()
+    assert status == 200, body
+    assert took < 3
+    assert sample_value(body, "smtpmon_domain_dns_state", state="timeout") == 1
+    assert sample_value(body, "smtpmon_domain_deliverable") == 0
+    assert sample_value(body, "smtpmon_domain_success") == 0
