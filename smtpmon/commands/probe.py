@@ -1,4 +1,6 @@
 """`smtpmon probe HOST[:PORT]`: one SMTP session now, printed as an annotated transcript.
+`smtpmon probe --mx DOMAIN`: the mail domain as senders deliver to it: its MX table, one
+session per MX address (in parallel), and the domain's verdict.
 
 Also a Nagios/Icinga plugin: the last line is the status line with perfdata, and the exit
 code is 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (bad usage).
@@ -12,7 +14,11 @@ import json
 import sys
 from types import MappingProxyType
 
-from smtpmon.config.addresses import format_address, parse_address
+from smtpmon.config.addresses import format_address, is_ip, parse_address
+from smtpmon.config.domains import DNS_PORT
+from smtpmon.dns import MxOptions, MxResolver, ResolverSettings, parse_domain
+from smtpmon.dns.mx import DEFAULT_MAX_ADDRESSES_PER_HOST, DEFAULT_MAX_MX_HOSTS
+from smtpmon.domains import probe_domain, report
 from smtpmon.config.load import REPLY_STAGES
 from smtpmon.smtp.client import prepare_tls
 from smtpmon.smtp.module import AUTH_MECHANISMS, AUTH_TLS_MODES, TLS_MODES, TLS_VERSIONS, Module
@@ -23,7 +29,12 @@ from smtpmon.smtp.transcript import days_until_expiry, render, summary_line
 DESCRIPTION = """\
 Run one SMTP session against HOST[:PORT] (default port 25, 465 with --tls implicit) and
 print it as a person at a telnet prompt would see it, each reply explained, then a
-Nagios-style status line with perfdata."""
+Nagios-style status line with perfdata.
+
+With --mx, the argument is a mail domain: resolve its MX hosts and their addresses as a
+sending MTA does, print the MX table, run one session per address in parallel (each checking
+the certificate against its MX host's name), print each transcript (or, with --brief, one
+line per address) and the domain's verdict."""
 EPILOG = """exit codes (Nagios plugin convention):
   0 OK, 1 WARNING (certificate expires within --warn-days, or slower than --warning),
   2 CRITICAL (the probe failed, or the certificate expires within --crit-days, or slower
@@ -36,6 +47,12 @@ examples:
   smtpmon probe smtp.example.org:465 --tls implicit --auth PLAIN --user probe --password-file /etc/smtpmon/pw
   smtpmon probe [2001:db8::25]:25 -6 --json
   smtpmon probe mx.example.org --status-only     as an Icinga/Nagios check command
+  smtpmon probe --mx example.org --brief          every MX address of a mail domain
+  smtpmon probe --mx example.org --dns-server 192.0.2.53 --tls starttls --json
+
+with --mx, the exit code follows the domain's verdict: 0 ok (or a null MX with
+--no-mail-expected), 1 degraded (deliverable, but an MX address fails or an MX record is
+broken), 2 undeliverable, 3 UNKNOWN (bad usage, an invalid domain)
 """
 USAGE_EXIT_CODE = 3  # Nagios UNKNOWN
 
@@ -44,7 +61,8 @@ _STATUS_WORDS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "U
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", metavar="HOST[:PORT]", type=_target, help="server to probe; [ADDRESS]:PORT for IPv6")
+    parser.add_argument("target", metavar="HOST[:PORT]", type=_target,
+                        help="server to probe; [ADDRESS]:PORT for IPv6; with --mx, a mail domain")
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls", choices=TLS_MODES, default="opportunistic",
                      help="none; starttls (required); opportunistic (when offered, the default); implicit (port 465)")
@@ -71,6 +89,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     family = session.add_mutually_exclusive_group()
     family.add_argument("-4", dest="ip_protocol", action="store_const", const="ip4", default="any", help="IPv4 only")
     family.add_argument("-6", dest="ip_protocol", action="store_const", const="ip6", help="IPv6 only")
+    domain = parser.add_argument_group("mail domain (--mx)")
+    domain.add_argument("--mx", action="store_true",
+                        help="the argument is a mail domain: probe every address of every MX host")
+    domain.add_argument("--dns-server", metavar="ADDR[:PORT]", action="append", default=[],
+                        type=_dns_server, help="ask this recursive resolver (repeatable; default: "
+                        "the system resolver's, from /etc/resolv.conf)")
+    domain.add_argument("--port", type=_port, default=SMTP_PORT,
+                        help="the port of every MX address (default 25)")
+    domain.add_argument("--max-mx-hosts", metavar="N", type=_count, default=DEFAULT_MAX_MX_HOSTS,
+                        help=f"probe at most N MX hosts, the most preferred (default {DEFAULT_MAX_MX_HOSTS})")
+    domain.add_argument("--max-addresses", metavar="N", type=_count,
+                        default=DEFAULT_MAX_ADDRESSES_PER_HOST,
+                        help=f"probe at most N addresses of each MX host (default {DEFAULT_MAX_ADDRESSES_PER_HOST})")
+    domain.add_argument("--no-mail-expected", dest="expect_mail", action="store_false",
+                        help="a null MX (MX 0 .) is the expected answer, not a failure")
+    domain.add_argument("--brief", action="store_true",
+                        help="one line per address instead of each transcript")
     output = parser.add_argument_group("output and thresholds")
     output.add_argument("--json", action="store_true", help="print the whole result as JSON instead")
     output.add_argument("--status-only", action="store_true", help="print only the status line (for Nagios/Icinga)")
@@ -85,6 +120,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.mx:
+        return run_domain(args)
     try:
         module = module_from_args(args)
         host, port = parse_address(args.target, module_default_port(module))
@@ -105,6 +142,97 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(render(result, annotate=args.annotate, summary=False))
         print(status_line(result, status, notes, args))
     return status
+
+
+def run_domain(args: argparse.Namespace) -> int:
+    """--mx: the domain resolved, every MX address probed, the verdict as the exit code."""
+    domain = parse_domain(args.target)
+    if isinstance(domain, str):
+        print(f"smtpmon probe: error: --mx: {domain}", file=sys.stderr)
+        return UNKNOWN
+    try:
+        module = module_from_args(args)
+    except ValueError as error:
+        print(f"smtpmon probe: error: {error}", file=sys.stderr)
+        return UNKNOWN
+    # The domain's families are the addresses asked for; each session takes its address's.
+    family = {"any": "both", "ip4": "ipv4", "ip6": "ipv6"}[module.ip_protocol]
+    options = MxOptions(ip_protocol=family, max_mx_hosts=args.max_mx_hosts,
+                        max_addresses_per_host=args.max_addresses)
+    resolver = MxResolver(ResolverSettings(nameservers=tuple(args.dns_server)))
+    if module.tls != "none":  # before the sessions, as for one session (see run)
+        prepare_tls(verify=module.tls_verify, ca_file=module.tls_ca_file, min_version=module.tls_min_version)
+    result = probe_domain(domain.a_label, module, resolver, port=args.port, options=options,
+                          expect_mail=args.expect_mail, module_name="cli")
+    status, notes = judge_domain(result, args)
+    if args.json:
+        print(domain_to_json(result))
+    else:
+        if not args.status_only:
+            sys.stdout.write(report.mx_table(result) + "\n")
+            sys.stdout.write(report.session_lines(result, brief=args.brief, annotate=args.annotate))
+        print(domain_status_line(result, status, notes, args))
+    return status
+
+
+_VERDICT_STATUS = {"ok": OK, "no_mail": OK, "degraded": WARNING, "undeliverable": CRITICAL,
+                   "invalid": UNKNOWN}
+
+
+def judge_domain(result, args: argparse.Namespace) -> tuple[int, list[str]]:
+    """Nagios status from the domain's verdict, then the certificates and the duration as for
+    one session (the worst address counts)."""
+    status, notes = _VERDICT_STATUS[result.verdict], []
+    for probe in result.probes:
+        probe_status, probe_notes = judge(probe.result, args)
+        if probe.accepts and probe_status > status:
+            status = probe_status
+        notes += [f"{probe.mx.name} [{probe.address.ip}]: {note}" for note in probe_notes]
+    return status, list(dict.fromkeys(notes))
+
+
+def domain_status_line(result, status: int, notes: list[str], args: argparse.Namespace) -> str:
+    text = report.verdict_line(result)
+    if notes:
+        text += "; " + "; ".join(notes)
+    thresholds = ";".join("" if value is None else f"{value:g}" for value in (args.warning, args.critical))
+    perfdata = [f"time={result.duration_seconds:.6f}s;{thresholds};0",
+                f"dns={result.resolution.duration_seconds:.6f}s;;;0",
+                f"addresses={len(result.probes)};;;0", f"accepting={result.accepting()};;;0"]
+    return f"SMTP {_STATUS_WORDS[status]} - {text.replace('|', '/')} | {' '.join(perfdata)}"
+
+
+def domain_to_json(result) -> str:
+    """The whole tree: resolution (MX hosts, addresses, lookups, notes), every address's
+    session, and the verdicts."""
+    def encode(value):
+        if isinstance(value, (set, frozenset)):
+            return sorted(value)
+        raise TypeError(f"cannot encode {type(value).__name__}")
+
+    resolution = dataclasses.asdict(result.resolution)
+    for host, original in zip(resolution["mx_hosts"], result.resolution.mx_hosts):
+        host["addresses"] = [address._asdict() for address in original.addresses]
+    tree = {
+        "domain": result.name,
+        "domain_unicode": result.resolution.domain_unicode,
+        "module": result.module,
+        "port": result.port,
+        "verdict": result.verdict,
+        "deliverable": result.deliverable,
+        "most_preferred_accepts": result.most_preferred_accepts,
+        "expect_mail": result.expect_mail,
+        "addresses": {family: result.addresses(family) for family in ("ipv4", "ipv6")},
+        "accepting": {family: result.accepting(family) for family in ("ipv4", "ipv6")},
+        "duration_seconds": result.duration_seconds,
+        "notes": list(result.notes),
+        "resolution": resolution,
+        "probes": [{"mx": probe.mx.name, "preference": probe.mx.preference,
+                    "family": probe.address.family, "address": probe.address.ip,
+                    "accepts": probe.accepts, "result": dataclasses.asdict(probe.result)}
+                   for probe in result.probes],
+    }
+    return json.dumps(tree, default=encode, indent=2, ensure_ascii=False)
 
 
 def module_from_args(args: argparse.Namespace) -> Module:
@@ -228,6 +356,28 @@ def _expectation(text: str) -> tuple[str, tuple[int, ...]]:
     if not numbers or not all(100 <= code <= 599 for code in numbers):
         raise argparse.ArgumentTypeError(f"{text!r}: codes must be numbers 100-599")
     return stage, numbers
+
+
+def _dns_server(text: str) -> tuple[str, int]:
+    try:
+        host, port = parse_address(text.strip(), DNS_PORT)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not is_ip(host):
+        raise argparse.ArgumentTypeError(f"{text!r}: an IP address, with an optional port")
+    return host, port
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a port 1-65535")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least 1")
+    return int(text)
 
 
 def _positive_seconds(text: str) -> float:
