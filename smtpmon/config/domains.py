@@ -218,7 +218,10 @@ def _domain(parser, node: Any, path: str, settings, modules: dict) -> DomainTarg
     values.setdefault("timeout_seconds", module.timeout_seconds)
     domain = DomainTarget(name=parsed.a_label, unicode=parsed.unicode, written=node["domain"],
                           module=module_name, **values)
-    if domain.timeout_seconds >= domain.interval_seconds:
+    # Both from `global`: that section's own check has said it once.
+    from_global = ("interval" not in node and "timeout" not in node
+                   and f"modules.{module_name}" not in parser.modules_with_timeout)
+    if domain.timeout_seconds >= domain.interval_seconds and not from_global:
         parser.error(path, f"timeout {domain.timeout_seconds:g} s must be shorter than interval "
                            f"{domain.interval_seconds:g} s: a probe must end before its next run")
         return None
