@@ -221,10 +221,11 @@ class Scheduler:
         for domain in getattr(config, "domains", ()):
             module = config.modules[domain.module]
             old = self._domains.get((domain.name, domain.module))
-            if old is not None and old.signature == (domain, module, dns):
+            # The resolver is looked up at each run: a changed `dns:` keeps the counters.
+            if old is not None and old.signature == (domain, module):
                 wanted[(domain.name, domain.module)] = old
             else:
-                new.append((domain, module, dns))
+                new.append((domain, module))
         retired = [old for key, old in self._domains.items() if key not in wanted]
         for entry in retired:
             entry.active = False
@@ -234,12 +235,12 @@ class Scheduler:
         if gone:
             self._schedule.jobs[:] = [job for job in self._schedule.jobs if id(job) not in gone]
         added = []
-        for domain, module, dns_settings in new:
+        for domain, module in new:
             entry = _ScheduledDomain(
                 name=domain.name, module_name=domain.module, module=module, domain=domain,
                 interval_seconds=float(domain.interval_seconds),
                 timeout_seconds=float(domain.timeout_seconds),
-                signature=(domain, module, dns_settings))
+                signature=(domain, module))
             if self._domain_store is not None:
                 self._domain_store.register(domain.name, domain.module, domain.unicode,
                                             domain.expect_mail)
