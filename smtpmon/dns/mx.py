@@ -16,6 +16,7 @@ raises for anything DNS or the input does: every outcome is a DomainResolution.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import time
@@ -223,7 +224,7 @@ class _Resolution:
         answers = {family: self.ask(name, _FAMILY_QUESTIONS[family])
                    for family in self.options.families}
         found: dict[str, list[str]] = {
-            family: sorted(set(answer.records), key=ipaddress.ip_address)
+            family: sorted(set(answer.records), key=_address_order)
             for family, answer in answers.items() if answer.state == "ok"}
         addresses = _interleave(found, self.options.families)
         kept = tuple(addresses[:self.options.max_addresses_per_host])
@@ -265,6 +266,11 @@ def _host_state(answers: Iterable[Answer], addresses: tuple[Address, ...], canon
     if not addresses:
         return "no_address"
     return "cname" if canonical else "ok"
+
+
+@functools.lru_cache(maxsize=16384)  # the same addresses at every probe; ipaddress is pure Python
+def _address_order(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text)
 
 
 def _interleave(found: dict[str, list[str]], families: tuple[str, ...]) -> list[Address]:

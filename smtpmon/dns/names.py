@@ -12,6 +12,7 @@ are refused here with a reason, so that no lookup is ever made for them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ import dns.name
 # RFC 5321 4.1.2: sub-domain = Let-dig [Ldh-str]
 _LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z")
 MAX_NAME_LENGTH = 253  # characters without the final dot: 255 octets on the wire
+# The same domains and MX host names come back at every probe: their text forms (IDNA, label
+# escaping, all pure Python) are worked out once. Names are immutable, so caching is safe;
+# the bound keeps a stream of /probe?domain= requests from growing it.
+NAMES_CACHED = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,11 @@ def parse_domain(text: str) -> DomainName | str:
     it is not a mail domain, as a sentence."""
     if not isinstance(text, str):
         return f"a domain must be text, not {type(text).__name__}"
+    return _parse_text(text)
+
+
+@functools.lru_cache(maxsize=NAMES_CACHED)
+def _parse_text(text: str) -> DomainName | str:
     written = text.strip()
     if not written or written == ".":
         return "the domain is empty"
@@ -71,6 +81,7 @@ def parse_domain(text: str) -> DomainName | str:
     return DomainName(a_label=a_label, unicode=unicode)
 
 
+@functools.lru_cache(maxsize=NAMES_CACHED)
 def _is_ip_address(text: str) -> bool:
     try:
         ipaddress.ip_address(text.strip("[]"))
@@ -79,6 +90,7 @@ def _is_ip_address(text: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=NAMES_CACHED)
 def name_text(name: dns.name.Name) -> str:
     """A DNS name as shown in results: lower case, without the final dot ('.' for the root)."""
     if name == dns.name.root:
@@ -86,6 +98,7 @@ def name_text(name: dns.name.Name) -> str:
     return name.to_text(omit_final_dot=True).lower()
 
 
+@functools.lru_cache(maxsize=NAMES_CACHED)
 def name_unicode(name: dns.name.Name) -> str:
     """The Unicode form of a name from DNS data; the A-label form when it does not decode
     (DNS data is not checked like configured names are)."""
