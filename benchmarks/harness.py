@@ -121,14 +121,14 @@ class SmtpServer:
 
 
 def start_smtp_server(procs: Processes, certs: Certificates, behaviours: list[str],
-                      rotate_seconds: float = 20.0) -> SmtpServer:
+                      rotate_seconds: float = 20.0, port: int = 0) -> SmtpServer:
     spec = procs.workdir / f"spec-{len(procs.started)}.json"
     spec.write_text(json.dumps(behaviours))
     delays = procs.workdir / f"banner-delays-{len(procs.started)}.json"
     process = procs.spawn(
         [PYTHON, str(ROOT / "benchmarks" / "smtpserver.py"), "--spec", str(spec),
          "--cert", certs.cert_file, "--key", certs.key_file,
-         "--rotate-seconds", str(rotate_seconds), "--timings", str(delays)],
+         "--rotate-seconds", str(rotate_seconds), "--timings", str(delays), "--port", str(port)],
         log_name="smtpserver.log", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )
     line = process.stdout.readline()

@@ -4,9 +4,10 @@ Run as its own process so that its CPU is never counted against the exporter und
 
     python benchmarks/smtpserver.py --spec spec.json --cert cert.pem --key key.pem
 
-The spec is a JSON list with one behaviour per listener; each listener binds 127.0.0.1 port 0.
-The bound ports are printed as one JSON line on stdout; the server runs until stdin closes or
-SIGTERM. Behaviours:
+The spec is a JSON list with one behaviour per listener; each listener binds 127.0.0.1 port 0,
+or, for a behaviour written "BEHAVIOUR@ADDRESS", that loopback address (the MX addresses of a
+mail domain benchmark, all on one port: `--port`). The bound ports are printed as one JSON line
+on stdout; the server runs until stdin closes or SIGTERM. Behaviours:
 
 - "ok": banner, EHLO (with STARTTLS), STARTTLS, QUIT; other commands get 250.
 - "delay:S": "ok" with the banner sent S seconds after the accept (timing accuracy). With
@@ -163,14 +164,16 @@ class Listener:
         return self.fixed
 
 
-async def serve(spec: list[str], tls_context, rotate_seconds: float, timings: str | None) -> None:
+async def serve(spec: list[str], tls_context, rotate_seconds: float, timings: str | None,
+                port: int = 0) -> None:
     loop = asyncio.get_running_loop()
     ports = []
     servers = []
-    for index, behaviour in enumerate(spec):
+    for index, written in enumerate(spec):
+        behaviour, _, address = written.partition("@")
         listener = Listener(index, behaviour, tls_context, rotate_seconds)
-        server = await loop.create_server(lambda bound=listener: Session(bound), "127.0.0.1", 0,
-                                          backlog=256, reuse_address=True)
+        server = await loop.create_server(lambda bound=listener: Session(bound), address or "127.0.0.1",
+                                          port if address else 0, backlog=256, reuse_address=True)
         servers.append(server)
         listener.port = server.sockets[0].getsockname()[1]
         ports.append(listener.port)
@@ -194,6 +197,8 @@ def main() -> None:
     parser.add_argument("--key", required=True)
     parser.add_argument("--rotate-seconds", type=float, default=20.0)
     parser.add_argument("--timings", help="JSON file written at exit: each delayed banner's delay")
+    parser.add_argument("--port", type=int, default=0,
+                        help="the port of the listeners given an address (BEHAVIOUR@ADDRESS)")
     args = parser.parse_args()
     with open(args.spec, encoding="utf-8") as handle:
         spec = json.load(handle)
@@ -201,7 +206,7 @@ def main() -> None:
     context.load_cert_chain(args.cert, args.key)
     if uvloop is not None:
         uvloop.install()
-    asyncio.run(serve(spec, context, args.rotate_seconds, args.timings))
+    asyncio.run(serve(spec, context, args.rotate_seconds, args.timings, args.port))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("smtpmon.net",),  # the hub (event loop) and the name-lookup pool
     ("smtpmon.smtp",),  # the probe engine: reply codes, results, client, session, transcript
     ("smtpmon.dns", "smtpmon.mailtls", "smtpmon.maillog"),  # issues 17, 18, 19
+    ("smtpmon.domains",),  # a mail domain probed: resolution (dns) + a session per address
     ("smtpmon.config",),  # YAML and web-config files, the one host:port grammar
     ("smtpmon.exposition",),  # store, text exposition, self-metrics
     ("smtpmon.web",),  # wire, server, routes, /probe, landing page
@@ -31,7 +32,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("smtpmon.cli", "smtpmon.__main__"),
 )
 # Packages that take plain values and return frozen ones: no file formats, no Prometheus.
-ENGINE_PACKAGES = ("smtpmon.net", "smtpmon.smtp", "smtpmon.dns", "smtpmon.mailtls", "smtpmon.maillog")
+ENGINE_PACKAGES = ("smtpmon.net", "smtpmon.smtp", "smtpmon.dns", "smtpmon.mailtls", "smtpmon.maillog",
+                   "smtpmon.domains")
 ENGINE_FORBIDDEN = ("yaml", "prometheus_client")
 
 

@@ -49,7 +49,7 @@ INVALID = [
         "top-level list",
         "- mx1.example.org:25\n",
         ["the top level must be a mapping with keys global, probe_allow, modules, targets, "
-         "got a list"],
+         "domains, dns, probe_allow_domains, got a list"],
     ),
     (
         "YAML syntax error names the line",
@@ -528,7 +528,7 @@ def test_shipped_example_passes_check_config_with_its_credential(tmp_path):
     env = environment(CREDENTIALS_DIRECTORY=str(tmp_path))
     result = check_config("config/smtpmon.yml", env=env)
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == "config/smtpmon.yml: OK: 4 modules, 5 targets\n"
+    assert result.stdout == "config/smtpmon.yml: OK: 4 modules, 5 targets, 3 domains\n"
 
 
 def test_shipped_example_outside_the_service_is_valid_with_a_warning_about_its_password():
@@ -542,10 +542,10 @@ def test_shipped_example_outside_the_service_is_valid_with_a_warning_about_its_p
         "(auth_password_unavailable) until it can be read; outside the service, --skip-secrets "
         "leaves this out\n"
     )
-    assert result.stdout == "config/smtpmon.yml: OK: 4 modules, 5 targets (1 AUTH password not readable here)\n"
+    assert result.stdout == "config/smtpmon.yml: OK: 4 modules, 5 targets, 3 domains (1 AUTH password not readable here)\n"
     result = check_config("--skip-secrets", "config/smtpmon.yml", env=env)
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == "config/smtpmon.yml: OK: 4 modules, 5 targets\n"
+    assert result.stdout == "config/smtpmon.yml: OK: 4 modules, 5 targets, 3 domains\n"
 
 
 def test_shipped_example_has_the_documented_modules():

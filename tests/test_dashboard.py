@@ -122,10 +122,18 @@ def test_template_variables_target_and_module_come_from_probe_success():
 
 
 def test_every_query_follows_the_variables_and_ignores_the_job():
-    """Daemon and /probe mode have different jobs: a query must not depend on one."""
+    """Daemon and /probe mode have different jobs: a query must not depend on one. Host
+    target panels follow $target, mail domain panels $domain."""
     for expr in dashboard_exprs():
-        assert 'target=~"$target"' in expr and 'module=~"$module"' in expr, expr
+        follows = 'target=~"$target"' in expr or 'domain=~"$domain"' in expr
+        assert follows and 'module=~"$module"' in expr, expr
         assert not re.search(r"\bjob\s*(=|!=|=~|!~)", expr), expr
+
+
+def test_the_domain_variable_comes_from_the_domain_series():
+    domain = variables()["domain"]
+    assert domain["definition"] == 'label_values(smtpmon_domain_success{module=~"$module"}, domain)'
+    assert domain["includeAll"] and domain["allValue"] == ".*" and domain["multi"]
 
 
 def test_dashboard_queries_name_only_known_metrics():
@@ -149,7 +157,8 @@ def test_dashboard_queries_parse_as_promql(tmp_path):
     """promtool checks every query, with the template variables as Grafana substitutes them."""
     promtool = require_tool("promtool")
     records = [{"record": f"dashboard:query_{index}:check",
-                "expr": expr.replace("$target", ".*").replace("$module", ".*")}
+                "expr": expr.replace("$target", ".*").replace("$module", ".*")
+                            .replace("$domain", ".*")}
                for index, expr in enumerate(dashboard_exprs())]
     rule_file = tmp_path / "dashboard-queries.yml"
     rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": records}]}))
@@ -160,6 +169,7 @@ def test_dashboard_queries_parse_as_promql(tmp_path):
 
 @pytest.mark.parametrize("title", ["Targets", "Last reply per stage", "Replies by class",
                                    "Replies by class and category", "Share of 4xx and 5xx replies",
-                                   "Latency per stage", "Failures by reason"])
+                                   "Latency per stage", "Failures by reason", "Domains",
+                                   "MX hosts and addresses"])
 def test_dashboard_has_the_panels_an_operator_expects(title):
     assert title in [panel["title"] for panel in panels()]

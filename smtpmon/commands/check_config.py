@@ -50,8 +50,9 @@ def run(args) -> int:
     modules, targets = len(config.modules), len(config.targets)
     unreadable = len(config.secret_problems)
     warned = f" ({unreadable} AUTH password{'s' * (unreadable != 1)} not readable here)" if unreadable else ""
+    domains = f", {len(config.domains)} domain{'s' * (len(config.domains) != 1)}" if config.domains else ""
     print(
         f"{args.file}: OK: {modules} module{'s' * (modules != 1)}, "
-        f"{targets} target{'s' * (targets != 1)}{warned}"
+        f"{targets} target{'s' * (targets != 1)}{domains}{warned}"
     )
     return 0

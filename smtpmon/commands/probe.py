@@ -1,4 +1,6 @@
 """`smtpmon probe HOST[:PORT]`: one SMTP session now, printed as an annotated transcript.
+`smtpmon probe --mx DOMAIN`: the mail domain as senders deliver to it: its MX table, one
+session per MX address (in parallel), and the domain's verdict.
 
 Also a Nagios/Icinga plugin: the last line is the status line with perfdata, and the exit
 code is 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (bad usage).
@@ -12,8 +14,12 @@ import json
 import sys
 from types import MappingProxyType
 
-from smtpmon.config.addresses import format_address, is_ipv6, parse_address
+from smtpmon.config.addresses import format_address, is_ip, is_ipv6, parse_address
+from smtpmon.config.domains import DNS_PORT
 from smtpmon.config.load import REPLY_STAGES, parse_size
+from smtpmon.dns import MxOptions, MxResolver, ResolverSettings, parse_domain
+from smtpmon.dns.mx import DEFAULT_MAX_ADDRESSES_PER_HOST, DEFAULT_MAX_MX_HOSTS
+from smtpmon.domains import probe_domain, report
 from smtpmon.smtp.client import prepare_tls
 from smtpmon.smtp.module import (
     AUTH_MECHANISMS,
@@ -38,7 +44,12 @@ from smtpmon.smtp.transcript import days_until_expiry, render, summary_line
 DESCRIPTION = """\
 Run one SMTP session against HOST[:PORT] (default port 25, 465 with --tls implicit) and
 print it as a person at a telnet prompt would see it, each reply explained, then a
-Nagios-style status line with perfdata."""
+Nagios-style status line with perfdata.
+
+With --mx, the argument is a mail domain: resolve its MX hosts and their addresses as a
+sending MTA does, print the MX table, run one session per address in parallel (each checking
+the certificate against its MX host's name), print each transcript (or, with --brief, one
+line per address) and the domain's verdict."""
 EPILOG = """exit codes (Nagios plugin convention):
   0 OK
   1 WARNING: the probe failed on a 4xx reply, a temporary condition senders retry (421,
@@ -58,6 +69,13 @@ examples:
   smtpmon probe 2001:db8::25 --port 25 --server-name mx.example.org --tls starttls --status-only
                                                   as an Icinga/Nagios check: the host's address
                                                   ($HOSTADDRESS$, IPv4 or IPv6) and its name apart
+  smtpmon probe --mx example.org --brief          every MX address of a mail domain
+  smtpmon probe --mx example.org --dns-server 192.0.2.53 --tls starttls --json
+
+with --mx, the exit code follows the domain's verdict: 0 ok (or a null MX with
+--no-mail-expected), 1 degraded (deliverable, but an MX address fails or an MX record is
+broken; or undeliverable only by temporary 4xx replies, which senders retry),
+2 undeliverable, 3 UNKNOWN (bad usage, an invalid domain)
 """
 USAGE_EXIT_CODE = 3  # Nagios UNKNOWN
 
@@ -67,10 +85,12 @@ _STATUS_WORDS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "U
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", metavar="HOST[:PORT]",
-                        help="server to probe; [ADDRESS]:PORT for IPv6, or a bare address with --port")
+                        help="server to probe; [ADDRESS]:PORT for IPv6, or a bare address with "
+                             "--port; with --mx, a mail domain")
     parser.add_argument("--port", type=_port, metavar="PORT",
                         help="the port, given apart: then HOST is a name or an IPv4 or IPv6 address "
-                             "without a port or brackets (as Nagios' $HOSTADDRESS$ is)")
+                             "without a port or brackets (as Nagios' $HOSTADDRESS$ is); with --mx, "
+                             "the port of every MX address (default 25, 465 with --tls implicit)")
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls", choices=TLS_MODES, default="opportunistic",
                      help="none; starttls (required, the certificate must verify); opportunistic "
@@ -107,6 +127,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     family = session.add_mutually_exclusive_group()
     family.add_argument("-4", dest="ip_protocol", action="store_const", const="ip4", default="any", help="IPv4 only")
     family.add_argument("-6", dest="ip_protocol", action="store_const", const="ip6", help="IPv6 only")
+    domain = parser.add_argument_group("mail domain (--mx)")
+    domain.add_argument("--mx", action="store_true",
+                        help="the argument is a mail domain: probe every address of every MX host")
+    domain.add_argument("--dns-server", metavar="ADDR[:PORT]", action="append", default=[],
+                        type=_dns_server, help="ask this recursive resolver (repeatable; default: "
+                        "the system resolver's, from /etc/resolv.conf)")
+    domain.add_argument("--max-mx-hosts", metavar="N", type=_count, default=DEFAULT_MAX_MX_HOSTS,
+                        help=f"probe at most N MX hosts, the most preferred (default {DEFAULT_MAX_MX_HOSTS})")
+    domain.add_argument("--max-addresses", metavar="N", type=_count,
+                        default=DEFAULT_MAX_ADDRESSES_PER_HOST,
+                        help=f"probe at most N addresses of each MX host (default {DEFAULT_MAX_ADDRESSES_PER_HOST})")
+    domain.add_argument("--no-mail-expected", dest="expect_mail", action="store_false",
+                        help="a null MX (MX 0 .) is the expected answer, not a failure")
+    domain.add_argument("--brief", action="store_true",
+                        help="one line per address instead of each transcript")
     output = parser.add_argument_group("output and thresholds")
     form = output.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true",
@@ -126,6 +161,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.mx:
+        return run_domain(args)
     try:
         module = module_from_args(args)
         host, port = target_of(args, module_default_port(module))
@@ -161,6 +198,103 @@ def target_of(args: argparse.Namespace, default_port: int) -> tuple[str, int]:
         raise ValueError(f"target {args.target!r}: with --port, give the host alone: a name, "
                          "an IPv4 or an IPv6 address")
     return host, args.port
+
+
+def run_domain(args: argparse.Namespace) -> int:
+    """--mx: the domain resolved, every MX address probed, the verdict as the exit code."""
+    domain = parse_domain(args.target)
+    if isinstance(domain, str):
+        print(f"smtpmon probe: error: --mx: {domain}", file=sys.stderr)
+        return UNKNOWN
+    try:
+        module = module_from_args(args)
+    except ValueError as error:
+        print(f"smtpmon probe: error: {error}", file=sys.stderr)
+        return UNKNOWN
+    # The domain's families are the addresses asked for; each session takes its address's.
+    family = {"any": "both", "ip4": "ipv4", "ip6": "ipv6"}[module.ip_protocol]
+    options = MxOptions(ip_protocol=family, max_mx_hosts=args.max_mx_hosts,
+                        max_addresses_per_host=args.max_addresses)
+    resolver = MxResolver(ResolverSettings(nameservers=tuple(args.dns_server)))
+    if module.tls != "none":  # before the sessions, as for one session (see run)
+        prepare_tls(verify=module.tls_verify, ca_file=module.tls_ca_file, min_version=module.tls_min_version)
+    port = args.port if args.port is not None else module_default_port(module)
+    result = probe_domain(domain.a_label, module, resolver, port=port, options=options,
+                          expect_mail=args.expect_mail, module_name="cli")
+    status, notes = judge_domain(result, args)
+    if args.json:
+        print(domain_to_json(result))
+    else:
+        if not args.status_only:
+            sys.stdout.write(report.mx_table(result) + "\n")
+            sys.stdout.write(report.session_lines(result, brief=args.brief, annotate=args.annotate))
+        print(domain_status_line(result, status, notes, args))
+    return status
+
+
+_VERDICT_STATUS = {"ok": OK, "no_mail": OK, "degraded": WARNING, "undeliverable": CRITICAL,
+                   "invalid": UNKNOWN}
+
+
+def judge_domain(result, args: argparse.Namespace) -> tuple[int, list[str]]:
+    """Nagios status from the domain's verdict, then the certificates and the duration as for
+    one session (the worst address counts)."""
+    status, notes = _VERDICT_STATUS[result.verdict], []
+    failed = [probe.result for probe in result.probes if not probe.accepts]
+    if status == CRITICAL and failed and all(temporary_failure(probe) for probe in failed):
+        # As for one server: senders queue and retry a 4xx (RFC 5321 4.2.1).
+        status = WARNING
+        notes.append("temporary failures (4xx): senders retry")
+    for probe in result.probes:
+        probe_status, probe_notes = judge(probe.result, args)
+        if probe.accepts and probe_status > status:
+            status = probe_status
+        notes += [f"{probe.mx.name} [{probe.address.ip}]: {note}" for note in probe_notes]
+    return status, list(dict.fromkeys(notes))
+
+
+def domain_status_line(result, status: int, notes: list[str], args: argparse.Namespace) -> str:
+    text = report.verdict_line(result)
+    if notes:
+        text += "; " + "; ".join(notes)
+    thresholds = ";".join("" if value is None else f"{value:g}" for value in (args.warning, args.critical))
+    perfdata = [f"time={result.duration_seconds:.6f}s;{thresholds};0",
+                f"dns={result.resolution.duration_seconds:.6f}s;;;0",
+                f"addresses={len(result.probes)};;;0", f"accepting={result.accepting()};;;0"]
+    return f"SMTP {_STATUS_WORDS[status]} - {text.replace('|', '/')} | {' '.join(perfdata)}"
+
+
+def domain_to_json(result) -> str:
+    """The whole tree: resolution (MX hosts, addresses, lookups, notes), every address's
+    session, and the verdicts."""
+    def encode(value):
+        if isinstance(value, (set, frozenset)):
+            return sorted(value)
+        raise TypeError(f"cannot encode {type(value).__name__}")
+
+    resolution = dataclasses.asdict(result.resolution)
+    for host, original in zip(resolution["mx_hosts"], result.resolution.mx_hosts):
+        host["addresses"] = [address._asdict() for address in original.addresses]
+    tree = {
+        "domain": result.name,
+        "domain_unicode": result.resolution.domain_unicode,
+        "module": result.module,
+        "port": result.port,
+        "verdict": result.verdict,
+        "deliverable": result.deliverable,
+        "most_preferred_accepts": result.most_preferred_accepts,
+        "expect_mail": result.expect_mail,
+        "addresses": {family: result.addresses(family) for family in ("ipv4", "ipv6")},
+        "accepting": {family: result.accepting(family) for family in ("ipv4", "ipv6")},
+        "duration_seconds": result.duration_seconds,
+        "notes": list(result.notes),
+        "resolution": resolution,
+        "probes": [{"mx": probe.mx.name, "preference": probe.mx.preference,
+                    "family": probe.address.family, "address": probe.address.ip,
+                    "accepts": probe.accepts, "result": dataclasses.asdict(probe.result)}
+                   for probe in result.probes],
+    }
+    return json.dumps(tree, default=encode, indent=2, ensure_ascii=False)
 
 
 def module_from_args(args: argparse.Namespace) -> Module:
@@ -223,12 +357,11 @@ def judge(result: ProbeResult, args: argparse.Namespace) -> tuple[int, list[str]
         notes.append(note)
 
     if not result.success:
-        failed = result.stage(result.failed_stage) if result.failed_stage else None
-        reply = failed.reply if failed is not None else None
         # A 4xx is temporary: senders queue and retry (RFC 5321 4.2.1). Anything else that
         # failed (a 5xx, no connection, TLS, a timeout) is critical.
-        if reply is not None and reply.code is not None and reply.code // 100 == 4:
-            worse(WARNING, f"temporary failure ({reply.code}): senders retry")
+        code = temporary_failure(result)
+        if code is not None:
+            worse(WARNING, f"temporary failure ({code}): senders retry")
         else:
             status = CRITICAL
     days = days_until_expiry(result.tls)
@@ -244,6 +377,17 @@ def judge(result: ProbeResult, args: argparse.Namespace) -> tuple[int, list[str]
     elif args.warning is not None and result.duration_seconds > args.warning:
         worse(WARNING, f"slower than {args.warning:g}s")
     return status, notes
+
+
+def temporary_failure(result: ProbeResult) -> int | None:
+    """The 4xx code a failed session failed on, or None (a success, a 5xx, no reply)."""
+    if result.success or not result.failed_stage:
+        return None
+    failed = result.stage(result.failed_stage)
+    reply = failed.reply if failed is not None else None
+    if reply is not None and reply.code is not None and reply.code // 100 == 4:
+        return reply.code
+    return None
 
 
 def status_line(result: ProbeResult, status: int, notes: list[str], args: argparse.Namespace) -> str:
@@ -319,6 +463,22 @@ def _size(text: str) -> int:
         return parse_size(int(text) if text.isdigit() else text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _dns_server(text: str) -> tuple[str, int]:
+    try:
+        host, port = parse_address(text.strip(), DNS_PORT)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not is_ip(host):
+        raise argparse.ArgumentTypeError(f"{text!r}: an IP address, with an optional port")
+    return host, port
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least 1")
+    return int(text)
 
 
 def _positive_seconds(text: str) -> float:

@@ -28,6 +28,15 @@ from smtpmon.config.addresses import (
     normal_address,
     parse_address,
 )
+from smtpmon.config.bounds import MAX_CONCURRENCY, MAX_INTERVAL_SECONDS, MAX_TIMEOUT_SECONDS
+from smtpmon.config.domains import (
+    DnsSettings,
+    DomainTarget,
+    domain_allowed,
+    parse_dns,
+    parse_domains,
+    parse_probe_allow_domains,
+)
 from smtpmon.config.validation import Validator, describe, key_path
 from smtpmon.config.yamldoc import (
     FileReadError,
@@ -69,7 +78,8 @@ targets:
 # Stages that receive a reply, so a module may say which codes it expects there.
 REPLY_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s not in ("resolve", "connect", "tls"))
 
-_TOP_KEYS = ("global", "probe_allow", "modules", "targets")
+_TOP_KEYS = ("global", "probe_allow", "modules", "targets", "domains", "dns",
+             "probe_allow_domains")
 _GLOBAL_KEYS = ("interval", "timeout", "max_concurrency", "ehlo_name")
 _MODULE_KEYS = (
     "tls", "tls_verify", "tls_ca_file", "tls_server_name", "tls_min_version", "ehlo_name",
@@ -92,15 +102,6 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Addresses go verbatim into MAIL FROM:<...> / RCPT TO:<...>: nothing that could break the line.
 _BAD_ADDRESS_CHARS = re.compile(r"[\s<>\x00-\x1f\x7f]")
 
-# Upper bounds, so that every value that validates also runs (the schedule's dates, the
-# socket timeouts and the hub hold them) and means something for a monitor:
-# - an interval of a day at most: a target probed less often cannot raise an alert in time;
-# - a timeout of 10 minutes at most: the longest client timeout RFC 5321 4.5.3.2 gives
-#   (for the reply to the end of the message); no stage of a probe needs longer;
-# - max_concurrency: each probe in flight holds a socket and its session's memory.
-MAX_INTERVAL_SECONDS = 86400.0
-MAX_TIMEOUT_SECONDS = 600.0
-MAX_CONCURRENCY = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,8 @@ class Settings:
     ehlo_name: str | None = None
     # Glob patterns of "host:port" that /probe may probe beyond the configured targets.
     probe_allow: tuple[str, ...] = ()
+    # Glob patterns of mail domains that /probe?domain= may probe beyond the configured ones.
+    probe_allow_domains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,8 @@ class Config:
     # Modules with AUTH: the host:port patterns /probe may use each against beyond the targets
     # configured with it (its own `probe_allow`; the top-level one never applies to them).
     secret_probe_allow: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    domains: tuple[DomainTarget, ...] = ()
+    dns: DnsSettings = DnsSettings()
 
     def probe_allowed(self, host: str, port: int) -> bool:
         """May /probe run against host:port? Configured targets always; others by probe_allow."""
@@ -168,6 +173,25 @@ class Config:
         if self.probe_allowed(host, port):
             return None
         return (f"target {where} is neither a configured target nor allowed by probe_allow: "
+                "an exporter must not become a port scanner")
+
+    def domain_probe_refusal(self, name: str, unicode: str, module_name: str) -> str | None:
+        """Why /probe?domain= must not run `module_name` against the MX hosts of a domain
+        (A-label, Unicode form; for a 403), or None.
+
+        A module that sends a password (AUTH) goes only to the domains configured with it:
+        whoever controls another domain's MX records would receive the password. Any other
+        module goes to every configured domain and to probe_allow_domains."""
+        if self.modules[module_name].auth_mechanism is not None:
+            if any(domain.name == name and domain.module == module_name for domain in self.domains):
+                return None
+            return (f"module {module_name} sends an AUTH password, so /probe uses it only for the "
+                    f"domains configured with it; {name} is not one")
+        if any(domain.name == name for domain in self.domains):
+            return None
+        if domain_allowed(name, unicode, self.settings.probe_allow_domains):
+            return None
+        return (f"domain {name} is neither a configured domain nor allowed by probe_allow_domains: "
                 "an exporter must not become a port scanner")
 
 
@@ -294,14 +318,18 @@ class _Parser(Validator):
             )
             raise self.failure()
         self.check_keys(document, "", _TOP_KEYS)
-        settings = self.parse_settings(document.get("global"), document.get("probe_allow"))
+        settings = self.parse_settings(document.get("global"), document.get("probe_allow"),
+                                       document.get("probe_allow_domains"))
         modules = self.parse_modules(document.get("modules"), settings)
         targets = self.parse_targets(document.get("targets"), settings, modules)
+        domains = parse_domains(self, document.get("domains"), settings, modules)
+        dns = parse_dns(self, document.get("dns"))
         if self.errors:
             raise self.failure()
         valid_modules = {name: module for name, module in modules.items() if module is not None}
         return Config(settings, MappingProxyType(valid_modules), targets, self.source,
-                      tuple(self.secret_problems), MappingProxyType(self.secret_probe_allow))
+                      tuple(self.secret_problems), MappingProxyType(self.secret_probe_allow),
+                      domains, dns)
 
     def check_keys(self, node: dict, path: str, allowed: tuple[str, ...]) -> None:
         for key in node:
@@ -418,7 +446,7 @@ class _Parser(Validator):
 
     # -- sections ----------------------------------------------------------------------------
 
-    def parse_settings(self, node: Any, allow_node: Any) -> Settings:
+    def parse_settings(self, node: Any, allow_node: Any, allow_domains_node: Any = None) -> Settings:
         values: dict[str, Any] = {}
         node = self.section(node, "global")
         if node:
@@ -432,6 +460,7 @@ class _Parser(Validator):
             if "ehlo_name" in node:
                 values["ehlo_name"] = self.ehlo_name(node["ehlo_name"], "global.ehlo_name")
         values["probe_allow"] = self.parse_probe_allow(allow_node)
+        values["probe_allow_domains"] = parse_probe_allow_domains(self, allow_domains_node)
         settings = Settings(**{key: value for key, value in values.items() if value is not None})
         self.global_durations_ok = (
             values.get("interval_seconds", 1) is not None and values.get("timeout_seconds", 1) is not None

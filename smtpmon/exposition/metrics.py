@@ -193,10 +193,13 @@ def sample_value(value: float) -> str:
 class _Lines:
     """Collects sample lines of one target, grouped by family."""
 
-    __slots__ = ("_base", "_lines")
+    __slots__ = ("_base", "_lines", "labelled_address")
 
-    def __init__(self, target: str, module: str) -> None:
-        self._base = f'{{target="{escape_label_value(target)}",module="{escape_label_value(module)}"'
+    def __init__(self, target: str, module: str, labels: tuple[tuple[str, str], ...] = ()) -> None:
+        # A mail domain's address session has `address` on every sample already.
+        self.labelled_address = any(name == "address" for name, _ in labels)
+        self._base = (f'{{target="{escape_label_value(target)}",module="{escape_label_value(module)}"'
+                      + "".join(f',{name}="{escape_label_value(value)}"' for name, value in labels))
         self._lines: list[list[str] | None] = [None] * len(TARGET_FAMILIES)
 
     def add(self, family: str, value: float, extra_labels: str = "") -> None:
@@ -220,13 +223,16 @@ def render_target(
     counts: TargetCounts,
     tls: TlsInfo | None,
     skipped: int | None,
+    labels: tuple[tuple[str, str], ...] = (),
 ) -> tuple[bytes, ...]:
     """The exposition lines of one (target, module), one chunk per TARGET_FAMILIES entry.
 
     `tls` is the TLS state to report (the store keeps the last one a probe reached);
     `skipped` is None on `/probe`, where runs are never skipped and the family is left out.
+    `labels` follow `target` and `module` on every sample: a mail domain's address sessions
+    carry `domain`, `mx` and `address` (smtpmon.exposition.domains).
     """
-    out = _Lines(target, module)
+    out = _Lines(target, module, labels)
     out.add("smtpmon_probe_success", latest is not None and latest.success)
     out.add("smtpmon_probes_total", counts.probes)
     if skipped is not None:
@@ -250,8 +256,11 @@ def _add_last_probe(out: _Lines, result: ProbeResult) -> None:
     if not result.success:
         out.add("smtpmon_probe_failure_info", 1, label_pairs(FAILURE_LABELS, _failure_key(result)))
     if result.address is not None:
-        out.add("smtpmon_probe_address_info", 1,
-                label_pairs(ADDRESS_LABELS, (result.address, result.address_family or "")))
+        if out.labelled_address:  # the row's own `address` label names it; a second is invalid
+            out.add("smtpmon_probe_address_info", 1, label_pairs(("family",), (result.address_family or "",)))
+        else:
+            out.add("smtpmon_probe_address_info", 1,
+                    label_pairs(ADDRESS_LABELS, (result.address, result.address_family or "")))
     for stage in result.stages:
         stage_label = label_pairs(("stage",), (stage.stage,))
         out.add("smtpmon_probe_stage_duration_seconds", stage.duration_seconds, stage_label)
@@ -331,14 +340,22 @@ class SelfMetrics(Protocol):
     def render(self) -> bytes: ...
 
 
-def metrics_chunks(rows: Sequence[tuple[bytes, ...]], state: SelfMetrics) -> list[bytes]:
-    """The whole `/metrics` page (every target's row, from ResultStore.rows(); the exporter
-    itself; process and Python) as chunks to write one after the other: at 10,000 targets the
-    page is some 30 MB, and joining it would hold it twice more in memory."""
+def metrics_chunks(rows: Sequence[tuple[bytes, ...]], state: SelfMetrics,
+                   more: Sequence[bytes] = ()) -> list[bytes]:
+    """The whole `/metrics` page (every target's row, from ResultStore.rows(), and every mail
+    domain address's; `more`: the mail domains' own families; the exporter itself; process
+    and Python) as chunks to write one after the other: at 10,000 targets the page is some
+    30 MB, and joining it would hold it twice more in memory."""
     parts = _family_chunks(rows)
+    parts += more
     parts.append(state.render())
     parts.append(generate_latest(_RUNTIME_REGISTRY))
     return parts
+
+
+def render_probe_rows(rows: Sequence[tuple[bytes, ...]], more: Sequence[bytes] = ()) -> bytes:
+    """A `/probe?domain=` page: every address session's row, then the domain's own families."""
+    return b"".join(_family_chunks(rows) + list(more))
 
 
 def render_probe(row: tuple[bytes, ...]) -> bytes:

@@ -9,6 +9,7 @@ import platform
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client.utils import floatToGoString
@@ -27,6 +28,11 @@ EXPORTER_FAMILIES: tuple[Family, ...] = (
     Family("smtpmon_probes_in_flight", "gauge", "Probes running now."),
     Family("smtpmon_schedule_lag_seconds", "histogram",
            "How late each probe started against its scheduled time."),
+    Family("smtpmon_domains", "gauge", "Mail domains in the running configuration."),
+    Family("smtpmon_dns_queries_total", "counter",
+           "DNS questions sent to resolve mail domains (answers from the cache not counted)."),
+    Family("smtpmon_dns_cache_hits_total", "counter",
+           "DNS questions about mail domains answered from the cache."),
 )
 
 
@@ -66,6 +72,8 @@ class ExporterState:
         self._in_flight = 0
         self._lag_counts = [0] * (len(SCHEDULE_LAG_BUCKETS) + 1)  # the last one is +Inf
         self._lag_sum = 0.0
+        self._domains = 0
+        self._dns_counts: Callable[[], tuple[int, int]] = lambda: (0, 0)
 
     def config_loaded(self, success: bool, at: float | None = None,
                       errors: tuple[str, ...] = ()) -> None:
@@ -88,6 +96,16 @@ class ExporterState:
     def set_targets(self, count: int) -> None:
         with self._lock:
             self._targets = count
+
+    def set_domains(self, count: int) -> None:
+        with self._lock:
+            self._domains = count
+
+    def set_dns_counts(self, counts: Callable[[], tuple[int, int]]) -> None:
+        """Where the DNS counters come from: (queries sent, cache hits) so far, read at
+        each scrape (the scheduler's resolvers keep them)."""
+        with self._lock:
+            self._dns_counts = counts
 
     def probe_started(self) -> None:
         with self._lock:
@@ -114,7 +132,9 @@ class ExporterState:
             }
             lag_counts = list(self._lag_counts)
             lag_sum = self._lag_sum
-        build, *gauges, lag = EXPORTER_FAMILIES
+            domains, dns_counts = self._domains, self._dns_counts
+        queries, hits = dns_counts()
+        build, *gauges, lag, domains_family, queries_family, hits_family = EXPORTER_FAMILIES
         lines = [build.header.decode(), f"smtpmon_build_info{{{self._build_labels}}} 1.0\n"]
         for family in gauges:
             lines.append(family.header.decode())
@@ -127,4 +147,8 @@ class ExporterState:
                          f"{floatToGoString(cumulative)}\n")
         lines.append(f"{lag.name}_count {floatToGoString(cumulative)}\n")
         lines.append(f"{lag.name}_sum {floatToGoString(lag_sum)}\n")
+        for family, value in ((domains_family, domains), (queries_family, queries),
+                              (hits_family, hits)):
+            lines.append(family.header.decode())
+            lines.append(f"{family.name} {floatToGoString(value)}\n")
         return "".join(lines).encode()

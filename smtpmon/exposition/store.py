@@ -146,7 +146,7 @@ class ResultStore:
                 if self._max_entries is not None and len(self._entries) >= self._max_entries:
                     self._evict_oldest()
             self._entries[key] = entry
-            slim = _slim(result)
+            slim = slim_result(result)
             entry.add(slim, self._budget)
             row = entry.rendered()
             self._bytes -= entry.cost
@@ -246,7 +246,7 @@ class ResultStore:
 SLIM_REPLY_CHARACTERS = 200
 
 
-def _slim(result: ProbeResult) -> ProbeResult:
+def slim_result(result: ProbeResult) -> ProbeResult:
     """A /probe result as the store keeps it: counted and shown on the status page, so codes,
     enhanced codes and each reply's first line stay; its transcript and long texts go."""
     stages = tuple(replace(stage, replies=tuple(

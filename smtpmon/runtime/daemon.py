@@ -24,6 +24,8 @@ from smtpmon import __version__
 from smtpmon.config import webconfig
 from smtpmon.config.addresses import parse_listen_address
 from smtpmon.config.load import Config, ConfigError, default_config, load_config
+from smtpmon.dns import DnsCache, MxResolver
+from smtpmon.exposition.domains import DomainStore
 from smtpmon.exposition.state import ExporterState
 from smtpmon.exposition.store import ResultStore
 from smtpmon.logs import get_logger
@@ -101,6 +103,8 @@ STOP_GRACE_SECONDS = 2.0
 # server's long replies.
 MAX_PROBE_ENTRIES = 10_000
 MAX_PROBE_BYTES = 128 * 1024 * 1024
+# (domain, module) pairs whose /probe?domain= counters are kept, each with its addresses'.
+MAX_PROBE_DOMAINS = 1_000
 
 
 DEFAULT_LISTEN_ADDRESS = ":9725"
@@ -130,13 +134,26 @@ class Daemon:
         self.store = ResultStore()
         self.probe_store = ResultStore(max_entries=MAX_PROBE_ENTRIES, max_bytes=MAX_PROBE_BYTES)
         self.state = ExporterState()
-        self.scheduler = Scheduler(self.store, self.state)
+        self.domain_store = DomainStore()
+        self.domain_probe_store = DomainStore(max_entries=MAX_PROBE_DOMAINS)
+        self.scheduler = Scheduler(self.store, self.state, domain_store=self.domain_store)
+        self.state.set_dns_counts(self.scheduler.dns_counts)
         self._config = config
         self._reload_lock = threading.Lock()
 
     @property
     def config(self) -> Config:
         return self._config
+
+    @property
+    def resolver(self) -> MxResolver:
+        """The scheduler's (shared answer cache), or one for the configuration before start."""
+        resolver = self.scheduler.resolver
+        if resolver is None:
+            dns = self._config.dns
+            resolver = MxResolver(dns.resolver_settings, DnsCache(
+                dns.min_ttl_seconds, dns.max_ttl_seconds, dns.grace_seconds))
+        return resolver
 
     @property
     def ready(self) -> bool:
@@ -147,6 +164,7 @@ class Daemon:
         self.scheduler.apply(self._config)
         self.state.config_loaded(True)
         self.state.set_targets(len(self._config.targets))
+        self.state.set_domains(len(self._config.domains))
         self.scheduler.start()
 
     def reload(self) -> list[str]:
@@ -183,12 +201,16 @@ class Daemon:
             self._config = config
             self.state.config_loaded(True)
             self.state.set_targets(len(config.targets))
-            log.info("configuration reloaded", source=config.source, targets=len(config.targets))
+            self.state.set_domains(len(config.domains))
+            log.info("configuration reloaded", source=config.source, targets=len(config.targets),
+                     domains=len(config.domains))
             return []
 
     def stop_timeout(self) -> float:
-        """How long in-flight probes may still take at a stop: their timeout, at most the grace."""
-        longest = max((target.timeout_seconds for target in self._config.targets), default=0.0)
+        """How long in-flight probes may still take at a stop: their timeout (a target's or a
+        domain's), at most the grace."""
+        longest = max((entry.timeout_seconds for entry in (*self._config.targets, *self._config.domains)),
+                      default=0.0)
         return min(longest, STOP_GRACE_SECONDS)
 
 

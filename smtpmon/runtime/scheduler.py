@@ -22,6 +22,13 @@ Guarantees:
 - nothing a probe does (hang, raise, hostile server) reaches the loop: the probe has its own
   deadline, enforced by the hub, and every call is wrapped. A probe must only ever wait
   through the hub it is given.
+
+Mail domains (config `domains:`) are scheduled the same way, one job per domain. A due domain
+starts a session of its own on the hub at once (it holds no slot: it only waits) which
+resolves the domain on the lookup pool (smtpmon.domains.probe_domain), then queues one
+session per MX address with the target probes, so that `max_concurrency` bounds every SMTP
+session in flight, and waits for them. The resolver and its answer cache are kept across
+reloads while the `dns:` settings stay the same.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ from typing import Protocol
 
 import schedule
 
+from smtpmon.dns import DnsCache, MxResolver
+from smtpmon.domains import DomainResult, probe_domain
 from smtpmon.logs import get_logger
 from smtpmon.net.hub import Hub
 from smtpmon.smtp.module import Module
@@ -85,6 +94,12 @@ class Store(Protocol):
     def remove(self, target: str, module: str) -> None: ...
 
 
+class DomainStore(Protocol):
+    def register(self, name: str, module: str, unicode: str, expect_mail: bool) -> None: ...
+    def record(self, result: DomainResult) -> bool: ...
+    def remove(self, name: str, module: str) -> None: ...
+
+
 class State(Protocol):
     def probe_started(self) -> None: ...
     def probe_finished(self) -> None: ...
@@ -113,9 +128,29 @@ class _ScheduledTarget:
     failure: tuple[str | None, str | None] | None = None  # (stage, reason) of the last probe
 
 
+@dataclass(eq=False)
+class _ScheduledDomain:
+    """A mail domain on the schedule: the attributes the loop reads are those of
+    _ScheduledTarget (`name`, `module_name`, `interval_seconds`, `job`, `busy`, `active`)."""
+
+    name: str  # the A-label: the `domain` label
+    module_name: str
+    module: Module
+    domain: object  # the config's DomainTarget
+    interval_seconds: float
+    timeout_seconds: float
+    signature: tuple
+    job: schedule.Job | None = None
+    busy: bool = False
+    active: bool = True
+    verdict: str | None = None  # of the last probe, to log changes only
+
+
 class Scheduler:
-    def __init__(self, store: Store, state: State, probe: ProbeFunction = run_probe):
+    def __init__(self, store: Store, state: State, probe: ProbeFunction = run_probe,
+                 domain_store: DomainStore | None = None):
         self._store = store
+        self._domain_store = domain_store
         self._state = state
         self._probe = probe
         self._lock = threading.Lock()
@@ -124,12 +159,21 @@ class Scheduler:
         self._stop_deadline = 0.0  # monotonic; set by stop() before it wakes the loop
         self._schedule = schedule.Scheduler()
         self._entries: dict[tuple[str, str], _ScheduledTarget] = {}
+        self._domains: dict[tuple[str, str], _ScheduledDomain] = {}
+        self._dns_settings = None  # the config's DnsSettings the resolver was made with
+        self._resolver: MxResolver | None = None
+        self._retired_dns_counts = (0, 0)  # (queries, cache hits) of resolvers replaced
+        self._domain_sessions = 0  # domain sessions on the hub: they hold no probe slot
         self._heap: list[tuple[datetime.datetime, int, _ScheduledTarget]] = []
         self._sequence = itertools.count()
         self._max_concurrency = 1
-        # Due probes waiting for a free slot, oldest first: (entry, due time). Filled under
-        # the lock by _dispatch, emptied by the loop outside it (a session may take the lock).
-        self._waiting: collections.deque[tuple[_ScheduledTarget, datetime.datetime]] = collections.deque()
+        # Due probes waiting for a free slot, oldest first, as (function, arguments) to spawn:
+        # target probes (queued under the lock by _dispatch) and the address sessions of mail
+        # domains (queued by their domain's session). Emptied by the loop outside the lock (a
+        # session may take the lock).
+        self._waiting: collections.deque[tuple[Callable, tuple]] = collections.deque()
+        # Due mail domains, started at once by the loop (they hold no slot).
+        self._domains_due: collections.deque[tuple[_ScheduledDomain, datetime.datetime]] = collections.deque()
         self._thread: threading.Thread | None = None
         self._clock_offset: float | None = None  # local wall time - monotonic time, seconds
 
@@ -157,6 +201,7 @@ class Scheduler:
                 else:
                     new.append((target, module))
             added, first_runs = self._prepare(new)
+            domains_plan = self._plan_domains(config)
             # Retire first: a changed target's fresh series must not be removed with the old.
             self._retire([old for key, old in self._entries.items() if key not in wanted])
             for entry in added:
@@ -167,10 +212,84 @@ class Scheduler:
             for entry, first_run in zip(added, first_runs):
                 entry.job.next_run = first_run
                 heapq.heappush(self._heap, (first_run, next(self._sequence), entry))
+            self._commit_domains(domains_plan)
             # Lowered, it holds from now on: running probes finish, no new one starts past it.
             self._max_concurrency = max_concurrency
         self._hub.wake()
-        log.info("schedule applied", targets=len(wanted), max_concurrency=self._max_concurrency)
+        log.info("schedule applied", targets=len(wanted), domains=len(self._domains),
+                 max_concurrency=self._max_concurrency)
+
+    def _plan_domains(self, config) -> tuple:
+        """apply() for `domains:` (under the lock), as for targets: unchanged ones keep their
+        schedule and counters. Changes nothing (new jobs are made on a scratch scheduler), so
+        that apply() stays all or nothing; _commit_domains puts the plan in force."""
+        dns = getattr(config, "dns", None)
+        resolver = self._resolver
+        if dns is not None and dns != self._dns_settings:
+            resolver = MxResolver(dns.resolver_settings, DnsCache(
+                dns.min_ttl_seconds, dns.max_ttl_seconds, dns.grace_seconds))
+        wanted: dict[tuple[str, str], _ScheduledDomain] = {}
+        scratch = schedule.Scheduler()
+        added = []
+        for domain in getattr(config, "domains", ()):
+            module = config.modules[domain.module]
+            old = self._domains.get((domain.name, domain.module))
+            # The resolver is looked up at each run: a changed `dns:` keeps the counters.
+            if old is not None and old.signature == (domain, module):
+                wanted[(domain.name, domain.module)] = old
+                continue
+            entry = _ScheduledDomain(
+                name=domain.name, module_name=domain.module, module=module, domain=domain,
+                interval_seconds=float(domain.interval_seconds),
+                timeout_seconds=float(domain.timeout_seconds),
+                signature=(domain, module))
+            entry.job = scratch.every(entry.interval_seconds).seconds.do(self._dispatch_domain, entry)
+            entry.job.scheduler = self._schedule
+            added.append(entry)
+        retired = [old for key, old in self._domains.items() if key not in wanted]
+        wanted.update(((entry.name, entry.module_name), entry) for entry in added)
+        return dns, resolver, wanted, retired, added, self._first_runs(added)
+
+    def _commit_domains(self, plan: tuple) -> None:
+        """Put a _plan_domains plan in force (under the lock); raises nothing a config causes."""
+        dns, resolver, wanted, retired, added, first_runs = plan
+        if resolver is not self._resolver:
+            if self._resolver is not None:
+                queries, hits = self._retired_dns_counts
+                self._retired_dns_counts = (queries + self._resolver.resolver.queries_sent,
+                                            hits + self._resolver.cache.hits)
+            self._resolver = resolver
+            self._dns_settings = dns
+        for entry in retired:
+            entry.active = False
+            if self._domain_store is not None:
+                self._domain_store.remove(entry.name, entry.module_name)
+        gone = {id(entry.job) for entry in retired}
+        if gone:
+            self._schedule.jobs[:] = [job for job in self._schedule.jobs if id(job) not in gone]
+        for entry in added:
+            if self._domain_store is not None:
+                domain = entry.domain
+                self._domain_store.register(domain.name, domain.module, domain.unicode,
+                                            domain.expect_mail)
+        self._schedule.jobs.extend(entry.job for entry in added)
+        self._domains = wanted
+        for entry, first_run in zip(added, first_runs):
+            entry.job.next_run = first_run
+            heapq.heappush(self._heap, (first_run, next(self._sequence), entry))
+
+    @property
+    def resolver(self) -> MxResolver | None:
+        """The resolver of the applied `dns:` settings (None before the first apply)."""
+        return self._resolver
+
+    def dns_counts(self) -> tuple[int, int]:
+        """(DNS queries sent, cache hits) by the domain resolutions since the start."""
+        queries, hits = self._retired_dns_counts
+        resolver = self._resolver
+        if resolver is None:
+            return queries, hits
+        return queries + resolver.resolver.queries_sent, hits + resolver.cache.hits
 
     def _prepare(self, new: list[tuple[object, Module]]) -> tuple[list[_ScheduledTarget], list[datetime.datetime]]:
         """The entries of new targets with their jobs, and their first runs; nothing is
@@ -243,7 +362,7 @@ class Scheduler:
         """
         self._stop_deadline = time.monotonic() + timeout
         self._stopping.set()
-        for entry in list(self._entries.values()):
+        for entry in [*self._entries.values(), *self._domains.values()]:
             entry.active = False  # probes still waiting for a slot never start
         self._hub.wake()
         if self._thread is None:  # never started: nothing ran
@@ -273,9 +392,15 @@ class Scheduler:
                 except Exception:  # the same promise; and a broken poll must not spin
                     log.exception("probe hub error")
                     time.sleep(MAX_SLEEP_SECONDS)
-            for entry, _ in self._waiting:
-                entry.busy = False
+            # Probes that never started: their targets are free (domains' sessions end with
+            # their domain's session).
+            for function, args in self._waiting:
+                if function == self._run_probe:
+                    args[0].busy = False
             self._waiting.clear()
+            for entry, _ in self._domains_due:
+                entry.busy = False
+            self._domains_due.clear()
             # Probes in flight get until stop()'s deadline; those still waiting then are
             # abandoned where they wait, never resumed, and record nothing.
             while hub.sessions and time.monotonic() < self._stop_deadline:
@@ -285,10 +410,13 @@ class Scheduler:
                 hub.close()
 
     def _start_waiting(self) -> None:
-        """Start due probes while fewer than max_concurrency run."""
+        """Start due domains, then due probes while fewer than max_concurrency run."""
         hub, waiting = self._hub, self._waiting
-        while waiting and hub.sessions < self._max_concurrency:
-            hub.spawn(self._run_probe, *waiting.popleft())
+        while self._domains_due:
+            hub.spawn(self._run_domain, *self._domains_due.popleft())
+        while waiting and hub.sessions - self._domain_sessions < self._max_concurrency:
+            function, args = waiting.popleft()
+            hub.spawn(function, *args)
 
     def _run_due(self) -> float:
         """Dispatch every due job; return the seconds until the next one."""
@@ -340,7 +468,95 @@ class Scheduler:
             return
         entry.busy = True
         # `schedule` moves next_run on only after this call returns: it is the due time.
-        self._waiting.append((entry, entry.job.next_run))
+        self._waiting.append((self._run_probe, (entry, entry.job.next_run)))
+
+    def _dispatch_domain(self, entry: _ScheduledDomain) -> None:
+        """Called by `Job.run()` while the scheduler lock is held: queue one domain probe."""
+        if self._stopping.is_set():
+            return
+        if entry.busy:
+            log.warning("domain probe skipped: previous run still in flight",
+                        domain=entry.name, module=entry.module_name)
+            return
+        entry.busy = True
+        self._domains_due.append((entry, entry.job.next_run))
+
+    def _run_domain(self, entry: _ScheduledDomain, due: datetime.datetime) -> None:
+        """A session on the hub: one probe of one mail domain (resolution on the lookup pool,
+        then the address sessions through the queue); never lets anything escape."""
+        self._domain_sessions += 1
+        try:
+            if not entry.active or self._resolver is None:
+                return
+            self._state.observe_schedule_lag((datetime.datetime.now() - due).total_seconds())
+            domain = entry.domain
+            result = probe_domain(
+                domain.name, entry.module, self._resolver, port=domain.port,
+                options=domain.mx_options, expect_mail=domain.expect_mail,
+                module_name=entry.module_name,
+                deadline=time.monotonic() + entry.timeout_seconds, hub=self._hub,
+                run_sessions=self._run_address_sessions)
+            with self._lock:
+                if entry.active and self._domain_store is not None:
+                    self._domain_store.record(result)
+            self._log_domain(entry, result)
+        except Exception:
+            log.exception("domain probe crashed", domain=entry.name, module=entry.module_name)
+        finally:
+            entry.busy = False
+            self._domain_sessions -= 1
+
+    def _run_address_sessions(self, thunks, until: float) -> list:
+        """probe_domain's session runner: each thunk queued for a probe slot like a target's
+        probe; the domain's session parks until all are done or `until` passes. A session that
+        gets its slot after `until` does not start."""
+        hub = self._hub
+        results: list = [None] * len(thunks)
+        pending = [len(thunks)]
+        wake: list[Callable[[], None]] = []
+
+        def one(index: int, thunk) -> None:
+            try:
+                if time.monotonic() < until and not self._stopping.is_set():
+                    self._state.probe_started()
+                    try:
+                        results[index] = thunk()
+                    finally:
+                        self._state.probe_finished()
+            finally:
+                pending[0] -= 1
+                if pending[0] == 0 and wake:
+                    wake[0]()
+
+        self._waiting.extend((one, (index, thunk)) for index, thunk in enumerate(thunks))
+        hub.wake()  # the loop starts them at its next turn, not after its sleep
+
+        def start(done: Callable[[], None]) -> None:
+            if pending[0]:
+                wake.append(done)
+            else:
+                done()
+
+        hub.wait_callback(start, until)
+        return list(results)
+
+    @staticmethod
+    def _log_domain(entry: _ScheduledDomain, result: DomainResult) -> None:
+        """Warn when a domain's verdict changes to a failing one, info when it changes to a
+        passing one; debug otherwise."""
+        changed, entry.verdict = result.verdict != entry.verdict, result.verdict
+        if not changed and not log.enabled("debug"):
+            return
+        failing = [f"{p.mx.name}[{p.address.ip}]:{p.result.reason}" for p in result.probes
+                   if not p.accepts]
+        # As for targets: a change to a failing verdict is a warning, a recovery info.
+        level = log.debug if not changed else log.info if result.success else log.warning
+        level(
+            "domain probed", domain=entry.name, module=entry.module_name,
+            verdict=result.verdict, dns_state=result.resolution.state,
+            deliverable=int(result.deliverable), accepting=result.accepting(),
+            addresses=len(result.probes), failing=" ".join(failing) or None,
+            duration_seconds=f"{result.duration_seconds:.3f}")
 
     def _run_probe(self, entry: _ScheduledTarget, due: datetime.datetime) -> None:
         """A session on the hub: one probe of one target; never lets anything escape."""

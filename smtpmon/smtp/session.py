@@ -187,14 +187,18 @@ def run_probe(
     clock: Callable[[], float] = time.monotonic,
     module_name: str = "default",
     hub: Hub | None = None,
+    server_name: str | None = None,
 ) -> ProbeResult:
     """Run one SMTP session against host:port as module says. Never raises.
 
     `target` is the name the result carries (the address as configured or asked for); `host`
     and `port` are what it was parsed into (smtpmon.config.addresses), taken as they are.
-    With a hub (called from a session the hub spawned) it waits by parking on the hub instead
-    of blocking its thread; `clock` must then be time.monotonic."""
-    session = _Session(target, host, port, module, module_name, deadline, clock, hub)
+    `server_name` is the name TLS sends (SNI) and checks the certificate against, before the
+    module's `tls_server_name` and `host`: a sending MTA connects to an MX host's address and
+    checks the MX host's name (smtpmon.domains). With a hub (called from a session the hub
+    spawned) it waits by parking on the hub instead of blocking its thread; `clock` must then
+    be time.monotonic."""
+    session = _Session(target, host, port, module, module_name, deadline, clock, hub, server_name)
     try:
         session.run()
     except Exception as error:  # noqa: BLE001 - the engine's promise: a result, not a crash
@@ -216,9 +220,11 @@ class _StageRecord:
 
 
 class _Session:
-    def __init__(self, target, host, port, module, module_name, deadline, clock, hub):
+    def __init__(self, target, host, port, module, module_name, deadline, clock, hub,
+                 server_name=None):
         self.target = target
         self.host = host
+        self.server_name = server_name
         self.port = port
         self.hub = hub
         self.module = module
@@ -405,7 +411,7 @@ class _Session:
 
     def handshake(self, record: _StageRecord) -> None:
         module = self.module
-        server_name = module.tls_server_name or self.host
+        server_name = self.server_name or module.tls_server_name or self.host
         context = self.tls_context or make_tls_context(  # the latter says why there is none
             verify=module.tls_verify, ca_file=module.tls_ca_file, min_version=module.tls_min_version
         )

@@ -9,6 +9,11 @@ The probe's deadline comes from Prometheus' scrape timeout header, less an offse
 is counted in the daemon's /probe store with every earlier /probe of the same target and
 module (however the target is spelt: its `target` label is the normal spelling), so `rate()`
 means the same as in daemon mode; `debug=true` adds the transcript.
+
+`/probe?domain=example.org&module=mx` probes a whole mail domain in one scrape
+(smtpmon.domains.probe_domain: every address of every MX host, in parallel, within the same
+deadline), under `probe_allow_domains` (a module with AUTH: only for the domains configured
+with it), and answers with the same series as daemon mode.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ import time
 from http import HTTPStatus
 
 from smtpmon.config.addresses import normal_address, parse_address
-from smtpmon.exposition.metrics import CONTENT_TYPE, render_probe
+from smtpmon.dns import parse_domain
+from smtpmon.domains import probe_domain, report
+from smtpmon.exposition.domains import domain_chunks
+from smtpmon.exposition.metrics import CONTENT_TYPE, render_probe, render_probe_rows
 from smtpmon.logs import ThrottledWarning, get_logger
 from smtpmon.smtp import transcript
 from smtpmon.smtp.module import Module
-from smtpmon.smtp.session import run_probe
+from smtpmon.smtp.session import module_default_port, run_probe
 from smtpmon.web.inert import show_controls
 from smtpmon.web.wire import TEXT, Answer, BadRequest, Request, single_parameters
 
@@ -96,14 +104,7 @@ def probe_deadline(header: str | None, module: Module, now: float) -> float:
 
 
 
-def answer_probe(exporter, request: Request) -> Answer:
-    """/probe: one probe now, on the request's hub session when it has one (else blocking
-    this thread). `exporter` is a smtpmon.web.routes.Exporter."""
-    params = single_parameters(request.query)
-    host, port = parse_probe_target(params.get("target"))
-    # The label and the /probe store's key: one entry however the target is spelt.
-    target = normal_address(host, port)
-    config = exporter.config
+def module_parameter(config, params: dict) -> tuple[str, Module]:
     module_name = params.get("module")
     if not module_name:
         raise BadRequest(f"missing parameter 'module'; known: {', '.join(config.modules)}")
@@ -111,6 +112,20 @@ def answer_probe(exporter, request: Request) -> Answer:
     if module is None:
         shown = module_name[:64].encode("unicode_escape").decode("ascii")
         raise BadRequest(f"unknown module '{shown}'; known: {', '.join(config.modules)}")
+    return module_name, module
+
+
+def answer_probe(exporter, request: Request) -> Answer:
+    """/probe: one probe now, on the request's hub session when it has one (else blocking
+    this thread). `exporter` is a smtpmon.web.routes.Exporter."""
+    params = single_parameters(request.query)
+    if "domain" in params:
+        return answer_domain_probe(exporter, request, params)
+    host, port = parse_probe_target(params.get("target"))
+    # The label and the /probe store's key: one entry however the target is spelt.
+    target = normal_address(host, port)
+    config = exporter.config
+    module_name, module = module_parameter(config, params)
     debug = parse_debug(params.get("debug"))
     refusal = config.probe_refusal(host, port, module_name)
     if refusal is not None:
@@ -138,5 +153,52 @@ def answer_probe(exporter, request: Request) -> Answer:
         # A server's bytes, read with curl in a terminal: its escape sequences stay text.
         text = show_controls(transcript.render(result)).rstrip("\n")
         body = f"{text}\n\nMetrics that would have been returned:\n".encode() + metrics
+        return Answer(HTTPStatus.OK, body, TEXT)
+    return Answer(HTTPStatus.OK, metrics, CONTENT_TYPE)
+
+
+def answer_domain_probe(exporter, request: Request, params: dict) -> Answer:
+    """/probe?domain=: every address of every MX host of the domain, one scrape."""
+    if "target" in params:
+        raise BadRequest("give 'target' (a host:port) or 'domain' (a mail domain), not both")
+    text = params["domain"]
+    if len(text) > MAX_TARGET_LENGTH:
+        raise BadRequest(f"parameter 'domain' is longer than {MAX_TARGET_LENGTH} characters")
+    domain = parse_domain(text)
+    if isinstance(domain, str):
+        raise BadRequest(f"invalid domain: {domain}")
+    config = exporter.config
+    module_name, module = module_parameter(config, params)
+    debug = parse_debug(params.get("debug"))
+    refusal = config.domain_probe_refusal(domain.a_label, domain.unicode, module_name)
+    if refusal is not None:
+        raise BadRequest(refusal, HTTPStatus.FORBIDDEN)
+    # A configured domain is probed as configured (port, families, caps, expect_mail).
+    configured = next((d for d in config.domains
+                       if d.name == domain.a_label and d.module == module_name), None)
+    configured = configured or next((d for d in config.domains if d.name == domain.a_label), None)
+    deadline = probe_deadline(request.headers.get(SCRAPE_TIMEOUT_HEADER), module, time.monotonic())
+    slots = request.probe_slots
+    if not slots.acquire(request.client):
+        return Answer(HTTPStatus.SERVICE_UNAVAILABLE,
+                      f"too many concurrent probes (limit {slots.limit}); try again later\n")
+    options = dict(port=module_default_port(module)) if configured is None else dict(
+        port=configured.port, options=configured.mx_options, expect_mail=configured.expect_mail)
+    exporter.state.probe_started()
+    try:
+        result = probe_domain(domain.a_label, module, exporter.resolver, module_name=module_name,
+                              deadline=deadline, hub=request.hub, **options)
+    finally:
+        exporter.state.probe_finished()
+        slots.release()
+    (log.debug if result.success else log.info)(
+        "domain probe via /probe", domain=domain.a_label, module=module_name,
+        verdict=result.verdict, client=request.client)
+    rows, row = exporter.domain_probe_store.record_on_demand(result)
+    metrics = render_probe_rows(rows, domain_chunks([row]))
+    if debug:
+        # The servers' bytes, read with curl in a terminal: their escape sequences stay text.
+        body = (show_controls(report.render(result)).rstrip("\n")
+                + "\n\nMetrics that would have been returned:\n").encode() + metrics
         return Answer(HTTPStatus.OK, body, TEXT)
     return Answer(HTTPStatus.OK, metrics, CONTENT_TYPE)

@@ -10,6 +10,8 @@ from typing import Protocol
 
 from smtpmon import __version__
 from smtpmon.config.load import Config
+from smtpmon.dns import MxResolver
+from smtpmon.exposition.domains import DomainStore, domain_chunks
 from smtpmon.exposition.metrics import CONTENT_TYPE, metrics_chunks
 from smtpmon.exposition.state import ExporterState
 from smtpmon.exposition.store import ResultStore
@@ -27,6 +29,8 @@ class Exporter(Protocol):
     probe_store: ResultStore  # bounded; counts /probe results per (target, module)
     state: ExporterState
     telemetry_path: str  # where /metrics is served (--web.telemetry-path)
+    domain_store: DomainStore  # the scheduled mail domains
+    domain_probe_store: DomainStore  # bounded; /probe?domain= results per (domain, module)
 
     @property
     def config(self) -> Config: ...
@@ -34,12 +38,19 @@ class Exporter(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    @property
+    def resolver(self) -> MxResolver:
+        """The mail-domain resolver (and its answer cache) of the running configuration."""
+
     def reload(self) -> list[str]:
         """Load the configuration file again; the errors, empty on success."""
 
 
 def metrics(exporter: Exporter, request: Request) -> Answer:
-    return Answer(HTTPStatus.OK, metrics_chunks(exporter.store.rows(), exporter.state), CONTENT_TYPE)
+    domains = exporter.domain_store
+    page = metrics_chunks(exporter.store.rows() + domains.address_rows(), exporter.state,
+                          domain_chunks(domains.domain_rows()))
+    return Answer(HTTPStatus.OK, page, CONTENT_TYPE)
 
 
 def show_transcript(exporter: Exporter, request: Request) -> Answer:
