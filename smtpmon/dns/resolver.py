@@ -13,8 +13,6 @@ Blocking (dnspython's sync API): the daemon runs it on the lookup pool's threads
 from __future__ import annotations
 
 import ipaddress
-import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -168,8 +166,7 @@ time (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
 
     def _ask(self, name: dns.name.Name, rdtype: str, deadline: float) -> Answer:
         shown = name_text(name)
-        query = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD,
-                                       id=_query_id())
+        query = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
         servers = list(self._servers)
         failures: dict[str, list[str]] = {}  # state -> what each server did
         pause = FIRST_PAUSE_SECONDS
@@ -200,7 +197,8 @@ time (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
         timeout = min(self.settings.timeout_seconds, deadline - time.monotonic())
         try:
             try:
-                response = _udp_exchange(query, ip, port, timeout)
+                response = dns.query.udp(query, ip, timeout=timeout, port=port,
+                                         raise_on_truncation=True)
             except dns.message.Truncated:
                 # Asked again over TCP, in what is left of the same attempt's time.
                 tcp = True
@@ -234,58 +232,6 @@ time (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
             return _from_response(shown, rdtype, response)
         except Exception as error:  # an answer that contradicts itself
             return "bad_response", f"{where} answered something unusable ({_error_text(error)})", True
-
-
-def _udp_exchange(query: dns.message.Message, ip: str, port: int,
-                  timeout: float) -> dns.message.Message:
-    """dns.query.udp(query, ip, port=port, timeout=timeout, raise_on_truncation=True), with
-    the same exceptions, in fewer system calls.
-
-    The daemon runs this on a lookup thread while the hub's thread runs sessions, and every
-    call that releases the GIL is a hand-off between the two (a futex wake and a context
-    switch on each side). dns.query.udp makes about ten per question (a non-blocking socket,
-    and a new epoll selector created, registered, waited on and closed for the one wait);
-    here: socket, sendto, poll, recvfrom, close. A socket per question still gives each
-    question its own source port, as dnspython does, against spoofed answers.
-    """
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.sendto(query.to_wire(), (ip, port))
-        sock.settimeout(max(timeout, 0.0))
-        try:
-            wire, source = sock.recvfrom(65535)
-        except TimeoutError:
-            raise dns.exception.Timeout() from None
-    if source[1] != port or (source[0] != ip and not _same_address(family, source[0], ip)):
-        raise dns.query.UnexpectedSource(f"got a response from {source} instead of "
-                                         f"{(ip, port)}")
-    response = dns.message.from_wire(wire, raise_on_truncation=True)
-    if not query.is_response(response):
-        raise dns.query.BadResponse
-    return response
-
-
-def _same_address(family: int, one: str, other: str) -> bool:
-    """Two text forms of one address (scope IDs aside), as dnspython compares them."""
-    try:
-        return (socket.inet_pton(family, one.partition("%")[0])
-                == socket.inet_pton(family, other.partition("%")[0]))
-    except OSError:
-        return False
-
-
-_ids = threading.local()
-
-
-def _query_id() -> int:
-    """An unpredictable 16-bit query ID, from a per-thread buffer of os.urandom bytes: dnspython
-    draws each one from SystemRandom, a getrandom() system call (a GIL hand-off, above) per
-    question."""
-    buffer: bytes = getattr(_ids, "buffer", b"")
-    if not buffer:
-        buffer = os.urandom(512)
-    _ids.buffer = buffer[2:]
-    return int.from_bytes(buffer[:2], "big")
 
 
 def _from_response(shown: str, rdtype: str, response: dns.message.Message) -> Answer:
