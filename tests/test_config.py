@@ -47,7 +47,7 @@ INVALID = [
         "top-level list",
         "- mx1.example.org:25\n",
         ["the top level must be a mapping with keys global, probe_allow, modules, targets, "
-         "got a list"],
+         "maillog, got a list"],
     ),
     (
         "YAML syntax error names the line",

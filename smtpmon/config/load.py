@@ -27,6 +27,7 @@ from smtpmon.config.addresses import (
     matches_pattern,
     parse_address,
 )
+from smtpmon.config.maillog import MaillogSettings, parse_maillog
 from smtpmon.config.validation import Validator, describe, key_path
 from smtpmon.config.yamldoc import YamlSyntaxError, read_document
 from smtpmon.smtp.module import (
@@ -61,7 +62,7 @@ targets:
 # Stages that receive a reply, so a module may say which codes it expects there.
 REPLY_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s not in ("resolve", "connect"))
 
-_TOP_KEYS = ("global", "probe_allow", "modules", "targets")
+_TOP_KEYS = ("global", "probe_allow", "modules", "targets", "maillog")
 _GLOBAL_KEYS = ("interval", "timeout", "max_concurrency", "ehlo_name")
 _MODULE_KEYS = (
     "tls", "tls_verify", "tls_ca_file", "tls_server_name", "tls_min_version", "ehlo_name",
@@ -110,6 +111,7 @@ class Config:
     modules: Mapping[str, Module]
     targets: tuple[Target, ...]
     source: str  # the file's path, or EMBEDDED_SOURCE
+    maillog: MaillogSettings | None = None  # the `maillog:` section; None: no log is read
 
     def probe_allowed(self, host: str, port: int) -> bool:
         """May /probe run against host:port? Configured targets always; others by probe_allow."""
@@ -226,10 +228,12 @@ class _Parser(Validator):
         settings = self.parse_settings(document.get("global"), document.get("probe_allow"))
         modules = self.parse_modules(document.get("modules"), settings)
         targets = self.parse_targets(document.get("targets"), settings, modules)
+        maillog = parse_maillog(self, document.get("maillog"))
         if self.errors:
             raise self.failure()
         valid_modules = {name: module for name, module in modules.items() if module is not None}
-        return Config(settings, MappingProxyType(valid_modules), targets, self.source)
+        return Config(settings, MappingProxyType(valid_modules), targets, self.source,
+                      maillog=maillog)
 
     def check_keys(self, node: dict, path: str, allowed: tuple[str, ...]) -> None:
         for key in node:

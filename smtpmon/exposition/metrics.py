@@ -321,11 +321,15 @@ class SelfMetrics(Protocol):
     def render(self) -> bytes: ...
 
 
-def metrics_chunks(rows: Sequence[tuple[bytes, ...]], state: SelfMetrics) -> list[bytes]:
-    """The whole `/metrics` page (every target's row, from ResultStore.rows(); the exporter
-    itself; process and Python) as chunks to write one after the other: at 10,000 targets the
-    page is some 30 MB, and joining it would hold it twice more in memory."""
+def metrics_chunks(rows: Sequence[tuple[bytes, ...]], state: SelfMetrics, *,
+                   maillog: bytes = b"") -> list[bytes]:
+    """The whole `/metrics` page (every target's row, from ResultStore.rows(); the mail log's
+    families, smtpmon.exposition.maillog; the exporter itself; process and Python) as chunks
+    to write one after the other: at 10,000 targets the page is some 30 MB, and joining it
+    would hold it twice more in memory."""
     parts = _family_chunks(rows)
+    if maillog:
+        parts.append(maillog)
     parts.append(state.render())
     parts.append(generate_latest(_RUNTIME_REGISTRY))
     return parts

@@ -26,6 +26,7 @@ from smtpmon.config.load import Config, ConfigError, default_config, load_config
 from smtpmon.exposition.state import ExporterState
 from smtpmon.exposition.store import ResultStore
 from smtpmon.logs import get_logger
+from smtpmon.runtime.maillog import MaillogService
 from smtpmon.runtime.scheduler import Scheduler
 from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server
 
@@ -112,6 +113,7 @@ class Daemon:
         self.probe_store = ResultStore(max_entries=MAX_PROBE_ENTRIES)
         self.state = ExporterState()
         self.scheduler = Scheduler(self.store, self.state)
+        self.maillog = MaillogService()
         self._config = config
         self._reload_lock = threading.Lock()
 
@@ -123,7 +125,11 @@ class Daemon:
     def ready(self) -> bool:
         return self.scheduler.running
 
+    def maillog_metrics(self) -> bytes:
+        return self.maillog.render()
+
     def start(self) -> None:
+        self.maillog.apply(self._config.maillog)
         self.scheduler.apply(self._config)
         self.state.config_loaded(True)
         self.state.set_targets(len(self._config.targets))
@@ -145,6 +151,7 @@ class Daemon:
                 self.state.config_loaded(False)
                 return [f"internal error while loading the configuration: {error}"]
             self.scheduler.apply(config)
+            self.maillog.apply(config.maillog)
             self._config = config
             self.state.config_loaded(True)
             self.state.set_targets(len(config.targets))
@@ -251,6 +258,7 @@ def run(options: Options) -> int:
     timeout = daemon.stop_timeout()
     log.info("stopping", signal=signal.Signals(received).name, timeout_seconds=timeout)
     finished = daemon.scheduler.stop(timeout)
+    daemon.maillog.stop()  # saves the position: the next start resumes there
     server.shutdown()
     server.server_close()
     if not finished:

@@ -34,9 +34,14 @@ class Exporter(Protocol):
     def reload(self) -> list[str]:
         """Load the configuration file again; the errors, empty on success."""
 
+    def maillog_metrics(self) -> bytes:
+        """The mail log's families (smtpmon.exposition.maillog); empty when none is read."""
+
 
 def metrics(exporter: Exporter, request: Request) -> Answer:
-    return Answer(HTTPStatus.OK, metrics_chunks(exporter.store.rows(), exporter.state), CONTENT_TYPE)
+    chunks = metrics_chunks(exporter.store.rows(), exporter.state,
+                            maillog=exporter.maillog_metrics())
+    return Answer(HTTPStatus.OK, chunks, CONTENT_TYPE)
 
 
 def show_transcript(exporter: Exporter, request: Request) -> Answer:
