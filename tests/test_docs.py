@@ -355,5 +355,5 @@ def test_maillog_families_are_documented_with_their_labels():
         tally.add(parser.parse_line(line))
     health = ReaderHealth(source="/var/log/mail.log", bytes_behind=0, last_line_timestamp=1.0,
                           last_read_at=1.0)
-    exported = exported_families(render_maillog(ReaderSnapshot(tally.snapshot(), health)))
+    exported = exported_families(render_maillog(ReaderSnapshot(tally.snapshot(), health, 2.0)))
     assert exported == documented

@@ -69,7 +69,10 @@ def test_every_alert_has_severity_summary_and_a_runbook_section():
     for rule in alert_rules():
         assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
         annotations = rule["annotations"]
-        assert "{{ $labels.target }}" in annotations["summary"] or rule["alert"] in (
+        # The mail log's alerts are about the host smtpmon runs on: no target, its instance.
+        about = "{{ $labels.instance }}" if rule["alert"].startswith("SMTPMaillog") else (
+            "{{ $labels.target }}")
+        assert about in annotations["summary"] or rule["alert"] in (
             "SMTPExporterDown", "SMTPConfigReloadFailed"), rule["alert"]
         assert annotations["runbook"] == f"docs/alerts.md#{rule['alert'].lower()}", rule["alert"]
         assert rule["alert"].lower() in headings, f"docs/alerts.md has no section {rule['alert']}"

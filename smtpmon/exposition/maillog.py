@@ -63,6 +63,8 @@ READER_FAMILIES: tuple[Family, ...] = (
            "Bytes of mail log left unread because catching up hit its bound."),
     Family("smtpmon_maillog_reader_caught_up", "gauge",
            "1 once the reader has read what was in the log when it started, else 0."),
+    Family("smtpmon_maillog_reader_last_poll_timestamp_seconds", "gauge",
+           "When the mail log reader last looked for new lines (Unix time)."),
 )
 
 
@@ -113,11 +115,11 @@ def render_maillog(snapshot: ReaderSnapshot) -> bytes:
         if family_samples:
             out.append(family.header.decode())
             out += family_samples
-    out += _reader_lines(snapshot.health)
+    out += _reader_lines(snapshot.health, snapshot.polled_at)
     return "".join(out).encode()
 
 
-def _reader_lines(health: ReaderHealth) -> list[str]:
+def _reader_lines(health: ReaderHealth, polled_at: float | None) -> list[str]:
     values: dict[str, list[tuple[str, float]]] = {
         "smtpmon_maillog_reader_up": [("", health.condition is None)],
         "smtpmon_maillog_reader_condition": [
@@ -137,6 +139,8 @@ def _reader_lines(health: ReaderHealth) -> list[str]:
             ("", health.last_line_timestamp)]
     if health.last_read_at is not None:
         values["smtpmon_maillog_reader_last_read_timestamp_seconds"] = [("", health.last_read_at)]
+    if polled_at is not None:
+        values["smtpmon_maillog_reader_last_poll_timestamp_seconds"] = [("", polled_at)]
     source = label_pairs(("source",), (health.source,))[1:]
     out: list[str] = []
     for family in READER_FAMILIES:

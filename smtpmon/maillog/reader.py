@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -35,6 +36,7 @@ class LogSource(Protocol):
 class ReaderSnapshot:
     counts: Mapping[LogEvent, int]
     health: ReaderHealth
+    polled_at: float | None = None  # Unix time the last poll ended: a stuck reader shows here
 
 
 class LogReader:
@@ -55,6 +57,7 @@ class LogReader:
         self._internal_errors = 0
         self._failing = False
         self._backlog = False  # the last poll read lines and has not caught up: poll again
+        self._polled_at: float | None = None
         self._tally = Tally()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -78,7 +81,8 @@ class LogReader:
 
     def snapshot(self) -> ReaderSnapshot:
         with self._lock:
-            return ReaderSnapshot(counts=dict(self._tally.counts), health=self._health)
+            return ReaderSnapshot(counts=dict(self._tally.counts), health=self._health,
+                                  polled_at=self._polled_at)
 
     def _run(self) -> None:
         # Again at once while there is a backlog, else after the interval.
@@ -108,6 +112,7 @@ class LogReader:
             for event, count in batch.counts.items():
                 self._tally.add(event, count)
             self._health = health
+            self._polled_at = time.time()
         self._backlog = handled > 0 and not health.caught_up
         if self._on_health is not None:
             self._on_health(health)
