@@ -357,3 +357,42 @@ def test_maillog_families_are_documented_with_their_labels():
                           last_read_at=1.0)
     exported = exported_families(render_maillog(ReaderSnapshot(tally.snapshot(), health, 2.0)))
     assert exported == documented
+
+
+# -- the mail log commands the docs show ---------------------------------------------------------
+SAMPLE_MAIL_LOG = REPO / "tests" / "data" / "postfix-mail.log"  # a real Postfix's log (tests/postfix_traffic.py)
+SHOWN_COMMANDS = re.compile(r"^```console\n\$ (smtpmon (?:explain|log-report) [^\n]*)\n(.*?)^```",
+                            re.M | re.S)
+
+
+def shown_mail_log_commands() -> list[tuple[str, str, str]]:
+    """(page, command, output shown) of every `smtpmon explain` / `log-report` console block."""
+    found = []
+    for page in (REPO / "README.md", DOCS / "troubleshooting.md"):
+        for match in SHOWN_COMMANDS.finditer(page.read_text(encoding="utf-8")):
+            found.append((page.name, match.group(1), match.group(2)))
+    return found
+
+
+def test_the_docs_show_both_mail_log_commands():
+    commands = [command for _, command, _ in shown_mail_log_commands()]
+    assert any(command.startswith("smtpmon log-report ") for command in commands)
+    assert any("postfix/smtpd" in command for command in commands)
+    assert any("status=deferred" in command for command in commands)
+
+
+@pytest.mark.parametrize(("page", "command", "shown"), shown_mail_log_commands(),
+                         ids=lambda value: value[:40] if isinstance(value, str) else None)
+def test_mail_log_commands_in_the_docs_print_what_they_show(page, command, shown, capsys):
+    """Run as written (the shell's quoting), on the sample log for /var/log/mail.log: every line
+    the page shows is printed, in that order (an excerpt may leave lines out)."""
+    import shlex
+
+    argv = [str(SAMPLE_MAIL_LOG) if word == "/var/log/mail.log" else word
+            for word in shlex.split(command)[1:]]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    position = 0
+    for line in shown.splitlines():
+        assert line in printed[position:], f"{page}: {command!r} no longer prints {line!r}"
+        position = printed.index(line, position) + 1
