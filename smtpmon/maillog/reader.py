@@ -49,10 +49,12 @@ class LogReader:
     """
 
     def __init__(self, source: LogSource, parser: LogParser, *, interval_seconds: float = 1.0,
+                 backlog_pause_seconds: float = 0.0,
                  on_health: Callable[[ReaderHealth], None] | None = None):
         self._source = source
         self._parser = parser
         self._interval = interval_seconds
+        self._backlog_pause = backlog_pause_seconds
         self._on_health = on_health
         self._internal_errors = 0
         self._failing = False
@@ -85,8 +87,9 @@ class LogReader:
                                   polled_at=self._polled_at)
 
     def _run(self) -> None:
-        # Again at once while there is a backlog, else after the interval.
-        while not self._stop.wait(0 if self._backlog else self._interval):
+        # Again soon while there is a backlog (after `backlog_pause_seconds`, which lets other
+        # threads take the interpreter between polls), else after the interval.
+        while not self._stop.wait(self._backlog_pause if self._backlog else self._interval):
             self._poll_once()
 
     def _poll_once(self) -> None:

@@ -27,10 +27,18 @@ log = get_logger("maillog")
 
 REPEAT_LOG_SECONDS = 300.0
 READER_STOP_SECONDS = 5.0
+# The reader shares the interpreter with the probes' hub: a poll holds it for as long as it
+# parses, and every time the hub lets go of it for a system call the reader may keep it for
+# a whole switch interval. Small polls with a pause between them keep the probes' schedule
+# lag where it is without the reader (benchmarks/README.md, maillog_lag.py) and still catch
+# up far faster than a mail host writes.
+LINES_PER_POLL = 500
+BACKLOG_PAUSE_SECONDS = 0.002
 
 
 def build_source(settings: MaillogSettings, *, from_start: bool) -> LogSource:
     common = dict(state_file=settings.state_file, from_start=from_start,
+                  max_lines_per_poll=LINES_PER_POLL,
                   catch_up_max_lines=settings.catch_up_max_lines,
                   catch_up_max_seconds=settings.catch_up_max_seconds)
     if settings.source == "journal":
@@ -97,6 +105,7 @@ class MaillogService:
             self._sources_read.add(source_key)
             self._reader = LogReader(build_source(settings, from_start=from_start), parser,
                                      interval_seconds=settings.poll_interval_seconds,
+                                     backlog_pause_seconds=BACKLOG_PAUSE_SECONDS,
                                      on_health=ConditionLog()).start()
             log.info("mail log reader started", source=settings.source,
                      path=settings.path if settings.source == "file" else "journal",
