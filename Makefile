@@ -45,7 +45,7 @@ bench: $(VENV)/.installed-test
 # pyenv or a virtualenv has neither dh-python's modules nor Debian's packages.
 DEB_PATH = /usr/sbin:/usr/bin:/sbin:/bin
 DEB_VERSION = $(shell dpkg-parsechangelog -l debian/changelog -S Version)
-DEB_SOURCES = debian pyproject.toml README.md CHANGELOG.md smtpmon config systemd docs
+DEB_SOURCES = debian pyproject.toml setup.py README.md CHANGELOG.md LICENSE smtpmon config systemd docs
 DEB_BUILD ?= build/deb
 DIST ?= dist
 
@@ -53,6 +53,9 @@ deb:
 	rm -rf $(DEB_BUILD)
 	mkdir -p $(DEB_BUILD)/smtpmon $(DIST)
 	tar -c --exclude=__pycache__ --exclude='*.egg-info' $(DEB_SOURCES) | tar -x -C $(DEB_BUILD)/smtpmon
+	# The copy is no git checkout: setup.py finds the commit it is built from here instead
+	# (smtpmon_build_info{revision}); none outside a checkout, and the package says "unknown".
+	git rev-parse --verify --quiet HEAD > $(DEB_BUILD)/smtpmon/REVISION 2>/dev/null || rm -f $(DEB_BUILD)/smtpmon/REVISION
 	cd $(DEB_BUILD)/smtpmon && PATH=$(DEB_PATH) dpkg-buildpackage --build=binary --no-sign
 	mv $(DEB_BUILD)/smtpmon_$(DEB_VERSION)_all.deb $(DIST)/
 	PATH=$(DEB_PATH) lintian --fail-on error,warning --display-info $(DIST)/smtpmon_$(DEB_VERSION)_all.deb

@@ -1,14 +1,21 @@
-"""Logging: one logfmt line per event, to stderr (journald picks it up).
+"""Logging: one line per event, to stderr (journald picks it up), logfmt or JSON.
 
     ts=2024-05-01T12:00:00.123Z level=warn msg="probe failed" target=mx.example.org:25 module=mx
+    {"ts": "2024-05-01T12:00:00.123Z", "level": "warn", "msg": "probe failed", "target": ...}
 
 Fields are passed as keyword arguments: `log.info("probe failed", target=..., module=...)`.
 They travel in `extra={"fields": ...}` because `module` is a reserved LogRecord attribute.
+
+When stderr is the journal's stream (systemd sets JOURNAL_STREAM to its device and inode),
+each line starts with its syslog priority, `<4>` for a warning, which journald reads
+(SyslogLevelPrefix=, on by default) and strips: `journalctl -p warning` then works.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -17,7 +24,11 @@ from typing import Any, TextIO
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 _LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn",
                 logging.ERROR: "error", logging.CRITICAL: "error"}
+FORMATS = ("logfmt", "json")
 ROOT = "smtpmon"
+# syslog(3) priorities, for the `<N>` prefix journald reads.
+_SYSLOG_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                      logging.CRITICAL: 2}
 
 
 def _value(value: Any) -> str:
@@ -30,12 +41,31 @@ def _value(value: Any) -> str:
     return f'"{escaped}"'
 
 
-class LogfmtFormatter(logging.Formatter):
+def _timestamp(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+class _Formatter(logging.Formatter):
+    """A line's syslog priority prefix, when asked for (journald's stream)."""
+
+    def __init__(self, syslog_prefix: bool = False):
+        super().__init__()
+        self._syslog_prefix = syslog_prefix
+
     def format(self, record: logging.LogRecord) -> str:
-        seconds = time.gmtime(record.created)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", seconds) + f".{int(record.msecs):03d}Z"
+        line = self.line(record)
+        if self._syslog_prefix:
+            return f"<{_SYSLOG_PRIORITIES.get(record.levelno, 6)}>{line}"
+        return line
+
+    def line(self, record: logging.LogRecord) -> str:
+        raise NotImplementedError
+
+
+class LogfmtFormatter(_Formatter):
+    def line(self, record: logging.LogRecord) -> str:
         parts = [
-            f"ts={stamp}",
+            f"ts={_timestamp(record)}",
             f"level={_LEVEL_NAMES.get(record.levelno, 'info')}",
             f"msg={_value(record.getMessage())}",
         ]
@@ -46,6 +76,23 @@ class LogfmtFormatter(logging.Formatter):
             # The traceback stays on one line: one event, one line.
             parts.append(f"exception={_value(self.formatException(record.exc_info))}")
         return " ".join(parts)
+
+
+class JsonFormatter(_Formatter):
+    """The same fields as logfmt, as one JSON object per line (numbers stay numbers)."""
+
+    def line(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": _LEVEL_NAMES.get(record.levelno, "info"),
+            "msg": record.getMessage(),
+        }
+        for key, value in getattr(record, "fields", {}).items():
+            if value is not None:
+                event[key] = value if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return json.dumps(event, ensure_ascii=False)
 
 
 class Logger:
@@ -106,10 +153,24 @@ def get_logger(name: str) -> Logger:
     return Logger(name)
 
 
-def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
-    """Send smtpmon's events to `stream` (stderr) at `level` (debug, info, warn, error)."""
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(LogfmtFormatter())
+def is_journal_stream(stream: TextIO) -> bool:
+    """Whether `stream` is the journal's: systemd sets JOURNAL_STREAM to "DEVICE:INODE" of the
+    stream it connects (a child whose stderr was redirected elsewhere must not use it)."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        status = os.fstat(stream.fileno())
+        return (status.st_dev, status.st_ino) == (int(device), int(inode))
+    except (ValueError, OSError, AttributeError):  # unset, malformed, or not a real file
+        return False
+
+
+def setup_logging(level: str = "info", stream: TextIO | None = None, log_format: str = "logfmt") -> None:
+    """Send smtpmon's events to `stream` (stderr) at `level` (debug, info, warn, error), as
+    `log_format` lines (logfmt, json); with the syslog priority prefix on the journal's stream."""
+    stream = stream if stream is not None else sys.stderr
+    handler = logging.StreamHandler(stream)
+    formatter = JsonFormatter if log_format == "json" else LogfmtFormatter
+    handler.setFormatter(formatter(syslog_prefix=is_journal_stream(stream)))
     root = logging.getLogger(ROOT)
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -6,6 +6,8 @@ carry the same codes, enhanced codes and protocol errors a real session produces
 
 from __future__ import annotations
 
+import dataclasses
+
 from smtpmon.smtp.replycodes import parse_reply
 from smtpmon.smtp.results import Capabilities, ProbeResult, StageResult, TlsInfo
 
@@ -42,6 +44,8 @@ def _result(target, module, stages, *, reason=None, failed_stage=None, tls=True)
         stages=stages,
         failed_stage=failed_stage,
         reason=reason,
+        address="192.0.2.25",
+        address_family="ipv4",
         ehlo=Capabilities(EXTENSIONS, size_limit=10240000) if tls else None,
         ehlo_tls=Capabilities(frozenset({"AUTH", "SIZE"}), size_limit=20480000) if tls else None,
         tls=TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", not_before=NOT_BEFORE,
@@ -53,6 +57,14 @@ def healthy(target: str = "mx.example.org:25", module: str = "mx") -> ProbeResul
     """Banner, EHLO, STARTTLS, EHLO again, QUIT: all good."""
     stages = _session_start() + (stage("quit", b"221 2.0.0 Bye\r\n"),)
     return _result(target, module, stages)
+
+
+def opportunistic_unverified(target: str = "selfsigned.example.org:25", module: str = "mx") -> ProbeResult:
+    """tls: opportunistic over a self-signed certificate: the session goes on and passes."""
+    result = healthy(target, module)
+    tls = dataclasses.replace(result.tls, verified=False, verify_reason="certificate_untrusted",
+                              verify_error="self-signed certificate")
+    return dataclasses.replace(result, tls=tls)
 
 
 def banner_421(target: str = "busy.example.org:25", module: str = "mx") -> ProbeResult:

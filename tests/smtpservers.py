@@ -18,6 +18,7 @@ import ssl
 import struct
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trustme
@@ -30,6 +31,28 @@ SERVER_NAME = "mx.test.example"
 def host_port(host: str, port: int) -> str:
     """A probe target: host:port, or [IPv6]:port."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def on_a_loopback_address_of_its_own(start, attempts: int = 8):
+    """start(host) on a random 127.x.y.z, for a server that needs a fixed port (465, 25) that
+    another test or program may hold on 127.0.0.1. Binding a port below 1024 needs root: a test
+    without it skips locally and fails in CI (CI=true), where it runs as root."""
+    import os
+    import random
+
+    import pytest
+
+    for _ in range(attempts):
+        host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+        try:
+            return start(host)
+        except PermissionError as error:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"CI=true but cannot bind a privileged port: {error}")
+            pytest.skip(f"binding a port below 1024 needs root: {error}")
+        except OSError:  # in use on that address: another one
+            continue
+    raise AssertionError(f"no free loopback address in {attempts} attempts")
 
 
 def server_tls_context(cert: trustme.LeafCert | trustme.CA) -> ssl.SSLContext:
@@ -125,6 +148,7 @@ class AiosmtpdServer:
         auth_require_tls: bool = True,
         host: str = LOOPBACK,
         port: int = 0,
+        data_size_limit: int = 33554432,
     ):
         self.handler = handler or ScriptedHandler()
         self._smtp_options = dict(
@@ -132,6 +156,7 @@ class AiosmtpdServer:
             tls_context=starttls_context,
             authenticator=authenticator,
             auth_require_tls=auth_require_tls,
+            data_size_limit=data_size_limit,  # beyond it: 552 after the message (aiosmtpd)
         )
         self._implicit_tls_context = implicit_tls_context
         self._loop_thread: _LoopThread | None = None
@@ -155,7 +180,12 @@ class AiosmtpdServer:
                 ssl=self._implicit_tls_context,
             )
 
-        self._server = self._loop_thread.call(serve())
+        try:
+            self._server = self._loop_thread.call(serve())
+        except BaseException:  # cannot bind: no loop thread left behind
+            self._loop_thread.stop()
+            self._loop_thread = None
+            raise
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -174,6 +204,13 @@ class AiosmtpdServer:
 @dataclass(frozen=True)
 class Send:
     data: bytes
+
+
+@dataclass(frozen=True)
+class SendFresh:
+    """Send what `make()` returns, made anew for each connection (replies no two probes share)."""
+
+    make: Callable[[], bytes]
 
 
 @dataclass(frozen=True)
@@ -237,11 +274,14 @@ class ScriptedServer:
     """Plays `script` to every client; when the script ends it reads until the client closes.
 
     `received` holds every line clients sent; `mismatches` the Expect steps that failed.
+    `later` is played instead to every connection after the first (a server that answers a
+    second connection differently).
     """
 
     def __init__(self, script: list, *, implicit_tls_context: ssl.SSLContext | None = None,
-                 host: str = LOOPBACK, port: int = 0):
-        self.script = [step for item in script for step in (item if isinstance(item, list) else [item])]
+                 host: str = LOOPBACK, port: int = 0, later: list | None = None):
+        self.script = self._flat(script)
+        self.later = self.script if later is None else self._flat(later)
         self.implicit_tls_context = implicit_tls_context
         self.received: list[str] = []
         self.mismatches: list[str] = []
@@ -254,6 +294,10 @@ class ScriptedServer:
         self._listener.settimeout(0.1)
         self.port = self._listener.getsockname()[1]
         self._threads: list[threading.Thread] = []
+
+    @staticmethod
+    def _flat(script: list) -> list:
+        return [step for item in script for step in (item if isinstance(item, list) else [item])]
 
     @property
     def target(self) -> str:
@@ -288,16 +332,18 @@ class ScriptedServer:
                 continue
             self.connections += 1
             self._sockets.append(sock)
-            self._spawn(self._play, sock)
+            self._spawn(self._play, sock, self.script if self.connections == 1 else self.later)
 
-    def _play(self, sock: socket.socket) -> None:
+    def _play(self, sock: socket.socket, script: list) -> None:
         reader = _LineReader(sock, self._stop)
         try:
             if self.implicit_tls_context is not None:
                 sock = reader.sock = self._wrap(sock, self.implicit_tls_context)
-            for step in self.script:
+            for step in script:
                 if isinstance(step, Send):
                     sock.sendall(step.data)
+                elif isinstance(step, SendFresh):
+                    sock.sendall(step.make())
                 elif isinstance(step, Trickle):
                     for byte in step.data:
                         if self._stop.wait(step.interval):
@@ -373,21 +419,22 @@ class FullBacklogListener:
     """A listening socket whose accept queue is full: connecting to it hangs (Linux drops the
     SYN), which is how a connect timeout looks without leaving loopback."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = LOOPBACK) -> None:
+        self.host = host
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind((LOOPBACK, 0))
+        self._listener.bind((host, 0))
         self._listener.listen(0)
         self.port = self._listener.getsockname()[1]
         self._fillers = []
         for _ in range(3):
             filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             filler.setblocking(False)
-            filler.connect_ex((LOOPBACK, self.port))
+            filler.connect_ex((host, self.port))
             self._fillers.append(filler)
 
     @property
     def target(self) -> str:
-        return host_port(LOOPBACK, self.port)
+        return host_port(self.host, self.port)
 
     def close(self) -> None:
         for sock in [*self._fillers, self._listener]:

@@ -19,7 +19,7 @@ SOURCE = Path(__file__).resolve().parent.parent / "smtpmon"
 # Low to high: a module may import from its own layer and the layers before it, never after.
 # Packages that share a layer must not form a cycle (test_no_import_cycle).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("smtpmon", "smtpmon.logs"),  # smtpmon/__init__.py: the version; logs: every layer logs
+    ("smtpmon", "smtpmon.build", "smtpmon.logs"),  # the version, the git revision; every layer logs
     ("smtpmon.net",),  # the hub (event loop) and the name-lookup pool
     ("smtpmon.smtp",),  # the probe engine: reply codes, results, client, session, transcript
     ("smtpmon.dns", "smtpmon.mailtls", "smtpmon.maillog"),  # issues 17, 18, 19

@@ -15,6 +15,7 @@ from smtpservers import (
     BANNER,
     EHLO_OK,
     QUIT_OK,
+    Expect,
     ScriptedHandler,
     Send,
     Sleep,
@@ -79,6 +80,14 @@ def test_garbage_is_annotated_as_a_protocol_error(scripted_server, capsys):
     assert "failed at banner (protocol_error)" in status_line(out)
 
 
+def test_a_session_the_server_closes_at_ehlo_is_critical_not_ok(scripted_server, capsys):
+    server = scripted_server([BANNER, Expect(r"EHLO "), Send(b"221 2.0.0 mx.test.example closing connection\r\n")])
+    code, out, _ = probe_cli(capsys, server.target, "--tls", "none")
+
+    assert code == 2
+    assert status_line(out).startswith(f"SMTP CRITICAL - {server.target}: failed at ehlo (unexpected_code)")
+
+
 def test_expected_rejection_is_ok(smtp_server, capsys):
     server = smtp_server(ScriptedHandler(rcpt_replies={"bob@example.org": "550 5.1.1 User unknown"}))
     code, out, _ = probe_cli(capsys, server.target, "--mail-from", "", "--rcpt", "bob@example.org", "--expect", "rcpt=550,551")
@@ -116,6 +125,21 @@ def test_json_is_the_whole_result(smtp_server, tls_contexts, ca_file, capsys):
     assert any(line["direction"] == "S" for line in result["transcript"])
 
 
+def test_json_and_status_line_of_opportunistic_tls_over_an_unverifiable_certificate(smtp_server, tls_contexts,
+                                                                                    capsys):
+    server = smtp_server(starttls_context=tls_contexts["self_signed"])
+    code, out, _ = probe_cli(capsys, server.target, "--json")
+    result = json.loads(out)
+    assert code == 0 and result["success"] is True
+    assert (result["tls"]["verified"], result["tls"]["verify_reason"]) == (False, "certificate_untrusted")
+    assert (result["address"], result["address_family"]) == ("127.0.0.1", "ipv4")
+
+    code, out, _ = probe_cli(capsys, server.target, "--status-only")
+    assert code == 0
+    assert out.startswith(f"SMTP OK - {server.target}: success in ")
+    assert "certificate NOT verified: certificate_untrusted" in out
+
+
 def test_certificate_expiring_soon_is_a_warning_then_critical(smtp_server, tls_contexts, ca_file, capsys):
     server = smtp_server(starttls_context=tls_contexts["expiring"])  # 7 days left
 
@@ -144,13 +168,17 @@ def test_slow_session_is_a_warning(scripted_server, capsys):
     [
         (["127.0.0.1:70000"], "port must be 1-65535"),
         (["127.0.0.1", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
-        (["127.0.0.1", "--auth", "PLAIN", "--user", "u", "--password-file", "/nonexistent/pw"], "--password-file /nonexistent/pw"),
+        (["127.0.0.1", "--auth", "PLAIN", "--user", "u", "--password-file", "/nonexistent/pw"], "--password-file: file not found: /nonexistent/pw"),
         (["127.0.0.1", "--auth", "LOGIN", "--user", "u", "--password-env", "SMTPMON_TEST_UNSET"], "SMTPMON_TEST_UNSET"),
         (["127.0.0.1", "--expect", "rcpt=5x0"], "codes must be numbers"),
         (["127.0.0.1", "--expect", "bogus=250"], "STAGE one of"),
         (["127.0.0.1", "--rcpt", "a@example.org"], "--rcpt needs --mail-from"),
         (["127.0.0.1", "--timeout", "0"], "positive number of seconds"),
         (["127.0.0.1", "--tls", "sometimes"], "invalid choice"),
+        (["127.0.0.1", "--mail-from", "", "--rcpt", "a@example.org", "--message-size", "10MB"],
+         "--message-size needs --data"),
+        (["127.0.0.1", "--message-size", "ten"], 'invalid size "ten"'),
+        (["127.0.0.1", "--connect-timeout", "0"], "positive number of seconds"),
     ],
 )
 def test_bad_usage_is_unknown_with_one_clear_line(capsys, monkeypatch, argv, words):

@@ -3,9 +3,11 @@ own parser and checked with `promtool check metrics`."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
+import tracemalloc
 
 import probe_results
 import pytest
@@ -21,6 +23,7 @@ from smtpmon.exposition.metrics import (
 )
 from smtpmon.exposition.state import EXPORTER_FAMILIES, ExporterState
 from smtpmon.exposition.store import ResultStore
+from smtpmon.smtp.results import TranscriptLine
 
 
 def series(exposition: bytes, name: str, **labels: str) -> list[dict[str, str]]:
@@ -87,6 +90,18 @@ def test_healthy_target():
     assert tls == {"AUTH", "SIZE"}
     assert sample_value(out, "smtpmon_ehlo_size_limit_bytes", phase="plain", **t) == 10240000
     assert sample_value(out, "smtpmon_ehlo_size_limit_bytes", phase="tls", **t) == 20480000
+    assert series(out, "smtpmon_tls_certificate_verify_failure_info") == []
+    assert sample_value(out, "smtpmon_probe_address_info", address="192.0.2.25", family="ipv4", **t) == 1
+
+
+def test_an_unverified_certificate_under_opportunistic_tls_is_a_fact_not_a_failure():
+    result = probe_results.opportunistic_unverified()
+    out = metrics_after(result)
+    t = {"target": result.target, "module": "mx"}
+    assert sample_value(out, "smtpmon_probe_success", **t) == 1
+    assert sample_value(out, "smtpmon_tls_certificate_verified", **t) == 0
+    assert sample_value(out, "smtpmon_tls_certificate_verify_failure_info", reason="certificate_untrusted", **t) == 1
+    assert series(out, "smtpmon_probe_failure_info") == []
 
 
 def test_banner_421():
@@ -215,7 +230,7 @@ def test_label_values_are_escaped():
 
 def test_each_family_is_declared_once_with_its_samples_together():
     out = metrics_after(probe_results.healthy(), probe_results.banner_421(),
-                        probe_results.data_554())
+                        probe_results.data_554(), probe_results.opportunistic_unverified())
     text = out.decode()
     for family in TARGET_FAMILIES + EXPORTER_FAMILIES:
         assert text.count(f"# TYPE {family.name} ") == 1, family.name
@@ -338,6 +353,36 @@ def test_render_probe_store_forgets_the_least_recently_probed_when_full():
     out = render_probe(store.record_on_demand(b))  # back after eviction: counting from the start again
     assert sample_value(out, "smtpmon_probes_total", target=b.target, module="mx") == 1
     assert len(stored_keys(store)) == 2
+
+
+def test_render_probe_store_is_bounded_in_bytes_and_keeps_no_transcript_or_reply_text():
+    """Results with 60 KB replies and their transcripts: the store keeps counters, rendered
+    rows and slim results (no transcript, replies cut to a line), and stays within its byte bound however many targets come."""
+    big_banner = b"".join(b"220-" + b"x" * 3996 + b"\r\n" for _ in range(14)) + b"220 ok\r\n"
+    transcript = tuple(TranscriptLine(0.0, "S", "x" * 4000) for _ in range(15))
+
+    def hostile(index: int):
+        result = probe_results.healthy(f"host{index}.example.org:25", "mx")
+        stages = (probe_results.stage("banner", big_banner),) + result.stages[3:]
+        return dataclasses.replace(result, stages=stages, transcript=transcript, detail="y" * 4000)
+
+    store = ResultStore(max_entries=10_000, max_bytes=1024 * 1024)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(500):
+            out = render_probe(store.record_on_demand(hostile(index)))
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert sample_value(out, "smtpmon_replies_total", target="host499.example.org:25", stage="banner",
+                        code="220") == 1
+    keys = stored_keys(store)
+    assert 10 < len(keys) < 500  # the least recently probed made room
+    assert kept < 4 * 1024 * 1024, f"{kept} bytes kept"
+    kept_result = store.latest("host499.example.org:25", "mx")  # for the status page, slim
+    assert kept_result.transcript == () and len(kept_result.detail) <= 200
+    assert all(len("".join(reply.lines)) <= 200 for stage in kept_result.stages for reply in stage.replies)
 
 
 def test_promtool_accepts_probe(promtool):

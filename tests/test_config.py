@@ -6,6 +6,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from smtpmon.config.load import (
     parse_config,
     parse_duration,
 )
+from smtpmon.smtp.module import PasswordUnavailable
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -156,6 +158,24 @@ INVALID = [
      ['modules.mx.tls_verify: must be true or false, got "maybe"']),
     ("max_concurrency 0", "global: {max_concurrency: 0}\n" + MX,
      ["global.max_concurrency: must be at least 1, got 0"]),
+    ("a NUL byte", "global: {}\n\x00\n",
+     ["line 2, column 1: invalid YAML: control character #x0000 is not allowed"]),
+    ("a module's own probe_allow without auth", "modules: {mx: {probe_allow: ['*:25']}}\n",
+     ["modules.mx.probe_allow: only a module with auth has its own probe_allow (the top-level "
+      "probe_allow applies to every other module)"]),
+    ("max_concurrency past its bound", "global: {max_concurrency: 1000000}\n" + MX,
+     ["global.max_concurrency: must be at most 10000, got 1000000"]),
+    # Values that parse but that the schedule's dates or the sockets cannot hold.
+    ("an interval of millennia", "global: {interval: 99999999h}\n" + MX,
+     ['global.interval: must be at most 24h, got "99999999h"']),
+    ("an interval past a day", target("mx1.example.org:25", ", interval: 25h"),
+     ['targets[0].interval: must be at most 24h, got "25h"']),
+    ("a timeout in seconds past 10 minutes", "global: {interval: 1h, timeout: 601}\n" + MX,
+     ["global.timeout: must be at most 10m, got 601"]),
+    ("a module timeout past 10 minutes", "modules: {mx: {timeout: 1.0e+300}}\n",
+     ["modules.mx.timeout: must be at most 10m, got 1e+300"]),
+    ("a target timeout past 10 minutes", target("mx1.example.org:25", ", interval: 1h, timeout: 11m"),
+     ['targets[0].timeout: must be at most 10m, got "11m"']),
     ("max_concurrency not a number", "global: {max_concurrency: many}\n" + MX,
      ['global.max_concurrency: must be a whole number, got "many"']),
     ("EHLO name with a space", "global: {ehlo_name: 'my host'}\n" + MX,
@@ -188,6 +208,18 @@ INVALID = [
      ['modules.mx.rcpt_to: must be a list of addresses, got "a@example.org"']),
     ("empty mail_from value is null, not <>", "modules: {mx: {mail_from: }}\n",
      ['modules.mx.mail_from: must be a string (write "" for the null sender <>), got null']),
+    ("message_size without data", "modules: {mx: {mail_from: a@b.example, rcpt_to: [c@d.example], message_size: 1000}}\n",
+     ["modules.mx.message_size: needs data: true (the size is the test message's)"]),
+    ("message_size not a size", "modules: {mx: {mail_from: a@b.example, rcpt_to: [c@d.example], data: true, "
+     "message_size: 10 parsecs}}\n",
+     ['modules.mx.message_size: invalid size "10 parsecs": use bytes (1048576) or a number with KB, MB, KiB or MiB '
+      "(500KB, 10MiB)"]),
+    ("message_size too large", "modules: {mx: {mail_from: a@b.example, rcpt_to: [c@d.example], data: true, "
+     "message_size: 1000MiB}}\n",
+     ["modules.mx.message_size: must be 1 byte to 256MiB, got 1048576000"]),
+    ("connect_timeout not a duration", "modules: {mx: {connect_timeout: soon}}\n",
+     ['modules.mx.connect_timeout: invalid duration "soon": use seconds (30) or numbers with units ms, s, m, h '
+      "(500ms, 30s, 2m, 1m30s)"]),
     (
         "angle brackets in mail_from",
         "modules: {mx: {mail_from: '<>'}}\n",
@@ -242,6 +274,16 @@ INVALID = [
 ]
 
 
+def test_message_size_and_connect_timeout_are_read_with_their_units():
+    config = parse_config("modules: {mx: {mail_from: a@b.example, rcpt_to: [c@d.example], data: true, "
+                          "message_size: 10MiB, connect_timeout: 1500ms}, big: {mail_from: a@b.example, "
+                          "rcpt_to: [c@d.example], data: true, message_size: 500KB}, plain: {}}\n", "test.yml")
+    assert config.modules["mx"].message_size == 10 * 1024 * 1024
+    assert config.modules["mx"].connect_timeout_seconds == 1.5
+    assert config.modules["big"].message_size == 500_000
+    assert (config.modules["plain"].message_size, config.modules["plain"].connect_timeout_seconds) == (None, 3.0)
+
+
 def test_the_table_has_at_least_20_invalid_configurations():
     assert len(INVALID) >= 20
 
@@ -289,39 +331,40 @@ def test_credentials_directory_is_expanded_at_load_time(tmp_path, monkeypatch):
         assert module.read_password() == "s3cret"
 
 
-def test_credentials_directory_unset_is_an_error_unless_secrets_are_skipped(monkeypatch):
+def test_credentials_directory_unset_is_a_secret_problem_not_an_error(monkeypatch):
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     text = submission("password_file: $CREDENTIALS_DIRECTORY/smtp-password")
-    with pytest.raises(ConfigError) as caught:
-        parse_config(text, "test.yml")
-    assert caught.value.errors == [
-        "modules.submission.auth.password_file: $CREDENTIALS_DIRECTORY is not set (systemd sets "
-        "it for LoadCredential=; outside the service, use check-config --skip-secrets)"
-    ]
-    config = parse_config(text, "test.yml", check_secrets=False)
-    assert config.modules["submission"].auth_password_file == "$CREDENTIALS_DIRECTORY/smtp-password"
+    config = parse_config(text, "test.yml")
+    assert config.secret_problems == (
+        "modules.submission.auth.password_file: $CREDENTIALS_DIRECTORY/smtp-password: "
+        "$CREDENTIALS_DIRECTORY is not set (systemd sets it for the service's LoadCredential=)",
+    )
+    module = config.modules["submission"]
+    assert module.auth_password_file == "$CREDENTIALS_DIRECTORY/smtp-password"
+    with pytest.raises(PasswordUnavailable, match=r"\$CREDENTIALS_DIRECTORY is not set"):
+        module.read_password()
+    assert parse_config(text, "test.yml", check_secrets=False).secret_problems == ()
 
 
-def test_missing_password_file_is_an_error_naming_the_key(tmp_path):
+def test_missing_password_file_is_a_secret_problem_naming_the_key(tmp_path):
     missing = tmp_path / "nope"
-    with pytest.raises(ConfigError) as caught:
-        parse_config(submission(f"password_file: {missing}"), "test.yml")
-    assert caught.value.errors == [
-        f"modules.submission.auth.password_file: file not found: {missing}"
-    ]
+    config = parse_config(submission(f"password_file: {missing}"), "test.yml")
+    assert config.secret_problems == (
+        f"modules.submission.auth.password_file: file not found: {missing}",
+    )
 
 
-def test_unset_password_env_is_an_error_naming_the_key(monkeypatch):
+def test_unset_password_env_is_a_secret_problem_naming_the_key(monkeypatch):
     monkeypatch.delenv("SMTPMON_TEST_PASSWORD", raising=False)
     text = submission("password_env: SMTPMON_TEST_PASSWORD")
-    with pytest.raises(ConfigError) as caught:
-        parse_config(text, "test.yml")
-    assert caught.value.errors == [
+    assert parse_config(text, "test.yml").secret_problems == (
         "modules.submission.auth.password_env: "
-        "environment variable SMTPMON_TEST_PASSWORD is not set"
-    ]
+        "environment variable SMTPMON_TEST_PASSWORD is not set",
+    )
     monkeypatch.setenv("SMTPMON_TEST_PASSWORD", "s3cret")
-    assert parse_config(text, "test.yml").modules["submission"].read_password() == "s3cret"
+    config = parse_config(text, "test.yml")
+    assert config.secret_problems == ()
+    assert config.modules["submission"].read_password() == "s3cret"
 
 
 # -- a valid file: every key, resolved -----------------------------------------------------------
@@ -488,15 +531,18 @@ def test_shipped_example_passes_check_config_with_its_credential(tmp_path):
     assert result.stdout == "config/smtpmon.yml: OK: 4 modules, 5 targets\n"
 
 
-def test_shipped_example_outside_the_service_needs_skip_secrets():
+def test_shipped_example_outside_the_service_is_valid_with_a_warning_about_its_password():
     env = environment(CREDENTIALS_DIRECTORY=None)
     result = check_config("config/smtpmon.yml", env=env)
-    assert result.returncode == 2
+    assert result.returncode == 0
     assert result.stderr == (
-        "smtpmon: config/smtpmon.yml: modules.submission.auth.password_file: "
-        "$CREDENTIALS_DIRECTORY is not set (systemd sets it for LoadCredential=; outside the "
-        "service, use check-config --skip-secrets)\n"
+        "smtpmon: config/smtpmon.yml: warning: modules.submission.auth.password_file: "
+        "$CREDENTIALS_DIRECTORY/submission-password: $CREDENTIALS_DIRECTORY is not set (systemd "
+        "sets it for the service's LoadCredential=): this module's probes fail at auth "
+        "(auth_password_unavailable) until it can be read; outside the service, --skip-secrets "
+        "leaves this out\n"
     )
+    assert result.stdout == "config/smtpmon.yml: OK: 4 modules, 5 targets (1 AUTH password not readable here)\n"
     result = check_config("--skip-secrets", "config/smtpmon.yml", env=env)
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout == "config/smtpmon.yml: OK: 4 modules, 5 targets\n"
@@ -550,6 +596,49 @@ def test_check_config_on_a_directory_and_on_binary_data(tmp_path, capsys):
     binary.write_bytes(b"modules: {mx: {}}\n\xff\xfe")
     assert main(["check-config", str(binary)]) == 2
     assert capsys.readouterr().err == f"smtpmon: {binary}: not UTF-8 text (byte 18)\n"
+
+
+@pytest.fixture
+def unusual_files(tmp_path):
+    """Paths that are not a configuration file: a FIFO nobody writes to, /dev/zero through a
+    symlink, and a sparse file of 100 MB (free on disk; 300 MB of memory if read whole)."""
+    fifo = tmp_path / "fifo.yml"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.yml"
+    zero.symlink_to("/dev/zero")
+    huge = tmp_path / "huge.yml"
+    with open(huge, "wb") as handle:
+        handle.truncate(100 * 1024 * 1024)
+    return {"fifo": (fifo, "not a regular file (a FIFO)"),
+            "dev-zero": (zero, "not a regular file (a character device)"),
+            "huge": (huge, "the file is larger than 16 MB; is it the right file?")}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "huge"])
+def test_check_config_refuses_what_is_not_a_regular_file_of_sane_size_at_once(unusual_files, kind):
+    path, reason = unusual_files[kind]
+    begun = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "smtpmon", "check-config", str(path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=5)
+    shown = f"cannot read the file: {reason}" if "regular" in reason else reason
+    assert (result.returncode, result.stderr) == (2, f"smtpmon: {path}: {shown}\n")
+    assert time.monotonic() - begun < 5
+
+
+def test_a_password_file_or_ca_file_that_is_a_fifo_is_refused_without_blocking(unusual_files, tmp_path):
+    fifo, _ = unusual_files["fifo"]
+    text = ("modules:\n  sub:\n    tls: starttls\n"
+            f"    tls_ca_file: {fifo}\n"
+            f"    auth: {{username: u, password_file: {fifo}}}\n")
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "fifo-secrets.yml")
+    assert raised.value.errors == [f"modules.sub.tls_ca_file: not a regular file (a FIFO): {fifo}"]
+    # A password file is read when a probe uses it (a missing one fails that module's AUTH, not
+    # the configuration): a FIFO there is named as that module's problem, and nothing waits on it.
+    begun = time.monotonic()
+    config = parse_config(text.replace(f"    tls_ca_file: {fifo}\n", ""), "fifo-secret.yml")
+    assert config.secret_problems == (f"modules.sub.auth.password_file: not a regular file: {fifo}",)
+    assert time.monotonic() - begun < 1
 
 
 def test_check_config_counts_in_the_singular(tmp_path, capsys):

@@ -75,7 +75,7 @@ def test_every_error_names_its_key_path():
         'maillog.domains[1]: invalid host name "not a domain"',
         "maillog.domains[2]: duplicate of maillog.domains[0]",
         "maillog.rbl_lists: must be a list, got \"zen.spamhaus.org\"",
-        "maillog.catch_up_max_lines: must be a whole number of lines, 0 or more, got -5",
+        "maillog.catch_up_max_lines: must be a whole number of lines, 0 to 1,000,000,000, got -5",
         'maillog.catch_up_max_duration: invalid duration "forever": use seconds (30) or '
         "numbers with units ms, s, m, h (500ms, 30s, 2m, 1m30s)",
         "maillog.poll_interval: must be a positive duration, got 0",

@@ -103,7 +103,7 @@ def test_metrics_carry_each_reply_code_class_and_category(daemon, smtp_server, s
     assert sample_value(text, "smtpmon_schedule_lag_seconds_count") >= 4
     assert sample_value(text, "process_resident_memory_bytes") > 0
     # One event, one logfmt line, with the target and module on it.
-    assert re.search(rf'level=info msg="probe failed" target={re.escape(busy.target)} '
+    assert re.search(rf'level=warn msg="probe failed" target={re.escape(busy.target)} '
                      r'module=plain stage=banner reason=banner_rejected', running.log())
 
 
@@ -203,18 +203,48 @@ def test_probe_endpoint(daemon, smtp_server):
 def test_landing_page(daemon, smtp_server, scripted_server):
     healthy = smtp_server()
     refused = scripted_server([Send(b"554 5.7.1 <b>not</b> welcome\r\n")])
-    running = daemon(config_text([(healthy.target, "plain"), (refused.target, "plain")]))
-    running.wait_for(lambda t: probed(healthy.target)(t) and probed(refused.target)(t))
+    by_name = f"localhost:{healthy.port}"
+    running = daemon(config_text([(healthy.target, "plain"), (refused.target, "plain"), (by_name, "plain")]))
+    metrics = running.wait_for(lambda t: probed(healthy.target)(t) and probed(refused.target)(t)
+                               and probed(by_name)(t))
     status, page = running.get("/")
     assert status == 200
-    row = next(r for r in page.split("<tr>") if refused.target in r)
-    assert "FAILED" in row and "banner_rejected" in row and "<code>554 5.7.1</code>" in row
+    rows = page.split("<tr class=")[1:]
+    row = next(r for r in rows if refused.target in r)
+    assert row.startswith('"failing"') and "FAILING" in row and "banner_rejected" in row
+    assert '<code class="code c5" title="5.7.1 &lt;b&gt;not&lt;/b&gt; welcome">554 5.7.1</code>' in row
     assert "&lt;b&gt;not&lt;/b&gt; welcome" in row
-    assert f"/transcript?target=127.0.0.1%3A{refused.port}&amp;module=plain" in row
-    healthy_row = next(r for r in page.split("<tr>") if healthy.target in r)
-    assert "OK" in healthy_row and "banner&nbsp;<code>220</code>" in healthy_row
+    assert f"/target?target=127.0.0.1%3A{refused.port}&amp;module=plain" in row
+    healthy_row = next(r for r in rows if healthy.target in r)
+    assert healthy_row.startswith('"healthy"') and ">OK<" in healthy_row
+    assert '<span class="stage">banner</span><code class="code c2" ' in healthy_row
+    assert page.index(refused.target) < page.index(healthy.target)  # failing first
+    # A name: the address its session used is shown, and exported as an _info series.
+    named_row = next(r for r in rows if f"<code>{by_name}</code>" in r)
+    assert "&middot; 127.0.0.1</div>" in named_row
+    assert sample_value(metrics, "smtpmon_probe_address_info", target=by_name, address="127.0.0.1", family="ipv4") == 1
     status, transcript = running.get(f"/transcript?target={refused.target}&module=plain")
     assert status == 200 and "S: 554 5.7.1 <b>not</b> welcome" in transcript
+
+
+def test_opportunistic_tls_over_a_self_signed_certificate_passes_and_says_so(daemon, smtp_server, tls_contexts):
+    """The default TLS mode judges as MTAs do: mail would flow, so the probe passes; the
+    failed verification shows on /metrics, the landing page and the transcript."""
+    server = smtp_server(starttls_context=tls_contexts["self_signed"])
+    running = daemon(config_text([(server.target, "opportunistic")],
+                                 extra_modules="  opportunistic: {tls: opportunistic}", timeout="900ms"))
+    text = running.wait_for(probed(server.target))
+    assert sample_value(text, "smtpmon_probe_success", target=server.target) == 1
+    assert sample_value(text, "smtpmon_tls_certificate_verified", target=server.target) == 0
+    assert sample_value(text, "smtpmon_tls_certificate_verify_failure_info", target=server.target,
+                 reason="certificate_untrusted") == 1
+    row = next(r for r in running.get("/")[1].split("<tr class=")[1:] if server.target in r)
+    # Not a failure, but a warning on the status page, with the reason.
+    assert row.startswith('"warning"') and "not verified: certificate_untrusted" in row
+    status, transcript = running.get(f"/transcript?target={server.target}&module=opportunistic")
+    assert status == 200
+    assert "(opportunistic TLS: reported, not a failure)" in transcript
+    assert "success in " in transcript and "certificate NOT verified: certificate_untrusted" in transcript
 
 
 def test_sigterm_stops_within_the_timeout_plus_one_second(daemon, scripted_server):
@@ -228,6 +258,22 @@ def test_sigterm_stops_within_the_timeout_plus_one_second(daemon, scripted_serve
     assert elapsed < 2.0 + 1.0
     assert 'msg=stopping signal=SIGTERM' in running.log()
     assert "msg=stopped" in running.log()
+
+
+def test_sigterm_abandons_long_probes_after_a_short_grace(daemon, scripted_server):
+    """Probes with a 30 s timeout stuck in tarpits: SIGTERM stops within the grace (2 s), not
+    at their deadlines, and nothing is recorded for the abandoned probes."""
+    tarpits = [scripted_server([Sleep(60)]) for _ in range(3)]
+    running = daemon(config_text([(tarpit.target, "plain") for tarpit in tarpits], interval="60s", timeout="30s"))
+    running.wait_for(lambda t: sample_value(t, "smtpmon_probes_in_flight") == 3)
+    begun = time.monotonic()
+    running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(10) == 0
+    assert time.monotonic() - begun < 2.0 + 1.0
+    log = running.log()
+    assert "msg=stopping signal=SIGTERM grace_seconds=2.0" in log
+    assert "nothing recorded for them\" probes=3" in log
+    assert "msg=\"probe failed\"" not in log
 
 
 def test_startup_with_a_bad_config_exits_2_listing_every_error(tmp_path):

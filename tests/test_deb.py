@@ -48,6 +48,8 @@ SANDBOX = REPO / "tests" / "systemd_sandbox.py"
 MAX_EXPOSURE = 1.5
 
 INSTALLED_UNIT = Path("/lib/systemd/system/smtpmon.service")
+INSTALLED_SOCKET = Path("/lib/systemd/system/smtpmon.socket")
+UPSTREAM_SOCKET = REPO / "systemd" / "smtpmon.socket"
 INSTALLED_CONFIG = Path("/etc/smtpmon/smtpmon.yml")
 INSTALLED_DEFAULTS = Path("/etc/default/smtpmon")
 STATE_DIRECTORY = Path("/var/lib/smtpmon")
@@ -222,6 +224,10 @@ def test_installed_files(installed):
     # Enabled, not started (there is no systemd to start it here anyway: what counts is the link).
     wants = Path("/etc/systemd/system/multi-user.target.wants/smtpmon.service")
     assert wants.is_symlink() and wants.resolve() == INSTALLED_UNIT.resolve()
+    # The socket unit (socket activation) is there, neither enabled nor started: it needs
+    # ARGS="--web.systemd-socket", the administrator's choice.
+    assert INSTALLED_SOCKET.read_bytes() == UPSTREAM_SOCKET.read_bytes()
+    assert not Path("/etc/systemd/system/sockets.target.wants/smtpmon.socket").exists()
     for name in ("prometheus/smtpmon-alerts.yml", "prometheus/smtpmon-recording.yml",
                  "grafana/smtpmon-dashboard.json", "smtpmon.yml"):
         assert (Path("/usr/share/smtpmon") / name).read_bytes() == (REPO / "config" / name).read_bytes(), name
@@ -229,7 +235,8 @@ def test_installed_files(installed):
     doc = Path("/usr/share/doc/smtpmon")
     for name in ("README.md", "configuration.md", "metrics.md", "systemd.md", "versioning.md"):
         source = REPO / name if name == "README.md" else REPO / "docs" / name
-        shipped = doc / name if (doc / name).exists() else doc / f"{name}.gz"
+        where = doc if name == "README.md" else doc / "docs"
+        shipped = where / name if (where / name).exists() else where / f"{name}.gz"
         text = gzip.decompress(shipped.read_bytes()) if shipped.suffix == ".gz" else shipped.read_bytes()
         assert text == source.read_bytes(), name
     assert (doc / "copyright").is_file() and (doc / "changelog.gz").is_file()
@@ -304,6 +311,8 @@ def test_installed_daemon_runs_as_the_unit_and_is_scraped(installed, tmp_path, s
         assert status["Uid"].split()[0] == str(user.pw_uid)
         assert status["CapEff"] == "0000000000000000" and status["NoNewPrivs"] == "1"
         assert f'smtpmon_build_info{{version="{__version__}",' in text
+        # `make deb` records the commit of the checkout it packs (REPO's HEAD, else "unknown").
+        assert sample_value(text, "smtpmon_build_info", revision=checkout_revision()) == 1
         assert sample_value(text, "smtpmon_probe_success", target=server.target) == 1, log_path.read_text()
         assert sample_value(text, "smtpmon_replies_total", target=server.target, stage="starttls", code="220") >= 1
         assert sample_value(text, "smtpmon_tls_certificate_not_after_timestamp_seconds", target=server.target) > time.time()
@@ -320,6 +329,12 @@ def test_installed_daemon_runs_as_the_unit_and_is_scraped(installed, tmp_path, s
     log = log_path.read_text()
     assert f"config={INSTALLED_CONFIG}" in log and "msg=stopped" in log
     assert "Traceback" not in log and "Operation not permitted" not in log, log
+
+
+def checkout_revision() -> str:
+    if not (REPO / ".git").exists() or shutil.which("git") is None:
+        return "unknown"
+    return run("git", "rev-parse", "HEAD", cwd=REPO).stdout.strip()
 
 
 def wait_for_metrics(port: int, process: subprocess.Popen, log_path: Path, condition, timeout: float = 30) -> str:

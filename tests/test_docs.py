@@ -9,7 +9,8 @@
 - the configuration and scrape examples of docs/probe-mode.md load (smtpmon, promtool);
 - `smtpmon --help` and each subcommand's help show an example and document every flag.
 
-(The configuration reference is kept in step by tests/test_config.py.)
+(The configuration reference is kept in step by tests/test_config.py; the README's tour, every
+command and the output it shows, by tests/test_readme.py.)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from helpers import render_metrics, run_probe_at
+from markdown_pages import anchors, broken_links, relative_links, without_code_blocks
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_tools import require_tool
 from smtpservers import SERVER_NAME, AiosmtpdServer, ScriptedHandler
@@ -48,15 +50,11 @@ RUNTIME_PREFIXES = ("process_", "python_")
 
 
 # -- reading markdown ------------------------------------------------------------------------------
-def _without_code_blocks(text: str) -> str:
-    return re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
-
-
 def tables_by_heading(text: str) -> dict[str, list[dict[str, str]]]:
     """Each heading's first table, as rows of {column header: cell}; backticks kept."""
     tables: dict[str, list[dict[str, str]]] = {}
     heading, header, rows = None, None, None
-    for line in _without_code_blocks(text).splitlines():
+    for line in without_code_blocks(text).splitlines():
         if line.startswith("#"):
             heading, header, rows = line.lstrip("#").strip(), None, None
             continue
@@ -75,18 +73,6 @@ def tables_by_heading(text: str) -> dict[str, list[dict[str, str]]]:
 
 def backticked(cell: str) -> list[str]:
     return re.findall(r"`([^`]+)`", cell)
-
-
-def github_anchor(heading: str) -> str:
-    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
-    text = heading.strip().lower()
-    text = re.sub(r"[^\w\- ]", "", text)
-    return text.replace(" ", "-")
-
-
-def anchors(path: Path) -> set[str]:
-    text = _without_code_blocks(path.read_text(encoding="utf-8"))
-    return {github_anchor(line.lstrip("#")) for line in text.splitlines() if line.startswith("#")}
 
 
 # -- the metrics reference -------------------------------------------------------------------------
@@ -118,7 +104,8 @@ def test_the_page_parser_reads_the_metrics_tables():
     assert per_target["smtpmon_replies_total"] == Documented(
         "counter", frozenset({"target", "module", "stage", "code", "class", "category"})
     )
-    assert exporter["smtpmon_build_info"] == Documented("gauge", frozenset({"version", "python_version"}))
+    assert exporter["smtpmon_build_info"] == Documented(
+        "gauge", frozenset({"version", "revision", "python_version", "openssl_version"}))
 
 
 def test_metrics_reference_lists_exactly_the_collector_families_in_order():
@@ -144,22 +131,28 @@ def exported_families(page: bytes) -> dict[str, Documented]:
 
 @pytest.fixture(scope="module")
 def real_results(ca_file, tls_contexts):
-    """Two real probes against aiosmtpd on loopback: a healthy session through STARTTLS, MAIL,
-    RCPT and DATA, and one whose RCPT gets 450 (greylisting), so that every family has samples."""
+    """Three real probes against aiosmtpd on loopback: a healthy session through STARTTLS, MAIL,
+    RCPT and DATA, one whose RCPT gets 450 (greylisting), and opportunistic TLS going on over a
+    self-signed certificate, so that every family has samples."""
     handler = ScriptedHandler(rcpt_replies={"grey@example.org": "450 4.2.0 Greylisted, try again later"})
     server = AiosmtpdServer(handler, starttls_context=tls_contexts["trusted"]).start()
     module = Module(tls="starttls", tls_ca_file=ca_file, tls_server_name=SERVER_NAME,
                     mail_from="probe@example.org", timeout_seconds=5.0)
+    self_signed = AiosmtpdServer(starttls_context=tls_contexts["self_signed"]).start()
     try:
         healthy = run_probe_at(server.target, replace(module, rcpt_to=("ok@example.org",), data=True),
-                            module_name="mx")
+                               module_name="mx")
         greylisted = run_probe_at(server.target, replace(module, rcpt_to=("grey@example.org",)),
-                               module_name="greylist")
+                                  module_name="greylist")
+        unverified = run_probe_at(self_signed.target, Module(tls="opportunistic", timeout_seconds=5.0),
+                                  module_name="opportunistic")
     finally:
         server.stop()
+        self_signed.stop()
     assert healthy.success, healthy
     assert (greylisted.success, greylisted.reason) == (False, "rcpt_rejected")
-    return healthy, greylisted
+    assert unverified.success and unverified.tls.verify_reason == "certificate_untrusted", unverified
+    return healthy, greylisted, unverified
 
 
 def test_every_family_on_metrics_is_documented_with_its_labels(real_results):
@@ -236,20 +229,9 @@ def test_reply_codes_page_lists_the_enhanced_codes():
 PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
 
 
-def relative_links(path: Path) -> list[str]:
-    text = _without_code_blocks(path.read_text(encoding="utf-8"))
-    links = re.findall(r"\[[^\]]*\]\(([^)\s]+)\)", text)
-    return [link for link in links if not re.match(r"[a-z][a-z0-9+.-]*:", link)]
-
-
 @pytest.mark.parametrize("page", PAGES, ids=lambda path: path.name)
 def test_every_relative_link_resolves(page):
-    for link in relative_links(page):
-        file_part, _, anchor = link.partition("#")
-        target = (page.parent / file_part).resolve() if file_part else page
-        assert target.exists(), f"{page.name}: link {link} leads nowhere"
-        if anchor and target.suffix == ".md":
-            assert anchor in anchors(target), f"{page.name}: link {link}: no such heading"
+    assert broken_links(page) == [], page.name
 
 
 def test_index_links_every_reference_page_and_the_readme_links_the_index():
@@ -266,6 +248,7 @@ def test_the_link_checker_sees_a_broken_link(tmp_path):
     page.write_text("# Title\n[ok](#title) [bad](missing.md)\n```\n[in code](nowhere.md)\n```\n")
     assert relative_links(page) == ["#title", "missing.md"]
     assert anchors(page) == {"title"}
+    assert broken_links(page) == ["missing.md leads nowhere"]
 
 
 # -- examples in the pages ------------------------------------------------------------------------
@@ -277,9 +260,10 @@ def test_probe_mode_configuration_example_loads_and_allows_what_it_says():
     (block,) = [block for block in yaml_blocks(PROBE_MODE_DOC) if block.startswith("probe_allow:")]
     config = parse_config(block, "docs/probe-mode.md", check_secrets=False)
     assert set(config.modules) == {"mx", "submission"}
-    assert config.probe_allowed("mx1.example.org", 25)
-    assert config.probe_allowed("smtp.example.org", 587)
-    assert not config.probe_allowed("mx1.example.net", 25)
+    assert config.probe_refusal("mx1.example.org", 25, "mx") is None
+    assert config.probe_refusal("smtp.example.org", 587, "submission") is None
+    assert config.probe_refusal("mx1.example.net", 25, "mx") is not None
+    assert config.probe_refusal("mx1.example.org", 25, "submission") is not None
 
 
 def test_probe_mode_scrape_examples_pass_promtool(tmp_path):

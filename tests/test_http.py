@@ -272,12 +272,15 @@ targets:
         status, content_type, page = client.get("/")
         assert status == 200 and content_type == "text/html; charset=utf-8"
         assert hostile.target in page
-        assert "FAILED" in page and "banner_rejected" in page
-        assert "banner&nbsp;<code>554 5.7.1</code>" in page
-        assert "<script>" not in page and "&lt;script&gt;" in page
-        link = f"/transcript?target=127.0.0.1%3A{hostile.port}&amp;module=plain"
+        assert "FAILING" in page and "banner_rejected" in page
+        assert '<code class="code c5" title="5.7.1 &lt;script&gt;alert(1)&lt;/script&gt; go away">554 5.7.1</code>' in page
+        assert "<script>alert" not in page and "&lt;script&gt;" in page
+        link = f"/target?target=127.0.0.1%3A{hostile.port}&amp;module=plain"
         assert link in page
-        status, _, text = client.get(link.replace("&amp;", "&"))
+        status, _, target_page = client.get(link.replace("&amp;", "&"))
+        assert status == 200 and "S: 554 5.7.1 &lt;script&gt;" in target_page
+        assert "<script>alert" not in target_page
+        status, _, text = client.get(link.replace("&amp;", "&").replace("/target", "/transcript"))
         assert status == 200 and "S: 554 5.7.1 <script>" in text
     finally:
         daemon.scheduler.stop(1.0)
@@ -308,7 +311,7 @@ def test_an_internal_failure_is_a_plain_503(servers, serve):
 
 def test_authorize_hook_guards_every_route(exporter, serve):
     daemon = exporter[0]
-    client = serve(daemon, authorize=lambda headers: headers.get("Authorization") == "ok")
+    client = serve(daemon, authorize=lambda headers, client: headers.get("Authorization") == "ok")
     assert client.get("/metrics")[0] == 401
     assert client.get("/-/healthy")[0] == 401
     assert client.get("/metrics", headers={"Authorization": "ok"})[0] == 200
@@ -318,7 +321,7 @@ def test_request_headers_are_read_as_http_server_would(exporter, serve):
     """Names in any case; the first of a repeated field counts; a folded line continues its
     field; `Connection: close` closes after the answer."""
     daemon = exporter[0]
-    client = serve(daemon, authorize=lambda headers: headers.get("authorization") == "a b")
+    client = serve(daemon, authorize=lambda headers, client: headers.get("authorization") == "a b")
     head = (b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nAUTHORIZATION: a\r\n b\r\n"
             b"Authorization: other\r\nConnection: close\r\n\r\n")
     with socket.create_connection(("127.0.0.1", client.port), timeout=5) as sock:
@@ -531,7 +534,7 @@ def test_a_probe_is_answered_alike_on_the_hub_and_on_a_thread(exporter, serve):
     """With basic auth configured (here: anyone passes) every request is served on a thread;
     the answer is the same but for the date and the counters."""
     daemon, _, healthy, _ = exporter
-    on_thread = serve(daemon, authorize=lambda headers: True, extra_headers={"X-Extra": "1"})
+    on_thread = serve(daemon, authorize=lambda headers, client: True, extra_headers={"X-Extra": "1"})
     on_hub_too = serve(daemon, extra_headers={"X-Extra": "1"})
     request = (f"GET /probe?target={healthy.target}&module=plain HTTP/1.1\r\n"
                "Host: x\r\nConnection: close\r\n\r\n").encode()
@@ -595,7 +598,7 @@ def test_a_connection_handed_to_a_thread_is_no_longer_watched_by_the_hub(daemon,
 def test_a_thread_that_cannot_start_does_not_stop_the_server(daemon, serve, monkeypatch):
     """With basic auth every connection gets a thread; when one cannot be started, that
     connection is closed and the next one is served."""
-    client = serve(daemon, authorize=lambda headers: True)
+    client = serve(daemon, authorize=lambda headers, client: True)
     start = threading.Thread.start
     failures = [RuntimeError("can't start new thread")]
 

@@ -152,6 +152,10 @@ BAD_REQUESTS = [
     ("POST to /probe", b"POST /probe?target=a:25&module=plain HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
     ("a header line of 70 KB", b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
     ("200 headers", b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(200)) + b"\r\n", 431),
+    ("40 KB of header fields in 10 lines", b"GET /metrics HTTP/1.1\r\n"
+     + b"".join(b"X-%d: " % i + b"a" * 4000 + b"\r\n" for i in range(10)) + b"\r\n", 431),
+    ("40 KB of header fields on /probe (the hub's path)", b"GET /probe?target=a:25&module=plain HTTP/1.1\r\n"
+     + b"".join(b"X-%d: " % i + b"a" * 4000 + b"\r\n" for i in range(10)) + b"\r\n", 431),
     ("a path of 70 KB", b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
     ("a deep path", b"GET /" + b"a/" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 404),
     ("dot-dot path", b"GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", 404),
@@ -178,6 +182,49 @@ def test_bad_requests_get_a_status_never_a_500_or_a_traceback(running, data, sta
     assert code == status, body[:300]
     assert time.monotonic() - begun < 1.0  # answered, not left waiting for a body
     assert_no_traceback(body)
+    assert_log_clean(running)
+
+
+# -- request smuggling: a body is never read as a request -----------------------------------------
+SMUGGLED = b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+
+
+def all_answers(port: int, data: bytes, timeout: float = 3.0) -> bytes:
+    """Everything the server sends back until it closes the connection (or goes quiet)."""
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return received
+
+
+@pytest.mark.parametrize("request_head", [
+    pytest.param(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", id="thread: Content-Length"),
+    pytest.param(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n", id="thread: chunked"),
+    pytest.param(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: %d\r\n\r\n",
+                 id="thread: two Content-Lengths"),
+    pytest.param(b"GET /probe?target={target}&module=plain HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n",
+                 id="hub: Content-Length"),
+    pytest.param(b"GET /probe?target={target}&module=plain HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n",
+                 id="hub: chunked"),
+])
+def test_a_body_on_a_get_is_never_taken_for_the_next_request(running, smtp_target, request_head):
+    """A GET whose body holds `POST /-/reload`: behind a proxy that filters by method and path,
+    the body must not become a second request, on either transport (the hub's /probe path and
+    a thread's)."""
+    head = request_head.replace(b"{target}", smtp_target.encode()) % len(SMUGGLED)
+    reloads_before = running.log().count("configuration reloaded")
+
+    answers = all_answers(running.port, head + SMUGGLED)
+
+    assert answers.count(b"HTTP/1.1 ") == 1, answers[:500]
+    assert b"configuration reloaded" not in answers
+    time.sleep(0.2)
+    assert running.log().count("configuration reloaded") == reloads_before
     assert_log_clean(running)
 
 

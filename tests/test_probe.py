@@ -6,32 +6,37 @@ Rejections must come back well before the timeout (FAST), never by waiting for i
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 
 import pytest
+from daemon_process import free_port
 from helpers import run_probe_at
-from probe_engines import ENGINES
+from probe_engines import ENGINES, call_on_engine
 from smtpservers import (
     BANNER,
     EHLO_OK,
     QUIT_OK,
     SERVER_NAME,
+    AiosmtpdServer,
     Close,
     FullBacklogListener,
     ScriptedHandler,
     Send,
     Sleep,
+    StartTls,
     Trickle,
+    on_a_loopback_address_of_its_own,
     password_authenticator,
     reply,
 )
 
-from smtpmon.smtp.client import MAX_REPLY_LINES
+from smtpmon.smtp.client import MAX_REPLY_LINES, SessionError, SmtpConnection, Transcript
 from smtpmon.smtp.module import Module
 from smtpmon.smtp.replycodes import reply_category, reply_class
 from smtpmon.smtp.results import FAILURE_REASONS
-from smtpmon.smtp.session import default_ehlo_name, module_default_port
+from smtpmon.smtp.session import connect_first, default_ehlo_name, module_default_port
 
 TIMEOUT = 5.0
 FAST = 1.0  # a rejection must end the probe well before TIMEOUT
@@ -309,7 +314,7 @@ def test_implicit_tls(smtp_server, tls_contexts, ca_file):
     result = probe(server.target, tls="implicit", tls_ca_file=ca_file)
 
     assert result.success, result.detail
-    assert stage_names(result) == ["resolve", "connect", "starttls", "banner", "ehlo", "quit"]
+    assert stage_names(result) == ["resolve", "connect", "tls", "banner", "ehlo", "quit"]
     assert result.tls.verified and result.ehlo_tls is None
     assert "STARTTLS" not in result.ehlo.extensions
 
@@ -318,14 +323,14 @@ def test_implicit_tls_with_expired_certificate(smtp_server, tls_contexts, ca_fil
     server = smtp_server(implicit_tls_context=tls_contexts["expired"])
     result = probe(server.target, tls="implicit", tls_ca_file=ca_file)
 
-    assert_failed(result, "starttls", "certificate_expired")
+    assert_failed(result, "tls", "certificate_expired")
     assert result.tls.not_after < time.time() and result.stage("banner") is None
 
 
 def test_implicit_tls_against_plain_smtp_fails_the_handshake(smtp_server):
     result = probe(smtp_server().target, tls="implicit")
 
-    assert_failed(result, "starttls", "tls_handshake_failed")
+    assert_failed(result, "tls", "tls_handshake_failed")
 
 
 def test_implicit_tls_default_port_is_465():
@@ -465,6 +470,70 @@ def test_data_command_rejected(scripted_server):
     assert server.received[-1] == "QUIT"
 
 
+# -- only the replies that mean success pass (RFC 5321 4.3.2) --------------------------------------
+AUTH_EHLO = reply(r"EHLO ", b"250-mx.test.example\r\n250 AUTH PLAIN LOGIN\r\n")
+MAIL_OK = reply(r"MAIL FROM:<probe@example.org>", b"250 2.1.0 Ok\r\n")
+RCPT_OK = reply(r"RCPT TO:<a@example.org>", b"250 2.1.5 Ok\r\n")
+SENDS_MAIL = {"mail_from": "probe@example.org", "rcpt_to": ("a@example.org",)}
+AUTHENTICATES = {"auth_mechanism": "PLAIN", "auth_username": "probe", "auth_password_env": "SMTPMON_TEST_PASSWORD"}
+
+
+@pytest.mark.parametrize(
+    "script, options, stage, code",
+    [
+        pytest.param([Send(b"250 mx.test.example hello\r\n"), QUIT_OK], {}, "banner", 250, id="banner-250"),
+        pytest.param([BANNER, reply(r"EHLO ", b"221 2.0.0 mx.test.example closing connection\r\n"), Close()],
+                     {}, "ehlo", 221, id="ehlo-221"),
+        pytest.param([BANNER, reply(r"EHLO ", b"550 5.7.1 go away\r\n"), reply(r"HELO ", b"221 2.0.0 closing\r\n"), Close()],
+                     {}, "ehlo", 221, id="ehlo-550-then-helo-221"),
+        pytest.param([BANNER, reply(r"EHLO ", b"252 2.0.0 maybe\r\n"), QUIT_OK], {}, "ehlo", 252, id="ehlo-252"),
+        pytest.param([BANNER, AUTH_EHLO, reply(r"AUTH PLAIN ", b"250 2.0.0 fine\r\n"), QUIT_OK],
+                     AUTHENTICATES, "auth", 250, id="auth-250"),
+        pytest.param([BANNER, AUTH_EHLO, reply(r"AUTH LOGIN", b"354 go ahead\r\n"), QUIT_OK],
+                     {**AUTHENTICATES, "auth_mechanism": "LOGIN"}, "auth", 354, id="auth-login-354"),
+        pytest.param([BANNER, EHLO_OK, reply(r"MAIL FROM:", b"221 2.0.0 Bye\r\n"), Close()], SENDS_MAIL, "mail", 221, id="mail-221"),
+        pytest.param([BANNER, EHLO_OK, MAIL_OK, reply(r"RCPT TO:", b"252 2.1.5 cannot verify\r\n"), QUIT_OK],
+                     SENDS_MAIL, "rcpt", 252, id="rcpt-252"),
+        pytest.param([BANNER, EHLO_OK, MAIL_OK, RCPT_OK, reply(r"DATA", b"250 2.0.0 Ok\r\n"), QUIT_OK],
+                     {**SENDS_MAIL, "data": True}, "data", 250, id="data-250-not-354"),
+        pytest.param([BANNER, EHLO_OK, MAIL_OK, RCPT_OK, reply(r"DATA", b"334 what\r\n"), QUIT_OK],
+                     {**SENDS_MAIL, "data": True}, "data", 334, id="data-334-not-354"),
+    ],
+)
+def test_a_reply_that_does_not_mean_success_is_an_unexpected_code(scripted_server, monkeypatch, script, options, stage, code):
+    monkeypatch.setenv("SMTPMON_TEST_PASSWORD", "pw")
+    server = scripted_server(script)
+    result = probe(server.target, tls="none", **options)
+
+    assert_failed(result, stage, "unexpected_code")
+    assert result.stage(stage).reply.code == code
+    if code == 221:  # the server closes the session: no QUIT follows
+        assert result.stage("quit") is None and not any(line.upper().startswith("QUIT") for line in server.received)
+    assert not server.mismatches
+
+
+def test_end_of_data_answered_221_is_an_unexpected_code(smtp_server):
+    server = smtp_server(ScriptedHandler(data_reply="221 2.0.0 Bye"))
+    result = probe(server.target, **SENDS_MAIL, data=True)
+
+    assert_failed(result, "data", "unexpected_code", code=221, cls="positive_completion", category="connections", enhanced="2.0.0")
+    assert [reply.code for reply in result.stage("data").replies] == [354, 221]
+
+
+def test_rcpt_251_is_success_and_quit_other_than_221_is_recorded_but_not_the_verdict(scripted_server):
+    server = scripted_server([
+        BANNER, EHLO_OK, MAIL_OK,
+        reply(r"RCPT TO:", b"251 2.1.5 User not local; will forward\r\n"),
+        reply(r"QUIT", b"250 2.0.0 Ok\r\n"),
+    ])
+    result = probe(server.target, tls="none", **SENDS_MAIL)
+
+    assert result.success, result.detail
+    assert result.stage("rcpt").reply.code == 251
+    quit = result.stage("quit")
+    assert not quit.ok and quit.reason == "unexpected_code"
+
+
 # -- misbehaviour -------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "script",
@@ -562,6 +631,82 @@ def test_connect_timeout_ends_at_the_deadline():
     assert 1.0 <= result.duration_seconds < 1.1
 
 
+def test_connect_timeout_is_per_address_not_the_whole_deadline():
+    listener = FullBacklogListener()
+    try:
+        time.sleep(0.05)
+        result = probe(listener.target, timeout_seconds=5.0, connect_timeout_seconds=0.3)
+    finally:
+        listener.close()
+
+    assert (result.failed_stage, result.reason) == ("connect", "connect_timeout")
+    assert 0.3 <= result.duration_seconds < 0.5
+    assert "no TCP connection within 0.30s" in result.detail
+
+
+def test_several_addresses_are_tried_in_turn_as_an_mta_does(engine, smtp_server):
+    """RFC 5321 5.1: a silent address (connect timeout) and a refusing one are passed over,
+    each attempt noted, and the session goes on with the first that answers."""
+    silent = FullBacklogListener()
+    refused_port = free_port()
+    server = smtp_server()
+    addresses = [(socket.AF_INET, ("127.0.0.1", silent.port)), (socket.AF_INET, ("127.0.0.1", refused_port)),
+                 (socket.AF_INET, ("127.0.0.1", server.port))]
+
+    def attempt(hub):
+        transcript = Transcript(time.monotonic(), time.monotonic)
+        deadline = time.monotonic() + 5.0
+        connection = SmtpConnection(deadline, transcript, hub=hub)
+        begun = time.monotonic()
+        try:
+            used = connect_first(connection, addresses, transcript, 0.3, deadline)
+            banner = connection.read_reply()
+        finally:
+            connection.close()
+        return used, banner, time.monotonic() - begun, [line.text for line in transcript.lines]
+
+    try:
+        time.sleep(0.05)
+        used, banner, took, lines = call_on_engine(engine, attempt)
+    finally:
+        silent.close()
+
+    assert used == addresses[2] and banner.code == 220
+    assert 0.3 <= took < 1.0
+    assert lines[:7] == [
+        f"connecting to 127.0.0.1 port {silent.port}", "no TCP connection within 0.30s",
+        "trying the next address (2 of 3)", f"connecting to 127.0.0.1 port {refused_port}",
+        "connection failed: Connection refused",
+        "trying the next address (3 of 3)", f"connecting to 127.0.0.1 port {server.port}",
+    ]
+
+
+def test_when_no_address_answers_the_failure_lists_every_attempt(engine):
+    ports = [free_port(), free_port()]
+    addresses = [(socket.AF_INET, ("127.0.0.1", port)) for port in ports]
+
+    def attempt(hub):
+        transcript = Transcript(time.monotonic(), time.monotonic)
+        connection = SmtpConnection(time.monotonic() + 5.0, transcript, hub=hub)
+        try:
+            connect_first(connection, addresses, transcript, 0.3, time.monotonic() + 5.0)
+        except SessionError as error:
+            return error
+        finally:
+            connection.close()
+
+    error = call_on_engine(engine, attempt)
+    assert error.reason == "connect_refused"
+    assert error.detail == ("no address took the connection: "
+                            f"127.0.0.1:{ports[0]}: connection failed: Connection refused; "
+                            f"127.0.0.1:{ports[1]}: connection failed: Connection refused")
+
+
+def test_the_result_names_the_address_used_and_its_family(smtp_server):
+    result = probe(smtp_server().target)
+    assert result.success and (result.address, result.address_family) == ("127.0.0.1", "ipv4")
+
+
 def ipv6_loopback_available() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as sock:
@@ -577,7 +722,7 @@ def test_ipv6_target(scripted_server):
     result = probe(server.target, ip_protocol="ip6")
 
     assert result.success, result.detail
-    assert result.address == "::1"
+    assert (result.address, result.address_family) == ("::1", "ipv6")
     # without a dotted host name, the EHLO name is the IPv6 address literal of RFC 5321
     assert ("C", f"EHLO {default_ehlo_name('::1')}") in [(line.direction, line.text) for line in result.transcript]
     assert default_ehlo_name("::1") in (socket.gethostname(), "[IPv6:::1]")
@@ -597,3 +742,109 @@ def test_an_unusable_module_gives_a_result_not_an_exception(smtp_server, tls_con
     assert (result.failed_stage, result.reason) == ("starttls", "internal_error")
     assert "missing.pem" in result.detail
 
+
+
+# -- opportunistic TLS: judged as sending MTAs judge it ---------------------------------------
+@pytest.mark.parametrize(
+    "kind, reason, words",
+    [
+        ("untrusted", "certificate_untrusted", "unable to get local issuer"),
+        ("self_signed", "certificate_untrusted", "self-signed"),
+        ("expired", "certificate_expired", "expired"),
+        ("wrong_host", "certificate_hostname_mismatch", "ip address mismatch"),
+    ],
+)
+def test_opportunistic_tls_reports_an_unverifiable_certificate_and_goes_on(smtp_server, tls_contexts, ca_file,
+                                                                           kind, reason, words):
+    """RFC 3207 / RFC 7435: a sending MTA delivers over TLS whatever the certificate; so does
+    the probe, and the failed verification is a reported fact."""
+    server = smtp_server(starttls_context=tls_contexts[kind])
+    result = probe(server.target, tls="opportunistic", tls_ca_file=ca_file, mail_from="probe@example.org",
+                   rcpt_to=("ok@example.org",), data=True)
+
+    assert result.success, result.detail
+    assert stage_names(result) == ["resolve", "connect", "banner", "ehlo", "starttls", "ehlo_tls", "mail",
+                                   "rcpt", "data", "quit"]
+    tls = result.tls
+    assert (tls.verified, tls.verify_reason) == (False, reason)
+    assert words in tls.verify_error.lower() and tls.subject and tls.version
+    assert result.ehlo_tls is not None and len(server.handler.messages) == 1
+    notes = [line.text for line in result.transcript if line.direction == "*"]
+    assert any(note.startswith("opportunistic TLS goes on without verification") for note in notes)
+    assert any(note.startswith("certificate NOT verified: ") and note.endswith("(opportunistic TLS: reported, not a failure)")
+               for note in notes)
+
+
+def test_opportunistic_tls_with_a_verified_certificate_makes_one_connection(smtp_server, tls_contexts, ca_file):
+    server = smtp_server(starttls_context=tls_contexts["trusted"])
+    result = probe(server.target, tls="opportunistic", tls_ca_file=ca_file)
+
+    assert result.success and result.tls.verified and result.tls.verify_reason is None
+    assert not any("reconnecting" in line.text for line in result.transcript)
+
+
+def test_opportunistic_tls_fails_when_the_server_refuses_the_second_connection(scripted_server, tls_contexts):
+    """Going on needs a second connection: a server that refuses it fails the probe, saying why."""
+    ehlo = reply(r"EHLO ", b"250-mx.test.example\r\n250 STARTTLS\r\n")
+    server = scripted_server([BANNER, ehlo, reply(r"STARTTLS", b"220 go ahead\r\n"), StartTls(tls_contexts["untrusted"]),
+                              reply(r"EHLO ", b"250 mx.test.example\r\n"), QUIT_OK],
+                             later=[Send(b"554 5.3.2 one connection at a time\r\n"), Close()])
+    result = probe(server.target, tls="opportunistic")
+
+    assert_failed(result, "starttls", "unexpected_code")
+    assert "going on without verification over a new connection failed" in result.detail
+    assert result.tls.verify_reason == "certificate_untrusted"
+
+
+# -- a plain probe of a TLS port ----------------------------------------------------------------
+def test_tls_bytes_where_the_banner_belongs_fail_at_once_suggesting_implicit_tls(scripted_server):
+    """A TLS record holds no line end: without looking at it, the probe would wait for one
+    until the deadline."""
+    alert = b"\x15\x03\x03\x00\x02\x02\x32"  # a TLS fatal alert record
+    server = scripted_server([Send(alert), Sleep(30)])
+    result = probe(server.target, tls="opportunistic")
+
+    assert_failed(result, "banner", "protocol_error")
+    assert "speaks TLS from the first byte" in result.detail and "--tls implicit" in result.detail
+    assert any(line.text.startswith("15 03 03 00 02 ... (7 bytes of a TLS record)") for line in result.transcript)
+
+
+def test_plain_probe_of_port_465_times_out_at_the_banner_suggesting_implicit_tls(tls_contexts):
+    """An SMTPS server waits for the client's handshake: the plain probe's banner timeout says
+    why and what to do. Port 465 on a loopback address of its own (binding it needs root)."""
+    server = on_a_loopback_address_of_its_own(
+        lambda host: AiosmtpdServer(implicit_tls_context=tls_contexts["trusted"], host=host, port=465).start())
+    try:
+        result = probe(server.target, tls="opportunistic", timeout_seconds=0.5)
+    finally:
+        server.stop()
+
+    assert (result.failed_stage, result.reason) == ("banner", "timeout")
+    assert "port 465 is SMTPS" in result.detail and "--tls implicit" in result.detail
+
+
+# -- the test message's size ----------------------------------------------------------------------
+def test_message_size_pads_the_test_message_and_keeps_the_transcript_short(smtp_server):
+    server = smtp_server()
+    result = probe(server.target, mail_from="probe@example.org", rcpt_to=("ok@example.org",), data=True,
+                   message_size=200_000)
+
+    assert result.success, result.detail
+    (message,) = server.handler.messages
+    # aiosmtpd keeps the message with its line ends as received, less the final dot line.
+    assert len(message) == 200_000
+    notes = [line.text for line in result.transcript if line.direction == "*"]
+    assert any(re.fullmatch(r"\(\d+ more lines, \d+ bytes, not shown\)", note) for note in notes)
+    assert len(result.transcript) < 40
+
+
+def test_a_message_over_the_servers_size_limit_fails_at_data_with_552(smtp_server):
+    server = smtp_server(data_size_limit=100_000)
+    small = probe(server.target, mail_from="probe@example.org", rcpt_to=("ok@example.org",), data=True,
+                  message_size=90_000)
+    large = probe(server.target, mail_from="probe@example.org", rcpt_to=("ok@example.org",), data=True,
+                  message_size=150_000)
+
+    assert small.success, small.detail
+    assert_failed(large, "data", "data_rejected", code=552, cls="permanent_negative", category="mail_system")
+    assert "the end of the message answered 552" in large.detail

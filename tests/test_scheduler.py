@@ -7,6 +7,7 @@ loopback tarpit and a loopback SMTP server. The store and exporter state are the
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import io
 import re
@@ -214,6 +215,28 @@ def test_apply_adds_removes_and_keeps_unchanged_targets(running):
     assert probe.count("127.0.0.2:25") <= removed_calls + 1  # at most the one in flight
 
 
+def test_an_apply_that_cannot_be_held_changes_nothing(running):
+    """A value the schedule's dates cannot hold (validation bounds it; this is the net below):
+    apply raises before it retires, registers or schedules anything."""
+    probe = RecordingProbe()
+    first = make_config(["127.0.0.1:25", "127.0.0.2:25"], interval=0.2, timeout=0.1)
+    scheduler, store, state = running(first, probe)
+    time.sleep(0.5)
+    counted = sample_value(render_metrics(store, state), "smtpmon_probes_total", target="127.0.0.2:25")
+    assert counted >= 1
+    second = make_config(["127.0.0.1:25", "127.0.0.3:25", "127.0.0.4:25"], interval=0.2, timeout=0.1)
+    centuries = dataclasses.replace(second.targets[2], interval_seconds=360e9)
+    unholdable = dataclasses.replace(second, targets=(*second.targets[:2], centuries))
+
+    with pytest.raises(OverflowError):
+        scheduler.apply(unholdable)
+    time.sleep(0.5)
+    metrics = render_metrics(store, state)
+    assert sample_value(metrics, "smtpmon_probes_total", target="127.0.0.2:25") > counted  # still probed
+    assert b"127.0.0.3:25" not in metrics and b"127.0.0.4:25" not in metrics  # no phantom series
+    assert probe.count("127.0.0.3:25") == 0
+
+
 def test_apply_restarts_a_target_whose_module_options_changed(running):
     probe = RecordingProbe()
     config = make_config(["127.0.0.1:25"], interval=0.2, timeout=0.1)
@@ -297,7 +320,7 @@ def test_log_lines_mark_changes_not_every_probe(running):
     # Three failures in a row: one line; the recovery: one line. "ts=..." left out.
     lines = [line.split(" ", 1)[1] for line in stream.getvalue().splitlines() if "target=" in line]
     assert lines == [
-        'level=info msg="probe failed" target=127.0.0.1:25 module=m stage=banner '
+        'level=warn msg="probe failed" target=127.0.0.1:25 module=m stage=banner '
         'reason=banner_rejected duration_seconds=0.001',
         'level=info msg="probe recovered" target=127.0.0.1:25 module=m duration_seconds=0.001',
     ]

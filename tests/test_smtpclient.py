@@ -58,7 +58,8 @@ def test_a_long_timeout_ends_on_time_without_a_hub(stage, scripted_server):
             time.sleep(0.05)  # let the fillers' handshakes fill the queue
         target = listener.target if listener is not None else scripted_server([Sleep(30)]).target
         begun = time.monotonic()
-        result = run_probe_at(target, Module(tls="none", timeout_seconds=5.0))
+        # A connect timeout past the deadline: the deadline is what ends the connect here.
+        result = run_probe_at(target, Module(tls="none", timeout_seconds=5.0, connect_timeout_seconds=60.0))
         elapsed = time.monotonic() - begun
     finally:
         if listener is not None:

@@ -81,6 +81,9 @@ def test_unit_runs_the_daemon_unprivileged_and_reloads_with_sighup():
     assert settings["DynamicUser"] == ["yes"]
     assert settings["Restart"] == ["on-failure"]
     assert "User" not in settings, "DynamicUser= picks the user; a fixed User= would need sysusers"
+    # stderr to the journal, which reads each line's <N> priority prefix (tests/test_logs.py).
+    assert settings["StandardError"] == ["journal"]
+    assert settings["SyslogLevelPrefix"] == ["yes"]
 
 
 def test_unit_gives_the_mail_log_reader_read_access_and_a_state_directory():

@@ -7,8 +7,10 @@ import base64
 import contextlib
 import http.client
 import os
+import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import threading
@@ -20,9 +22,15 @@ import bcrypt
 import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
+from daemon_process import RunningDaemon
 
 from smtpmon.config.load import default_config
-from smtpmon.config.webconfig import WWW_AUTHENTICATE, WebConfigError, load_web_config
+from smtpmon.config.webconfig import (
+    WWW_AUTHENTICATE,
+    WebConfigError,
+    WebConfigFile,
+    load_web_config,
+)
 from smtpmon.runtime.daemon import Daemon, web_server_options
 from smtpmon.web.server import Server
 
@@ -64,7 +72,7 @@ def write_web_config(pki: Pki, text: str, name: str = "web.yml") -> str:
 def serving(web_config_file: str, **limits):
     """The daemon's HTTP server, wired exactly as `smtpmon run --web.config.file` wires it."""
     server = Server(("127.0.0.1", 0), Daemon(default_config(), None),
-                    **web_server_options(web_config_file), connection_timeout=NETWORK_TIMEOUT,
+                    **web_server_options(WebConfigFile(web_config_file)), connection_timeout=NETWORK_TIMEOUT,
                     **limits)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
@@ -170,6 +178,125 @@ def test_a_verified_password_is_cached_and_a_wrong_one_still_fails(pki):
     assert second < first / 10, f"first check {first:.3f}s, second {second:.3f}s"
     assert not web.check_authorization(basic("alice", "slow!")["Authorization"])
     assert not web.check_authorization(basic("bob", "slow")["Authorization"])
+
+
+def median_seconds(check, times: int = 5) -> float:
+    durations = []
+    for _ in range(times):
+        started = time.monotonic()
+        assert not check()
+        durations.append(time.monotonic() - started)
+    return statistics.median(durations)
+
+
+def test_a_failure_costs_the_same_whether_or_not_the_user_exists(pki):
+    """Users with hashes of different costs: an unknown user, and a wrong password for the user
+    with the cheap hash, take as long as a wrong password at the highest cost (else timing
+    tells which users exist)."""
+    cheap = bcrypt.hashpw(b"cheap", bcrypt.gensalt(rounds=4)).decode()
+    dear = bcrypt.hashpw(b"dear", bcrypt.gensalt(rounds=11)).decode()
+    web = load_web_config(write_web_config(pki, f"basic_auth_users:\n  cheap: {cheap}\n  dear: {dear}\n",
+                                           "mixed-costs.yml"))
+    wrong_for_dear = median_seconds(lambda: web.check_authorization(basic("dear", "nope")["Authorization"]))
+    unknown = median_seconds(lambda: web.check_authorization(basic("mallory", "nope")["Authorization"]))
+    wrong_for_cheap = median_seconds(lambda: web.check_authorization(basic("cheap", "nope")["Authorization"]))
+
+    assert 0.6 * wrong_for_dear < unknown < 1.6 * wrong_for_dear + 0.05, (unknown, wrong_for_dear)
+    assert 0.6 * wrong_for_dear < wrong_for_cheap < 1.6 * wrong_for_dear + 0.05, (wrong_for_cheap, wrong_for_dear)
+    assert web.check_authorization(basic("cheap", "cheap")["Authorization"])
+
+
+def test_a_correct_login_is_answered_promptly_under_a_flood_of_wrong_ones(pki):
+    """32 clients of one address send wrong passwords (cost 11: ~0.12 s a check, one check at a
+    time, so ~4 s of queue); a correct login from another address, not cached yet, waits for
+    at most a check or two, not for the flood's queue."""
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=11)).decode()
+    path = write_web_config(pki, f"basic_auth_users:\n  prometheus: {hashed}\n", "flooded.yml")
+    stop = threading.Event()
+
+    def get(port: int, source: str, password: str, timeout: float = NETWORK_TIMEOUT) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout,
+                                                source_address=(source, 0))
+        try:
+            connection.request("GET", "/-/healthy", headers=basic("prometheus", password))
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    def flood(port: int) -> None:
+        while not stop.is_set():
+            try:
+                assert get(port, "127.0.0.2", "wrong", timeout=10) == 401
+            except (OSError, http.client.HTTPException):
+                return  # the server stopped at the end of the test
+
+    with serving(path) as port:
+        attackers = [threading.Thread(target=flood, args=(port,), daemon=True) for _ in range(32)]
+        for attacker in attackers:
+            attacker.start()
+        try:
+            time.sleep(1.0)  # the flood's queue is full
+            started = time.monotonic()
+            assert get(port, "127.0.0.3", "right") == 200
+            took = time.monotonic() - started
+        finally:
+            stop.set()
+            for attacker in attackers:
+                attacker.join(NETWORK_TIMEOUT)
+    assert took < 1.5, f"a correct login took {took:.2f} s under the flood"
+
+
+def test_the_web_config_is_re_read_when_it_changes_and_on_sighup_and_reload(tmp_path):
+    """As exporter-toolkit does: a user removed from the file loses access at the next request
+    (the file's modification time and size changed), a broken edit keeps the file in force,
+    and SIGHUP and POST /-/reload read it again even when its time and size look the same."""
+    hashes = {user: bcrypt.hashpw(user.encode(), bcrypt.gensalt(rounds=4)).decode()
+              for user in ("alice", "bob", "eve")}
+    web = tmp_path / "web.yml"
+
+    def write(*users: str, keep_stamp: bool = False) -> None:
+        before = web.stat() if keep_stamp else None
+        web.write_text("basic_auth_users:\n" + "".join(f"  {user}: {hashes[user]}\n" for user in users))
+        if keep_stamp:
+            os.utime(web, ns=(before.st_atime_ns, before.st_mtime_ns))
+            assert web.stat().st_size == before.st_size
+
+    def status(user: str, method: str = "GET", path: str = "/-/healthy") -> int:
+        return running.request(method, path, headers=basic(user, user))[0]
+
+    write("alice", "bob")
+    config = tmp_path / "smtpmon.yml"
+    config.write_text("modules: {plain: {tls: none}}\n")
+    running = RunningDaemon(config, tmp_path / "daemon.log", args=["--web.config.file", str(web)])
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # /-/ready needs credentials here: wait for any answer
+            try:
+                assert status("alice") == 200
+                break
+            except OSError:
+                assert time.monotonic() < deadline and running.process.poll() is None, running.log()
+                time.sleep(0.05)
+        assert status("bob") == 200
+        write("alice")
+        assert status("bob") == 401 and status("alice") == 200
+        web.write_text("basic_auth_users: [not, a, mapping]\n")
+        assert status("alice") == 200 and status("bob") == 401  # the last good file stays
+        assert 'msg="web config re-read failed; keeping the previous one"' in running.log()
+        write("alice", "bob")
+        assert status("bob") == 200  # read, and its time and size noted
+        write("alice", "eve", keep_stamp=True)  # same size, same time: not noticed by a request
+        assert status("eve") == 401 and status("bob") == 200
+        running.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while status("eve") != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status("eve") == 200 and status("bob") == 401
+        write("alice", "bob", keep_stamp=True)
+        assert status("alice", "POST", "/-/reload") == 200
+        assert status("bob") == 200 and status("eve") == 401
+    finally:
+        running.stop()
 
 
 def test_htpasswd_style_2y_hashes_are_accepted(pki):
@@ -501,6 +628,34 @@ def test_a_missing_file_is_an_error(pki):
     with pytest.raises(WebConfigError) as raised:
         load_web_config(str(pki.directory / "absent.yml"))
     assert raised.value.errors == ["cannot read the file: No such file or directory"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "huge", "fifo-certificate"])
+def test_what_is_not_a_regular_file_of_sane_size_is_refused_at_once(tmp_path, pki, kind):
+    """A FIFO would block the reader until someone writes to it; /dev/zero or a huge file would
+    take the memory. The web config file and the files it names alike."""
+    path = tmp_path / "web.yml"
+    if kind in ("fifo", "fifo-certificate"):
+        os.mkfifo(tmp_path / "fifo")
+    if kind == "fifo":
+        path = tmp_path / "fifo"
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "huge":
+        with open(path, "wb") as handle:
+            handle.truncate(100 * 1024 * 1024)
+    else:
+        path.write_text(f"tls_server_config: {{cert_file: {tmp_path / 'fifo'}, key_file: {pki.directory / 'server.key'}}}\n")
+    script = ("import sys\nfrom smtpmon.config.webconfig import load_web_config, WebConfigError\n"
+              "try:\n    load_web_config(sys.argv[1])\nexcept WebConfigError as error:\n    print(error.errors)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=5)
+    expected = {
+        "fifo": "['cannot read the file: not a regular file (a FIFO)']",
+        "dev-zero": "['cannot read the file: not a regular file (a character device)']",
+        "huge": "['the file is larger than 16 MB; is it the right file?']",
+        "fifo-certificate": f"['tls_server_config.cert_file: not a regular file: {tmp_path / 'fifo'}']",
+    }
+    assert result.stdout.strip() == expected[kind], result.stderr
 
 
 def test_smtpmon_run_exits_2_on_an_invalid_web_config(pki):

@@ -12,12 +12,27 @@ import json
 import sys
 from types import MappingProxyType
 
-from smtpmon.config.addresses import format_address, parse_address
-from smtpmon.config.load import REPLY_STAGES
+from smtpmon.config.addresses import format_address, is_ipv6, parse_address
+from smtpmon.config.load import REPLY_STAGES, parse_size
 from smtpmon.smtp.client import prepare_tls
-from smtpmon.smtp.module import AUTH_MECHANISMS, AUTH_TLS_MODES, TLS_MODES, TLS_VERSIONS, Module
-from smtpmon.smtp.results import ProbeResult
-from smtpmon.smtp.session import SMTP_PORT, module_default_port, run_probe
+from smtpmon.smtp.module import (
+    AUTH_MECHANISMS,
+    AUTH_TLS_MODES,
+    TLS_MODES,
+    TLS_VERSIONS,
+    Module,
+    PasswordUnavailable,
+)
+from smtpmon.smtp.replycodes import (
+    ENHANCED_CLASS_NAMES,
+    enhanced_meaning,
+    enhanced_subject_meaning,
+    meaning,
+    reply_category,
+    reply_class,
+)
+from smtpmon.smtp.results import ProbeResult, Reply
+from smtpmon.smtp.session import module_default_port, run_probe
 from smtpmon.smtp.transcript import days_until_expiry, render, summary_line
 
 DESCRIPTION = """\
@@ -25,9 +40,14 @@ Run one SMTP session against HOST[:PORT] (default port 25, 465 with --tls implic
 print it as a person at a telnet prompt would see it, each reply explained, then a
 Nagios-style status line with perfdata."""
 EPILOG = """exit codes (Nagios plugin convention):
-  0 OK, 1 WARNING (certificate expires within --warn-days, or slower than --warning),
-  2 CRITICAL (the probe failed, or the certificate expires within --crit-days, or slower
-  than --critical), 3 UNKNOWN (bad usage)
+  0 OK
+  1 WARNING: the probe failed on a 4xx reply, a temporary condition senders retry (421,
+    450 greylisting, 451...); or the certificate expires within --warn-days; or the
+    session was slower than --warning
+  2 CRITICAL: the probe failed on a 5xx reply, or without a reply (no connection, a
+    timeout, a TLS or certificate failure, a protocol error); or the certificate expires
+    within --crit-days; or slower than --critical
+  3 UNKNOWN: bad usage (contradictory flags such as --json with --status-only, too)
 
 examples:
   smtpmon probe mx.example.org
@@ -35,7 +55,9 @@ examples:
   smtpmon probe mx.example.org --mail-from probe@example.org --rcpt nobody@example.org --expect rcpt=550
   smtpmon probe smtp.example.org:465 --tls implicit --auth PLAIN --user probe --password-file /etc/smtpmon/pw
   smtpmon probe [2001:db8::25]:25 -6 --json
-  smtpmon probe mx.example.org --status-only     as an Icinga/Nagios check command
+  smtpmon probe 2001:db8::25 --port 25 --server-name mx.example.org --tls starttls --status-only
+                                                  as an Icinga/Nagios check: the host's address
+                                                  ($HOSTADDRESS$, IPv4 or IPv6) and its name apart
 """
 USAGE_EXIT_CODE = 3  # Nagios UNKNOWN
 
@@ -44,10 +66,17 @@ _STATUS_WORDS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "U
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", metavar="HOST[:PORT]", type=_target, help="server to probe; [ADDRESS]:PORT for IPv6")
+    parser.add_argument("target", metavar="HOST[:PORT]",
+                        help="server to probe; [ADDRESS]:PORT for IPv6, or a bare address with --port")
+    parser.add_argument("--port", type=_port, metavar="PORT",
+                        help="the port, given apart: then HOST is a name or an IPv4 or IPv6 address "
+                             "without a port or brackets (as Nagios' $HOSTADDRESS$ is)")
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls", choices=TLS_MODES, default="opportunistic",
-                     help="none; starttls (required); opportunistic (when offered, the default); implicit (port 465)")
+                     help="none; starttls (required, the certificate must verify); opportunistic "
+                          "(when offered, the default: as sending MTAs do, a certificate that does "
+                          "not verify is reported, not a failure); implicit (port 465, the "
+                          "certificate must verify)")
     tls.add_argument("--no-verify", "--insecure", dest="tls_verify", action="store_false",
                      help="do not verify the certificate (it is still inspected and reported)")
     tls.add_argument("--ca-file", metavar="PEM", help="trust only these CA certificates")
@@ -65,16 +94,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     session.add_argument("--mail-from", metavar="ADDRESS", help='send MAIL FROM (use "" for the null sender)')
     session.add_argument("--rcpt", metavar="ADDRESS", action="append", default=[], help="send RCPT TO (repeatable)")
     session.add_argument("--data", action="store_true", help="send a small test message after RCPT")
+    session.add_argument("--message-size", metavar="SIZE", type=_size,
+                         help="pad the test message to this size (bytes, or 500KB, 10MiB...) to check "
+                              "the server's size limit (552 5.3.4 after the message); needs --data")
     session.add_argument("--expect", metavar="STAGE=CODE[,CODE]", action="append", default=[], type=_expectation,
                          help="codes a stage must get, e.g. rcpt=550 (repeatable)")
     session.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds, default=10.0,
                          help="deadline for the whole session (default 10)")
+    session.add_argument("--connect-timeout", metavar="SECONDS", type=_positive_seconds, default=3.0,
+                         help="give up each address's TCP connect after this and try the host's next "
+                              "address, as MTAs do (default 3)")
     family = session.add_mutually_exclusive_group()
     family.add_argument("-4", dest="ip_protocol", action="store_const", const="ip4", default="any", help="IPv4 only")
     family.add_argument("-6", dest="ip_protocol", action="store_const", const="ip6", help="IPv6 only")
     output = parser.add_argument_group("output and thresholds")
-    output.add_argument("--json", action="store_true", help="print the whole result as JSON instead")
-    output.add_argument("--status-only", action="store_true", help="print only the status line (for Nagios/Icinga)")
+    form = output.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true",
+                      help="print the whole result as JSON instead, each reply with its class, "
+                           "category and meanings")
+    form.add_argument("--status-only", action="store_true", help="print only the status line (for Nagios/Icinga)")
     output.add_argument("--no-annotations", dest="annotate", action="store_false",
                         help="do not explain each reply under it")
     output.add_argument("--warning", metavar="SECONDS", type=_positive_seconds,
@@ -90,7 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         module = module_from_args(args)
-        host, port = parse_address(args.target, module_default_port(module))
+        host, port = target_of(args, module_default_port(module))
     except ValueError as error:
         print(f"smtpmon probe: error: {error}", file=sys.stderr)
         return UNKNOWN
@@ -110,6 +148,21 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
+def target_of(args: argparse.Namespace, default_port: int) -> tuple[str, int]:
+    """(host, port) from HOST[:PORT], or from HOST and --port."""
+    if args.port is None:
+        return parse_address(args.target.strip(), default_port)
+    host = args.target.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise ValueError("empty target")
+    if ":" in host and not is_ipv6(host):
+        raise ValueError(f"target {args.target!r}: with --port, give the host alone: a name, "
+                         "an IPv4 or an IPv6 address")
+    return host, args.port
+
+
 def module_from_args(args: argparse.Namespace) -> Module:
     """A Module from the flags; ValueError names the flag that is wrong."""
     if args.auth and args.user is None:
@@ -122,6 +175,8 @@ def module_from_args(args: argparse.Namespace) -> Module:
         raise ValueError("--rcpt needs --mail-from")
     if args.data and not args.rcpt:
         raise ValueError("--data needs at least one --rcpt")
+    if args.message_size is not None and not args.data:
+        raise ValueError("--message-size needs --data")
     if args.ca_file is not None and not _readable(args.ca_file):
         raise ValueError(f"--ca-file {args.ca_file}: cannot read it")
     module = Module(
@@ -139,18 +194,19 @@ def module_from_args(args: argparse.Namespace) -> Module:
         mail_from=args.mail_from,
         rcpt_to=tuple(args.rcpt),
         data=args.data,
+        message_size=args.message_size,
         expect=MappingProxyType(dict(args.expect)),
         timeout_seconds=args.timeout,
+        connect_timeout_seconds=args.connect_timeout,
         ip_protocol=args.ip_protocol,
     )
     if module.auth_mechanism:
         # Fail now, with a clear line, rather than half way through the session.
         try:
             module.read_password()
-        except OSError as error:
-            raise ValueError(f"--password-file {args.password_file}: {error.strerror or error}") from None
-        except KeyError:
-            raise ValueError(f"--password-env {args.password_env}: the variable is not set") from None
+        except PasswordUnavailable as error:
+            flag = "--password-file" if args.password_file else "--password-env"
+            raise ValueError(f"{flag}: {error}") from None
         if module.tls not in AUTH_TLS_MODES:  # the rule the config file has
             raise ValueError(f"--auth needs --tls {' or '.join(AUTH_TLS_MODES)}, so the password "
                              f"never crosses the network in clear; got --tls {module.tls}")
@@ -167,7 +223,14 @@ def judge(result: ProbeResult, args: argparse.Namespace) -> tuple[int, list[str]
         notes.append(note)
 
     if not result.success:
-        status = CRITICAL
+        failed = result.stage(result.failed_stage) if result.failed_stage else None
+        reply = failed.reply if failed is not None else None
+        # A 4xx is temporary: senders queue and retry (RFC 5321 4.2.1). Anything else that
+        # failed (a 5xx, no connection, TLS, a timeout) is critical.
+        if reply is not None and reply.code is not None and reply.code // 100 == 4:
+            worse(WARNING, f"temporary failure ({reply.code}): senders retry")
+        else:
+            status = CRITICAL
     days = days_until_expiry(result.tls)
     if days is not None:
         if days < 0:
@@ -201,20 +264,38 @@ def result_to_json(result: ProbeResult) -> str:
             return sorted(value)
         raise TypeError(f"cannot encode {type(value).__name__}")
 
-    return json.dumps(dataclasses.asdict(result), default=encode, indent=2)
+    document = dataclasses.asdict(result)
+    for stage, stage_document in zip(result.stages, document["stages"]):
+        for reply, reply_document in zip(stage.replies, stage_document["replies"]):
+            reply_document.update(reply_meanings(reply))
+    return json.dumps(document, default=encode, indent=2)
+
+
+def reply_meanings(reply: Reply) -> dict:
+    """What the transcript's annotations say of a reply, as fields: its class and category
+    (the metric labels), the code's meaning, and the enhanced code's class, subject and
+    meaning (None where there is none)."""
+    described = {
+        "class": reply_class(reply.code),
+        "category": reply_category(reply.code),
+        "meaning": meaning(reply.code) if reply.code is not None else None,
+        "enhanced_class": None,
+        "enhanced_subject": None,
+        "enhanced_meaning": None,
+    }
+    if reply.enhanced is not None:
+        status_class, subject, _ = (int(part) for part in reply.enhanced.split("."))
+        described.update(enhanced_class=ENHANCED_CLASS_NAMES[status_class],
+                         enhanced_subject=enhanced_subject_meaning(subject),
+                         enhanced_meaning=enhanced_meaning(reply.enhanced))
+    return described
 
 
 # -- argument types: argparse turns their errors into one usage line and exit 3 ----------------
-def _target(text: str) -> str:
-    """HOST[:PORT], checked now; run() reads its port once --tls says what the default is."""
-    text = text.strip()
-    if not text:
-        raise argparse.ArgumentTypeError("empty target")
-    try:
-        parse_address(text, SMTP_PORT)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1-65535, got {text!r}")
+    return int(text)
 
 
 def _expectation(text: str) -> tuple[str, tuple[int, ...]]:
@@ -231,6 +312,13 @@ def _expectation(text: str) -> tuple[str, tuple[int, ...]]:
     if not numbers or not all(100 <= code <= 599 for code in numbers):
         raise argparse.ArgumentTypeError(f"{text!r}: codes must be numbers 100-599")
     return stage, numbers
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(int(text) if text.isdigit() else text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _positive_seconds(text: str) -> float:

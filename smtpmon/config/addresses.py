@@ -73,6 +73,15 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def normal_address(host: str, port: int) -> str:
+    """One spelling of (host, port) for all the ways of writing it: a name in lower case
+    without a trailing dot, an IPv6 address in its compressed form, the port without leading
+    zeros ("LoCaLhOsT.:0025" and "localhost:25" are both "localhost:25")."""
+    if ":" in host:
+        return f"[{ipaddress.IPv6Address(host).compressed}]:{port}"
+    return f"{host.rstrip('.').lower()}:{port}"
+
+
 def host_problem(host: str) -> str | None:
     """Why `host` is neither a valid host name nor an IPv4 address; None when it is fine."""
     if not host:

@@ -15,7 +15,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -25,11 +25,18 @@ from smtpmon.config.addresses import (
     is_ip,
     is_ipv6,
     matches_pattern,
+    normal_address,
     parse_address,
 )
 from smtpmon.config.maillog import MaillogSettings, parse_maillog
 from smtpmon.config.validation import Validator, describe, key_path
-from smtpmon.config.yamldoc import YamlSyntaxError, read_document
+from smtpmon.config.yamldoc import (
+    FileReadError,
+    YamlSyntaxError,
+    read_document,
+    read_file,
+    regular_file_problem,
+)
 from smtpmon.smtp.module import (
     AUTH_MECHANISMS,
     AUTH_TLS_MODES,
@@ -37,6 +44,7 @@ from smtpmon.smtp.module import (
     TLS_MODES,
     TLS_VERSIONS,
     Module,
+    PasswordUnavailable,
 )
 from smtpmon.smtp.results import STAGES
 
@@ -60,13 +68,14 @@ targets:
 """
 
 # Stages that receive a reply, so a module may say which codes it expects there.
-REPLY_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s not in ("resolve", "connect"))
+REPLY_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s not in ("resolve", "connect", "tls"))
 
 _TOP_KEYS = ("global", "probe_allow", "modules", "targets", "maillog")
 _GLOBAL_KEYS = ("interval", "timeout", "max_concurrency", "ehlo_name")
 _MODULE_KEYS = (
     "tls", "tls_verify", "tls_ca_file", "tls_server_name", "tls_min_version", "ehlo_name",
     "helo_fallback", "auth", "mail_from", "rcpt_to", "data", "expect", "timeout", "ip_protocol",
+    "connect_timeout", "message_size", "probe_allow",
 )  # fmt: skip
 _AUTH_KEYS = ("mechanism", "username", "password_file", "password_env")
 _TARGET_KEYS = ("address", "module", "interval", "timeout")
@@ -75,10 +84,24 @@ _CREDENTIALS_VARIABLE = re.compile(r"\$(?:CREDENTIALS_DIRECTORY\b|\{CREDENTIALS_
 _DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(B|KB|MB|KiB|MiB)", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "kib": 1024, "mib": 1024**2}
+# A test message is held in memory and sent on every probe: servers' limits are tens of MB.
+MAX_MESSAGE_SIZE = 256 * 2**20
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Addresses go verbatim into MAIL FROM:<...> / RCPT TO:<...>: nothing that could break the line.
 _BAD_ADDRESS_CHARS = re.compile(r"[\s<>\x00-\x1f\x7f]")
+
+# Upper bounds, so that every value that validates also runs (the schedule's dates, the
+# socket timeouts and the hub hold them) and means something for a monitor:
+# - an interval of a day at most: a target probed less often cannot raise an alert in time;
+# - a timeout of 10 minutes at most: the longest client timeout RFC 5321 4.5.3.2 gives
+#   (for the reply to the end of the message); no stage of a probe needs longer;
+# - max_concurrency: each probe in flight holds a socket and its session's memory.
+MAX_INTERVAL_SECONDS = 86400.0
+MAX_TIMEOUT_SECONDS = 600.0
+MAX_CONCURRENCY = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +134,13 @@ class Config:
     modules: Mapping[str, Module]
     targets: tuple[Target, ...]
     source: str  # the file's path, or EMBEDDED_SOURCE
+    # "path: reason" for each AUTH password that cannot be read now. Not errors: a secret is
+    # read when a probe uses it, so its module's probes fail at AUTH (auth_password_unavailable)
+    # while everything else runs; `run` and `check-config` warn about each.
+    secret_problems: tuple[str, ...] = ()
+    # Modules with AUTH: the host:port patterns /probe may use each against beyond the targets
+    # configured with it (its own `probe_allow`; the top-level one never applies to them).
+    secret_probe_allow: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     maillog: MaillogSettings | None = None  # the `maillog:` section; None: no log is read
 
     def probe_allowed(self, host: str, port: int) -> bool:
@@ -120,6 +150,27 @@ class Config:
             if target.host.lower() == host and target.port == port:
                 return True
         return any(matches_pattern(host, port, pattern) for pattern in self.settings.probe_allow)
+
+    def probe_refusal(self, host: str, port: int, module_name: str) -> str | None:
+        """Why /probe must not run `module_name` against host:port (for a 403), or None.
+
+        A module that sends a password (AUTH) goes only to the targets configured with it and
+        to its own probe_allow: anywhere else a server would receive the password. Any other
+        module goes to every configured target and to the top-level probe_allow."""
+        where = normal_address(host, port)
+        if self.modules[module_name].auth_mechanism is not None:
+            if any(target.module == module_name and normal_address(target.host, target.port) == where
+                   for target in self.targets):
+                return None
+            if any(matches_pattern(host.lower(), port, pattern)
+                   for pattern in self.secret_probe_allow.get(module_name, ())):
+                return None
+            return (f"module {module_name} sends an AUTH password, so /probe uses it only against "
+                    f"the targets configured with it and its own probe_allow; {where} is neither")
+        if self.probe_allowed(host, port):
+            return None
+        return (f"target {where} is neither a configured target nor allowed by probe_allow: "
+                "an exporter must not become a port scanner")
 
 
 class ConfigError(Exception):
@@ -134,14 +185,14 @@ class ConfigError(Exception):
 def load_config(path: str, *, check_secrets: bool = True) -> Config:
     """Read and validate a configuration file; raises ConfigError listing every problem.
 
-    check_secrets=False skips checking that AUTH password files exist and password environment
-    variables are set (`check-config --skip-secrets`, outside the service's environment).
+    check_secrets=False does not look whether AUTH password files can be read and password
+    environment variables are set (`check-config --skip-secrets`); with it, those that cannot
+    are listed in Config.secret_problems (never errors).
     """
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        raise ConfigError([f"cannot read the file: {error.strerror}"], path) from None
+        data = read_file(path)
+    except FileReadError as error:
+        raise ConfigError([str(error)], path) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -159,10 +210,10 @@ def default_config() -> Config:
     return parse_config(DEFAULT_CONFIG_TEXT, EMBEDDED_SOURCE)
 
 
-def parse_duration(value: Any) -> float:
+def parse_duration(value: Any, maximum: float = math.inf) -> float:
     """Seconds from a number (seconds) or a string like "500ms", "30s", "2m", "1h", "1m30s".
 
-    Raises ValueError with the reason; a duration must be positive and finite.
+    Raises ValueError with the reason; a duration must be positive and at most `maximum`.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"must be a duration like 30s, 2m or 500ms, got {describe(value)}")
@@ -177,7 +228,25 @@ def parse_duration(value: Any) -> float:
         seconds = float(value)
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"must be a positive duration, got {describe(value)}")
+    if seconds > maximum:
+        raise ValueError(f"must be at most {format_duration(maximum)}, got {describe(value)}")
     return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from a whole number or a string like "500KB", "10MB", "10MiB" (1 kB = 1000 B,
+    1 KiB = 1024 B), at least 1 and at most MAX_MESSAGE_SIZE. Raises ValueError with the reason."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"must be a size in bytes like 1048576, 500KB or 10MiB, got {describe(value)}")
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        if not match:
+            raise ValueError(f"invalid size {describe(value)}: use bytes (1048576) or a number "
+                             "with KB, MB, KiB or MiB (500KB, 10MiB)")
+        value = int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
+    if not 1 <= value <= MAX_MESSAGE_SIZE:
+        raise ValueError(f"must be 1 byte to {MAX_MESSAGE_SIZE // 2**20}MiB, got {value}")
+    return value
 
 
 def format_duration(seconds: float) -> str:
@@ -203,8 +272,10 @@ class _Parser(Validator):
     def __init__(self, source: str, check_secrets: bool):
         super().__init__(source)
         self.check_secrets = check_secrets
+        self.secret_problems: list[str] = []
         self.modules_with_timeout: set[str] = set()  # to say where a target's timeout came from
         self.global_durations_ok = True  # else comparing a target with them would mislead
+        self.secret_probe_allow: dict[str, tuple[str, ...]] = {}  # module name -> patterns
 
     # -- the document ------------------------------------------------------------------------
 
@@ -233,6 +304,7 @@ class _Parser(Validator):
             raise self.failure()
         valid_modules = {name: module for name, module in modules.items() if module is not None}
         return Config(settings, MappingProxyType(valid_modules), targets, self.source,
+                      tuple(self.secret_problems), MappingProxyType(self.secret_probe_allow),
                       maillog=maillog)
 
     def check_keys(self, node: dict, path: str, allowed: tuple[str, ...]) -> None:
@@ -275,9 +347,16 @@ class _Parser(Validator):
         self.error(path, f"must be one of {_one_of(choices)}; got {describe(value)}")
         return None
 
-    def duration(self, value: Any, path: str) -> float | None:
+    def duration(self, value: Any, path: str, maximum: float) -> float | None:
         try:
-            return parse_duration(value)
+            return parse_duration(value, maximum)
+        except ValueError as error:
+            self.error(path, str(error))
+            return None
+
+    def byte_size(self, value: Any, path: str) -> int | None:
+        try:
+            return parse_size(value)
         except ValueError as error:
             self.error(path, str(error))
             return None
@@ -316,24 +395,12 @@ class _Parser(Validator):
         if _CREDENTIALS_VARIABLE.search(file_name):
             directory = os.environ.get("CREDENTIALS_DIRECTORY")
             if directory is None:
-                if check:
-                    self.error(
-                        path,
-                        "$CREDENTIALS_DIRECTORY is not set (systemd sets it for LoadCredential=; "
-                        "outside the service, use check-config --skip-secrets)",
-                    )
-                return file_name
+                return file_name  # left as written: Module.read_password says why it fails
             file_name = _CREDENTIALS_VARIABLE.sub(lambda _: directory, file_name)
         if check:
-            try:
-                with open(file_name, "rb"):
-                    pass
-            except FileNotFoundError:
-                self.error(path, f"file not found: {file_name}")
-            except IsADirectoryError:
-                self.error(path, f"is a directory, not a file: {file_name}")
-            except OSError as error:
-                self.error(path, f"cannot read {file_name}: {error.strerror}")
+            problem = regular_file_problem(file_name)  # never blocks: a FIFO would
+            if problem is not None:
+                self.error(path, f"{problem}: {file_name}")
         return file_name
 
     def mail_address(self, value: Any, path: str, *, allow_null: bool) -> str | None:
@@ -361,9 +428,9 @@ class _Parser(Validator):
         if node:
             self.check_keys(node, "global", _GLOBAL_KEYS)
             if "interval" in node:
-                values["interval_seconds"] = self.duration(node["interval"], "global.interval")
+                values["interval_seconds"] = self.duration(node["interval"], "global.interval", MAX_INTERVAL_SECONDS)
             if "timeout" in node:
-                values["timeout_seconds"] = self.duration(node["timeout"], "global.timeout")
+                values["timeout_seconds"] = self.duration(node["timeout"], "global.timeout", MAX_TIMEOUT_SECONDS)
             if "max_concurrency" in node:
                 values["max_concurrency"] = self.concurrency(node["max_concurrency"])
             if "ehlo_name" in node:
@@ -391,17 +458,20 @@ class _Parser(Validator):
         if value < 1:
             self.error("global.max_concurrency", f"must be at least 1, got {value}")
             return None
+        if value > MAX_CONCURRENCY:
+            self.error("global.max_concurrency", f"must be at most {MAX_CONCURRENCY}, got {value}")
+            return None
         return value
 
-    def parse_probe_allow(self, node: Any) -> tuple[str, ...]:
+    def parse_probe_allow(self, node: Any, at: str = "probe_allow") -> tuple[str, ...]:
         if node is None:
             return ()
         if not isinstance(node, list):
-            self.error("probe_allow", f"must be a list of host:port patterns, got {describe(node)}")
+            self.error(at, f"must be a list of host:port patterns, got {describe(node)}")
             return ()
         patterns = []
         for index, pattern in enumerate(node):
-            path = f"probe_allow[{index}]"
+            path = f"{at}[{index}]"
             if not isinstance(pattern, str) or is_bad_pattern(pattern):
                 self.error(
                     path,
@@ -426,7 +496,19 @@ class _Parser(Validator):
                 self.error(path, 'a module name may use only letters, digits, "_", "-" and "."')
                 continue
             modules[name] = self.parse_module(body, path, settings)
+            if isinstance(body, dict) and "probe_allow" in body:
+                self.parse_module_probe_allow(name, body, path)
         return modules
+
+    def parse_module_probe_allow(self, name: str, node: dict, path: str) -> None:
+        """A module's own probe_allow: only for a module that sends a password, which the
+        top-level probe_allow never applies to."""
+        at = key_path(path, "probe_allow")
+        if "auth" not in node:
+            self.error(at, "only a module with auth has its own probe_allow (the top-level "
+                           "probe_allow applies to every other module)")
+            return
+        self.secret_probe_allow[name] = self.parse_probe_allow(node["probe_allow"], at)
 
     def parse_module(self, node: Any, path: str, settings: Settings) -> Module | None:
         node = self.section(node, path)
@@ -461,8 +543,13 @@ class _Parser(Validator):
                 node["ip_protocol"], at("ip_protocol"), IP_PROTOCOLS
             )
         if "timeout" in node:
-            options["timeout_seconds"] = self.duration(node["timeout"], at("timeout"))
+            options["timeout_seconds"] = self.duration(node["timeout"], at("timeout"), MAX_TIMEOUT_SECONDS)
             self.modules_with_timeout.add(path)
+        if "message_size" in node:
+            options["message_size"] = self.byte_size(node["message_size"], at("message_size"))
+        if "connect_timeout" in node:
+            options["connect_timeout_seconds"] = self.duration(node["connect_timeout"], at("connect_timeout"),
+                                                             MAX_TIMEOUT_SECONDS)
         if "mail_from" in node:
             options["mail_from"] = self.mail_address(
                 node["mail_from"], at("mail_from"), allow_null=True
@@ -480,7 +567,19 @@ class _Parser(Validator):
             **{key: value for key, value in options.items() if key not in failed}
         )
         self.check_module_consistency(node, module, path, failed)
-        return module if len(self.errors) == errors_before else None
+        if len(self.errors) != errors_before:
+            return None
+        self.check_password(module, path)
+        return module
+
+    def check_password(self, module: Module, path: str) -> None:
+        if not self.check_secrets or module.auth_mechanism is None:
+            return
+        key = "password_file" if module.auth_password_file else "password_env"
+        try:
+            module.read_password()
+        except PasswordUnavailable as error:
+            self.secret_problems.append(f"{path}.auth.{key}: {error}")
 
     def check_module_consistency(
         self, node: dict, module: Module, path: str, failed: set[str]
@@ -492,6 +591,8 @@ class _Parser(Validator):
             )
         if module.data and not failed & {"rcpt_to"} and not module.rcpt_to:
             self.error(key_path(path, "data"), "needs rcpt_to: a message needs a recipient")
+        if module.message_size is not None and not failed & {"data"} and not module.data:
+            self.error(key_path(path, "message_size"), "needs data: true (the size is the test message's)")
         if "auth" in node and "tls" not in failed and module.tls not in AUTH_TLS_MODES:
             self.error(
                 key_path(path, "auth"),
@@ -551,7 +652,7 @@ class _Parser(Validator):
             self.error(path, "needs password_file or password_env")
         elif has_file:
             options["auth_password_file"] = self.file_path(
-                node["password_file"], key_path(path, "password_file"), check=self.check_secrets
+                node["password_file"], key_path(path, "password_file"), check=False
             )
         else:
             options["auth_password_env"] = self.password_env(
@@ -566,8 +667,6 @@ class _Parser(Validator):
         if not _ENV_NAME.fullmatch(name):
             self.error(path, f"invalid environment variable name {describe(name)}")
             return None
-        if self.check_secrets and name not in os.environ:
-            self.error(path, f"environment variable {name} is not set")
         return name
 
     def parse_expect(self, node: Any, path: str) -> Mapping[str, tuple[int, ...]] | None:
@@ -655,9 +754,9 @@ class _Parser(Validator):
                 )
         interval = timeout = None
         if "interval" in node:
-            interval = self.duration(node["interval"], key_path(path, "interval"))
+            interval = self.duration(node["interval"], key_path(path, "interval"), MAX_INTERVAL_SECONDS)
         if "timeout" in node:
-            timeout = self.duration(node["timeout"], key_path(path, "timeout"))
+            timeout = self.duration(node["timeout"], key_path(path, "timeout"), MAX_TIMEOUT_SECONDS)
         if len(self.errors) > errors_before:
             return None
         module = modules[module_name]

@@ -22,6 +22,10 @@ MAILLOG_KEYS = ("source", "path", "journal_identifiers", "state_file", "from_sta
 # Each configured domain and list is a label value of its own: a cap keeps the series bounded.
 MAX_DOMAINS = 100
 MAX_RBL_LISTS = 50
+# Upper bounds, as for every value of the file: past them a value is a typo, not a choice.
+MAX_CATCH_UP_LINES = 1_000_000_000
+MAX_CATCH_UP_SECONDS = 86400.0
+MAX_POLL_INTERVAL_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,17 +79,20 @@ def parse_maillog(parser: Any, node: Any, path: str = "maillog") -> MaillogSetti
                                      limit=MAX_RBL_LISTS)
     if "catch_up_max_lines" in node:
         lines = node["catch_up_max_lines"]
-        if isinstance(lines, bool) or not isinstance(lines, int) or lines < 0:
-            parser.error(at("catch_up_max_lines"),
-                         f"must be a whole number of lines, 0 or more, got {describe(lines)}")
+        if (isinstance(lines, bool) or not isinstance(lines, int)
+                or not 0 <= lines <= MAX_CATCH_UP_LINES):
+            parser.error(at("catch_up_max_lines"), "must be a whole number of lines, 0 to "
+                         f"{MAX_CATCH_UP_LINES:,}, got {describe(lines)}")
         else:
             values["catch_up_max_lines"] = lines
     if "catch_up_max_duration" in node:
         values["catch_up_max_seconds"] = parser.duration(node["catch_up_max_duration"],
-                                                         at("catch_up_max_duration"))
+                                                         at("catch_up_max_duration"),
+                                                         MAX_CATCH_UP_SECONDS)
     if "poll_interval" in node:
         values["poll_interval_seconds"] = parser.duration(node["poll_interval"],
-                                                          at("poll_interval"))
+                                                          at("poll_interval"),
+                                                          MAX_POLL_INTERVAL_SECONDS)
     if values.get("source", "file") == "journal" and "path" in node:
         parser.error(at("path"), "applies to source: file only (the journal has no path)")
     if len(parser.errors) > errors_before:

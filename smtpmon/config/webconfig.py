@@ -17,19 +17,25 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import hashlib
 import hmac
 import os
 import re
+import secrets
 import ssl
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from smtpmon.config.validation import Validator, describe, key_path
-from smtpmon.config.yamldoc import YamlSyntaxError, read_document
+from smtpmon.config.yamldoc import FileReadError, YamlSyntaxError, read_document, read_file
+from smtpmon.logs import get_logger
+
+log = get_logger("webconfig")
 
 WWW_AUTHENTICATE = 'Basic realm="smtpmon"'
 
@@ -104,6 +110,11 @@ _EXTRA_HEADERS: dict[str, tuple[str, ...] | None] = {
 _BCRYPT_HASH = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{21}[.Oeu][./A-Za-z0-9]{31}")
 # bcrypt only ever reads the first 72 bytes; Go and htpasswd truncate silently, bcrypt>=5 raises.
 _BCRYPT_MAX_PASSWORD_BYTES = 72
+# bcrypt's own lower bound; the upper one keeps a check (~0.25 s at 12, doubling each step)
+# within a scrape's timeout: at 31 a single check would take days and hold its thread.
+MIN_BCRYPT_COST = 4
+MAX_BCRYPT_COST = 16
+_BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
 class WebConfigError(ValueError):
@@ -178,10 +189,9 @@ class TlsSetupError(ValueError):
 def _require_pem(path: str, key: str, marker: str) -> None:
     """A clear message for the usual mistakes (DER, an empty file, cert and key swapped)."""
     try:
-        with open(path, encoding="ascii", errors="replace") as handle:
-            text = handle.read()
-    except OSError as error:
-        raise TlsSetupError(key, f"cannot read {path}: {error.strerror or error}") from None
+        text = read_file(path).decode("ascii", errors="replace")
+    except FileReadError as error:
+        raise TlsSetupError(key, f"{path}: {error}") from None
     if marker not in text:
         what = "certificate" if key == "cert_file" else "private key"
         raise TlsSetupError(key, f"no PEM {what} in {path}")
@@ -206,8 +216,16 @@ class WebConfig:
     # user → SHA-256 of "user:password" last verified with bcrypt. A bcrypt check costs
     # 50-250 ms and Prometheus scrapes every 15 s; one entry per configured user keeps it bounded.
     _verified: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
-    # One bcrypt check at a time: a flood of wrong passwords can take one core, never all.
-    _bcrypt_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # One bcrypt check at a time, so a flood of wrong passwords can take one core, never all;
+    # waiting checks take turns by client address, so a flood from some clients cannot hold
+    # up a correct login from another for more than a check per flooding client.
+    _checks: FairGate = field(default_factory=lambda: FairGate(1), repr=False, compare=False)
+    # What an unknown user is checked against: a hash at the highest cost configured.
+    _decoy: bytes = field(default=b"", repr=False, compare=False)
+    # How long a check at the highest cost takes (learnt from such checks): every failure
+    # takes at least this long, so a wrong password for a user with a cheaper hash does not
+    # tell that the user exists either.
+    _failure_seconds: list[float] = field(default_factory=list, repr=False, compare=False)
 
     def wrap_connection(self, sock):
         """TLS on an accepted connection (the handshake runs under the socket's timeout)."""
@@ -215,12 +233,14 @@ class WebConfig:
             return sock
         return self.context.wrap_socket(sock, server_side=True)
 
-    def authorize(self, headers: Mapping[str, str]) -> bool:
-        """The HTTP server's hook: may this request (its headers) pass?"""
-        return self.check_authorization(headers.get("Authorization"))
+    def authorize(self, headers: Mapping[str, str], client: str = "") -> bool:
+        """The HTTP server's hook: may this request (its headers, from `client`) pass?"""
+        return self.check_authorization(headers.get("Authorization"), client)
 
-    def check_authorization(self, authorization_header: str | None) -> bool:
-        """Basic auth against `basic_auth_users`; always True when no user is configured."""
+    def check_authorization(self, authorization_header: str | None, client: str = "") -> bool:
+        """Basic auth against `basic_auth_users`; always True when no user is configured.
+
+        `client` (the peer's address) is whose turn a bcrypt check waits for."""
         if not self.basic_auth_users:
             return True
         credentials = _basic_credentials(authorization_header)
@@ -232,16 +252,79 @@ class WebConfig:
         if cached is not None and hmac.compare_digest(cached, digest):
             return True
         hashed = self.basic_auth_users.get(user)
-        # An unknown user still costs one bcrypt check, so timing does not tell which users exist.
-        reference = hashed if hashed is not None else next(iter(self.basic_auth_users.values()))
-        with self._bcrypt_lock:
-            import bcrypt  # at the first check: most daemons have no basic auth to check
+        # An unknown user costs a check at the highest cost, as a wrong password does.
+        reference = hashed if hashed is not None else self._decoy
+        matches, took = self._checks.run(client, _timed_check, password, reference)
+        if _bcrypt_cost(reference) == _bcrypt_cost(self._decoy):
+            self._failure_seconds[:] = [took]
+        if hashed is not None and matches:
+            self._verified[user] = digest
+            return True
+        if not self._failure_seconds:  # not learnt yet: a check at the highest cost, once
+            self._failure_seconds[:] = [self._checks.run(client, _timed_check, password, self._decoy)[1]]
+        time.sleep(max(0.0, self._failure_seconds[0] - took))  # outside the gate: no core held
+        return False
 
-            matches = bcrypt.checkpw(password.encode("utf-8")[:_BCRYPT_MAX_PASSWORD_BYTES], reference)
-        if hashed is None or not matches:
-            return False
-        self._verified[user] = digest
-        return True
+
+def _timed_check(password: str, reference: bytes) -> tuple[bool, float]:
+    import bcrypt  # at the first check: most daemons have no basic auth to check
+
+    started = time.monotonic()
+    matches = bcrypt.checkpw(password.encode("utf-8")[:_BCRYPT_MAX_PASSWORD_BYTES], reference)
+    return matches, time.monotonic() - started
+
+
+def _bcrypt_cost(hashed: bytes) -> int:
+    return int(hashed[4:6])
+
+
+def _decoy_hash(cost: int) -> bytes:
+    """A well-formed bcrypt hash at `cost` that no password matches (its digest is random):
+    checking against it takes as long as checking against a real hash of that cost."""
+    salt = "".join(secrets.choice(_BCRYPT_ALPHABET) for _ in range(21)) + secrets.choice(".Oeu")
+    digest = "".join(secrets.choice(_BCRYPT_ALPHABET) for _ in range(31))
+    return f"$2b${cost:02d}${salt}{digest}".encode("ascii")
+
+
+class FairGate:
+    """Runs calls at most `slots` at a time; waiting calls take turns by key, one call per key
+    in each round, so that many calls under one key (a client flooding wrong passwords)
+    delay a call under another key by at most one call per waiting key."""
+
+    def __init__(self, slots: int):
+        self._slots = slots
+        self._running = 0
+        self._lock = threading.Lock()
+        self._waiting: collections.OrderedDict[str, collections.deque[threading.Event]] = (
+            collections.OrderedDict())
+
+    def run(self, key: str, call: Callable, *args):
+        with self._lock:
+            turn = None
+            if self._running < self._slots and not self._waiting:
+                self._running += 1
+            else:
+                turn = threading.Event()
+                self._waiting.setdefault(key, collections.deque()).append(turn)
+        if turn is not None:
+            turn.wait()  # a finishing call hands its slot over
+        try:
+            return call(*args)
+        finally:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            if not self._waiting:
+                self._running -= 1
+                return
+            key, queue = next(iter(self._waiting.items()))
+            turn = queue.popleft()
+            if queue:
+                self._waiting.move_to_end(key)  # its next call waits for the other keys' turns
+            else:
+                del self._waiting[key]
+            turn.set()
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str] | None:
@@ -262,13 +345,100 @@ def _basic_credentials(header: str | None) -> tuple[str, str] | None:
 def load_web_config(path: str) -> WebConfig:
     """Read and validate a web config file; raises WebConfigError listing every problem."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as error:
-        raise WebConfigError([f"cannot read the file: {error.strerror or error}"], path) from None
+        text = read_file(path).decode("utf-8")
+    except FileReadError as error:
+        raise WebConfigError([str(error)], path) from None
     except UnicodeDecodeError:
         raise WebConfigError(["the file is not UTF-8 text"], path) from None
     return _Parser(path).parse(text)
+
+
+class WebConfigFile:
+    """The web config file as it is now, for a server that runs for weeks: re-read when its
+    modification time, size or inode changed (one stat(), at each request that needs it:
+    basic auth, a TLS handshake), and on every reload (SIGHUP, /-/reload), as
+    exporter-toolkit re-reads it. A user removed from the file loses access at once.
+
+    A file that became invalid keeps the last good one in force (and is said so in the log,
+    once per change). Turning TLS on or off needs a restart: the server was set up for one.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._stamp = _file_stamp(path)
+        self.current = load_web_config(path)  # raises WebConfigError: the start fails
+        self._lock = threading.Lock()
+        self.headers: Mapping[str, str] = _CurrentHeaders(self)
+
+    def authorize(self, headers: Mapping[str, str], client: str = "") -> bool:
+        self.refresh()
+        return self.current.authorize(headers, client)
+
+    def wrap_connection(self, sock):
+        self.refresh()
+        return self.current.wrap_connection(sock)
+
+    def refresh(self) -> None:
+        """Re-read the file if it changed since it was last read."""
+        if _file_stamp(self.path) == self._stamp:
+            return
+        with self._lock:
+            stamp = _file_stamp(self.path)
+            if stamp == self._stamp:
+                return  # another thread re-read it meanwhile
+            self._stamp = stamp  # a bad file is reported once, not at every request
+            try:
+                self.current = self._checked(load_web_config(self.path))
+            except WebConfigError as error:
+                for message in error.errors:
+                    log.error("web config re-read failed; keeping the previous one",
+                              source=self.path, error=message)
+                return
+        log.info("web config re-read", source=self.path, users=len(self.current.basic_auth_users))
+
+    def read(self) -> tuple[WebConfig, tuple | None]:
+        """The file read and validated now, to be put in force with use() (a reload puts it
+        in force only if the whole reload succeeds); raises WebConfigError."""
+        stamp = _file_stamp(self.path)
+        return self._checked(load_web_config(self.path)), stamp
+
+    def use(self, read: tuple[WebConfig, tuple | None]) -> None:
+        with self._lock:
+            self.current, self._stamp = read
+
+    def _checked(self, new: WebConfig) -> WebConfig:
+        if (new.context is None) != (self.current.context is None):
+            raise WebConfigError(["tls_server_config: turning TLS on or off needs a restart of "
+                                  "smtpmon; the previous web config stays in force"], self.path)
+        return new
+
+
+class _CurrentHeaders(Mapping):
+    """The response headers of the web config in force, whichever that is when asked."""
+
+    def __init__(self, file: WebConfigFile):
+        self._file = file
+
+    def __getitem__(self, name: str) -> str:
+        return self._file.current.headers[name]
+
+    def __iter__(self):
+        return iter(self._file.current.headers)
+
+    def __len__(self) -> int:
+        return len(self._file.current.headers)
+
+    def items(self):
+        return self._file.current.headers.items()
+
+
+def _file_stamp(path: str) -> tuple | None:
+    """What tells that a file changed: its modification time, size and inode (None if gone)."""
+    try:
+        facts = os.stat(path)
+    except OSError:
+        return None
+    return facts.st_mtime_ns, facts.st_size, facts.st_ino, facts.st_dev
 
 
 class _Parser(Validator):
@@ -291,9 +461,11 @@ class _Parser(Validator):
         context = self.context(tls) if tls is not None else None
         if self.errors:
             raise self.failure()
+        highest_cost = max((_bcrypt_cost(hashed) for hashed in users.values()), default=MIN_BCRYPT_COST)
         return WebConfig(
             source=self.source, tls=tls, headers=MappingProxyType(headers),
             basic_auth_users=MappingProxyType(users), context=context,
+            _decoy=_decoy_hash(highest_cost),
         )
 
     # -- helpers -----------------------------------------------------------------------------
@@ -486,8 +658,8 @@ class _Parser(Validator):
                                  "$ and 53 characters; see docs/web-config.md")
                 continue
             cost = int(match.group(1))
-            if not 4 <= cost <= 31:
-                self.error(path, f"bcrypt cost must be 4-31, got {cost}")
+            if not MIN_BCRYPT_COST <= cost <= MAX_BCRYPT_COST:
+                self.error(path, f"bcrypt cost must be {MIN_BCRYPT_COST}-{MAX_BCRYPT_COST}, got {cost}")
                 continue
             users[user] = hashed.encode("ascii")
         return users

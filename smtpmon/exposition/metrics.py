@@ -60,6 +60,8 @@ TARGET_FAMILIES: tuple[Family, ...] = (
            "Constant 1: the last reply of each stage, described."),
     Family("smtpmon_probe_failure_info", "gauge",
            "Constant 1 while the last probe failed: where and why."),
+    Family("smtpmon_probe_address_info", "gauge",
+           "Constant 1: the IP address the last probe's session used, and its family."),
     Family("smtpmon_probe_last_timestamp_seconds", "gauge",
            "When the last probe finished (Unix time)."),
     Family("smtpmon_probes_total", "counter", "Probes run."),
@@ -79,6 +81,8 @@ TARGET_FAMILIES: tuple[Family, ...] = (
            "The server certificate's start of validity (Unix time)."),
     Family("smtpmon_tls_certificate_verified", "gauge",
            "1 if the certificate chain and host name verified, else 0."),
+    Family("smtpmon_tls_certificate_verify_failure_info", "gauge",
+           "Constant 1 while the last certificate failed verification: why."),
     Family("smtpmon_starttls_offered", "gauge", "1 if the plain EHLO advertised STARTTLS, else 0."),
     Family("smtpmon_ehlo_extension_info", "gauge",
            "Constant 1 for each extension keyword an EHLO advertised (unknown ones as other)."),
@@ -100,6 +104,7 @@ KNOWN_EHLO_EXTENSIONS: frozenset[str] = frozenset({
 OTHER_EXTENSION = "other"
 
 FAILURE_LABELS = ("stage", "reason")
+ADDRESS_LABELS = ("address", "family")
 REPLY_LABELS = ("stage", "code", "class", "category")
 ENHANCED_LABELS = ("stage", "enhanced_code", "class")
 
@@ -244,6 +249,9 @@ def _add_last_probe(out: _Lines, result: ProbeResult) -> None:
     out.add("smtpmon_probe_last_timestamp_seconds", result.started_at + result.duration_seconds)
     if not result.success:
         out.add("smtpmon_probe_failure_info", 1, label_pairs(FAILURE_LABELS, _failure_key(result)))
+    if result.address is not None:
+        out.add("smtpmon_probe_address_info", 1,
+                label_pairs(ADDRESS_LABELS, (result.address, result.address_family or "")))
     for stage in result.stages:
         stage_label = label_pairs(("stage",), (stage.stage,))
         out.add("smtpmon_probe_stage_duration_seconds", stage.duration_seconds, stage_label)
@@ -292,6 +300,8 @@ def _add_tls(out: _Lines, tls: TlsInfo) -> None:
     if tls.not_before is not None:
         out.add("smtpmon_tls_certificate_not_before_timestamp_seconds", tls.not_before)
     out.add("smtpmon_tls_certificate_verified", tls.verified)
+    if tls.verify_reason is not None:
+        out.add("smtpmon_tls_certificate_verify_failure_info", 1, label_pairs(("reason",), (tls.verify_reason,)))
 
 
 def _family_chunks(rows: Sequence[tuple[bytes, ...]]) -> list[bytes]:

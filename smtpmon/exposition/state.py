@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import bisect
 import platform
+import ssl
 import threading
 import time
+from dataclasses import dataclass
 
 from prometheus_client.utils import floatToGoString
 
-from smtpmon import __version__
+from smtpmon import __version__, build
 from smtpmon.exposition.metrics import Family, label_pairs
 
 EXPORTER_FAMILIES: tuple[Family, ...] = (
-    Family("smtpmon_build_info", "gauge", "Constant 1: the smtpmon and Python versions."),
+    Family("smtpmon_build_info", "gauge",
+           "Constant 1: the smtpmon version and git revision, the Python and OpenSSL versions."),
     Family("smtpmon_config_last_reload_successful", "gauge",
            "1 if the last configuration load succeeded, else 0."),
     Family("smtpmon_config_last_reload_success_timestamp_seconds", "gauge",
@@ -33,13 +36,30 @@ SCHEDULE_LAG_BUCKETS: tuple[float, ...] = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class ExporterStatus:
+    """The exporter's own state at one moment, for the status page."""
+
+    started_at: float  # Unix time
+    config_loaded: bool  # the last load or reload succeeded
+    config_loaded_at: float  # the last successful load (Unix time; 0 before any)
+    config_attempted_at: float  # the last load or reload, successful or not (0 before any)
+    config_errors: tuple[str, ...]  # why the last load failed; empty after a success
+    probes_in_flight: int
+
+
 class ExporterState:
     """The exporter's own metrics, updated by the daemon from any thread."""
 
     def __init__(self, version: str = __version__) -> None:
         self._lock = threading.Lock()
-        self._build_labels = label_pairs(("version", "python_version"),
-                                     (version, platform.python_version()))[1:]
+        self._started_at = time.time()
+        self._reload_attempt_timestamp = 0.0
+        self._config_errors: tuple[str, ...] = ()
+        # OpenSSL decides which TLS versions and ciphers a probe can speak.
+        self._build_labels = label_pairs(
+            ("version", "revision", "python_version", "openssl_version"),
+            (version, build.revision(), platform.python_version(), ssl.OPENSSL_VERSION))[1:]
         self._reload_successful = False
         self._reload_success_timestamp = 0.0
         self._targets = 0
@@ -47,12 +67,23 @@ class ExporterState:
         self._lag_counts = [0] * (len(SCHEDULE_LAG_BUCKETS) + 1)  # the last one is +Inf
         self._lag_sum = 0.0
 
-    def config_loaded(self, success: bool, at: float | None = None) -> None:
-        """Record a configuration load or reload; `at` defaults to now."""
+    def config_loaded(self, success: bool, at: float | None = None,
+                      errors: tuple[str, ...] = ()) -> None:
+        """Record a configuration load or reload (`errors`: why it failed); `at` defaults to
+        now."""
+        at = time.time() if at is None else at
         with self._lock:
             self._reload_successful = success
+            self._reload_attempt_timestamp = at
+            self._config_errors = () if success else tuple(errors)
             if success:
-                self._reload_success_timestamp = time.time() if at is None else at
+                self._reload_success_timestamp = at
+
+    def status(self) -> ExporterStatus:
+        with self._lock:
+            return ExporterStatus(self._started_at, self._reload_successful,
+                                  self._reload_success_timestamp, self._reload_attempt_timestamp,
+                                  self._config_errors, self._in_flight)
 
     def set_targets(self, count: int) -> None:
         with self._lock:

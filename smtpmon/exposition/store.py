@@ -10,15 +10,29 @@ every second and scraped every 15 s is rendered twice per scrape, not 15 times.
 
 The daemon keeps a second, bounded store for `/probe` (`record_on_demand`): its counters grow
 from one request to the next as in daemon mode, so `rate()` means the same in both modes.
+/probe callers choose what is stored, so it is bounded by entries and by an estimate of its
+bytes, and keeps of each result only a slim copy once its row is rendered (a hostile server's replies
+and their transcript reach hundreds of KB): no transcript, each reply's first line cut short
+(debug=true shows the transcript of the result at hand, never a stored one).
+
+Each entry also keeps its recent history for the status page (see history.py). The page reads
+every entry but holds the lock for SNAPSHOT_CHUNK entries at a time, so a probe finishing
+meanwhile waits for one chunk's copying, never for the whole store's.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from smtpmon.exposition.history import OLDER_SESSIONS, HistoryView, TargetHistory, TranscriptBudget
 from smtpmon.exposition.metrics import TargetCounts, render_target
 from smtpmon.smtp.results import ProbeResult, TlsInfo
+
+# What an on-demand entry costs beyond its rendered row: the entry, its key, its TLS facts,
+# and each counter's key and slot.
+ENTRY_OVERHEAD_BYTES = 2048
+COUNTER_BYTES = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +45,16 @@ class TargetSnapshot:
     counts: TargetCounts | None  # None when the snapshot was taken without them
     skipped: int | None  # None for /probe entries: on-demand runs are never skipped
     tls: TlsInfo | None  # from the last probe that reached TLS
+    since: float | None  # when the current run of successes or failures began (Unix time)
+
+
+# Entries copied per hold of the lock by `snapshot`.
+SNAPSHOT_CHUNK = 128
 
 
 @dataclass(slots=True)
 class _StoredTarget:
-    """One (target, module): its latest result, counters and rendered row."""
+    """One (target, module): its latest result, counters, rendered row and history."""
 
     target: str
     module: str
@@ -43,9 +62,21 @@ class _StoredTarget:
     counts: TargetCounts = field(default_factory=TargetCounts)
     skipped: int | None = 0
     tls: TlsInfo | None = None
+    history: TargetHistory = field(default_factory=TargetHistory)
     # Rendered exposition, replaced (never mutated); None when the entry changed since.
     row: tuple[bytes, ...] | None = None
     scraped: bool = True  # a scrape read the row since the entry last changed
+    cost: int = 0  # on-demand entries: the bytes counted against the store's bound
+    # The status page's copy (without counters), replaced at each change and shared by every
+    # view until the next: a view of 10,000 targets makes no object per target, and so never
+    # brings on a collection of the whole heap (which costs more than the page).
+    view: TargetSnapshot | None = None
+
+    def snapshot(self) -> TargetSnapshot:
+        if self.view is None:
+            self.view = TargetSnapshot(self.target, self.module, self.latest, None, self.skipped,
+                                       self.tls, self.history.since)
+        return self.view
 
     def rendered(self) -> tuple[bytes, ...]:
         if self.row is None:
@@ -57,11 +88,14 @@ class _StoredTarget:
     def changed(self) -> None:
         """Render now if a scrape read the previous row, else leave it to the next scrape."""
         self.row = None
+        self.view = None
+        self.snapshot()
         if self.scraped:
             self.scraped = False
             self.rendered()
 
-    def add(self, result: ProbeResult) -> None:
+    def add(self, result: ProbeResult, budget: TranscriptBudget) -> None:
+        self.history.record(result, self.latest, budget)
         self.latest = result
         self.counts.add(result)
         if result.tls is not None:
@@ -70,12 +104,16 @@ class _StoredTarget:
 
 
 class ResultStore:
-    def __init__(self, max_entries: int | None = None) -> None:
-        """`max_entries` bounds the entries `record_on_demand` creates: /probe callers choose
-        the targets, so without a bound they could grow the store (and /probe) forever."""
+    def __init__(self, max_entries: int | None = None, max_bytes: int | None = None) -> None:
+        """`max_entries` and `max_bytes` (an estimate) bound the entries `record_on_demand`
+        creates: /probe callers choose the targets, so without a bound they could grow the
+        store (and /probe) forever."""
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, str], _StoredTarget] = {}
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0  # the costs of the on-demand entries
+        self._budget = TranscriptBudget()
 
     def register(self, target: str, module: str) -> None:
         """Make the target's always-present series exist (at zero). An entry that exists
@@ -92,7 +130,7 @@ class ResultStore:
             entry = self._entries.get((result.target, result.module))
             if entry is None:
                 return False
-            entry.add(result)
+            entry.add(result, self._budget)
             return True
 
     def record_on_demand(self, result: ProbeResult) -> tuple[bytes, ...]:
@@ -106,10 +144,24 @@ class ResultStore:
             if entry is None:
                 entry = _StoredTarget(result.target, result.module, skipped=None)
                 if self._max_entries is not None and len(self._entries) >= self._max_entries:
-                    del self._entries[next(iter(self._entries))]
+                    self._evict_oldest()
             self._entries[key] = entry
-            entry.add(result)
-            return entry.rendered()
+            slim = _slim(result)
+            entry.add(slim, self._budget)
+            row = entry.rendered()
+            self._bytes -= entry.cost
+            # The slim result is kept, and up to OLDER_SESSIONS before it by the history.
+            entry.cost = (sum(map(len, row)) + ENTRY_OVERHEAD_BYTES + (1 + OLDER_SESSIONS) * _text_bytes(slim)
+                          + COUNTER_BYTES
+                          * (len(entry.counts.replies) + len(entry.counts.enhanced) + len(entry.counts.failures)))
+            self._bytes += entry.cost
+            while self._max_bytes is not None and self._bytes > self._max_bytes and len(self._entries) > 1:
+                self._evict_oldest()
+            return row
+
+    def _evict_oldest(self) -> None:
+        oldest = self._entries.pop(next(iter(self._entries)))
+        self._bytes -= oldest.cost
 
     def record_skip(self, target: str, module: str) -> bool:
         """Count a scheduled run skipped because the previous probe was still running."""
@@ -123,7 +175,14 @@ class ResultStore:
 
     def remove(self, target: str, module: str) -> None:
         with self._lock:
-            self._entries.pop((target, module), None)
+            entry = self._entries.pop((target, module), None)
+            if entry is not None:
+                self._bytes -= entry.cost
+
+    def __len__(self) -> int:
+        """How many entries the store holds."""
+        with self._lock:
+            return len(self._entries)
 
     def latest(self, target: str, module: str) -> ProbeResult | None:
         with self._lock:
@@ -131,14 +190,35 @@ class ResultStore:
             return None if entry is None else entry.latest
 
     def snapshot(self, *, counts: bool = True) -> list[TargetSnapshot]:
-        """Every entry as it is now. Without `counts` the counters are left out: copying them
-        for every target holds the lock, and every probe that finishes meanwhile, for long."""
+        """Every entry as it is now, in registration order (for /probe entries: least recently
+        probed first). The lock is held for SNAPSHOT_CHUNK entries at a time; without `counts`
+        each entry's copy is the one made at its last change (see _StoredTarget.view), so an
+        entry costs a reference."""
         with self._lock:
-            return [
-                TargetSnapshot(e.target, e.module, e.latest,
-                               e.counts.copy() if counts else None, e.skipped, e.tls)
-                for e in self._entries.values()
-            ]
+            entries = list(self._entries.values())
+        snapshots: list[TargetSnapshot] = []
+        for start in range(0, len(entries), SNAPSHOT_CHUNK):
+            with self._lock:
+                for e in entries[start:start + SNAPSHOT_CHUNK]:
+                    if self._entries.get((e.target, e.module)) is not e:
+                        continue  # removed meanwhile
+                    snapshots.append(
+                        e.snapshot() if not counts else
+                        TargetSnapshot(e.target, e.module, e.latest, e.counts.copy(), e.skipped,
+                                       e.tls, e.history.since))
+        return snapshots
+
+    def snapshot_entry(self, target: str, module: str) -> TargetSnapshot | None:
+        """One entry as `snapshot(counts=False)` has it, or None for an unknown entry."""
+        with self._lock:
+            entry = self._entries.get((target, module))
+            return None if entry is None else entry.snapshot()
+
+    def history(self, target: str, module: str) -> HistoryView | None:
+        """The entry's recent history (see history.py), or None for an unknown entry."""
+        with self._lock:
+            entry = self._entries.get((target, module))
+            return None if entry is None else entry.history.view(entry.latest)
 
     def rows(self) -> list[tuple[bytes, ...]]:
         """Every entry's rendered exposition (see metrics.render_target), in registration
@@ -160,3 +240,22 @@ class ResultStore:
                     row = entry.rendered()
             rows.append(row)
         return rows
+
+
+# What a /probe entry keeps of a reply for the status page: its first line, this long at most.
+SLIM_REPLY_CHARACTERS = 200
+
+
+def _slim(result: ProbeResult) -> ProbeResult:
+    """A /probe result as the store keeps it: counted and shown on the status page, so codes,
+    enhanced codes and each reply's first line stay; its transcript and long texts go."""
+    stages = tuple(replace(stage, replies=tuple(
+        replace(reply, lines=reply.lines[:1] and (reply.lines[0][:SLIM_REPLY_CHARACTERS],))
+        for reply in stage.replies)) for stage in result.stages)
+    detail = result.detail[:SLIM_REPLY_CHARACTERS] if result.detail else result.detail
+    return replace(result, stages=stages, transcript=(), detail=detail)
+
+
+def _text_bytes(result: ProbeResult) -> int:
+    return len(result.detail or "") + sum(len(line) for stage in result.stages
+                                          for reply in stage.replies for line in reply.lines)

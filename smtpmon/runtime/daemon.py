@@ -13,6 +13,7 @@ import ctypes.util
 import os
 import resource
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from smtpmon.exposition.store import ResultStore
 from smtpmon.logs import get_logger
 from smtpmon.runtime.maillog import MaillogService
 from smtpmon.runtime.scheduler import Scheduler
+from smtpmon.web import listeners
+from smtpmon.web.routes import METRICS_PATH, check_telemetry_path
 from smtpmon.web.server import MAX_CONCURRENT_PROBES, MAX_CONNECTIONS, Server
 
 log = get_logger("daemon")
@@ -88,18 +91,30 @@ def free_memory_trimmer() -> Callable[[], None]:
 
 # The HTTP server's longest wait; a shutdown wakes it at once.
 HTTP_POLL_SECONDS = 0.2
-# SIGTERM waits for in-flight probes up to their timeout plus this; the exit must come
-# within timeout + 1 s.
-STOP_GRACE_SECONDS = 0.5
-# (target, module) pairs whose /probe counters are kept; the least recently probed goes first.
+# SIGTERM gives in-flight probes this long to finish, then abandons them (nothing is recorded
+# for them: the process ends): a stop must not wait for a tarpit's deadline, up to the 10
+# minutes a timeout may be, and systemd's stop timeout needs no tuning to the longest one.
+# Most probes take well under a second, so those about to finish still do.
+STOP_GRACE_SECONDS = 2.0
+# (target, module) pairs whose /probe counters are kept, and about how many bytes they may
+# hold (an estimate: smtpmon.exposition.store); beyond either, the least recently probed goes first.
+# The count binds for ordinary results (about 9 KB each, estimated); the bytes for a hostile
+# server's long replies.
 MAX_PROBE_ENTRIES = 10_000
+MAX_PROBE_BYTES = 128 * 1024 * 1024
+
+
+DEFAULT_LISTEN_ADDRESS = ":9725"
 
 
 @dataclass(frozen=True)
 class Options:
     config_file: str | None
-    listen_address: str
+    listen_addresses: tuple[str, ...] = (DEFAULT_LISTEN_ADDRESS,)
     web_config_file: str | None = None
+    # Serve the sockets systemd passes (socket activation) instead of listen_addresses.
+    systemd_socket: bool = False
+    telemetry_path: str = METRICS_PATH
     max_connections: int = MAX_CONNECTIONS
     max_concurrent_probes: int = MAX_CONCURRENT_PROBES
 
@@ -107,10 +122,14 @@ class Options:
 class Daemon:
     """The running exporter: what the HTTP side sees (see smtpmon.web.server.Exporter)."""
 
-    def __init__(self, config: Config, config_file: str | None):
+    def __init__(self, config: Config, config_file: str | None,
+                 web_config: webconfig.WebConfigFile | None = None, *,
+                 telemetry_path: str = METRICS_PATH):
         self.config_file = config_file
+        self.web_config = web_config  # reloaded with the configuration
+        self.telemetry_path = telemetry_path
         self.store = ResultStore()
-        self.probe_store = ResultStore(max_entries=MAX_PROBE_ENTRIES)
+        self.probe_store = ResultStore(max_entries=MAX_PROBE_ENTRIES, max_bytes=MAX_PROBE_BYTES)
         self.state = ExporterState()
         self.scheduler = Scheduler(self.store, self.state)
         self.maillog = MaillogService()
@@ -130,27 +149,43 @@ class Daemon:
 
     def start(self) -> None:
         self.maillog.apply(self._config.maillog)
+        warn_about_secrets(self._config)
         self.scheduler.apply(self._config)
         self.state.config_loaded(True)
         self.state.set_targets(len(self._config.targets))
         self.scheduler.start()
 
     def reload(self) -> list[str]:
-        """Load the file again and apply it; on failure keep the running config. The errors."""
+        """Load the file (and the web config file) again and apply them; on failure keep the
+        running ones. The errors.
+
+        Whatever fails (a file, its validation, applying it), the running configuration, its
+        schedule and all of its series, and the web config in force, stay, and the reload is
+        recorded as failed."""
         with self._reload_lock:
             try:
                 config = load_config(self.config_file) if self.config_file else default_config()
-            except ConfigError as error:
+                web = self.web_config.read() if self.web_config is not None else None
+                self.scheduler.apply(config)  # all or nothing
+                if web is not None:
+                    self.web_config.use(web)
+            except (ConfigError, webconfig.WebConfigError) as error:
                 for message in error.errors:
                     log.error("configuration reload failed; keeping the running configuration",
                               source=error.source, error=message)
-                self.state.config_loaded(False)
-                return list(error.errors)
-            except Exception as error:  # a loader bug must not take the running daemon down
-                log.exception("configuration reload failed", source=self.config_file)
-                self.state.config_loaded(False)
-                return [f"internal error while loading the configuration: {error}"]
-            self.scheduler.apply(config)
+                if isinstance(error, webconfig.WebConfigError):
+                    errors = [f"web config {error.source}: {message}" for message in error.errors]
+                else:
+                    errors = list(error.errors)
+                self.state.config_loaded(False, errors=tuple(errors))
+                return errors
+            except Exception as error:  # a bug must not take the running daemon down
+                log.exception("configuration reload failed; keeping the running configuration",
+                              source=self.config_file)
+                errors = [f"internal error while applying the configuration: {type(error).__name__}: {error}"]
+                self.state.config_loaded(False, errors=tuple(errors))
+                return errors
+            warn_about_secrets(config)
             self.maillog.apply(config.maillog)
             self._config = config
             self.state.config_loaded(True)
@@ -159,13 +194,17 @@ class Daemon:
             return []
 
     def stop_timeout(self) -> float:
-        """How long in-flight probes may still take: the longest target timeout, plus a grace.
-
-        A probe started just before SIGTERM ends at its own deadline plus the time to record
-        its result; on a loaded machine that overruns the bare timeout by a few milliseconds.
-        """
+        """How long in-flight probes may still take at a stop: their timeout, at most the grace."""
         longest = max((target.timeout_seconds for target in self._config.targets), default=0.0)
-        return longest + STOP_GRACE_SECONDS
+        return min(longest, STOP_GRACE_SECONDS)
+
+
+def warn_about_secrets(config: Config) -> None:
+    """A password that cannot be read does not stop the daemon: its module's probes fail at
+    auth, and this says why at every load."""
+    for problem in config.secret_problems:
+        log.warning("AUTH password not readable: this module's probes fail at auth "
+                    "(auth_password_unavailable) until it is", source=config.source, problem=problem)
 
 
 def load_startup_config(path: str | None) -> Config | None:
@@ -179,29 +218,55 @@ def load_startup_config(path: str | None) -> Config | None:
         return None
 
 
-def web_server_options(path: str | None) -> dict[str, Any]:
-    """Server keyword arguments from `--web.config.file`: TLS, basic auth, response headers.
+def web_server_options(web: webconfig.WebConfigFile | None) -> dict[str, Any]:
+    """Server keyword arguments from `--web.config.file`: TLS, basic auth, response headers,
+    each from the web config in force at the time (the file is re-read when it changes).
 
     Without the file: none (plain HTTP, no auth, no extra headers).
     """
-    if path is None:
+    if web is None:
         return {}
-    web = webconfig.load_web_config(path)
     return {
         "authorize": web.authorize,
-        "wrap_connection": web.wrap_connection if web.context is not None else None,
+        "wrap_connection": web.wrap_connection if web.current.context is not None else None,
         "extra_headers": web.headers,
     }
 
 
-def _listen(address: tuple[str, int], daemon: Daemon, server_options: dict[str, Any]) -> Server:
+class ListenError(Exception):
+    """No socket to serve on: the message says which address and why."""
+
+
+def open_listeners(options: Options, addresses: list[tuple[str, int]]) -> list[socket.socket]:
+    """The listening sockets: systemd's with --web.systemd-socket, else one bound for each
+    --web.listen-address. Raises ListenError; on failure none stays open."""
+    if options.systemd_socket:
+        try:
+            return listeners.systemd_sockets()
+        except listeners.ActivationError as error:
+            raise ListenError(f"--web.systemd-socket: {error}") from None
+    opened: list[socket.socket] = []
     try:
-        return Server(address, daemon, **server_options)
+        for text, (host, port) in zip(options.listen_addresses, addresses):
+            try:
+                opened.append(_bind(host, port))
+            except OSError as error:
+                raise ListenError(f"cannot listen on {text}: {error.strerror}") from None
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        raise
+    return opened
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        return listeners.bind(host, port)
     except OSError:
-        if address[0] != "::":
+        if host != "::":
             raise
         # ":port" on a host without IPv6: every IPv4 interface will do.
-        return Server(("", address[1]), daemon, **server_options)
+        return listeners.bind("", port)
 
 
 def run(options: Options) -> int:
@@ -209,8 +274,10 @@ def run(options: Options) -> int:
     if config is None:
         return EXIT_BAD_CONFIG
     try:
-        address = parse_listen_address(options.listen_address)
-        server_options = web_server_options(options.web_config_file)
+        addresses = [parse_listen_address(text) for text in options.listen_addresses]
+        check_telemetry_path(options.telemetry_path)
+        web = webconfig.WebConfigFile(options.web_config_file) if options.web_config_file else None
+        server_options = web_server_options(web)
     except ValueError as error:
         print(f"smtpmon: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -221,26 +288,26 @@ def run(options: Options) -> int:
     # Blocked before any thread starts, so every thread inherits the mask and only sigwait()
     # below ever sees these signals.
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
-    daemon = Daemon(config, options.config_file)
+    daemon = Daemon(config, options.config_file, web, telemetry_path=options.telemetry_path)
     try:
-        server = _listen(address, daemon, {
-            **server_options,
-            "max_connections": options.max_connections,
-            "max_concurrent_probes": options.max_concurrent_probes,
-        })
-    except OSError as error:
-        print(f"smtpmon: cannot listen on {options.listen_address}: {error.strerror}",
-              file=sys.stderr)
+        sockets = open_listeners(options, addresses)
+    except ListenError as error:
+        print(f"smtpmon: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    server = Server(None, daemon, listeners=sockets, **server_options,
+                    max_connections=options.max_connections,
+                    max_concurrent_probes=options.max_concurrent_probes)
+    # Said before the scheduler starts, so that the log reads in order: started, the schedule,
+    # then the first probes (which may fail within a millisecond).
+    log.info("smtpmon started", version=__version__,
+             listen=",".join(listeners.describe(sock) for sock in sockets),
+             config=config.source, targets=len(config.targets), open_files_limit=open_files)
     daemon.start()
     http_thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": HTTP_POLL_SECONDS},
         name="http", daemon=True,
     )
     http_thread.start()
-    host, port = server.server_address[:2]
-    log.info("smtpmon started", version=__version__, listen=f"{host}:{port}",
-             config=config.source, targets=len(config.targets), open_files_limit=open_files)
 
     trim = free_memory_trimmer()
     while True:
@@ -255,16 +322,21 @@ def run(options: Options) -> int:
             continue
         break
 
-    timeout = daemon.stop_timeout()
-    log.info("stopping", signal=signal.Signals(received).name, timeout_seconds=timeout)
-    finished = daemon.scheduler.stop(timeout)
+    grace = daemon.stop_timeout()
+    log.info("stopping", signal=signal.Signals(received).name, grace_seconds=grace)
+    finished = daemon.scheduler.stop(grace)
     daemon.maillog.stop()  # saves the position: the next start resumes there
     server.shutdown()
     server.server_close()
     if not finished:
-        # A probe overran its own deadline; the scheduler's thread would hold the exit hostage.
-        log.warning("stopped with probes still running")
+        # The scheduler's thread is stuck outside the hub; it would hold the exit hostage.
+        log.warning("stopped with the scheduler still running")
         sys.stderr.flush()
         os._exit(EXIT_OK)
-    log.info("stopped")
+    abandoned = daemon.scheduler.in_flight
+    if abandoned:
+        log.info("stopped; probes still running at the end of the grace were abandoned, "
+                 "nothing recorded for them", probes=abandoned)
+    else:
+        log.info("stopped")
     return EXIT_OK

@@ -51,6 +51,10 @@ log = get_logger("scheduler")
 # wall clock (which `schedule` uses) being stepped; stop and reload wake the loop at once.
 MAX_SLEEP_SECONDS = 1.0
 
+# After stop()'s timeout the loop leaves its sessions where they wait and ends; it gets this
+# much longer to get there (a round of the hub, the lock).
+STOP_JOIN_SLACK_SECONDS = 1.0
+
 # `schedule` counts in naive local time, which jumps at a daylight-saving change or an NTP
 # step. A jump larger than this (measured against the monotonic clock) moves every pending
 # run by the same amount, so the spread is kept and nothing waits an hour or fires at once.
@@ -137,7 +141,11 @@ class Scheduler:
         New targets start (first runs spread out), removed ones stop and their series go,
         unchanged ones (same target settings and module options) keep their schedule and
         counters; a changed one starts over as new.
+
+        All or nothing: whatever raises (a value the schedule's dates cannot hold), it raises
+        before anything changed, so the running schedule and every series stay as they were.
         """
+        max_concurrency = max(1, int(config.settings.max_concurrency))
         with self._lock:
             wanted: dict[tuple[str, str], _ScheduledTarget] = {}
             new: list[tuple[object, Module]] = []
@@ -148,33 +156,44 @@ class Scheduler:
                     wanted[(target.name, target.module)] = old
                 else:
                     new.append((target, module))
+            added, first_runs = self._prepare(new)
             # Retire first: a changed target's fresh series must not be removed with the old.
             self._retire([old for key, old in self._entries.items() if key not in wanted])
-            added = [self._add(target, module) for target, module in new]
+            for entry in added:
+                self._store.register(entry.name, entry.module_name)
+            self._schedule.jobs.extend(entry.job for entry in added)
             wanted.update(((entry.name, entry.module_name), entry) for entry in added)
             self._entries = wanted
-            self._schedule_first_runs(added)
+            for entry, first_run in zip(added, first_runs):
+                entry.job.next_run = first_run
+                heapq.heappush(self._heap, (first_run, next(self._sequence), entry))
             # Lowered, it holds from now on: running probes finish, no new one starts past it.
-            self._max_concurrency = max(1, int(config.settings.max_concurrency))
+            self._max_concurrency = max_concurrency
         self._hub.wake()
         log.info("schedule applied", targets=len(wanted), max_concurrency=self._max_concurrency)
 
-    def _add(self, target, module: Module) -> _ScheduledTarget:
-        entry = _ScheduledTarget(
-            name=target.name,
-            host=target.host,
-            port=target.port,
-            module_name=target.module,
-            module=module,
-            interval_seconds=float(target.interval_seconds),
-            timeout_seconds=float(target.timeout_seconds),
-            signature=(target, module),
-        )
-        self._store.register(entry.name, entry.module_name)
-        entry.job = self._schedule.every(entry.interval_seconds).seconds.do(self._dispatch, entry)
-        return entry
+    def _prepare(self, new: list[tuple[object, Module]]) -> tuple[list[_ScheduledTarget], list[datetime.datetime]]:
+        """The entries of new targets with their jobs, and their first runs; nothing is
+        scheduled or registered yet (the jobs are made on a scratch scheduler)."""
+        scratch = schedule.Scheduler()
+        entries = []
+        for target, module in new:
+            entry = _ScheduledTarget(
+                name=target.name,
+                host=target.host,
+                port=target.port,
+                module_name=target.module,
+                module=module,
+                interval_seconds=float(target.interval_seconds),
+                timeout_seconds=float(target.timeout_seconds),
+                signature=(target, module),
+            )
+            entry.job = scratch.every(entry.interval_seconds).seconds.do(self._dispatch, entry)
+            entry.job.scheduler = self._schedule
+            entries.append(entry)
+        return entries, self._first_runs(entries)
 
-    def _schedule_first_runs(self, entries: list[_ScheduledTarget]) -> None:
+    def _first_runs(self, entries: list[_ScheduledTarget]) -> list[datetime.datetime]:
         """`schedule` would fire every new job one interval from now, all together. Instead
         each starts at its own point (a hash of its name) in a window counted from after the
         whole apply: the interval, or less when few targets are new, so that a small config
@@ -186,13 +205,14 @@ class Scheduler:
         holds several anyway)."""
         now = datetime.datetime.now()
         window = len(entries) / FIRST_RUNS_PER_SECOND
+        first_runs = []
         for entry in entries:
             key = f"{entry.name}/{entry.module_name}"
             spread = min(entry.interval_seconds, window)
             slot = max(DISPATCH_ROUND_SECONDS, FIRST_RUNS_TOGETHER * spread / len(entries))
             offset = spread_offset(key, spread) // slot * slot
-            entry.job.next_run = now + datetime.timedelta(seconds=offset)
-            heapq.heappush(self._heap, (entry.job.next_run, next(self._sequence), entry))
+            first_runs.append(now + datetime.timedelta(seconds=offset))
+        return first_runs
 
     def _retire(self, entries: list[_ScheduledTarget]) -> None:
         """Stop scheduling `entries` and drop their series (their heap items are skipped
@@ -216,9 +236,10 @@ class Scheduler:
         self._thread.start()
 
     def stop(self, timeout: float) -> bool:
-        """Start no new probe; wait up to `timeout` for the in-flight ones (they have deadlines).
+        """Start no new probe; give the in-flight ones up to `timeout` to finish, then abandon
+        them where they wait (they record nothing; `in_flight` counts them).
 
-        Returns True when every probe finished in time.
+        Returns True when the scheduler's thread ended.
         """
         self._stop_deadline = time.monotonic() + timeout
         self._stopping.set()
@@ -228,8 +249,13 @@ class Scheduler:
         if self._thread is None:  # never started: nothing ran
             self._hub.close()
             return True
-        self._thread.join(timeout)
+        self._thread.join(timeout + STOP_JOIN_SLACK_SECONDS)
         return not self._thread.is_alive()
+
+    @property
+    def in_flight(self) -> int:
+        """Probe sessions started and not finished (after stop: the abandoned ones)."""
+        return self._hub.sessions
 
     def _loop(self) -> None:
         hub = self._hub
@@ -250,7 +276,8 @@ class Scheduler:
             for entry, _ in self._waiting:
                 entry.busy = False
             self._waiting.clear()
-            # Probes in flight end by their own deadlines; stop() waits for them this long.
+            # Probes in flight get until stop()'s deadline; those still waiting then are
+            # abandoned where they wait, never resumed, and record nothing.
             while hub.sessions and time.monotonic() < self._stop_deadline:
                 hub.run_once(self._stop_deadline - time.monotonic())
         finally:
@@ -341,21 +368,22 @@ class Scheduler:
 
     @staticmethod
     def _log_result(entry: _ScheduledTarget, result: ProbeResult) -> None:
-        """Info when a target starts failing, fails differently, or recovers; debug otherwise,
-        so 10,000 targets failing the same way each minute do not flood the journal."""
+        """Warn when a target starts failing or fails differently, info when it recovers;
+        debug otherwise, so 10,000 targets failing the same way each minute do not flood the
+        journal, and an operator's "warnings and errors only" filter shows every new failure."""
         failure = None if result.success else (result.failed_stage, result.reason)
         changed, entry.failure = failure != entry.failure, failure
         if not changed and not log.enabled("debug"):
             return  # the usual case: skip building the fields of a line nobody writes
-        level = log.info if changed else log.debug
         where = dict(target=entry.name, module=entry.module_name)
         took = f"{result.duration_seconds:.3f}"
         if result.success:
-            level("probe recovered" if changed else "probe succeeded", **where,
-                  duration_seconds=took)
+            (log.info if changed else log.debug)(
+                "probe recovered" if changed else "probe succeeded", **where, duration_seconds=took)
         else:
-            level("probe failed", **where, stage=result.failed_stage, reason=result.reason,
-                  detail=result.detail, duration_seconds=took)
+            (log.warning if changed else log.debug)(
+                "probe failed", **where, stage=result.failed_stage, reason=result.reason,
+                detail=result.detail, duration_seconds=took)
 
     def _record_crash(self, entry: _ScheduledTarget, error: Exception) -> None:
         """A probe engine bug still shows as a failed probe, not as a stale success."""

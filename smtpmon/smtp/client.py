@@ -54,7 +54,12 @@ MAX_REPLY_LINES = 200
 # kept in the reply and the transcript) per probe. Real EHLO replies and banners stay under 4 KB.
 MAX_REPLY_BYTES = 65536
 _RECV_BYTES = 4096
-_MASK = "********"
+_MASK_BYTES = b"********"
+# A secret's beginning this long or longer, where a server's words end, is masked too: shorter
+# ones would mask innocent words for a character or two of the secret.
+MIN_MASKED_PREFIX = 3
+# How much of an over-long line the transcript shows.
+SHOWN_HEAD_CHARACTERS = 60
 # A kernel timeout set for an earlier call is kept while it overshoots the deadline by no more.
 REARM_SLACK_SECONDS = 0.005
 # The longest socket timeout given to the kernel; a longer wait is several, one after the other.
@@ -372,6 +377,10 @@ class SmtpConnection:
         self._buffer = bytearray()
         self._secrets: list[bytes] = []
 
+    def record_into(self, transcript: Transcript) -> None:
+        """From now on, record this connection's lines in `transcript`."""
+        self._transcript = transcript
+
     def hide(self, *secrets: str) -> None:
         """Mask these wherever the server's words show them: a server may quote the line it
         could not accept (a 535 or 501 with the AUTH data), and its words reach the replies,
@@ -379,12 +388,30 @@ class SmtpConnection:
         self._secrets += [secret.encode("utf-8") for secret in secrets if secret]
 
     def _masked(self, data: bytes) -> bytes:
+        """`data` with every secret masked, and also the beginning of one at its end: wherever
+        a server's words end (a line it cut, a close, our own limits) a secret may be cut
+        too, and its first bytes are as secret as the rest. Masked whole, before any cut."""
         for secret in self._secrets:
-            data = data.replace(secret, _MASK.encode("ascii"))
+            data = data.replace(secret, _MASK_BYTES)
+        for secret in self._secrets:
+            for length in range(min(len(secret) - 1, len(data)), MIN_MASKED_PREFIX - 1, -1):
+                if data.endswith(secret[:length]):
+                    data = data[:-length] + _MASK_BYTES
+                    break
         return data
 
+    def _masked_line(self, raw: bytes) -> bytes:
+        """A received line (terminator included) with its secrets masked; its reply code is
+        kept so that it still parses, and a secret that runs into the code hides the rest."""
+        body = raw.rstrip(b"\r\n")
+        masked = self._masked(body)
+        code = body[:3]
+        if code.isdigit() and not masked.startswith(code):
+            masked = code + b" " + _MASK_BYTES
+        return masked + raw[len(body):]
+
     def _shown(self, data: bytes) -> str:
-        """Server bytes as transcript text, secrets masked."""
+        """Server bytes as transcript text, secrets masked (before any cut)."""
         return self._masked(bytes(data)).decode("utf-8", errors="replace")
 
     def _noted(self, error: SessionError) -> SessionError:
@@ -438,13 +465,15 @@ class SmtpConnection:
         self._armed[option] = left
 
     # -- connection ------------------------------------------------------------------------
-    def connect(self, family: int, sockaddr: tuple) -> None:
-        left = self._time_left(self._deadline, "connect_timeout")
+    def connect(self, family: int, sockaddr: tuple, until: float | None = None) -> None:
+        """A TCP connection to sockaddr, given up at `until` (the deadline at the latest)."""
+        until = self._deadline if until is None else min(until, self._deadline)
+        left = self._time_left(until, "connect_timeout")
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             # Small commands must not wait for delayed ACKs (Nagle), e.g. before STARTTLS.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._connect_nonblocking(sock, sockaddr)
+            self._connect_nonblocking(sock, sockaddr, until)
             if self._hub is None:
                 sock.setblocking(True)  # reads and writes wait under kernel timeouts (_arm)
                 self._armed = {}
@@ -457,7 +486,7 @@ class SmtpConnection:
             raise self._noted(failed) from None
         self._sock = sock
 
-    def _connect_nonblocking(self, sock: socket.socket, sockaddr: tuple) -> None:
+    def _connect_nonblocking(self, sock: socket.socket, sockaddr: tuple, until: float) -> None:
         """connect() on a non-blocking socket, waiting for the handshake parked on the hub,
         or without one in poll() (exact, unlike a kernel socket timeout of seconds); raises
         as a blocking connect() would."""
@@ -465,21 +494,21 @@ class SmtpConnection:
         error = sock.connect_ex(sockaddr)
         if error == errno.EINPROGRESS:
             if self._hub is not None:
-                connected = self._hub.wait_socket(sock, WRITE, self._deadline)
+                connected = self._hub.wait_socket(sock, WRITE, until)
             else:
-                connected = self._poll_writable(sock)
+                connected = self._poll_writable(sock, until)
             if not connected:
                 raise TimeoutError
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             raise OSError(error, os.strerror(error))  # ETIMEDOUT becomes a TimeoutError
 
-    def _poll_writable(self, sock: socket.socket) -> bool:
-        """Wait in poll() until sock is writable (True) or the deadline passes (False)."""
+    def _poll_writable(self, sock: socket.socket, until: float) -> bool:
+        """Wait in poll() until sock is writable (True) or `until` passes (False)."""
         poller = select.poll()
         poller.register(sock, select.POLLOUT)
         while True:
-            left = self._deadline - self._clock()
+            left = until - self._clock()
             if left <= 0:
                 return False
             if poller.poll(min(math.ceil(left * 1000), _MAX_POLL_MILLISECONDS)):
@@ -565,14 +594,19 @@ class SmtpConnection:
         except OSError as error:
             raise self._noted(SessionError("connection_closed", f"sending failed: {error}")) from None
 
-    def send_message(self, lines: Iterable[str]) -> None:
-        """Send a message body after 354: dot-stuffed, CRLF, ended by a lone dot."""
+    def send_message(self, lines: Iterable[str], padding: bytes = b"") -> None:
+        """Send a message after 354: dot-stuffed, CRLF, ended by a lone dot. `padding` (whole
+        CRLF lines, none starting with a dot) goes after `lines`; it is summed up in the
+        transcript, not shown line by line."""
         self._refuse_unsolicited()
         stuffed = ["." + line if line.startswith(".") else line for line in lines]
         for line in stuffed:
             self._transcript.add("C", line)
+        if padding:
+            lines_more = padding.count(b"\n")
+            self._transcript.note(f"({lines_more} more lines, {len(padding)} bytes, not shown)")
         self._transcript.add("C", ".")
-        self._send(("\r\n".join(stuffed) + "\r\n.\r\n").encode("utf-8"))
+        self._send(("\r\n".join(stuffed) + "\r\n").encode("utf-8") + padding + b".\r\n")
 
     def _refuse_unsolicited(self) -> None:
         """Bytes left over after the last reply came unasked: the server did not wait for our
@@ -642,21 +676,35 @@ class SmtpConnection:
     def _read_line(self, until: float, late: str) -> bytes | None:
         """One line with its terminator, recorded in the transcript; None when over-long."""
         while True:
+            if self._buffer and 20 <= self._buffer[0] <= 23 and self._buffer[1:2] == b"\x03" and not self._tls:
+                self._refuse_tls_record()
             end = self._buffer.find(b"\n")
             if end >= 0 and end < MAX_LINE_BYTES:
                 raw = bytes(self._buffer[: end + 1])
                 del self._buffer[: end + 1]
                 if self._secrets:
-                    # A reply's code is never masked (a password "250" must not break parsing).
-                    raw = raw[:4] + self._masked(raw[4:]) if raw[:3].isdigit() else self._masked(raw)
+                    raw = self._masked_line(raw)
                 self._transcript.add("S", raw.rstrip(b"\r\n").decode("utf-8", errors="replace"))
                 return raw
             if len(self._buffer) >= MAX_LINE_BYTES:
-                head = self._shown(self._buffer[:60])
+                head = self._shown(self._buffer)[:SHOWN_HEAD_CHARACTERS]  # masked, then cut
                 self._transcript.add("S", f"{head}... (more than {MAX_LINE_BYTES} bytes without a line end)")
                 self._buffer.clear()
                 return None
             self._receive(until, late)
+
+    def _refuse_tls_record(self) -> None:
+        """A TLS record (content type 20-23, major version 3: no SMTP reply starts so) where an
+        SMTP reply belongs: the server speaks TLS from the first byte.
+        Said at once: its bytes hold no line end, so waiting for one would take the deadline."""
+        shown = " ".join(f"{byte:02x}" for byte in self._buffer[:5])
+        self._transcript.add("S", f"{shown} ... ({len(self._buffer)} bytes of a TLS record)")
+        self._buffer.clear()
+        raise self._noted(SessionError(
+            "protocol_error",
+            "the server sent a TLS record, not an SMTP reply: it speaks TLS from the first byte "
+            "(implicit TLS, as SMTPS on port 465 does); probe it with --tls implicit (tls: implicit)",
+        ))
 
     def _receive(self, until: float, late: str) -> None:
         """Read what has arrived into the buffer; `late` ends the message when nothing comes."""
@@ -716,6 +764,43 @@ def tls_info(tls_sock: ssl.SSLSocket, *, verified: bool, verify_error: str | Non
     )
 
 
+def open_unverified_tls(
+    family: int,
+    sockaddr: tuple,
+    *,
+    implicit_tls: bool,
+    ehlo_name: str,
+    server_name: str,
+    min_version: str | None,
+    deadline: float,
+    clock: Callable[[], float] = time.monotonic,
+    hub: Hub | None = None,
+) -> tuple[SmtpConnection, TlsInfo]:
+    """A new connection to a server whose certificate failed verification, up to an
+    unverified TLS session: (the connection, the TLS facts). Raises SessionError.
+
+    Python 3.11 cannot hand out the peer certificate after a failed verifying handshake, nor
+    go on without verification, so in that failure path only a second connection (within the
+    same deadline) repeats the session up to the handshake without verification. Its lines go
+    to a transcript of their own (`record_into` sends the connection's later lines to the
+    probe's): they repeat what the probe's transcript already shows.
+    """
+    connection = SmtpConnection(deadline, Transcript(clock(), clock), clock, hub)
+    try:
+        connection.connect(family, sockaddr)
+        if not implicit_tls:
+            for command, wanted in ((None, 2), (f"EHLO {ehlo_name}", 2), ("STARTTLS", 220)):
+                reply = connection.read_reply() if command is None else connection.command(command)
+                if (_code(reply) // 100 if wanted == 2 else _code(reply)) != wanted:
+                    said = f"{command} answered" if command else "the banner was"
+                    raise SessionError("unexpected_code", f"{said} {_code(reply)} this time")
+        info = connection.start_tls(make_tls_context(verify=False, min_version=min_version), server_name)
+    except SessionError:
+        connection.close()
+        raise
+    return connection, info
+
+
 def fetch_unverified_tls_info(
     family: int,
     sockaddr: tuple,
@@ -725,34 +810,24 @@ def fetch_unverified_tls_info(
     server_name: str,
     min_version: str | None,
     verify_error: str,
+    verify_reason: str,
     deadline: float,
     clock: Callable[[], float] = time.monotonic,
     hub: Hub | None = None,
 ) -> TlsInfo | None:
-    """The certificate of a server whose certificate failed verification.
-
-    Python 3.11 cannot hand out the peer certificate after a failed verifying handshake, so
-    in that failure path only, a second connection (within the same deadline) repeats the
-    session up to the handshake without verification, just to read the certificate. None
-    when that does not work out: the verification error is the verdict either way.
-    """
-    scratch = Transcript(clock(), clock)  # its lines are not the probe's session
-    connection = SmtpConnection(deadline, scratch, clock, hub)
+    """The certificate of a server whose certificate failed verification, read over a second
+    connection (see open_unverified_tls) that is closed again; None when that does not work
+    out: the verification error is the verdict either way."""
     try:
-        connection.connect(family, sockaddr)
-        if not implicit_tls:
-            if _code(connection.read_reply()) // 100 != 2:
-                return None
-            if _code(connection.command(f"EHLO {ehlo_name}")) // 100 != 2:
-                return None
-            if _code(connection.command("STARTTLS")) != 220:
-                return None
-        info = connection.start_tls(make_tls_context(verify=False, min_version=min_version), server_name)
-        return dataclasses.replace(info, verified=False, verify_error=verify_error)
+        connection, info = open_unverified_tls(
+            family, sockaddr, implicit_tls=implicit_tls, ehlo_name=ehlo_name,
+            server_name=server_name, min_version=min_version, deadline=deadline, clock=clock,
+            hub=hub)
     except SessionError:
         return None
-    finally:
-        connection.close()
+    connection.close()
+    return dataclasses.replace(info, verified=False, verify_error=verify_error,
+                               verify_reason=verify_reason)
 
 
 def _code(reply: Reply) -> int:

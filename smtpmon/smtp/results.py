@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 STAGES: tuple[str, ...] = (
     "resolve",
     "connect",
+    "tls",  # implicit TLS (port 465): the handshake before the banner; STARTTLS is `starttls`
     "banner",
     "ehlo",
     "starttls",
@@ -39,6 +40,7 @@ FAILURE_REASONS: tuple[str, ...] = (
     "certificate_untrusted",
     "certificate_hostname_mismatch",
     "auth_not_offered",
+    "auth_password_unavailable",
     "auth_failed",
     "mail_rejected",
     "rcpt_rejected",
@@ -116,6 +118,9 @@ class TlsInfo:
     not_after: float | None = None
     verified: bool = False
     verify_error: str | None = None  # OpenSSL's words when verification failed
+    # Why verification failed, when it did: certificate_untrusted, certificate_expired or
+    # certificate_hostname_mismatch (a label value, so from that fixed list).
+    verify_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +147,8 @@ class ProbeResult:
     failed_stage: str | None = None
     reason: str | None = None  # one of FAILURE_REASONS when not success
     detail: str | None = None  # human words on the failure: for logs and the transcript only
-    address: str | None = None  # the IP address actually connected to
+    address: str | None = None  # the IP address the session used (of those the host has)
+    address_family: str | None = None  # "ipv4" or "ipv6", with `address`
     ehlo: Capabilities | None = None  # before TLS (or the only EHLO, for implicit TLS)
     ehlo_tls: Capabilities | None = None  # after STARTTLS
     tls: TlsInfo | None = None

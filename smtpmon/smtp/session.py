@@ -6,18 +6,23 @@ results.FAILURE_REASONS. Sockets and TLS live in smtpmon.smtp.client; this modul
 to send and what a reply means for the session.
 
 Rules worth knowing:
-- A stage passes on the codes `module.expect[stage]` names, otherwise on 2xx (3xx for the
-  intermediate replies of AUTH and DATA). A stage that passed on an expected 4xx/5xx (say
-  RCPT expecting 550) ends the session there: only QUIT follows.
+- A stage passes on the codes `module.expect[stage]` names, otherwise only on the codes that
+  mean it succeeded (RFC 5321 4.3.2, RFC 3207, RFC 4954: SUCCESS_CODES, with 334 and 354 as the
+  intermediate replies of AUTH and DATA). Any other reply fails it: 4xx/5xx as a rejection,
+  anything else (a 221 that closes the session, a stray 2xx or 3xx) as `unexpected_code`. A
+  stage that passed on an expected 4xx/5xx (say RCPT expecting 550) ends the session there:
+  only QUIT follows.
 - A rejection ends the session at once with QUIT; the QUIT stage is recorded but never
   changes the verdict. After a transport failure (timeout, closed connection, protocol error,
   TLS failure) nothing more is sent.
-- Implicit TLS (port 465) records its handshake as the `starttls` stage, right after connect.
+- Implicit TLS (port 465) records its handshake as the `tls` stage, right after connect; a
+  STARTTLS command and its handshake are the `starttls` stage.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import email.utils
 import socket
 import ssl
@@ -32,11 +37,12 @@ from smtpmon.smtp.client import (
     Transcript,
     fetch_unverified_tls_info,
     make_tls_context,
+    open_unverified_tls,
     prepare_tls,
     printable,
     resolve,
 )
-from smtpmon.smtp.module import Module
+from smtpmon.smtp.module import Module, PasswordUnavailable
 from smtpmon.smtp.results import Capabilities, ProbeResult, Reply, StageResult, TlsInfo
 
 SMTP_PORT = 25
@@ -49,6 +55,24 @@ QUIT_AFTER_FAILURE_WAIT_SECONDS = 0.25
 CACHED_EHLO_BYTES = 2048
 CACHED_EHLO_REPLIES = 4096
 _FAMILIES = {"any": socket.AF_UNSPEC, "ip4": socket.AF_INET, "ip6": socket.AF_INET6}
+_FAMILY_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+# The replies that mean a stage succeeded (RFC 5321 4.3.2; STARTTLS: RFC 3207; AUTH: RFC 4954).
+# QUIT's 221 is a courtesy: another reply is recorded on the quit stage, never in the verdict.
+SUCCESS_CODES: dict[str, tuple[int, ...]] = {
+    "banner": (220,),
+    "ehlo": (250,),
+    "ehlo_tls": (250,),
+    "starttls": (220,),
+    "auth": (235,),
+    "mail": (250,),
+    "rcpt": (250, 251),
+    "data": (250,),
+    "quit": (221,),
+}
+# The replies that ask for more within a stage: AUTH's challenges, DATA's go-ahead.
+CONTINUE_CODES: dict[str, int] = {"auth": 334, "data": 354}
+# Replies after which the server closes the channel (RFC 5321 3.8, 4.2.2): nothing more is sent.
+_CLOSING_CODES = (221, 421)
 _REJECTION_REASONS = {
     "banner": "banner_rejected",
     "ehlo": "ehlo_rejected",
@@ -100,6 +124,40 @@ def _capabilities(lines: tuple[str, ...], used_helo: bool) -> Capabilities:
 # shared (immutable) Capabilities per distinct reply (after its first line, the server's name)
 # instead of a frozenset per probe. At most CACHED_EHLO_REPLIES, oldest out first.
 _CAPABILITIES: dict[tuple[tuple[str, ...], bool], Capabilities] = {}
+
+
+def connect_first(
+    connection: SmtpConnection,
+    addresses: list[tuple[int, tuple]],
+    transcript: Transcript,
+    connect_timeout: float,
+    deadline: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[int, tuple]:
+    """Connect to the first of `addresses` that takes the connection, as a sending MTA does
+    (RFC 5321 5.1): a refusal, an unreachable route or a connect timeout (`connect_timeout`
+    each, `deadline` at the latest) moves on to the next one. Every attempt is noted in the
+    transcript. The (family, sockaddr) connected to; SessionError when none took it."""
+    failures: list[str] = []
+    error: SessionError | None = None
+    for number, (family, sockaddr) in enumerate(addresses, 1):
+        if number > 1:
+            transcript.note(f"trying the next address ({number} of {len(addresses)})")
+        transcript.note(f"connecting to {sockaddr[0]} port {sockaddr[1]}")
+        try:
+            connection.connect(family, sockaddr, clock() + connect_timeout)
+        except SessionError as failed:
+            error = failed
+            failures.append(f"{_shown_address(sockaddr)}: {failed.detail}")
+            if clock() >= deadline:
+                break  # the session's deadline is gone: no time for another address
+            continue
+        transcript.note(f"connected to {sockaddr[0]} port {sockaddr[1]}")
+        return family, sockaddr
+    assert error is not None
+    if len(failures) > 1:
+        raise SessionError(error.reason, f"no address took the connection: {'; '.join(failures)}")
+    raise error
 
 
 def default_ehlo_name(local_address: str | None) -> str:
@@ -194,7 +252,7 @@ class _Session:
         steps = (
             ("resolve", self.resolve, lambda: True),
             ("connect", self.connect, lambda: True),
-            ("starttls", self.implicit_tls, lambda: implicit),
+            ("tls", self.implicit_tls, lambda: implicit),
             ("banner", self.banner, lambda: True),
             ("ehlo", lambda record: self.greet(record, "ehlo"), lambda: True),
             ("starttls", self.starttls, self.wants_starttls),
@@ -247,8 +305,11 @@ class _Session:
         return True
 
     # -- reply checks ----------------------------------------------------------------------
-    def final(self, record: _StageRecord, stage: str, reply: Reply, what: str) -> bool:
-        """Check a reply that completes a step: expected codes, else 2xx."""
+    def final(self, record: _StageRecord, stage: str, reply: Reply, what: str, *, mid_exchange: bool = False) -> bool:
+        """Check a reply that completes a step: expected codes, else the stage's success codes.
+
+        mid_exchange: the reply came where a continuation (334, 354) was due, so no success
+        code can complete the stage there."""
         record.replies.append(reply)
         if reply.code is None:
             self.connection_usable = False  # the stream is out of step with the protocol
@@ -259,22 +320,22 @@ class _Session:
             if reply.code in expected:
                 self.finished_early = self.finished_early or reply.code >= 400
                 return True
-        elif reply.code // 100 == 2:
+        elif reply.code in SUCCESS_CODES[stage] and not mid_exchange:
             return True
         self.reject(record, stage, reply, what, expected)
         return False
 
     def intermediate(self, record: _StageRecord, stage: str, reply: Reply, what: str) -> bool:
         """Check a reply that asks for more (334, 354): True to go on with the exchange."""
-        if reply.code is not None and reply.code // 100 == 3:
+        if reply.code == CONTINUE_CODES[stage]:
             record.replies.append(reply)
             return True
-        self.final(record, stage, reply, what)
+        self.final(record, stage, reply, what, mid_exchange=True)
         return False
 
     def reject(self, record, stage, reply, what, expected) -> None:
-        if reply.code == 421:
-            self.connection_usable = False  # RFC 5321 3.8: the server is closing the channel
+        if reply.code in _CLOSING_CODES:
+            self.connection_usable = False  # the server is closing the channel: no QUIT
         reason = _REJECTION_REASONS[stage] if reply.code >= 400 else "unexpected_code"
         wanted = f" (expected {'/'.join(map(str, expected))})" if expected else ""
         first_line = printable(reply.lines[0]) if reply.lines else ""  # detail reaches terminals
@@ -290,30 +351,27 @@ class _Session:
             raise
 
     def connect(self, record: _StageRecord) -> None:
-        error: SessionError | None = None
-        for family, sockaddr in self.addresses:
-            self.transcript.note(f"connecting to {sockaddr[0]} port {sockaddr[1]}")
-            try:
-                self.connection.connect(family, sockaddr)
-            except SessionError as failed:
-                error = failed
-                if failed.reason == "connect_timeout":
-                    break  # the deadline is gone; no time for another address
-                continue
-            self.address = (family, sockaddr)
-            self.connection_usable = True
-            self.transcript.note(f"connected to {sockaddr[0]} port {sockaddr[1]}")
-            if not self.ehlo_name:
-                self.ehlo_name = default_ehlo_name(self.connection.local_address)
-            return
-        assert error is not None
-        raise error
+        self.address = connect_first(self.connection, self.addresses, self.transcript,
+                                     self.module.connect_timeout_seconds, self.deadline, self.clock)
+        self.connection_usable = True
+        if not self.ehlo_name:
+            self.ehlo_name = default_ehlo_name(self.connection.local_address)
 
     def implicit_tls(self, record: _StageRecord) -> None:
         self.handshake(record)
 
     def banner(self, record: _StageRecord) -> None:
-        self.final(record, "banner", self.connection.read_reply(), "the banner")
+        try:
+            reply = self.connection.read_reply()
+        except SessionError as error:
+            if error.reason == "timeout" and self.port == SUBMISSIONS_PORT and self.module.tls != "implicit":
+                # An SMTPS server says nothing until the client's TLS handshake.
+                hint = ("; port 465 is SMTPS (RFC 8314), where the server waits for a TLS handshake "
+                        "before its banner: probe it with --tls implicit (tls: implicit)")
+                self.transcript.note(hint[2:])
+                raise SessionError(error.reason, error.detail + hint) from None
+            raise
+        self.final(record, "banner", reply, "the banner")
 
     def greet(self, record: _StageRecord, stage: str) -> None:
         reply = self.connection.command(f"EHLO {self.ehlo_name}")
@@ -354,11 +412,15 @@ class _Session:
         try:
             self.tls = self.connection.start_tls(context, server_name)
         except CertificateError as error:
-            # The stage is the server's handshake: the second connection, made only to show
-            # the certificate, counts in the probe's duration but not in this stage's.
+            # The stage is the server's handshake: a second connection, made to show the
+            # certificate or to go on without verification, counts in the probe's duration
+            # but not in this stage's.
             record.ended = self.clock()
             self.connection_usable = False
             self.connection.close()  # before the second connection: a server may allow one
+            if module.tls == "opportunistic":
+                self.go_on_unverified(error, server_name)
+                return
             self.transcript.note("reading the certificate over a second connection, without verification, to report it")
             self.tls = fetch_unverified_tls_info(
                 *self.address,
@@ -367,12 +429,45 @@ class _Session:
                 server_name=server_name,
                 min_version=module.tls_min_version,
                 verify_error=error.verify_error,
+                verify_reason=error.reason,
                 deadline=self.deadline,
                 clock=self.clock,
                 hub=self.hub,
-            ) or TlsInfo(verified=False, verify_error=error.verify_error)
+            ) or TlsInfo(verified=False, verify_error=error.verify_error, verify_reason=error.reason)
             self.note_tls()
             raise
+        self.note_tls()
+
+    def go_on_unverified(self, error: CertificateError, server_name: str) -> None:
+        """Opportunistic TLS, as sending MTAs do it (RFC 3207, RFC 7435): a certificate that
+        does not verify is a fact to report, not a reason to stop. The session goes on over an
+        unverified TLS session on a new connection (see open_unverified_tls)."""
+        self.transcript.note(
+            "opportunistic TLS goes on without verification, as sending MTAs do: "
+            f"reconnecting to {self.address[1][0]} port {self.address[1][1]} "
+            "(banner, EHLO and STARTTLS again, not shown)")
+        try:
+            connection, info = open_unverified_tls(
+                *self.address,
+                implicit_tls=False,
+                ehlo_name=self.ehlo_name,
+                server_name=server_name,
+                min_version=self.module.tls_min_version,
+                deadline=self.deadline,
+                clock=self.clock,
+                hub=self.hub,
+            )
+        except SessionError as failed:
+            self.tls = TlsInfo(verified=False, verify_error=error.verify_error, verify_reason=error.reason)
+            self.note_tls()
+            detail = f"{error.detail}; going on without verification over a new connection failed: {failed.detail}"
+            self.transcript.note(detail)
+            raise SessionError(failed.reason, detail) from None
+        connection.record_into(self.transcript)
+        self.connection = connection
+        self.connection_usable = True
+        self.tls = dataclasses.replace(info, verified=False, verify_error=error.verify_error,
+                                       verify_reason=error.reason)
         self.note_tls()
 
     def note_tls(self) -> None:
@@ -387,7 +482,8 @@ class _Session:
         if tls.verified:
             self.transcript.note("certificate verified")
         elif tls.verify_error:
-            self.transcript.note(f"certificate NOT verified: {tls.verify_error}")
+            going_on = " (opportunistic TLS: reported, not a failure)" if self.module.tls == "opportunistic" else ""
+            self.transcript.note(f"certificate NOT verified: {tls.verify_error}{going_on}")
         else:
             self.transcript.note("certificate not verified (verification is switched off)")
 
@@ -401,8 +497,8 @@ class _Session:
             return
         try:
             password = module.read_password()
-        except (OSError, KeyError) as error:
-            record.fail("internal_error", f"cannot read the AUTH password: {error!r}")
+        except PasswordUnavailable as error:
+            record.fail("auth_password_unavailable", f"cannot read the AUTH password: {error}")
             return
         if password is None:
             record.fail("internal_error", "AUTH needs a password file or environment variable")
@@ -433,7 +529,8 @@ class _Session:
     def data(self, record: _StageRecord) -> None:
         if not self.intermediate(record, "data", self.connection.command("DATA"), "DATA"):
             return
-        self.connection.send_message(self.test_message())
+        lines = self.test_message()
+        self.connection.send_message(lines, message_padding(lines, self.module.message_size))
         self.final(record, "data", self.connection.read_reply(), "the end of the message")
 
     def test_message(self) -> list[str]:
@@ -461,7 +558,7 @@ class _Session:
             wait = QUIT_WAIT_SECONDS if self.failure is None else QUIT_AFTER_FAILURE_WAIT_SECONDS
             reply = self.connection.read_reply(within=wait)
             replies = (reply,)
-            if reply.code is None or reply.code // 100 != 2:
+            if reply.code is None or reply.code not in (self.module.expect.get("quit") or SUCCESS_CODES["quit"]):
                 reason = "protocol_error" if reply.code is None else "unexpected_code"
         except SessionError as error:
             reason = error.reason
@@ -490,11 +587,35 @@ class _Session:
             reason=reason,
             detail=detail,
             address=self.address[1][0] if self.address else None,
+            address_family=_FAMILY_NAMES.get(self.address[0]) if self.address else None,
             ehlo=self.ehlo,
             ehlo_tls=self.ehlo_tls,
             tls=self.tls,
             transcript=tuple(self.transcript.lines),
         )
+
+
+# A padding line: 78 characters and CRLF, the length RFC 5322 2.1.1 recommends.
+_PADDING_LINE = b"smtpmon test message padding, to probe the server's message size limit. " + b"x" * 6 + b"\r\n"
+
+
+def message_padding(lines: list[str], size: int | None) -> bytes:
+    """Body lines that bring the message (`lines` as sent, CRLF after each) to `size` bytes
+    (one more when a lone CRLF is all that is missing but a byte), or b"" when it is that big
+    already or no size is asked. Its last line may be shorter."""
+    if not size:
+        return b""
+    missing = size - sum(len(line.encode("utf-8")) + 2 for line in lines)
+    if missing <= 0:
+        return b""
+    whole, rest = divmod(missing, len(_PADDING_LINE))
+    tail = b"x" * max(rest - 2, 0) + b"\r\n" if rest else b""
+    return _PADDING_LINE * whole + tail
+
+
+def _shown_address(sockaddr: tuple) -> str:
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _b64(text: str) -> str:

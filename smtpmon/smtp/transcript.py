@@ -70,7 +70,12 @@ def days_until_expiry(tls: TlsInfo | None, now: float | None = None) -> float | 
 
 def _tls_words(tls: TlsInfo, now: float | None) -> str:
     words = [tls.version or "TLS"]
-    words.append("certificate verified" if tls.verified else "certificate NOT verified")
+    if tls.verified:
+        words.append("certificate verified")
+    elif tls.verify_reason is not None:
+        words.append(f"certificate NOT verified: {tls.verify_reason}")
+    else:
+        words.append("certificate NOT verified")
     days = days_until_expiry(tls, now)
     if days is not None:
         words.append(f"expires in {days:.0f} days" if days >= 0 else f"expired {-days:.0f} days ago")

@@ -3,9 +3,12 @@ blackbox_exporter's prober/handler.go answers it.
 
 The target goes through the same grammar as a configured one (smtpmon.config.addresses), and
 must be a configured target or match `probe_allow`: an exporter must not become a port scanner.
+A module that sends a password goes only to the targets configured with it (or its own
+probe_allow): anywhere else, a server would receive the password.
 The probe's deadline comes from Prometheus' scrape timeout header, less an offset. Its result
 is counted in the daemon's /probe store with every earlier /probe of the same target and
-module, so `rate()` means the same as in daemon mode; `debug=true` adds the transcript.
+module (however the target is spelt: its `target` label is the normal spelling), so `rate()`
+means the same as in daemon mode; `debug=true` adds the transcript.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import threading
 import time
 from http import HTTPStatus
 
-from smtpmon.config.addresses import parse_address
+from smtpmon.config.addresses import normal_address, parse_address
 from smtpmon.exposition.metrics import CONTENT_TYPE, render_probe
 from smtpmon.logs import ThrottledWarning, get_logger
 from smtpmon.smtp import transcript
 from smtpmon.smtp.module import Module
 from smtpmon.smtp.session import run_probe
+from smtpmon.web.inert import show_controls
 from smtpmon.web.wire import TEXT, Answer, BadRequest, Request, single_parameters
 
 log = get_logger("http")
@@ -97,7 +101,8 @@ def answer_probe(exporter, request: Request) -> Answer:
     this thread). `exporter` is a smtpmon.web.routes.Exporter."""
     params = single_parameters(request.query)
     host, port = parse_probe_target(params.get("target"))
-    target = params["target"]
+    # The label and the /probe store's key: one entry however the target is spelt.
+    target = normal_address(host, port)
     config = exporter.config
     module_name = params.get("module")
     if not module_name:
@@ -107,12 +112,9 @@ def answer_probe(exporter, request: Request) -> Answer:
         shown = module_name[:64].encode("unicode_escape").decode("ascii")
         raise BadRequest(f"unknown module '{shown}'; known: {', '.join(config.modules)}")
     debug = parse_debug(params.get("debug"))
-    if not config.probe_allowed(host, port):
-        raise BadRequest(
-            f"target {target} is neither a configured target nor allowed by probe_allow: "
-            "an exporter must not become a port scanner",
-            HTTPStatus.FORBIDDEN,
-        )
+    refusal = config.probe_refusal(host, port, module_name)
+    if refusal is not None:
+        raise BadRequest(refusal, HTTPStatus.FORBIDDEN)
     deadline = probe_deadline(request.headers.get(SCRAPE_TIMEOUT_HEADER), module, time.monotonic())
     slots = request.probe_slots
     if not slots.acquire(request.client):
@@ -133,7 +135,8 @@ def answer_probe(exporter, request: Request) -> Answer:
     # Counted with every /probe of the same target and module before, as daemon mode counts.
     metrics = render_probe(exporter.probe_store.record_on_demand(result))
     if debug:
-        text = transcript.render(result).rstrip("\n")
+        # A server's bytes, read with curl in a terminal: its escape sequences stay text.
+        text = show_controls(transcript.render(result)).rstrip("\n")
         body = f"{text}\n\nMetrics that would have been returned:\n".encode() + metrics
         return Answer(HTTPStatus.OK, body, TEXT)
     return Answer(HTTPStatus.OK, metrics, CONTENT_TYPE)

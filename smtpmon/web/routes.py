@@ -8,12 +8,14 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Protocol
 
+from smtpmon import __version__
 from smtpmon.config.load import Config
 from smtpmon.exposition.metrics import CONTENT_TYPE, metrics_chunks
 from smtpmon.exposition.state import ExporterState
 from smtpmon.exposition.store import ResultStore
 from smtpmon.smtp import transcript
-from smtpmon.web import landing
+from smtpmon.web import docs, landing, triage
+from smtpmon.web.inert import show_controls
 from smtpmon.web.probe import answer_probe
 from smtpmon.web.wire import HTML, TEXT, Answer, BadRequest, Request, single_parameters
 
@@ -24,6 +26,7 @@ class Exporter(Protocol):
     store: ResultStore
     probe_store: ResultStore  # bounded; counts /probe results per (target, module)
     state: ExporterState
+    telemetry_path: str  # where /metrics is served (--web.telemetry-path)
 
     @property
     def config(self) -> Config: ...
@@ -52,12 +55,38 @@ def show_transcript(exporter: Exporter, request: Request) -> Answer:
     result = exporter.store.latest(target, module_name)
     if result is None:
         return Answer(HTTPStatus.NOT_FOUND, "no probe result for this target and module yet\n")
-    return Answer(HTTPStatus.OK, transcript.render(result), TEXT)
+    # A server's bytes, read with curl in a terminal: its escape sequences stay text.
+    return Answer(HTTPStatus.OK, show_controls(transcript.render(result)), TEXT)
 
 
 def landing_page(exporter: Exporter, request: Request) -> Answer:
-    page = landing.render(exporter.config, exporter.store.snapshot(counts=False),
-                          ready=exporter.ready)
+    try:
+        query = triage.parse_query(single_parameters(request.query))
+    except triage.QueryError as error:
+        raise BadRequest(str(error)) from None
+    return Answer(HTTPStatus.OK, landing.render(exporter, exporter.state.status(), query), HTML)
+
+
+def target_page(exporter: Exporter, request: Request) -> Answer:
+    params = single_parameters(request.query)
+    target, module_name = params.get("target"), params.get("module")
+    if not target or not module_name:
+        raise BadRequest("parameters 'target' and 'module' are required")
+    page = landing.render_target(exporter, target, module_name)
+    if page is None:
+        return Answer(HTTPStatus.NOT_FOUND, "no such target and module\n")
+    return Answer(HTTPStatus.OK, page, HTML)
+
+
+def docs_page(exporter: Exporter, request: Request) -> Answer:
+    """docs/*.md as HTML (smtpmon.web.docs): the index, or ?page=NAME."""
+    name = single_parameters(request.query).get("page")
+    directory = docs.docs_directory()
+    if name is None:
+        return Answer(HTTPStatus.OK, docs.render_index(directory, __version__), HTML)
+    page = docs.render_page(name, directory, __version__)
+    if page is None:
+        return Answer(HTTPStatus.NOT_FOUND, "no such page; /docs lists them\n")
     return Answer(HTTPStatus.OK, page, HTML)
 
 
@@ -83,12 +112,17 @@ def reload(exporter: Exporter, request: Request) -> Answer:
 
 Route = Callable[[Exporter, Request], Answer]
 
-# path -> (route, the methods it accepts)
+METRICS_PATH = "/metrics"
+
+# path -> (route, the methods it accepts); the exposition is served at the exporter's
+# telemetry_path, METRICS_PATH unless --web.telemetry-path says otherwise.
 ROUTES: dict[str, tuple[Route, tuple[str, ...]]] = {
     "/": (landing_page, ("GET", "HEAD")),
-    "/metrics": (metrics, ("GET", "HEAD")),
+    METRICS_PATH: (metrics, ("GET", "HEAD")),
     "/probe": (answer_probe, ("GET",)),
     "/transcript": (show_transcript, ("GET", "HEAD")),
+    "/target": (target_page, ("GET", "HEAD")),
+    "/docs": (docs_page, ("GET", "HEAD")),
     "/-/healthy": (healthy, ("GET", "HEAD")),
     "/-/ready": (ready, ("GET", "HEAD")),
     "/-/reload": (reload, ("POST",)),
@@ -98,7 +132,12 @@ ROUTES: dict[str, tuple[Route, tuple[str, ...]]] = {
 def dispatch(exporter: Exporter, request: Request) -> Answer:
     """The route's answer; 404 for an unknown path, 405 for a method it does not accept.
     Raises what the route raises (see wire.error_answer)."""
-    route = ROUTES.get(request.path)
+    if request.path == exporter.telemetry_path:
+        route = ROUTES[METRICS_PATH]
+    elif request.path == METRICS_PATH:
+        route = None  # moved by --web.telemetry-path
+    else:
+        route = ROUTES.get(request.path)
     if route is None:
         return Answer(HTTPStatus.NOT_FOUND, f"not found: {request.path}\n")
     answer, methods = route
@@ -106,3 +145,12 @@ def dispatch(exporter: Exporter, request: Request) -> Answer:
         return Answer(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.path} accepts {', '.join(methods)}\n",
                       headers={"Allow": ", ".join(methods)})
     return answer(exporter, request)
+
+
+def check_telemetry_path(path: str) -> str:
+    """`--web.telemetry-path` as given, or ValueError saying why it cannot be served."""
+    if not path.startswith("/") or any(char in path for char in "?# ") or not path.isprintable():
+        raise ValueError(f"invalid --web.telemetry-path {path!r}: want a path such as /metrics")
+    if path != METRICS_PATH and path in ROUTES:
+        raise ValueError(f"invalid --web.telemetry-path {path!r}: smtpmon serves something else there")
+    return path

@@ -19,8 +19,8 @@ or take them all:
 - at most `max_concurrent_probes` `/probe` requests run at once; beyond that, an immediate 503.
 
 Hooks for `--web.config.file`: the server takes `wrap_connection(sock)` (TLS), called on the
-connection's own thread (so a slow TLS handshake holds only that thread), `authorize(headers)
--> bool`, checked before any route, and `extra_headers`, sent with every response.
+connection's own thread (so a slow TLS handshake holds only that thread), `authorize(headers,
+client address) -> bool`, checked before any route, and `extra_headers`, sent with every response.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from smtpmon.web.wire import (
     Request,
     RequestHeaders,
     RequestHeadReader,
+    declares_body,
     error_answer,
     http_version,
     keeps_alive,
@@ -175,25 +176,30 @@ def parse_probe_head(head: bytes) -> tuple[str, str, RequestHeaders, bool] | Non
         headers = read_headers(io.BytesIO(fields))
     except HeadTooLarge:
         return None
-    if headers.get("Expect", "").lower() == "100-continue":
-        return None
+    if headers.get("Expect", "").lower() == "100-continue" or declares_body(headers):
+        return None  # a body: the thread path answers and closes, never reading it
     return requestline, words[1], headers, keeps_alive(http_version(words[2]), headers)
 
 
 class Server(socketserver.TCPServer):
     """Accepts on a hub (smtpmon.net.hub) on the serving thread. A plain-HTTP `/probe` request is
     served there, as a hub session, probe and all; any other request, and every connection
-    when TLS or basic auth is configured, gets a thread of its own (`Handler`)."""
+    when TLS or basic auth is configured, gets a thread of its own (`Handler`).
+
+    It binds `address`, unless given `listeners`: sockets listening already (listeners.py:
+    several --web.listen-address, or systemd's), each with its own accept loop on the hub,
+    all under the same limits."""
 
     allow_reuse_address = True
     request_queue_size = 128
 
     def __init__(
         self,
-        address: tuple[str, int],
+        address: tuple[str, int] | None,
         exporter: Exporter,
         *,
-        authorize: Callable[[Mapping[str, str]], bool] | None = None,
+        listeners: Sequence[socket.socket] = (),
+        authorize: Callable[[Mapping[str, str], str], bool] | None = None,
         wrap_connection: Callable[[socket.socket], socket.socket] | None = None,
         extra_headers: Mapping[str, str] | None = None,
         connection_timeout: float = CONNECTION_TIMEOUT_SECONDS,
@@ -201,12 +207,11 @@ class Server(socketserver.TCPServer):
         max_connections: int = MAX_CONNECTIONS,
         max_concurrent_probes: int = MAX_CONCURRENT_PROBES,
     ):
-        host = address[0]
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.exporter = exporter
         self.authorize = authorize
         self.wrap_connection = wrap_connection
-        self.extra_headers = dict(extra_headers or {})
+        # As given, not copied: the web config's headers follow the file in force.
+        self.extra_headers = extra_headers if extra_headers is not None else {}
         self.connection_timeout = connection_timeout
         self.head_timeout = head_timeout
         self.max_connections = max_connections
@@ -224,7 +229,16 @@ class Server(socketserver.TCPServer):
         self._hub_connections: set[socket.socket] = set()
         self._stopping = False
         self._stopped = threading.Event()
-        super().__init__(address, Handler)
+        if listeners:
+            # Bound and listening already (listeners.py): several addresses, or systemd's.
+            self.listeners = list(listeners)
+            socketserver.BaseServer.__init__(self, self.listeners[0].getsockname(), Handler)
+            self.socket = self.listeners[0]
+            self.address_family = self.socket.family
+        else:
+            self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+            super().__init__(address, Handler)
+            self.listeners = [self.socket]
 
     def _canned_503(self, body: str) -> bytes:
         """A complete answer written without a handler (and so without reading the request)."""
@@ -244,10 +258,11 @@ class Server(socketserver.TCPServer):
 
     # -- the serving thread ----------------------------------------------------------------
     def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """Run the hub until shutdown(): the accept loop and every hub connection."""
-        self.socket.setblocking(False)
+        """Run the hub until shutdown(): the accept loops and every hub connection."""
         try:
-            self.hub.spawn(self._accept_connections)
+            for listener in self.listeners:
+                listener.setblocking(False)
+                self.hub.spawn(self._accept_connections, listener)
             while not self._stopping:
                 self.hub.run_once(poll_interval)
         finally:
@@ -263,10 +278,11 @@ class Server(socketserver.TCPServer):
 
     def server_close(self) -> None:
         super().server_close()
+        for listener in self.listeners[1:]:
+            listener.close()
         self.hub.close()
 
-    def _accept_connections(self) -> None:
-        listener = self.socket
+    def _accept_connections(self, listener: socket.socket) -> None:
         accepted = 0
         while True:
             if accepted == ACCEPTS_PER_TURN:  # a flood of connections must not starve the probes
@@ -529,7 +545,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client left; nobody to answer
 
     def _answer(self, method: str) -> Answer:
-        if self.server.authorize is not None and not self.server.authorize(self.headers):
+        if self.server.authorize is not None and not self.server.authorize(self.headers, self.client_address[0]):
             return Answer(HTTPStatus.UNAUTHORIZED, "unauthorized\n",
                           headers={"WWW-Authenticate": WWW_AUTHENTICATE})
         path, _, query = self.path.partition("?")
@@ -541,7 +557,7 @@ class Handler(BaseHTTPRequestHandler):
         """Send the answer; a body in chunks is written without joining them."""
         chunks = answer.chunks()
         # A request body we did not read must not be taken for the next request.
-        close = self.command not in ("GET", "HEAD")
+        close = self.command not in ("GET", "HEAD") or declares_body(self.headers)
         if close:
             self.close_connection = True
         self.log_request(answer.status)
