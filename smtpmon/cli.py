@@ -18,12 +18,15 @@ SUBCOMMANDS = {
     "probe": ("smtpmon.commands.probe", "probe one SMTP server now and print the annotated session"),
     "explain": ("smtpmon.commands.explain", "explain a reply code, an enhanced status code, or a reply line"),
     "check-config": ("smtpmon.commands.check_config", "validate a configuration file and exit"),
+    "log-report": ("smtpmon.commands.log_report",
+                   "summarize the reply codes of a mail log (last night's, say)"),
 }
 
 EPILOG = """examples:
   smtpmon probe mx.example.org            annotated session against port 25
   smtpmon explain "550 5.1.1 user unknown"
   smtpmon check-config /etc/smtpmon/smtpmon.yml
+  smtpmon log-report /var/log/mail.log
   smtpmon run --config.file /etc/smtpmon/smtpmon.yml
 """
 

@@ -49,7 +49,7 @@ INVALID = [
         "top-level list",
         "- mx1.example.org:25\n",
         ["the top level must be a mapping with keys global, probe_allow, modules, targets, "
-         "domains, dns, probe_allow_domains, got a list"],
+         "domains, dns, probe_allow_domains, maillog, got a list"],
     ),
     (
         "YAML syntax error names the line",

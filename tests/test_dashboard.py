@@ -121,12 +121,20 @@ def test_template_variables_target_and_module_come_from_probe_success():
         assert variable["includeAll"] and variable["allValue"] == ".*"
 
 
+def is_maillog(expr: str) -> bool:
+    return "smtpmon_maillog_" in expr
+
+
 def test_every_query_follows_the_variables_and_ignores_the_job():
     """Daemon and /probe mode have different jobs: a query must not depend on one. Host
-    target panels follow $target, mail domain panels $domain."""
+    target panels follow $target, mail domain panels $domain. The mail log's series have no
+    target: their panels follow the mail log host instead."""
     for expr in dashboard_exprs():
-        follows = 'target=~"$target"' in expr or 'domain=~"$domain"' in expr
-        assert follows and 'module=~"$module"' in expr, expr
+        if is_maillog(expr):
+            assert 'instance=~"$maillog_instance"' in expr, expr
+        else:
+            follows = 'target=~"$target"' in expr or 'domain=~"$domain"' in expr
+            assert follows and 'module=~"$module"' in expr, expr
         assert not re.search(r"\bjob\s*(=|!=|=~|!~)", expr), expr
 
 
@@ -134,6 +142,12 @@ def test_the_domain_variable_comes_from_the_domain_series():
     domain = variables()["domain"]
     assert domain["definition"] == 'label_values(smtpmon_domain_success{module=~"$module"}, domain)'
     assert domain["includeAll"] and domain["allValue"] == ".*" and domain["multi"]
+
+
+def test_maillog_host_variable_comes_from_the_reader():
+    variable = variables()["maillog_instance"]
+    assert variable["definition"] == "label_values(smtpmon_maillog_reader_up, instance)"
+    assert variable["includeAll"] and variable["allValue"] == ".*"
 
 
 def test_dashboard_queries_name_only_known_metrics():
@@ -158,7 +172,7 @@ def test_dashboard_queries_parse_as_promql(tmp_path):
     promtool = require_tool("promtool")
     records = [{"record": f"dashboard:query_{index}:check",
                 "expr": expr.replace("$target", ".*").replace("$module", ".*")
-                            .replace("$domain", ".*")}
+                            .replace("$domain", ".*").replace("$maillog_instance", ".*")}
                for index, expr in enumerate(dashboard_exprs())]
     rule_file = tmp_path / "dashboard-queries.yml"
     rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": records}]}))
@@ -170,6 +184,10 @@ def test_dashboard_queries_parse_as_promql(tmp_path):
 @pytest.mark.parametrize("title", ["Targets", "Last reply per stage", "Replies by class",
                                    "Replies by class and category", "Share of 4xx and 5xx replies",
                                    "Latency per stage", "Failures by reason", "Domains",
-                                   "MX hosts and addresses"])
+                                   "MX hosts and addresses",
+                                   "Mail log: inbound replies by class and category",
+                                   "Mail log: inbound replies by stage and code",
+                                   "Mail log: outbound replies by class and category",
+                                   "Mail log: outbound refusals by stage, code and domain"])
 def test_dashboard_has_the_panels_an_operator_expects(title):
     assert title in [panel["title"] for panel in panels()]

@@ -56,7 +56,7 @@ STATE_DIRECTORY = Path("/var/lib/smtpmon")
 EXEC_START = "/usr/bin/smtpmon run --config.file /etc/smtpmon/smtpmon.yml $ARGS"
 # The unit settings the package changes, and why: its program's path and flags, and its own
 # system user (files can be given to it alone; its home is the state directory).
-PACKAGE_ONLY = {"ExecStart", "EnvironmentFile", "User", "Group", "StateDirectory"}
+PACKAGE_ONLY = {"ExecStart", "EnvironmentFile", "User", "Group"}
 UPSTREAM_ONLY = {"ExecStart", "DynamicUser"}
 # Where a package's files may be; scanned for anything named after smtpmon before and after.
 SCANNED = ("/etc", "/usr", "/lib", "/var/lib", "/run")

@@ -312,3 +312,71 @@ def test_subcommand_help_shows_examples_and_documents_every_argument(capsys, nam
         assert action.help and action.help != argparse.SUPPRESS, f"{name} {shown[0]}: no help text"
         for spelling in shown:
             assert spelling in text, f"smtpmon {name} --help does not show {spelling}"
+
+
+def test_maillog_families_are_documented_with_their_labels():
+    """docs/metrics.md "The mail log" lists exactly the maillog families, in order, with the
+    labels a rendered snapshot carries."""
+    from smtpmon.exposition.maillog import EVENT_FAMILIES, READER_FAMILIES, render_maillog
+    from smtpmon.maillog.events import Tally
+    from smtpmon.maillog.health import ReaderHealth
+    from smtpmon.maillog.postfix import PostfixParser
+    from smtpmon.maillog.reader import ReaderSnapshot
+
+    table = tables_by_heading(METRICS_DOC.read_text(encoding="utf-8"))["The mail log"]
+    documented = {backticked(row["metric"])[0]: Documented(row["type"],
+                                                           frozenset(backticked(row["labels"])))
+                  for row in table if "metric" in row}
+    assert [(name, doc.type) for name, doc in documented.items()] == [
+        (family.name, family.type) for family in EVENT_FAMILIES + READER_FAMILIES]
+    parser, tally = PostfixParser(), Tally()
+    for line in (
+        "Dec  3 07:43:10 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from x[192.0.2.1]: 554 5.7.1 "
+        "<a@b.test>: Relay access denied; from=<c@d.test> to=<a@b.test> proto=ESMTP helo=<x>",
+        "Dec  3 07:43:11 mx postfix/smtpd[1]: lost connection after RCPT from x[192.0.2.1]",
+        "Dec  3 07:43:12 mx postfix/smtp[2]: connect to x.test[192.0.2.2]:25: Connection refused",
+    ):
+        tally.add(parser.parse_line(line))
+    health = ReaderHealth(source="/var/log/mail.log", bytes_behind=0, last_line_timestamp=1.0,
+                          last_read_at=1.0)
+    exported = exported_families(render_maillog(ReaderSnapshot(tally.snapshot(), health, 2.0)))
+    assert exported == documented
+
+
+# -- the mail log commands the docs show ---------------------------------------------------------
+SAMPLE_MAIL_LOG = REPO / "tests" / "data" / "postfix-mail.log"  # a real Postfix's log (tests/postfix_traffic.py)
+SHOWN_COMMANDS = re.compile(r"^```console\n\$ (smtpmon (?:explain|log-report) [^\n]*)\n(.*?)^```",
+                            re.M | re.S)
+
+
+def shown_mail_log_commands() -> list[tuple[str, str, str]]:
+    """(page, command, output shown) of every `smtpmon explain` / `log-report` console block."""
+    found = []
+    for page in (REPO / "README.md", DOCS / "troubleshooting.md"):
+        for match in SHOWN_COMMANDS.finditer(page.read_text(encoding="utf-8")):
+            found.append((page.name, match.group(1), match.group(2)))
+    return found
+
+
+def test_the_docs_show_both_mail_log_commands():
+    commands = [command for _, command, _ in shown_mail_log_commands()]
+    assert any(command.startswith("smtpmon log-report ") for command in commands)
+    assert any("postfix/smtpd" in command for command in commands)
+    assert any("status=deferred" in command for command in commands)
+
+
+@pytest.mark.parametrize(("page", "command", "shown"), shown_mail_log_commands(),
+                         ids=lambda value: value[:40] if isinstance(value, str) else None)
+def test_mail_log_commands_in_the_docs_print_what_they_show(page, command, shown, capsys):
+    """Run as written (the shell's quoting), on the sample log for /var/log/mail.log: every line
+    the page shows is printed, in that order (an excerpt may leave lines out)."""
+    import shlex
+
+    argv = [str(SAMPLE_MAIL_LOG) if word == "/var/log/mail.log" else word
+            for word in shlex.split(command)[1:]]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    position = 0
+    for line in shown.splitlines():
+        assert line in printed[position:], f"{page}: {command!r} no longer prints {line!r}"
+        position = printed.index(line, position) + 1

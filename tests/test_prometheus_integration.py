@@ -114,11 +114,19 @@ def servers(tls_contexts) -> Servers:
         )
 
 
-def daemon_config(ca_file: str, targets: list[str], world: MailWorld | None = None) -> str:
+# A real Postfix's log (tests/postfix_traffic.py), which every daemon here reads from its start,
+# so that the mail log's panels and variable have data in every set-up.
+SAMPLE_MAIL_LOG = Path(__file__).resolve().parent / "data" / "postfix-mail.log"
+
+
+def daemon_config(ca_file: str, targets: list[str], mail_log: Path,
+                  world: MailWorld | None = None) -> str:
     """smtpmon's configuration: the "mx" module reaches DATA over STARTTLS, opportunistic as
     sending MTAs are (the healthy server's certificate verifies); /probe may probe any loopback
-    port (the examples' probe_allow advice). With a `world` (tests/mail_domains.py), two mail
-    domains too: one healthy, one whose first MX fails."""
+    port (the examples' probe_allow advice); `mail_log` is read from its start (a copy of
+    SAMPLE_MAIL_LOG). With a `world` (tests/mail_domains.py), two mail domains too: one
+    healthy, one whose first MX fails."""
+    shutil.copyfile(SAMPLE_MAIL_LOG, mail_log)
     config = {
         "global": {"interval": INTERVAL, "timeout": "800ms"},
         "probe_allow": [f"{LOOPBACK}:*"],
@@ -128,6 +136,7 @@ def daemon_config(ca_file: str, targets: list[str], world: MailWorld | None = No
             "submission": {"tls": "starttls", "tls_ca_file": ca_file},
         },
         "targets": [{"address": target, "module": "mx"} for target in targets],
+        "maillog": {"path": str(mail_log), "from_start": True},
     }
     if world is not None:
         config["domains"] = [{"domain": fqdn(name), "module": "mx", "port": world.port}
@@ -346,11 +355,13 @@ def template_variable_problems(prometheus: RunningPrometheus,
 
 def assert_alerts_and_dashboard(prometheus: RunningPrometheus, servers: Servers,
                                 healthy: list[str], modules: set[str],
+                                maillog_instances: set[str],
                                 domains: set[str] | None = None) -> None:
     """421/450/554 alerts fire for the right targets and stages and only there; every panel
     and variable has data; the healthy targets have no reply-code alert, not even pending, and
     no firing alert at all."""
-    variables = {"target": set(servers.mx), "module": modules}
+    variables = {"target": set(servers.mx), "module": modules,
+                 "maillog_instance": maillog_instances}
     if domains:
         variables["domain"] = domains
     eventually(prometheus, lambda: reply_code_alert_problems(prometheus, servers)
@@ -365,36 +376,40 @@ def assert_alerts_and_dashboard(prometheus: RunningPrometheus, servers: Servers,
 
 
 # -- the three set-ups ---------------------------------------------------------------------------
-def test_daemon_mode(servers, ca, ca_file, processes):
+def test_daemon_mode(servers, ca, ca_file, processes, tmp_path):
     start_daemon, start_prometheus = processes
     with mail_world(ca, ca_file) as world:
-        smtpmon = start_daemon("smtpmon", daemon_config(ca_file, servers.mx, world))
+        smtpmon = start_daemon("smtpmon", daemon_config(ca_file, servers.mx, tmp_path / "mail.log",
+                                                        world))
         prometheus = start_prometheus("prometheus", prometheus_config(
             "prometheus-daemon.yml", {"localhost:9725": address(smtpmon)}, []))
         assert_alerts_and_dashboard(prometheus, servers, [servers.healthy], {"mx"},
-                                    domains={fqdn("good"), fqdn("half")})
+                                    {address(smtpmon)}, domains={fqdn("good"), fqdn("half")})
 
         def domain_alert_problems() -> list[str]:
             """The first MX of `half` refuses: a warning for that address, nothing that
-            pages for either domain."""
+            pages for either domain. (The mail log's alerts carry a `domain` label of their
+            own, the recipient domain: not these.)"""
             firing = {(a["labels"]["alertname"], a["labels"].get("domain"), a["labels"].get("address"),
                        a["labels"]["severity"])
                       for a in prometheus.api("alerts")["alerts"]
-                      if a["state"] == "firing" and a["labels"].get("domain")}
+                      if a["state"] == "firing" and a["labels"].get("domain")
+                      and a["labels"]["alertname"].startswith("SMTPDomain")}
             wanted = {("SMTPDomainMXAddressDown", fqdn("half"), "127.0.57.3", "warning")}
             return [] if firing == wanted else [f"domain alerts firing: {sorted(firing)}"]
 
         eventually(prometheus, domain_alert_problems)
 
 
-def test_probe_mode(servers, ca_file, processes):
+def test_probe_mode(servers, ca_file, processes, tmp_path):
     start_daemon, start_prometheus = processes
-    smtpmon = start_daemon("smtpmon", daemon_config(ca_file, []))  # probes only on request
+    # probes only on request
+    smtpmon = start_daemon("smtpmon", daemon_config(ca_file, [], tmp_path / "mail.log"))
     prometheus = start_prometheus("prometheus", prometheus_config(
         "prometheus-probe.yml", {"localhost:9725": address(smtpmon)},
         [servers.mx, [servers.submission]]))
     assert_alerts_and_dashboard(prometheus, servers, [servers.healthy, servers.submission],
-                                {"mx", "submission"})
+                                {"mx", "submission"}, {address(smtpmon)})
     # The example's __param_module label picks the module; the exporter job keeps only
     # smtpmon's own health, so every target is counted once.
     probes = {(s["metric"]["target"], s["metric"]["module"], s["metric"]["job"])
@@ -413,18 +428,21 @@ def hashmod_shard(address: str, modulus: int) -> int:
 
 
 def test_two_replicas_sharded_with_hashmod(servers, ca_file, tls_contexts, smtp_server,
-                                           processes):
+                                           processes, tmp_path):
     start_daemon, start_prometheus = processes
     targets = list(servers.mx)
     # Both shards must get work: each extra healthy server lands on a shard by its random port.
     while len({hashmod_shard(target, 2) for target in targets}) < 2:
         targets.append(smtp_server(starttls_context=tls_contexts["trusted"]).target)
-    replicas = [start_daemon(f"smtpmon{shard}", daemon_config(ca_file, [])) for shard in (0, 1)]
+    replicas = [start_daemon(f"smtpmon{shard}",
+                             daemon_config(ca_file, [], tmp_path / f"mail{shard}.log"))
+                for shard in (0, 1)]
     prometheus = start_prometheus("prometheus", prometheus_config(
         "prometheus-sharded.yml",
         {"localhost:9725": address(replicas[0]), "localhost:9726": address(replicas[1])},
         [targets]))
-    assert_alerts_and_dashboard(prometheus, servers, [servers.healthy, *targets[5:]], {"mx"})
+    assert_alerts_and_dashboard(prometheus, servers, [servers.healthy, *targets[5:]], {"mx"},
+                                {address(replica) for replica in replicas})
 
     # Through Prometheus: each target under exactly one shard job, the one hashmod picks.
     expected = sorted((target, f"smtpmon-shard-{hashmod_shard(target, 2)}") for target in targets)

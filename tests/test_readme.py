@@ -79,7 +79,9 @@ def shell(command: str, cwd: Path, env: dict[str, str], timeout: float = 30) -> 
 def environment(ca_file: str) -> dict[str, str]:
     """A shell with the virtualenv activated (README: `. .venv/bin/activate`), whose system CAs
     are the test CA (OpenSSL reads SSL_CERT_FILE), as a real server's CA is a system one."""
-    env = {name: value for name, value in os.environ.items() if name not in ("CREDENTIALS_DIRECTORY",)}
+    # Without what an outer make passes down: `make test ARGS=...` would reach the tour's `make run`.
+    outside = ("CREDENTIALS_DIRECTORY", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "ARGS")
+    env = {name: value for name, value in os.environ.items() if name not in outside}
     env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
     env["SSL_CERT_FILE"] = ca_file
     return env

@@ -86,6 +86,16 @@ def test_unit_runs_the_daemon_unprivileged_and_reloads_with_sighup():
     assert settings["SyslogLevelPrefix"] == ["yes"]
 
 
+def test_unit_gives_the_mail_log_reader_read_access_and_a_state_directory():
+    """Debian's /var/log/mail.log is root:adm 0640, the journal's files are readable by
+    systemd-journal; the reader saves its position under $STATE_DIRECTORY (maillog.state_file's
+    default)."""
+    settings = service_settings(UNIT)
+    assert settings["SupplementaryGroups"] == ["adm systemd-journal"]
+    assert settings["StateDirectory"] == ["smtpmon"]
+    assert settings["ProtectSystem"] == ["strict"]  # every other path stays read-only
+
+
 def test_systemd_analyze_verify_accepts_the_unit(systemd_analyze, tmp_path):
     assert verify(systemd_analyze, unit_on_this_machine(tmp_path)) == ""
 
@@ -121,8 +131,13 @@ def seccomp(systemd_analyze) -> None:
     require(ctypes.util.find_library("seccomp") is not None, "libseccomp")
 
 
-def daemon_config(ca_file: str, targets: list[tuple[str, str]]) -> str:
-    lines = ["global: {interval: 1s, timeout: 900ms}",
+MAIL_LOG_REJECT = ("Dec  3 07:43:10 mx postfix/smtpd[5230]: NOQUEUE: reject: RCPT from unknown"
+                   "[192.0.2.7]: 554 5.7.1 <x@example.org>: Relay access denied; "
+                   "from=<a@example.net> to=<x@example.org> proto=ESMTP helo=<client>\n")
+
+
+def daemon_config(ca_file: str, targets: list[tuple[str, str]], maillog: str = "") -> str:
+    lines = [maillog, "global: {interval: 1s, timeout: 900ms}",
              "modules:",
              f'  mx: {{tls: starttls, tls_ca_file: "{ca_file}"}}',
              "  plain: {tls: none}",
@@ -142,7 +157,12 @@ def test_daemon_works_under_the_units_sandbox(seccomp, tmp_path, smtp_server, sc
     healthy_target = f"localhost:{healthy.port}"  # a name: resolution runs in the sandbox too
     busy = scripted_server([Send(b"421 4.3.2 mx.test.example busy, try later\r\n")])
     added = smtp_server()
-    running = start_daemon(tmp_path, daemon_config(ca_file, [(healthy_target, "mx"), (busy.target, "plain")]),
+    # The mail log reader too: it reads a file and saves its position under the sandbox.
+    (tmp_path / "mail.log").write_text(MAIL_LOG_REJECT)
+    maillog = (f"maillog: {{path: {tmp_path / 'mail.log'}, from_start: true, "
+               f"state_file: {tmp_path / 'position'}, poll_interval: 100ms}}")
+    running = start_daemon(tmp_path, daemon_config(ca_file, [(healthy_target, "mx"), (busy.target, "plain")],
+                                                   maillog),
                            command_prefix=[sys.executable, str(SANDBOX), str(UNIT), "--"])
     try:
         # The sandbox is on the daemon itself: its own word, and what the kernel says.
@@ -168,13 +188,17 @@ def test_daemon_works_under_the_units_sandbox(seccomp, tmp_path, smtp_server, sc
         assert sample_value(text, "smtpmon_probe_success", target=busy.target) == 0
         assert sample_value(text, "smtpmon_replies_total", target=busy.target, stage="banner", code="421",
                      **{"class": "transient_negative"}) >= 1
+        assert sample_value(text, "smtpmon_maillog_replies_total", direction="inbound",
+                            code="554", reason="relay_access") == 1
+        assert sample_value(text, "smtpmon_maillog_reader_up", source=str(tmp_path / "mail.log")) == 1
         # prometheus_client reads /proc/self and /proc/stat for these.
         assert sample_value(text, "process_resident_memory_bytes") > 0
         assert sample_value(text, "process_open_fds") > 0
         assert time.time() - 60 < sample_value(text, "process_start_time_seconds") <= time.time()
 
         running.config_path.write_text(daemon_config(
-            ca_file, [(healthy_target, "mx"), (busy.target, "plain"), (added.target, "plain")]))
+            ca_file, [(healthy_target, "mx"), (busy.target, "plain"), (added.target, "plain")],
+            maillog))
         running.process.send_signal(signal.SIGHUP)
         text = running.wait_for(probed(added.target), timeout=5)
         assert sample_value(text, "smtpmon_probe_success", target=added.target) == 1
@@ -188,4 +212,5 @@ def test_daemon_works_under_the_units_sandbox(seccomp, tmp_path, smtp_server, sc
         running.stop()
     log = running.log()
     assert "msg=stopped" in log
+    assert (tmp_path / "position").exists()  # the reader saved where it stopped
     assert [line for line in log.splitlines() if any(word in line for word in REFUSALS)] == []

@@ -37,6 +37,7 @@ from smtpmon.config.domains import (
     parse_domains,
     parse_probe_allow_domains,
 )
+from smtpmon.config.maillog import MaillogSettings, parse_maillog
 from smtpmon.config.validation import Validator, describe, key_path
 from smtpmon.config.yamldoc import (
     FileReadError,
@@ -79,7 +80,7 @@ targets:
 REPLY_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s not in ("resolve", "connect", "tls"))
 
 _TOP_KEYS = ("global", "probe_allow", "modules", "targets", "domains", "dns",
-             "probe_allow_domains")
+             "probe_allow_domains", "maillog")
 _GLOBAL_KEYS = ("interval", "timeout", "max_concurrency", "ehlo_name")
 _MODULE_KEYS = (
     "tls", "tls_verify", "tls_ca_file", "tls_server_name", "tls_min_version", "ehlo_name",
@@ -145,6 +146,7 @@ class Config:
     secret_probe_allow: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     domains: tuple[DomainTarget, ...] = ()
     dns: DnsSettings = DnsSettings()
+    maillog: MaillogSettings | None = None  # the `maillog:` section; None: no log is read
 
     def probe_allowed(self, host: str, port: int) -> bool:
         """May /probe run against host:port? Configured targets always; others by probe_allow."""
@@ -324,12 +326,13 @@ class _Parser(Validator):
         targets = self.parse_targets(document.get("targets"), settings, modules)
         domains = parse_domains(self, document.get("domains"), settings, modules)
         dns = parse_dns(self, document.get("dns"))
+        maillog = parse_maillog(self, document.get("maillog"))
         if self.errors:
             raise self.failure()
         valid_modules = {name: module for name, module in modules.items() if module is not None}
         return Config(settings, MappingProxyType(valid_modules), targets, self.source,
                       tuple(self.secret_problems), MappingProxyType(self.secret_probe_allow),
-                      domains, dns)
+                      domains, dns, maillog)
 
     def check_keys(self, node: dict, path: str, allowed: tuple[str, ...]) -> None:
         for key in node:

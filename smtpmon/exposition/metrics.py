@@ -341,13 +341,16 @@ class SelfMetrics(Protocol):
 
 
 def metrics_chunks(rows: Sequence[tuple[bytes, ...]], state: SelfMetrics,
-                   more: Sequence[bytes] = ()) -> list[bytes]:
+                   more: Sequence[bytes] = (), *, maillog: bytes = b"") -> list[bytes]:
     """The whole `/metrics` page (every target's row, from ResultStore.rows(), and every mail
-    domain address's; `more`: the mail domains' own families; the exporter itself; process
-    and Python) as chunks to write one after the other: at 10,000 targets the page is some
-    30 MB, and joining it would hold it twice more in memory."""
+    domain address's; `more`: the mail domains' own families; the mail log's families,
+    smtpmon.exposition.maillog; the exporter itself; process and Python) as chunks to write
+    one after the other: at 10,000 targets the page is some 30 MB, and joining it would hold
+    it twice more in memory."""
     parts = _family_chunks(rows)
     parts += more
+    if maillog:
+        parts.append(maillog)
     parts.append(state.render())
     parts.append(generate_latest(_RUNTIME_REGISTRY))
     return parts

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Kinds of reading errors (the `kind` label of an error count).
+# Kinds of reading errors (the `kind` label of an error count). `internal_error`: a poll
+# raised (a bug), counted by the reader itself.
+INTERNAL_ERROR = "internal_error"
 ERROR_KINDS = ("not_found", "permission_denied", "is_directory", "not_a_file", "io_error",
-               "state_file", "journal_failed")
+               "state_file", "journal_failed", INTERNAL_ERROR)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from smtpmon.exposition.domains import DomainStore
 from smtpmon.exposition.state import ExporterState
 from smtpmon.exposition.store import ResultStore
 from smtpmon.logs import get_logger
+from smtpmon.runtime.maillog import MaillogService
 from smtpmon.runtime.scheduler import Scheduler
 from smtpmon.web import listeners
 from smtpmon.web.routes import METRICS_PATH, check_telemetry_path
@@ -138,6 +139,7 @@ class Daemon:
         self.domain_probe_store = DomainStore(max_entries=MAX_PROBE_DOMAINS)
         self.scheduler = Scheduler(self.store, self.state, domain_store=self.domain_store)
         self.state.set_dns_counts(self.scheduler.dns_counts)
+        self.maillog = MaillogService()
         self._config = config
         self._reload_lock = threading.Lock()
 
@@ -159,7 +161,11 @@ class Daemon:
     def ready(self) -> bool:
         return self.scheduler.running
 
+    def maillog_metrics(self) -> bytes:
+        return self.maillog.render()
+
     def start(self) -> None:
+        self.maillog.apply(self._config.maillog)
         warn_about_secrets(self._config)
         self.scheduler.apply(self._config)
         self.state.config_loaded(True)
@@ -198,6 +204,7 @@ class Daemon:
                 self.state.config_loaded(False, errors=tuple(errors))
                 return errors
             warn_about_secrets(config)
+            self.maillog.apply(config.maillog)
             self._config = config
             self.state.config_loaded(True)
             self.state.set_targets(len(config.targets))
@@ -340,6 +347,7 @@ def run(options: Options) -> int:
     grace = daemon.stop_timeout()
     log.info("stopping", signal=signal.Signals(received).name, grace_seconds=grace)
     finished = daemon.scheduler.stop(grace)
+    daemon.maillog.stop()  # saves the position: the next start resumes there
     server.shutdown()
     server.server_close()
     if not finished:

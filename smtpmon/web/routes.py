@@ -45,11 +45,15 @@ class Exporter(Protocol):
     def reload(self) -> list[str]:
         """Load the configuration file again; the errors, empty on success."""
 
+    def maillog_metrics(self) -> bytes:
+        """The mail log's families (smtpmon.exposition.maillog); empty when none is read."""
+
 
 def metrics(exporter: Exporter, request: Request) -> Answer:
     domains = exporter.domain_store
     page = metrics_chunks(exporter.store.rows() + domains.address_rows(), exporter.state,
-                          domain_chunks(domains.domain_rows()))
+                          domain_chunks(domains.domain_rows()),
+                          maillog=exporter.maillog_metrics())
     return Answer(HTTPStatus.OK, page, CONTENT_TYPE)
 
 
