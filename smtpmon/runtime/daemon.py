@@ -338,6 +338,8 @@ def run(options: Options) -> int:
             trim()
             continue
         received = received.si_signo
+        if received not in handled:  # woken without one of ours (a debugger attaching: signal 0)
+            continue
         if received == signal.SIGHUP:
             log.info("SIGHUP: reloading the configuration")
             daemon.reload()
