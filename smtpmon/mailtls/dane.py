@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from smtpmon.mailtls.dnsquery import AnswerCache, DnsAnswer, ValidatingResolver, absolute
+from smtpmon.mailtls.names import name_matches
 
 # Per MX host: what the TLSA lookup found.
 #   secure          DNSSEC-secure TLSA records: DANE applies to every address of this host
@@ -286,13 +287,3 @@ def _names_host(certificate, mx_host: str) -> bool:
         names = [attribute.value for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     return any(name_matches(str(name), host) for name in names)
 
-
-def name_matches(pattern: str, host: str) -> bool:
-    """A certificate (or MTA-STS mx) name against a host: equal, or `*.` + the host's parent
-    (the wildcard stands for exactly one whole label)."""
-    pattern = pattern.rstrip(".").lower()
-    host = host.rstrip(".").lower()
-    if pattern.startswith("*."):
-        head, _, parent = host.partition(".")
-        return bool(head) and parent == pattern[2:]
-    return pattern == host
