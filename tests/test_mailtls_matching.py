@@ -209,3 +209,9 @@ def test_mta_sts_mx_patterns_cover_one_whole_left_most_label():
 def test_tls_rpt_record_grammar(texts, state, targets):
     record = tlsrpt.parse_record(texts)
     assert (record.state, [uri.target for uri in record.rua]) == (state, targets)
+
+
+def test_a_chain_that_is_not_certificates_is_a_mismatch_not_a_crash(presented):
+    record = TlsaRecord(3, 1, 1, association_data(presented[0], 1, 1))
+    check = check_address(secure(record), starttls_offered=True, chain=(b"\x30\x03garbage",))
+    assert (check.verdict, check.detail) == ("mismatch", "the server presented something that is not an X.509 certificate")

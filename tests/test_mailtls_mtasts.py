@@ -165,6 +165,20 @@ def test_the_oversized_policy_is_read_no_further_than_the_limit(world):
     assert str(MAX_POLICY_BYTES) in result.fetch.detail
 
 
+def test_a_failed_fetch_is_retried_only_after_its_retry_time(world):
+    clock = [100.0]
+    sts = checker(world, retry_failed_after=300.0, clock=lambda: clock[0])
+    before = world["nginx"].access_log().count(POLICY_PATH)
+    first = sts.check("missing.sts.test", deadline=time.monotonic() + 10)
+    clock[0] += 299
+    again = sts.check("missing.sts.test", deadline=time.monotonic() + 10)
+    assert (first.fetched, again.fetched, again.fetch_failing, again.fetch.http_status) == (True, False, True, 404)
+    assert world["nginx"].access_log().count(POLICY_PATH) == before + 1
+    clock[0] += 2
+    assert sts.check("missing.sts.test", deadline=time.monotonic() + 10).fetched is True
+    assert world["nginx"].access_log().count(POLICY_PATH) == before + 2
+
+
 def test_no_record_means_no_policy(world):
     result = check(world, "none")
     assert (result.record.state, result.fetch, result.policy) == ("absent", None, None)
@@ -179,7 +193,7 @@ def test_the_policy_is_cached_for_max_age_and_refetched_when_the_id_changes(worl
     clock[0] = 2000.0
     time.sleep(1.1)
     cached = sts.check(domain, deadline=time.monotonic() + 10)
-    assert (cached.fetch, cached.policy.id, cached.policy_changed_at, sts.fetches) == (None, "1", 1000.0, 1)
+    assert (cached.fetched, cached.policy.id, cached.policy_changed_at, sts.fetches) == (False, "1", 1000.0, 1)
     world["knot"].set_zone(Zone("sts.test", zone_records("2") + world["untrusted_records"]))
     time.sleep(1.1)
     clock[0] = 3000.0

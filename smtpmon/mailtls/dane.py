@@ -12,6 +12,7 @@ Security comes from the AD bit of the validating resolver (see smtpmon.mailtls.d
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -160,15 +161,17 @@ def _record(rdata) -> TlsaRecord:
     return TlsaRecord(int(rdata.usage), int(rdata.selector), int(rdata.mtype), bytes(rdata.cert))
 
 
+# A server presents the same chain at every probe: its certificates are parsed and hashed once.
+@functools.lru_cache(maxsize=1024)
 def association_data(der: bytes, selector: int, matching_type: int) -> bytes:
-    """What a TLSA record holds for this certificate (RFC 6698 2.1)."""
+    """What a TLSA record holds for this certificate (RFC 6698 2.1). ValueError when `der` is
+    not a certificate."""
     if selector == 0:
         selected = der
     else:
-        from cryptography import x509
         from cryptography.hazmat.primitives import serialization
 
-        selected = x509.load_der_x509_certificate(der).public_key().public_bytes(
+        selected = _load(der).public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     digest = _MATCHING[matching_type]
     return selected if digest is None else digest(selected).digest()
@@ -201,7 +204,10 @@ def check_address(
         return verdict("starttls_missing", "secure TLSA records, but the server does not offer STARTTLS")
     if not chain:
         return verdict("mismatch", "secure TLSA records, but no TLS handshake completed", usable)
-    certificates = [_load(der) for der in chain]
+    try:
+        certificates = [_load(der) for der in chain]
+    except ValueError:
+        return verdict("mismatch", "the server presented something that is not an X.509 certificate", usable)
     now = now or datetime.datetime.now(datetime.timezone.utc)
     unmatched = []
     matched: tuple[TlsaRecord, int] | None = None
@@ -231,6 +237,7 @@ def check_address(
     return verdict("mismatch", detail, unmatched)
 
 
+@functools.lru_cache(maxsize=256)
 def _load(der: bytes):
     from cryptography import x509
 

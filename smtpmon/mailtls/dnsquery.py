@@ -61,8 +61,14 @@ class DnsAnswer:
 
 
 def absolute(name: str) -> str:
-    """`name` as an absolute, lower-case DNS name in presentation form (IDNA A-labels)."""
-    return dns.name.from_text(name).to_text().lower()
+    """`name` as an absolute, lower-case DNS name in presentation form (IDNA A-labels).
+    ValueError for a name DNS cannot carry: names are the caller's to validate (domains from
+    the configuration, MX hosts from DNS answers), so this is a programming error, not a
+    network outcome."""
+    try:
+        return dns.name.from_text(name).to_text().lower()
+    except (dns.exception.DNSException, UnicodeError) as error:
+        raise ValueError(f"{name!r} is not a DNS name: {error}") from None
 
 
 def ask(
@@ -75,7 +81,7 @@ def ask(
     clock: Callable[[], float] = time.monotonic,
 ) -> DnsAnswer:
     """One question with the DO bit (and CD when asked), over UDP with TCP on truncation;
-    never raises for anything the network or the resolver does."""
+    never raises for anything the network or the resolver does (see `absolute` for names)."""
     qname = absolute(qname)
     query = dns.message.make_query(qname, rdtype, use_edns=0, want_dnssec=True, payload=EDNS_PAYLOAD)
     if checking_disabled:

@@ -126,7 +126,8 @@ class StsResult:
     domain: str
     record: StsRecord
     policy: StsPolicy | None  # the policy a sender would apply now (fresh or cached)
-    fetch: PolicyFetch | None  # this check's fetch; None when the cached policy was used
+    fetch: PolicyFetch | None  # the latest fetch for the record's id; None: no record, none yet
+    fetched: bool  # whether this check fetched (False: the cache or a recent failure served)
     policy_changed_at: float | None  # wall-clock time the policy id in use was first seen
 
     @property
@@ -240,12 +241,11 @@ class PolicyFetcher:
     """Fetches `https://mta-sts.<domain>/.well-known/mta-sts.txt` as RFC 8461 3.3 says."""
 
     def __init__(self, resolver: ValidatingResolver, answers: AnswerCache, *,
-                 extra_ca_file: str | None = None, clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time):
+                 extra_ca_file: str | None = None, wall_clock: Callable[[], float] = time.time):
         self._resolver = resolver
         self._answers = answers
         self._extra_ca_file = extra_ca_file
-        self._clock = clock
+        self._clock = time.monotonic  # deadlines are time.monotonic() values, as everywhere
         self._wall_clock = wall_clock
 
     def fetch(self, domain: str, policy_id: str, *, deadline: float) -> PolicyFetch:
@@ -426,18 +426,25 @@ class MtaSts:
 
     def __init__(self, resolver: ValidatingResolver, answers: AnswerCache, *,
                  extra_ca_file: str | None = None, fetch_timeout: float = 10.0,
+                 retry_failed_after: float = 300.0,
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
+        """`retry_failed_after`: seconds a failed fetch stands before the next attempt for
+        the same policy id, so a broken policy host costs one request per domain per that
+        time, not one per check. `clock` times the cache (max_age, retries); deadlines are
+        time.monotonic() values."""
         self._resolver = resolver
         self._answers = answers
-        self._fetcher = PolicyFetcher(resolver, answers, extra_ca_file=extra_ca_file, clock=clock,
-                                      wall_clock=wall_clock)
+        self._fetcher = PolicyFetcher(resolver, answers, extra_ca_file=extra_ca_file, wall_clock=wall_clock)
         self._fetch_timeout = fetch_timeout
+        self._retry_failed_after = retry_failed_after
         self._clock = clock
         self._wall_clock = wall_clock
         self._cached: dict[str, _Cached] = {}
         # Per domain, the id of the last policy fetched and when it was first seen; kept past
         # the policy's expiry, so a refetch of the same policy is not taken for a change.
         self._ids: dict[str, tuple[str, float]] = {}
+        # Per domain, the latest fetch: (the record id it was for, its outcome, monotonic time).
+        self._last_fetch: dict[str, tuple[str, PolicyFetch, float]] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self.fetches = 0  # for the benchmark's figure: fetches, not checks
@@ -462,22 +469,31 @@ class MtaSts:
             if cached is not None and cached.expires <= now:
                 cached = None
                 del self._cached[domain]
-            if record.state != "present" or (cached is not None and cached.policy.id == record.id):
+            if record.state != "present":
                 # No record (or a broken one): a sender keeps applying its unexpired policy.
-                return self._result(domain, record, cached, None)
-            fetch = self._fetcher.fetch(domain, record.id, deadline=min(deadline, now + self._fetch_timeout))
+                return self._result(domain, record, cached, None, False)
+            last = self._last_fetch.get(domain)
+            last_for_id = last if last is not None and last[0] == record.id else None
+            if cached is not None and cached.policy.id == record.id:
+                return self._result(domain, record, cached, last_for_id and last_for_id[1], False)
+            if (last_for_id is not None and last_for_id[1].error is not None
+                    and now - last_for_id[2] < self._retry_failed_after):
+                return self._result(domain, record, cached, last_for_id[1], False)
+            fetch_deadline = min(deadline, time.monotonic() + self._fetch_timeout)
+            fetch = self._fetcher.fetch(domain, record.id, deadline=fetch_deadline)
             self.fetches += 1
+            self._last_fetch[domain] = (record.id, fetch, now)
             if fetch.policy is not None:
                 cached = _Cached(fetch.policy, self._clock() + fetch.policy.max_age)
                 self._cached[domain] = cached
                 if self._ids.get(domain, ("",))[0] != fetch.policy.id:
                     self._ids[domain] = (fetch.policy.id, self._wall_clock())
-            return self._result(domain, record, cached, fetch)
+            return self._result(domain, record, cached, fetch, True)
 
     def _result(self, domain: str, record: StsRecord, cached: _Cached | None,
-                fetch: PolicyFetch | None) -> StsResult:
+                fetch: PolicyFetch | None, fetched: bool) -> StsResult:
         changed_at = None
         if cached is not None:
             seen_id, seen_at = self._ids[domain]
             changed_at = seen_at if seen_id == cached.policy.id else None
-        return StsResult(domain, record, cached.policy if cached else None, fetch, changed_at)
+        return StsResult(domain, record, cached.policy if cached else None, fetch, fetched, changed_at)
