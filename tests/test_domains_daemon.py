@@ -10,7 +10,7 @@ import time
 import pytest
 
 from daemon_process import start_daemon
-from dns_server import bad_resolvers, silent_server  # noqa: F401 - bad_resolvers is a fixture
+from dns_server import bad_resolvers, knot, silent_server  # noqa: F401 - fixtures
 from helpers import sample_value, samples
 from mail_domains import fqdn, mail_world
 from prometheus_tools import require_tool
@@ -241,3 +241,39 @@ probe_allow_domains: ["*.domains.test"]
     assert sample_value(body, "smtpmon_domain_dns_state", state="timeout") == 1
     assert sample_value(body, "smtpmon_domain_deliverable") == 0
     assert sample_value(body, "smtpmon_domain_success") == 0
+
+
+def test_an_address_dns_no_longer_names_loses_its_series(world, knot):
+    """The store keeps an address's counters while DNS names it; once the MX is gone from the
+    zone, its series go with it, and the page still passes promtool."""
+    from dns_server import Zone
+    from smtpmon.dns import DnsCache, MxResolver, ResolverSettings
+    from smtpmon.domains import probe_domain
+    from smtpmon.exposition.domains import domain_chunks
+    from smtpmon.exposition.metrics import render_probe_rows
+    from smtpmon.smtp.module import Module
+
+    both = "@ MX 10 mx1\n@ MX 20 mx2\nmx1 A 127.0.57.1\nmx2 A 127.0.57.2\n"
+    server = knot([Zone("gone.test", both, ttl=1, negative_ttl=1)])
+    resolver = MxResolver(ResolverSettings(nameservers=(server.nameserver,)),
+                          DnsCache(min_ttl_seconds=0, max_ttl_seconds=0, grace_seconds=0))
+    store, module = DomainStore(), Module(tls="none", timeout_seconds=5)
+    store.register("gone.test", "plain", "gone.test", True)
+
+    def page() -> str:
+        rows = store.address_rows()
+        return render_probe_rows(rows, domain_chunks(store.domain_rows())).decode()
+
+    store.record(probe_domain("gone.test", module, resolver, port=world.port, module_name="plain"))
+    first = page()
+    assert sample_value(first, "smtpmon_probes_total", mx="mx2.gone.test") == 1
+    assert sample_value(first, "smtpmon_probes_total", mx="mx1.gone.test") == 1
+    server.set_zone(Zone("gone.test", "@ MX 10 mx1\nmx1 A 127.0.57.1\n", ttl=1, negative_ttl=1))
+    store.record(probe_domain("gone.test", module, resolver, port=world.port, module_name="plain"))
+    second = page()
+    assert sample_value(second, "smtpmon_probes_total", mx="mx1.gone.test") == 2
+    assert sample_value(second, "smtpmon_probes_total", mx="mx2.gone.test") is None
+    assert sample_value(second, "smtpmon_domain_mx_hosts", domain="gone.test") == 1
+    done = subprocess.run([require_tool("promtool"), "check", "metrics"], input=second.encode(),
+                          capture_output=True, timeout=30)
+    assert done.returncode == 0, (done.stdout + done.stderr).decode()
