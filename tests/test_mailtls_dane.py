@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from dns_server import Zone, require_knot, servfail_server, silent_server, start_knot
 from mailtls_sender import starttls_chain
 from smtpmon.mailtls.dane import check_address, lookup_tlsa, mx_secure
-from smtpmon.mailtls.dnsquery import AnswerCache, ValidatingResolver
+from smtpmon.dns import DnsCache, Resolver, ResolverSettings
+from smtpmon.dns.cached import CachedResolver
 from smtpservers import AiosmtpdServer, server_tls_context
 from validating_resolver import UnboundResolver
 
@@ -95,7 +96,7 @@ def world(tmp_path_factory):
             stubs={zone: where for zone in ("dane.test.", "bogus.test.", "insecure.test.")},
             trust_anchors=knot.ds("dane.test") + [corrupted(ds) for ds in knot.ds("bogus.test")],
         ).start()
-        yield {"resolver": ValidatingResolver(unbound.address, unbound.port, timeout=5.0),
+        yield {"resolver": validating(unbound.address, unbound.port, timeout=5.0),
                "servers": servers, "certs": certs, "unbound": unbound}
     finally:
         if unbound is not None:
@@ -106,17 +107,28 @@ def world(tmp_path_factory):
             server.stop()
 
 
+def validating(address: str, port: int, timeout: float, cache: DnsCache | None = None) -> CachedResolver:
+    """The validating resolver alone (no fallback), through a cache of its own."""
+    settings = ResolverSettings(nameservers=((address, port),), timeout_seconds=timeout)
+    return CachedResolver(Resolver(settings), cache if cache is not None else DnsCache())
+
+
+def fresh(world) -> CachedResolver:
+    """The test's validating resolver with an empty cache."""
+    return CachedResolver(world["resolver"].resolver, DnsCache())
+
+
 def deadline(seconds: float = 10.0) -> float:
     return time.monotonic() + seconds
 
 
-def verdict_of(world, host: str, server_name: str, cache: AnswerCache | None = None):
+def verdict_of(world, host: str, server_name: str):
     """What a DANE-validating sender decides for one MX address, step by step."""
-    cache = cache or AnswerCache()
+    resolver = fresh(world)
     domain = host.split(".", 1)[1]
-    mx = mx_secure(cache, world["resolver"], domain, deadline=deadline())
+    mx = mx_secure(resolver, domain, deadline=deadline())
     server = world["servers"][server_name]
-    lookup = lookup_tlsa(cache, world["resolver"], host, server.port, mx_is_secure=mx.secure, deadline=deadline())
+    lookup = lookup_tlsa(resolver, host, server.port, mx_is_secure=mx.authenticated, deadline=deadline())
     offered, chain = starttls_chain(server.host, server.port, host) if lookup.dane_applies else (True, ())
     return lookup, check_address(lookup, starttls_offered=offered, chain=chain)
 
@@ -157,17 +169,17 @@ def test_secure_tlsa_without_starttls_is_a_dane_failure(world):
 
 
 def test_no_tlsa_records_means_dane_does_not_apply(world):
-    lookup = lookup_tlsa(AnswerCache(), world["resolver"], "mx-none.dane.test", 25, mx_is_secure=True,
+    lookup = lookup_tlsa(fresh(world), "mx-none.dane.test", 25, mx_is_secure=True,
                          deadline=deadline())
     check = check_address(lookup, starttls_offered=False, chain=None)
     assert (lookup.state, check.verdict) == ("none", "not_applicable")
 
 
 def test_a_bogus_zone_fails_validation_and_its_data_shows_with_cd(world):
-    cache = AnswerCache()
-    mx = mx_secure(cache, world["resolver"], "bogus.test", deadline=deadline())
-    assert mx.status == "servfail"
-    lookup = lookup_tlsa(cache, world["resolver"], "mx.bogus.test", 25, mx_is_secure=True, deadline=deadline())
+    resolver = fresh(world)
+    mx = mx_secure(resolver, "bogus.test", deadline=deadline())
+    assert (mx.state, mx.rcode) == ("servfail", "SERVFAIL")
+    lookup = lookup_tlsa(resolver, "mx.bogus.test", 25, mx_is_secure=True, deadline=deadline())
     check = check_address(lookup, starttls_offered=True, chain=None)
     assert (lookup.state, check.verdict) == ("bogus", "bogus")
     assert [str(record) for record in lookup.records] == [f"3 1 1 {'ab' * 32}"]
@@ -175,7 +187,7 @@ def test_a_bogus_zone_fails_validation_and_its_data_shows_with_cd(world):
 
 def test_tlsa_in_an_unsigned_zone_is_ignored(world):
     port = world["servers"]["insecure"].port
-    lookup = lookup_tlsa(AnswerCache(), world["resolver"], "mx.insecure.test", port, mx_is_secure=True,
+    lookup = lookup_tlsa(fresh(world), "mx.insecure.test", port, mx_is_secure=True,
                          deadline=deadline())
     check = check_address(lookup, starttls_offered=True, chain=None)
     assert (lookup.state, len(lookup.records), check.verdict) == ("insecure", 1, "not_applicable")
@@ -187,20 +199,20 @@ def test_an_insecure_mx_answer_makes_dane_not_applicable(world):
 
 
 def test_answers_are_cached_for_their_ttl(world):
-    cache = AnswerCache()
-    first = lookup_tlsa(cache, world["resolver"], "mx-ee.dane.test", world["servers"]["mx-ee"].port,
+    resolver = fresh(world)
+    first = lookup_tlsa(resolver, "mx-ee.dane.test", world["servers"]["mx-ee"].port,
                         mx_is_secure=True, deadline=deadline())
-    sent = cache.questions_sent
-    again = lookup_tlsa(cache, world["resolver"], "mx-ee.dane.test", world["servers"]["mx-ee"].port,
+    sent = resolver.resolver.queries_sent
+    again = lookup_tlsa(resolver, "mx-ee.dane.test", world["servers"]["mx-ee"].port,
                         mx_is_secure=True, deadline=deadline())
-    assert (first.from_cache, again.from_cache, cache.questions_sent) == (False, True, sent)
+    assert (first.from_cache, again.from_cache, resolver.resolver.queries_sent) == (False, True, sent)
     assert again.state == "secure" and 0 < again.ttl <= 300
 
 
 def test_the_resolver_has_nowhere_to_ask_outside_the_test_zones(world):
     started = time.monotonic()
-    answer = AnswerCache().ask(world["resolver"], "outside-the-test-zones.example", "A", deadline=deadline())
-    assert answer.status == "servfail"
+    answer = fresh(world).ask("outside-the-test-zones.example", "A", deadline=deadline(), dnssec=True)
+    assert answer.state == "servfail"
     assert time.monotonic() - started < 9
 
 
@@ -209,8 +221,8 @@ def test_the_resolver_has_nowhere_to_ask_outside_the_test_zones(world):
 def test_a_resolver_that_fails_is_a_lookup_failure_not_bogus(make, detail):
     server = make().start()
     try:
-        resolver = ValidatingResolver(server.address, server.port, timeout=0.5)
-        lookup = lookup_tlsa(AnswerCache(), resolver, "mx-ee.dane.test", 25, mx_is_secure=True, deadline=deadline(2))
+        resolver = validating(server.address, server.port, timeout=0.5)
+        lookup = lookup_tlsa(resolver, "mx-ee.dane.test", 25, mx_is_secure=True, deadline=deadline(2))
     finally:
         server.stop()
     check = check_address(lookup, starttls_offered=True, chain=None)

@@ -14,7 +14,8 @@ import trustme
 from dns_server import Zone, require_knot, start_knot
 from https_server import NginxServer, Site
 from smtpmon.mailtls import tlsrpt
-from smtpmon.mailtls.dnsquery import AnswerCache, ValidatingResolver
+from smtpmon.dns import DnsCache, Resolver, ResolverSettings
+from smtpmon.dns.cached import CachedResolver
 from smtpmon.mailtls.mtasts import MAX_POLICY_BYTES, POLICY_PATH, MtaSts, check_mx
 
 KNOT = "127.18.0.55"
@@ -71,7 +72,7 @@ def world(tmp_path_factory):
     try:
         records = zone_records("1") + f'_mta-sts.untrusted 1 TXT "v=STSv1; id=1"\nmta-sts.untrusted A {HTTPS}\n'
         knot = start_knot([Zone("sts.test", records)], workdir=tmp_path_factory.mktemp("knot"), address=KNOT)
-        yield {"resolver": ValidatingResolver(knot.address, knot.port, timeout=2.0), "ca_file": str(ca_file),
+        yield {"nameserver": ResolverSettings(nameservers=((knot.address, knot.port),), timeout_seconds=2.0), "ca_file": str(ca_file),
                "knot": knot, "nginx": nginx, "untrusted_records": records[len(zone_records("1")):]}
     finally:
         if knot is not None:
@@ -98,8 +99,12 @@ def no_system_resolver(monkeypatch):
     assert names == [], f"names given to the system resolver: {names}"
 
 
-def checker(world, answers: AnswerCache | None = None, **kwargs) -> MtaSts:
-    return MtaSts(world["resolver"], answers or AnswerCache(), extra_ca_file=world["ca_file"], **kwargs)
+def resolver(world, cache: DnsCache | None = None) -> CachedResolver:
+    return CachedResolver(Resolver(world["nameserver"]), cache if cache is not None else DnsCache())
+
+
+def checker(world, cache: DnsCache | None = None, **kwargs) -> MtaSts:
+    return MtaSts(resolver(world, cache), extra_ca_file=world["ca_file"], **kwargs)
 
 
 def check(world, domain: str, **kwargs):
@@ -186,7 +191,7 @@ def test_no_record_means_no_policy(world):
 
 def test_the_policy_is_cached_for_max_age_and_refetched_when_the_id_changes(world):
     clock = [1000.0]
-    sts = checker(world, AnswerCache(min_ttl=1), wall_clock=lambda: clock[0])  # the TXT's TTL is 1 s
+    sts = checker(world, DnsCache(min_ttl_seconds=1), wall_clock=lambda: clock[0])  # the TXT's TTL is 1 s
     domain = "changing.sts.test"
     first = sts.check(domain, deadline=time.monotonic() + 10)
     assert (first.fetch.error, first.policy.id, first.policy_changed_at) == (None, "1", 1000.0)
@@ -218,10 +223,10 @@ def test_a_fetch_is_bounded_by_its_timeout(world):
 
 
 def test_tls_rpt_record_and_its_report_addresses(world):
-    found = tlsrpt.lookup(AnswerCache(), world["resolver"], "enforce.sts.test", deadline=time.monotonic() + 5)
+    found = tlsrpt.lookup(resolver(world), "enforce.sts.test", deadline=time.monotonic() + 5)
     assert (found.state, [(uri.scheme, uri.target) for uri in found.rua]) == (
         "present", [("mailto", "tls-reports@enforce.sts.test"), ("https", "https://reports.enforce.sts.test/tlsrpt")])
-    assert tlsrpt.lookup(AnswerCache(), world["resolver"], "partial.sts.test", deadline=time.monotonic() + 5).state \
+    assert tlsrpt.lookup(resolver(world), "partial.sts.test", deadline=time.monotonic() + 5).state \
         == "invalid"
-    assert tlsrpt.lookup(AnswerCache(), world["resolver"], "testing.sts.test", deadline=time.monotonic() + 5).state \
+    assert tlsrpt.lookup(resolver(world), "testing.sts.test", deadline=time.monotonic() + 5).state \
         == "absent"

@@ -6,7 +6,10 @@ Two steps, matching the two places a sender decides:
 2. `check_address(...)` per MX address, after its SMTP session: does the chain it presented
    match a usable record? (`DaneCheck.verdict`, one of DANE_VERDICTS.)
 
-Security comes from the AD bit of the validating resolver (see smtpmon.mailtls.dnsquery).
+Security comes from the AD bit of the validating resolver named in the configuration, asked
+through smtpmon.dns (DO bit, AD read, a CD re-ask to tell bogus from unreachable). Only that
+resolver is asked: a fallback to a non-validating nameserver would turn every "insecure"
+verdict into a lie, so its CachedResolver must name it alone.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from smtpmon.mailtls.dnsquery import AnswerCache, DnsAnswer, ValidatingResolver, absolute
-from smtpmon.mailtls.names import name_matches
+from smtpmon.dns.cached import CachedResolver, absolute_name
+from smtpmon.dns.names import name_matches, name_text
+from smtpmon.dns.resolver import Answer
 
 # Per MX host: what the TLSA lookup found.
 #   secure          DNSSEC-secure TLSA records: DANE applies to every address of this host
@@ -72,12 +76,12 @@ class TlsaRecord:
 
 @dataclass(frozen=True)
 class TlsaLookup:
-    mx_host: str  # absolute, lower case
+    mx_host: str  # lower case, no final dot
     port: int
-    qname: str  # _PORT._tcp.<mx host>.
+    qname: str  # _PORT._tcp.<mx host>
     state: str  # one of TLSA_STATES
     records: tuple[TlsaRecord, ...]  # every record seen (for bogus: as seen with CD)
-    ttl: int
+    ttl: float
     from_cache: bool
     detail: str
 
@@ -110,18 +114,18 @@ class DaneCheck:
 
 
 def tlsa_qname(mx_host: str, port: int) -> str:
-    return absolute(f"_{port}._tcp.{absolute(mx_host)}")
+    return name_text(absolute_name(f"_{port}._tcp.{mx_host.rstrip('.')}"))
 
 
-def mx_secure(cache: AnswerCache, resolver: ValidatingResolver, domain: str, *, deadline: float) -> DnsAnswer:
-    """The domain's MX answer from the validating resolver (its `secure` says whether DANE can
-    apply at all, RFC 7672 2.2.1), whatever resolver found the MX hosts for the probes."""
-    return cache.ask(resolver, domain, "MX", deadline=deadline)
+def mx_secure(validating: CachedResolver, domain: str, *, deadline: float) -> Answer:
+    """The domain's MX answer from the validating resolver (its `authenticated` says whether
+    DANE can apply at all, RFC 7672 2.2.1), whatever resolver found the MX hosts for the
+    probes."""
+    return validating.ask(domain, "MX", deadline=deadline, dnssec=True)
 
 
 def lookup_tlsa(
-    cache: AnswerCache,
-    resolver: ValidatingResolver,
+    validating: CachedResolver,
     mx_host: str,
     port: int = 25,
     *,
@@ -129,29 +133,29 @@ def lookup_tlsa(
     deadline: float,
 ) -> TlsaLookup:
     """The TLSA record set of one MX host, judged as RFC 7672 2.2 says. Never raises."""
-    mx_host = absolute(mx_host)
+    mx_host = mx_host.rstrip(".").lower()
     qname = tlsa_qname(mx_host, port)
 
-    def result(state: str, answer: DnsAnswer | None, detail: str) -> TlsaLookup:
+    def result(state: str, answer: Answer | None, detail: str) -> TlsaLookup:
         records = tuple(_record(rdata) for rdata in answer.records) if answer else ()
-        return TlsaLookup(mx_host, port, qname, state, records, answer.ttl if answer else 0,
+        return TlsaLookup(mx_host, port, qname, state, records, answer.ttl_seconds if answer else 0,
                           bool(answer and answer.from_cache), detail)
 
     if not mx_is_secure:
         return result("mx_insecure", None, "the MX answer is not DNSSEC-secure: DANE does not apply")
-    answer = cache.ask(resolver, qname, "TLSA", deadline=deadline)
-    if answer.status == "answer":
-        if answer.secure:
+    answer = validating.ask(qname, "TLSA", deadline=deadline, dnssec=True)
+    if answer.state == "ok":
+        if answer.authenticated:
             return result("secure", answer, f"{len(answer.records)} secure TLSA record(s)")
         return result("insecure", answer, "TLSA records without DNSSEC (not validated): ignored by senders")
-    if answer.status in ("nodata", "nxdomain"):
+    if answer.state in ("nodata", "nxdomain"):
         return result("none", answer, f"no TLSA records at {qname}")
-    if answer.status == "servfail":
+    if answer.rcode == "SERVFAIL":
         # A validating resolver answers SERVFAIL both for a failed validation and for
         # servers it cannot reach. With CD it skips validation: data (or a denial) then means
         # the signatures were the problem.
-        unchecked = cache.ask(resolver, qname, "TLSA", deadline=deadline, checking_disabled=True)
-        if unchecked.status in ("answer", "nodata", "nxdomain"):
+        unchecked = validating.ask(qname, "TLSA", deadline=deadline, dnssec=True, checking_disabled=True)
+        if unchecked.is_answer:
             return result("bogus", unchecked, "DNSSEC validation failed (SERVFAIL; the data is visible with CD)")
         return result("lookup_failed", None, f"SERVFAIL, also with CD: {unchecked.detail}")
     return result("lookup_failed", None, answer.detail)

@@ -25,8 +25,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from smtpmon.mailtls.dnsquery import AnswerCache, DnsAnswer, ValidatingResolver, absolute
-from smtpmon.mailtls.names import name_matches
+from smtpmon.dns.cached import CachedResolver, absolute_name
+from smtpmon.dns.names import name_matches, name_text
+from smtpmon.dns.resolver import Answer
 
 # RFC 8461 3.2 suggests 64 KiB as the most a sender reads of a policy.
 MAX_POLICY_BYTES = 64 * 1024
@@ -173,7 +174,7 @@ def parse_record(texts: list[str]) -> StsRecord:
     return StsRecord("present", record_id, text, f"policy id {record_id}")
 
 
-def txt_strings(answer: DnsAnswer) -> list[str]:
+def txt_strings(answer: Answer) -> list[str]:
     """Each TXT record as one string (its character-strings joined, RFC 8461 3.1)."""
     return [b"".join(rdata.strings).decode("utf-8", errors="replace") for rdata in answer.records]
 
@@ -240,17 +241,16 @@ def check_mx(result: StsResult, mx_host: str, *, starttls_offered: bool, certifi
 class PolicyFetcher:
     """Fetches `https://mta-sts.<domain>/.well-known/mta-sts.txt` as RFC 8461 3.3 says."""
 
-    def __init__(self, resolver: ValidatingResolver, answers: AnswerCache, *,
+    def __init__(self, resolver: CachedResolver, *,
                  extra_ca_file: str | None = None, wall_clock: Callable[[], float] = time.time):
         self._resolver = resolver
-        self._answers = answers
         self._extra_ca_file = extra_ca_file
         self._clock = time.monotonic  # deadlines are time.monotonic() values, as everywhere
         self._wall_clock = wall_clock
 
     def fetch(self, domain: str, policy_id: str, *, deadline: float) -> PolicyFetch:
         """Never raises; every failure is one of STS_FETCH_ERRORS with a detail."""
-        host = "mta-sts." + absolute(domain).rstrip(".")
+        host = "mta-sts." + name_text(absolute_name(domain))
         try:
             context = _tls_context(self._extra_ca_file, _file_version(self._extra_ca_file))
         except OSError as error:
@@ -275,11 +275,11 @@ class PolicyFetcher:
         found: list[str] = []
         problems = []
         for rdtype in ("A", "AAAA"):
-            answer = self._answers.ask(self._resolver, host, rdtype, deadline=deadline)
-            found += [rdata.address for rdata in answer.records]
-            if answer.status not in ("answer", "nodata"):
-                problems.append(answer.detail)
-            if answer.status == "nxdomain":
+            answer = self._resolver.ask(host, rdtype, deadline=deadline)
+            found += list(answer.records)
+            if answer.state not in ("ok", "nodata"):
+                problems.append(answer.detail or f"{host} {rdtype}: {answer.state}")
+            if answer.state == "nxdomain":
                 break
         if not found:
             return PolicyFetch(None, "address_lookup_failed", "; ".join(problems) or f"{host} has no address")
@@ -424,7 +424,7 @@ class MtaSts:
     cached policy stays in use while its record disappears or a refetch fails. Safe to share
     between threads; one fetch at a time per domain."""
 
-    def __init__(self, resolver: ValidatingResolver, answers: AnswerCache, *,
+    def __init__(self, resolver: CachedResolver, *,
                  extra_ca_file: str | None = None, fetch_timeout: float = 10.0,
                  retry_failed_after: float = 300.0,
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
@@ -433,8 +433,7 @@ class MtaSts:
         time, not one per check. `clock` times the cache (max_age, retries); deadlines are
         time.monotonic() values."""
         self._resolver = resolver
-        self._answers = answers
-        self._fetcher = PolicyFetcher(resolver, answers, extra_ca_file=extra_ca_file, wall_clock=wall_clock)
+        self._fetcher = PolicyFetcher(resolver, extra_ca_file=extra_ca_file, wall_clock=wall_clock)
         self._fetch_timeout = fetch_timeout
         self._retry_failed_after = retry_failed_after
         self._clock = clock
@@ -450,16 +449,16 @@ class MtaSts:
         self.fetches = 0  # for the benchmark's figure: fetches, not checks
 
     def record(self, domain: str, *, deadline: float) -> StsRecord:
-        answer = self._answers.ask(self._resolver, f"_mta-sts.{absolute(domain)}", "TXT", deadline=deadline)
-        if answer.status in ("nodata", "nxdomain"):
-            return StsRecord("absent", None, None, answer.detail)
-        if answer.status != "answer":
+        answer = self._resolver.ask(f"_mta-sts.{domain.rstrip('.')}.", "TXT", deadline=deadline)
+        if answer.state in ("nodata", "nxdomain"):
+            return StsRecord("absent", None, None, answer.detail or f"no TXT record at {answer.name}")
+        if answer.state != "ok":
             return StsRecord("lookup_failed", None, None, answer.detail)
         return parse_record(txt_strings(answer))
 
     def check(self, domain: str, *, deadline: float) -> StsResult:
         """Never raises. The fetch gets at most fetch_timeout within `deadline`."""
-        domain = absolute(domain).rstrip(".")
+        domain = name_text(absolute_name(domain))
         with self._lock:
             lock = self._locks.setdefault(domain, threading.Lock())
         with lock:

@@ -7,7 +7,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from smtpmon.mailtls.dnsquery import AnswerCache, ValidatingResolver, absolute
+from smtpmon.dns.cached import CachedResolver
 
 # The `_smtp._tls` TXT record.
 #   present        one valid `v=TLSRPTv1; rua=...` record
@@ -77,10 +77,10 @@ def parse_uri(uri: str) -> ReportUri | None:
     return None
 
 
-def lookup(answers: AnswerCache, resolver: ValidatingResolver, domain: str, *, deadline: float) -> TlsRptRecord:
-    answer = answers.ask(resolver, f"_smtp._tls.{absolute(domain)}", "TXT", deadline=deadline)
-    if answer.status in ("nodata", "nxdomain"):
-        return TlsRptRecord("absent", (), None, answer.detail)
-    if answer.status != "answer":
+def lookup(resolver: CachedResolver, domain: str, *, deadline: float) -> TlsRptRecord:
+    answer = resolver.ask(f"_smtp._tls.{domain.rstrip('.')}.", "TXT", deadline=deadline)
+    if answer.state in ("nodata", "nxdomain"):
+        return TlsRptRecord("absent", (), None, answer.detail or f"no TXT record at {answer.name}")
+    if answer.state != "ok":
         return TlsRptRecord("lookup_failed", (), None, answer.detail)
     return parse_record([b"".join(rdata.strings).decode("utf-8", errors="replace") for rdata in answer.records])
