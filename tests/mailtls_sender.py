@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import ssl
 
-from smtpmon.mailtls.chain import presented_chain
+from smtpmon.smtp.chain import presented_chain
 
 
 def _reply(stream) -> list[str]:

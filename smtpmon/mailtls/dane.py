@@ -91,7 +91,7 @@ class TlsaLookup:
 
     @property
     def dane_applies(self) -> bool:
-        """Whether the session must collect the presented chain (chain.presented_chain) and
+        """Whether the session must collect the presented chain (smtp.chain.presented_chain, run_probe(want_chain=True)) and
         judge it with check_address: secure records, at least one of them usable."""
         return self.state == "secure" and bool(self.usable_records)
 

@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable
 
 from smtpmon.net.hub import READ, WRITE, Hub
 from smtpmon.net.lookups import LookupPool
+from smtpmon.smtp.chain import presented_chain
 from smtpmon.smtp.replycodes import make_reply, parse_line
 from smtpmon.smtp.results import Reply, TlsInfo, TranscriptLine
 
@@ -490,8 +491,9 @@ class SmtpConnection:
             self._sock = None
 
     # -- TLS -------------------------------------------------------------------------------
-    def start_tls(self, context: ssl.SSLContext, server_name: str) -> TlsInfo:
-        """Handshake on the open connection (after a 220 to STARTTLS, or at once for implicit TLS)."""
+    def start_tls(self, context: ssl.SSLContext, server_name: str, *, want_chain: bool = False) -> TlsInfo:
+        """Handshake on the open connection (after a 220 to STARTTLS, or at once for implicit
+        TLS); `want_chain`: the result holds the presented chain (DANE)."""
         assert self._sock is not None
         if self._buffer:
             # Bytes sent before the handshake would be read as if they came over TLS: the
@@ -521,7 +523,8 @@ class SmtpConnection:
             raise self._noted(SessionError("tls_handshake_failed", f"TLS handshake failed: {error}")) from None
         self._sock = tls_sock
         self._tls = True
-        return tls_info(tls_sock, verified=context.verify_mode != ssl.CERT_NONE)
+        info = tls_info(tls_sock, verified=context.verify_mode != ssl.CERT_NONE)
+        return dataclasses.replace(info, chain=presented_chain(tls_sock)) if want_chain else info
 
     # -- sending ---------------------------------------------------------------------------
     def send_line(self, text: str, shown: str | None = None) -> None:

@@ -116,6 +116,9 @@ class TlsInfo:
     not_after: float | None = None
     verified: bool = False
     verify_error: str | None = None  # OpenSSL's words when verification failed
+    # The certificates the server presented, leaf first (DER), only for a session asked for
+    # them (run_probe's want_chain: DANE needs more than the leaf); () otherwise.
+    chain: tuple[bytes, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)

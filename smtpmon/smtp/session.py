@@ -18,6 +18,7 @@ Rules worth knowing:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import email.utils
 import socket
 import ssl
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable
 
 from smtpmon.net.hub import Hub
+from smtpmon.smtp.chain import pkix_problem
 from smtpmon.smtp.client import (
     CertificateError,
     SessionError,
@@ -130,6 +132,7 @@ def run_probe(
     module_name: str = "default",
     hub: Hub | None = None,
     server_name: str | None = None,
+    want_chain: bool = False,
 ) -> ProbeResult:
     """Run one SMTP session against host:port as module says. Never raises.
 
@@ -139,8 +142,17 @@ def run_probe(
     module's `tls_server_name` and `host`: a sending MTA connects to an MX host's address and
     checks the MX host's name (smtpmon.domains). With a hub (called from a session the hub
     spawned) it waits by parking on the hub instead of blocking its thread; `clock` must then
-    be time.monotonic."""
-    session = _Session(target, host, port, module, module_name, deadline, clock, hub, server_name)
+    be time.monotonic.
+
+    `want_chain` (a DANE-checked MX address, smtpmon.domains): the TLS handshake is made
+    without verification, so that it completes whatever PKIX says, and the result's
+    `tls.chain` holds the presented chain; PKIX is then judged from that chain
+    (smtp.chain.pkix_problem) into `tls.verified` / `verify_error`. An opportunistic session
+    goes on either way (a DANE sender does not care for PKIX; MTA-STS reads the verdict); a
+    module that requires TLS and verification fails the starttls stage as usual. Without it
+    (every host target), nothing of this is done."""
+    session = _Session(target, host, port, module, module_name, deadline, clock, hub, server_name,
+                       want_chain)
     try:
         session.run()
     except Exception as error:  # noqa: BLE001 - the engine's promise: a result, not a crash
@@ -163,10 +175,11 @@ class _StageRecord:
 
 class _Session:
     def __init__(self, target, host, port, module, module_name, deadline, clock, hub,
-                 server_name=None):
+                 server_name=None, want_chain=False):
         self.target = target
         self.host = host
         self.server_name = server_name
+        self.want_chain = want_chain
         self.port = port
         self.hub = hub
         self.module = module
@@ -353,6 +366,9 @@ class _Session:
     def handshake(self, record: _StageRecord) -> None:
         module = self.module
         server_name = self.server_name or module.tls_server_name or self.host
+        if self.want_chain:
+            self.handshake_for_chain(server_name)
+            return
         context = self.tls_context or make_tls_context(  # the latter says why there is none
             verify=module.tls_verify, ca_file=module.tls_ca_file, min_version=module.tls_min_version
         )
@@ -379,6 +395,25 @@ class _Session:
             self.note_tls()
             raise
         self.note_tls()
+
+    def handshake_for_chain(self, server_name: str) -> None:
+        """The handshake of a session that must read the presented chain (want_chain)."""
+        module = self.module
+        context = make_tls_context(verify=False, min_version=module.tls_min_version)
+        info = self.connection.start_tls(context, server_name, want_chain=True)
+        chain = info.chain
+        self.transcript.note(f"presented chain: {len(chain)} certificate(s), read for DANE")
+        problem = pkix_problem(chain, server_name, module.tls_ca_file) if module.tls_verify else None
+        if problem is None:
+            self.tls = dataclasses.replace(info, chain=chain, verified=module.tls_verify)
+        else:
+            self.tls = dataclasses.replace(info, chain=chain, verified=False,
+                                           verify_error=problem[1])
+        self.note_tls()
+        if problem is not None and module.tls in ("starttls", "implicit"):
+            self.connection_usable = False
+            raise CertificateError(problem[0], f"certificate verification failed: {problem[1]}",
+                                   problem[1])
 
     def note_tls(self) -> None:
         tls = self.tls
