@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from daemon_process import RunningDaemon, free_port, start_daemon, stop_process
+from mail_domains import MailWorld, fqdn, mail_world
 from prometheus_tools import require_tool
 from smtpservers import (
     LOOPBACK,
@@ -110,9 +111,10 @@ def servers(tls_contexts) -> Servers:
         )
 
 
-def daemon_config(ca_file: str, targets: list[str]) -> str:
+def daemon_config(ca_file: str, targets: list[str], world: MailWorld | None = None) -> str:
     """smtpmon's configuration: the "mx" module reaches DATA over verified STARTTLS; /probe may
-    probe any loopback port (the examples' probe_allow advice)."""
+    probe any loopback port (the examples' probe_allow advice). With a `world`
+    (tests/mail_domains.py), two mail domains too: one healthy, one whose first MX fails."""
     config = {
         "global": {"interval": INTERVAL, "timeout": "800ms"},
         "probe_allow": [f"{LOOPBACK}:*"],
@@ -123,6 +125,10 @@ def daemon_config(ca_file: str, targets: list[str]) -> str:
         },
         "targets": [{"address": target, "module": "mx"} for target in targets],
     }
+    if world is not None:
+        config["domains"] = [{"domain": fqdn(name), "module": "mx", "port": world.port}
+                             for name in ("good", "half")]
+        config["dns"] = {"nameservers": [world.nameserver]}
     return yaml.safe_dump(config)
 
 
@@ -285,9 +291,10 @@ def reply_code_alert_problems(prometheus: RunningPrometheus, servers: Servers) -
     return problems
 
 
-def dashboard_queries() -> list[tuple[str, str]]:
+def dashboard_queries(domains: bool = False) -> list[tuple[str, str]]:
     """(panel title and refId, PromQL) of every panel, with the template variables filled in
-    the way Grafana does for "All" (.*) and its interval macros given fixed values."""
+    the way Grafana does for "All" (.*) and its interval macros given fixed values. The mail
+    domain panels (those following $domain) only with `domains`: only then are there any."""
     def panels(items: list[dict]):
         for panel in items:
             yield panel
@@ -298,6 +305,8 @@ def dashboard_queries() -> list[tuple[str, str]]:
     for panel in panels(json.loads(DASHBOARD.read_text())["panels"]):
         for target in panel.get("targets", []):
             expr = target["expr"]
+            if '$domain' in expr and not domains:
+                continue
             for macro, value in macros.items():
                 expr = expr.replace(macro, value)
             expr = re.sub(r"\$\{?\w+\}?", ".*", expr)
@@ -306,8 +315,8 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return queries
 
 
-def dashboard_problems(prometheus: RunningPrometheus) -> list[str]:
-    return [f"panel {title}: no data for {expr}" for title, expr in dashboard_queries()
+def dashboard_problems(prometheus: RunningPrometheus, domains: bool = False) -> list[str]:
+    return [f"panel {title}: no data for {expr}" for title, expr in dashboard_queries(domains)
             if not prometheus.query(expr)]
 
 
@@ -322,7 +331,9 @@ def template_variable_problems(prometheus: RunningPrometheus,
         selector, label = re.fullmatch(r"label_values\((.+), (\w+)\)", query).groups()
         match = re.sub(r"\$\w+", ".*", selector)
         offered = set(prometheus.api(f"label/{label}/values", **{"match[]": match}))
-        wanted = expected[variable["name"]]
+        wanted = expected.get(variable["name"])
+        if wanted is None:  # the domain variable, where no domain is probed
+            continue
         if not wanted <= offered:
             problems.append(f"variable {variable['name']} offers {sorted(offered)}, "
                             f"not all of {sorted(wanted)}")
@@ -330,13 +341,16 @@ def template_variable_problems(prometheus: RunningPrometheus,
 
 
 def assert_alerts_and_dashboard(prometheus: RunningPrometheus, servers: Servers,
-                                healthy: list[str], modules: set[str]) -> None:
+                                healthy: list[str], modules: set[str],
+                                domains: set[str] | None = None) -> None:
     """421/450/554 alerts fire for the right targets and stages and only there; every panel
     and variable has data; the healthy targets have no reply-code alert, not even pending, and
     no firing alert at all."""
     variables = {"target": set(servers.mx), "module": modules}
+    if domains:
+        variables["domain"] = domains
     eventually(prometheus, lambda: reply_code_alert_problems(prometheus, servers)
-               + dashboard_problems(prometheus)
+               + dashboard_problems(prometheus, domains=bool(domains))
                + template_variable_problems(prometheus, variables))
     for alert in prometheus.api("alerts")["alerts"]:
         if alert["labels"].get("target") in healthy:
@@ -347,12 +361,26 @@ def assert_alerts_and_dashboard(prometheus: RunningPrometheus, servers: Servers,
 
 
 # -- the three set-ups ---------------------------------------------------------------------------
-def test_daemon_mode(servers, ca_file, processes):
+def test_daemon_mode(servers, ca, ca_file, processes):
     start_daemon, start_prometheus = processes
-    smtpmon = start_daemon("smtpmon", daemon_config(ca_file, servers.mx))
-    prometheus = start_prometheus("prometheus", prometheus_config(
-        "prometheus-daemon.yml", {"localhost:9725": address(smtpmon)}, []))
-    assert_alerts_and_dashboard(prometheus, servers, [servers.healthy], {"mx"})
+    with mail_world(ca, ca_file) as world:
+        smtpmon = start_daemon("smtpmon", daemon_config(ca_file, servers.mx, world))
+        prometheus = start_prometheus("prometheus", prometheus_config(
+            "prometheus-daemon.yml", {"localhost:9725": address(smtpmon)}, []))
+        assert_alerts_and_dashboard(prometheus, servers, [servers.healthy], {"mx"},
+                                    domains={fqdn("good"), fqdn("half")})
+
+        def domain_alert_problems() -> list[str]:
+            """The first MX of `half` refuses: a warning for that address, nothing that
+            pages for either domain."""
+            firing = {(a["labels"]["alertname"], a["labels"].get("domain"), a["labels"].get("address"),
+                       a["labels"]["severity"])
+                      for a in prometheus.api("alerts")["alerts"]
+                      if a["state"] == "firing" and a["labels"].get("domain")}
+            wanted = {("SMTPDomainMXAddressDown", fqdn("half"), "127.0.57.3", "warning")}
+            return [] if firing == wanted else [f"domain alerts firing: {sorted(firing)}"]
+
+        eventually(prometheus, domain_alert_problems)
 
 
 def test_probe_mode(servers, ca_file, processes):
