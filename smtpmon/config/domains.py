@@ -18,11 +18,12 @@ from smtpmon.dns import MxOptions, ResolverSettings, parse_domain
 from smtpmon.dns.cache import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_TTL_SECONDS, DEFAULT_MIN_TTL_SECONDS
 from smtpmon.dns.mx import DEFAULT_MAX_ADDRESSES_PER_HOST, DEFAULT_MAX_MX_HOSTS
 from smtpmon.dns.results import IP_PROTOCOLS
+from smtpmon.domains.policy import PolicySwitches
 from smtpmon.smtp.session import SMTP_PORT
 
 DOMAIN_KEYS = ("domain", "module", "interval", "timeout", "port", "ip_protocol", "max_mx_hosts",
-               "max_addresses_per_host", "expect_mail")
-DNS_KEYS = ("nameservers", "timeout", "min_ttl", "max_ttl", "grace")
+               "max_addresses_per_host", "expect_mail", "dane", "mta_sts", "mta_sts_ca_file")
+DNS_KEYS = ("nameservers", "timeout", "min_ttl", "max_ttl", "grace", "validating_resolver")
 DNS_PORT = 53
 # Caps on the fan-out: each address is a session and a set of series.
 MAX_MX_HOSTS_LIMIT = 50
@@ -40,10 +41,20 @@ class DnsSettings:
     min_ttl_seconds: float = DEFAULT_MIN_TTL_SECONDS
     max_ttl_seconds: float = DEFAULT_MAX_TTL_SECONDS
     grace_seconds: float = DEFAULT_GRACE_SECONDS
+    # The DNSSEC-validating resolver whose AD bit DANE trusts, asked alone (no fallback):
+    # (address, port), or None (no DANE).
+    validating_resolver: tuple[str, int] | None = None
 
     @property
     def resolver_settings(self) -> ResolverSettings:
         return ResolverSettings(nameservers=self.nameservers, timeout_seconds=self.timeout_seconds)
+
+    @property
+    def validating_settings(self) -> ResolverSettings | None:
+        if self.validating_resolver is None:
+            return None
+        return ResolverSettings(nameservers=(self.validating_resolver,),
+                                timeout_seconds=self.timeout_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +73,14 @@ class DomainTarget:
     max_mx_hosts: int = DEFAULT_MAX_MX_HOSTS
     max_addresses_per_host: int = DEFAULT_MAX_ADDRESSES_PER_HOST
     expect_mail: bool = True
+    dane: bool = False  # default: on when dns.validating_resolver is set
+    mta_sts: bool = True
+    mta_sts_ca_file: str | None = None
+
+    @property
+    def policy_switches(self) -> PolicySwitches:
+        return PolicySwitches(dane=self.dane, mta_sts=self.mta_sts,
+                              mta_sts_ca_file=self.mta_sts_ca_file)
 
     @property
     def mx_options(self) -> MxOptions:
@@ -84,6 +103,10 @@ def parse_dns(parser, node: Any) -> DnsSettings:
     values: dict[str, Any] = {}
     if "nameservers" in node:
         values["nameservers"] = _nameservers(parser, node["nameservers"], "dns.nameservers")
+    if "validating_resolver" in node:
+        found = _nameservers(parser, [node["validating_resolver"]], "dns.validating_resolver",
+                             listed=False)
+        values["validating_resolver"] = found[0] if found else None
     for key, field in (("timeout", "timeout_seconds"), ("min_ttl", "min_ttl_seconds"),
                        ("max_ttl", "max_ttl_seconds"), ("grace", "grace_seconds")):
         if key in node:
@@ -95,13 +118,13 @@ def parse_dns(parser, node: Any) -> DnsSettings:
     return settings
 
 
-def _nameservers(parser, node: Any, path: str) -> tuple[tuple[str, int], ...] | None:
+def _nameservers(parser, node: Any, path: str, listed: bool = True) -> tuple[tuple[str, int], ...] | None:
     if not isinstance(node, list):
         parser.error(path, f'must be a list of "address" or "address:port", got {describe(node)}')
         return None
     servers = []
     for index, item in enumerate(node):
-        where = f"{path}[{index}]"
+        where = f"{path}[{index}]" if listed else path
         if not isinstance(item, str):
             parser.error(where, f'must be a string "address[:port]", got {describe(item)}')
             continue
@@ -145,9 +168,10 @@ def _a_label_pattern(pattern: str) -> str:
         return pattern
 
 
-def parse_domains(parser, node: Any, settings, modules: dict) -> tuple[DomainTarget, ...]:
+def parse_domains(parser, node: Any, settings, modules: dict,
+                  dns: DnsSettings = DnsSettings()) -> tuple[DomainTarget, ...]:
     """`domains:`; `settings` gives the interval default, `modules` the known modules (None
-    for one with errors of its own)."""
+    for one with errors of its own), `dns` whether DANE can be on."""
     if node is None:
         return ()
     if not isinstance(node, list):
@@ -157,7 +181,7 @@ def parse_domains(parser, node: Any, settings, modules: dict) -> tuple[DomainTar
     first_index: dict[tuple[str, str], int] = {}
     for index, item in enumerate(node):
         path = f"domains[{index}]"
-        domain = _domain(parser, item, path, settings, modules)
+        domain = _domain(parser, item, path, settings, modules, dns)
         if domain is None:
             continue
         # (domain, module) names the series: two ports would share them.
@@ -171,7 +195,8 @@ def parse_domains(parser, node: Any, settings, modules: dict) -> tuple[DomainTar
     return tuple(domains)
 
 
-def _domain(parser, node: Any, path: str, settings, modules: dict) -> DomainTarget | None:
+def _domain(parser, node: Any, path: str, settings, modules: dict,
+            dns: DnsSettings) -> DomainTarget | None:
     if not isinstance(node, dict):
         parser.error(path, f"must be a mapping with domain and module, got {describe(node)}")
         return None
@@ -209,6 +234,16 @@ def _domain(parser, node: Any, path: str, settings, modules: dict) -> DomainTarg
             MAX_ADDRESSES_PER_HOST_LIMIT)
     if "expect_mail" in node:
         values["expect_mail"] = parser.boolean(node["expect_mail"], at("expect_mail"))
+    for key in ("dane", "mta_sts"):
+        if key in node:
+            values[key] = parser.boolean(node[key], at(key))
+    if values.get("dane") and dns.validating_resolver is None:
+        parser.error(at("dane"), "needs dns.validating_resolver: DANE trusts the AD bit of a "
+                                 "validating resolver, and none is configured")
+    values.setdefault("dane", dns.validating_resolver is not None)
+    if "mta_sts_ca_file" in node:
+        values["mta_sts_ca_file"] = parser.file_path(node["mta_sts_ca_file"], at("mta_sts_ca_file"),
+                                                     check=parser.check_secrets)
     if len(parser.errors) > errors_before:
         return None
     module = modules[module_name]

@@ -232,8 +232,8 @@ class _Parser(Validator):
                                        document.get("probe_allow_domains"))
         modules = self.parse_modules(document.get("modules"), settings)
         targets = self.parse_targets(document.get("targets"), settings, modules)
-        domains = parse_domains(self, document.get("domains"), settings, modules)
         dns = parse_dns(self, document.get("dns"))
+        domains = parse_domains(self, document.get("domains"), settings, modules, dns)
         if self.errors:
             raise self.failure()
         valid_modules = {name: module for name, module in modules.items() if module is not None}

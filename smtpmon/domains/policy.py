@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from smtpmon.dns import MxHost
+from smtpmon.dns import DnsCache, MxHost, Resolver
 from smtpmon.dns.cached import CachedResolver
 from smtpmon.mailtls import tlsrpt
 from smtpmon.mailtls.dane import (
@@ -141,6 +141,20 @@ class PolicyChecker:
             record = tlsrpt.lookup(self.resolver, domain, deadline=deadline)
         return PolicyLookups(switches, mx_state, secure, tlsa, sts, record,
                              time.monotonic() - started)
+
+
+def policy_checker(dns_settings, mx_resolver) -> PolicyChecker:
+    """The checker for a configuration's `dns:` (smtpmon.config.domains.DnsSettings): DANE
+    asks the validating resolver alone, MTA-STS and TLS-RPT ask it too when there is one
+    (else the MX resolver's nameservers); every answer goes into the MX resolver's cache."""
+    cache = mx_resolver.cache if mx_resolver.cache is not None else DnsCache()
+    validating = None
+    if dns_settings.validating_settings is not None:
+        if dns_settings.validating_settings.nameservers == mx_resolver.resolver.settings.nameservers:
+            validating = CachedResolver(mx_resolver.resolver, cache)
+        else:
+            validating = CachedResolver(Resolver(dns_settings.validating_settings), cache)
+    return PolicyChecker(validating, validating or CachedResolver(mx_resolver.resolver, cache))
 
 
 def judge(lookups: PolicyLookups, probes: Sequence) -> DomainPolicy:

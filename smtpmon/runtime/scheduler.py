@@ -47,6 +47,7 @@ import schedule
 
 from smtpmon.dns import DnsCache, MxResolver
 from smtpmon.domains import DomainResult, probe_domain
+from smtpmon.domains.policy import PolicyChecker, policy_checker
 from smtpmon.net.hub import Hub
 from smtpmon.logs import get_logger
 from smtpmon.smtp.module import Module
@@ -157,6 +158,7 @@ class Scheduler:
         self._domains: dict[tuple[str, str], _ScheduledDomain] = {}
         self._dns_settings = None  # the config's DnsSettings the resolver was made with
         self._resolver: MxResolver | None = None
+        self._policy: PolicyChecker | None = None
         self._retired_dns_counts = (0, 0)  # (queries, cache hits) of resolvers replaced
         self._domain_sessions = 0  # domain sessions on the hub: they hold no probe slot
         self._heap: list[tuple[datetime.datetime, int, _ScheduledTarget]] = []
@@ -211,10 +213,11 @@ class Scheduler:
         if dns is not None and dns != self._dns_settings:
             if self._resolver is not None:
                 queries, hits = self._retired_dns_counts
-                self._retired_dns_counts = (queries + self._resolver.resolver.queries_sent,
+                self._retired_dns_counts = (queries + self._dns_queries(),
                                             hits + self._resolver.cache.hits)
             self._resolver = MxResolver(dns.resolver_settings, DnsCache(
                 dns.min_ttl_seconds, dns.max_ttl_seconds, dns.grace_seconds))
+            self._policy = policy_checker(dns, self._resolver)
             self._dns_settings = dns
         wanted: dict[tuple[str, str], _ScheduledDomain] = {}
         new = []
@@ -256,13 +259,27 @@ class Scheduler:
         """The resolver of the applied `dns:` settings (None before the first apply)."""
         return self._resolver
 
+    @property
+    def policy(self) -> PolicyChecker | None:
+        """The TLS policy checker of the applied `dns:` settings (None before the first apply)."""
+        return self._policy
+
+    def _dns_queries(self) -> int:
+        """Questions sent by the resolver in use and, when it is another one, the validating
+        resolver (one counter for every DNS question smtpmon asks)."""
+        total = self._resolver.resolver.queries_sent
+        validating = self._policy.validating if self._policy is not None else None
+        if validating is not None and validating.resolver is not self._resolver.resolver:
+            total += validating.resolver.queries_sent
+        return total
+
     def dns_counts(self) -> tuple[int, int]:
         """(DNS queries sent, cache hits) by the domain resolutions since the start."""
         queries, hits = self._retired_dns_counts
         resolver = self._resolver
         if resolver is None:
             return queries, hits
-        return queries + resolver.resolver.queries_sent, hits + resolver.cache.hits
+        return queries + self._dns_queries(), hits + resolver.cache.hits
 
     def _add(self, target, module: Module) -> _ScheduledTarget:
         entry = _ScheduledTarget(
@@ -454,7 +471,8 @@ class Scheduler:
                 options=domain.mx_options, expect_mail=domain.expect_mail,
                 module_name=entry.module_name,
                 deadline=time.monotonic() + entry.timeout_seconds, hub=self._hub,
-                run_sessions=self._run_address_sessions)
+                run_sessions=self._run_address_sessions, policy=self._policy,
+                switches=domain.policy_switches)
             with self._lock:
                 if entry.active and self._domain_store is not None:
                     self._domain_store.record(result)

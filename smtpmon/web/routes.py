@@ -9,6 +9,7 @@ from typing import Callable, Protocol
 
 from smtpmon.config.load import Config
 from smtpmon.dns import MxResolver
+from smtpmon.domains.policy import PolicyChecker
 from smtpmon.exposition.metrics import CONTENT_TYPE, metrics_chunks
 from smtpmon.exposition.domains import DomainStore, domain_chunks
 from smtpmon.exposition.state import ExporterState
@@ -37,6 +38,10 @@ class Exporter(Protocol):
     @property
     def resolver(self) -> MxResolver:
         """The mail-domain resolver (and its answer cache) of the running configuration."""
+
+    @property
+    def policy(self) -> PolicyChecker:
+        """The mail-domain TLS policy checker (DANE, MTA-STS caches) of the running configuration."""
 
     def reload(self) -> list[str]:
         """Load the configuration file again; the errors, empty on success."""
