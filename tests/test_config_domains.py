@@ -124,6 +124,10 @@ dns:
     assert com.policy_switches.mta_sts_ca_file == str(ca_file)
     plain = parse_config(MX + "domains: [{domain: example.org, module: mx}]\n", "test.yml")
     assert (plain.domains[0].dane, plain.domains[0].mta_sts) == (False, True)
+    # A module without TLS: neither can be judged, so neither is on by default.
+    no_tls = parse_config("modules: {plain: {tls: none}}\ndns: {validating_resolver: 127.0.0.1}\n"
+                          "domains: [{domain: example.org, module: plain}]\n", "test.yml")
+    assert (no_tls.domains[0].dane, no_tls.domains[0].mta_sts) == (False, False)
 
 
 @pytest.mark.parametrize("text, error", [
@@ -133,8 +137,13 @@ dns:
     ("domains: [{domain: example.org, module: mx, mta_sts_ca_file: /nonexistent/ca.pem}]\n",
      "domains[0].mta_sts_ca_file:"),
     ("dns: {validating_resolver: resolver.example}\n", "dns.validating_resolver: must be an IP address"),
+    ("modules: {plain: {tls: none}}\ndns: {validating_resolver: 127.0.0.1}\n"
+     "domains: [{domain: example.org, module: plain, dane: true}]\n",
+     "domains[0].dane: needs a module that starts TLS"),
+    ("modules: {plain: {tls: none}}\ndomains: [{domain: example.org, module: plain, mta_sts: true}]\n",
+     "domains[0].mta_sts: needs a module that starts TLS and verifies certificates"),
 ])
 def test_bad_policy_settings_name_the_key(text, error):
     with pytest.raises(ConfigError) as raised:
-        parse_config(MX + text, "test.yml")
+        parse_config(text if text.startswith("modules:") else MX + text, "test.yml")
     assert error in str(raised.value)

@@ -240,7 +240,6 @@ def _domain(parser, node: Any, path: str, settings, modules: dict,
     if values.get("dane") and dns.validating_resolver is None:
         parser.error(at("dane"), "needs dns.validating_resolver: DANE trusts the AD bit of a "
                                  "validating resolver, and none is configured")
-    values.setdefault("dane", dns.validating_resolver is not None)
     if "mta_sts_ca_file" in node:
         values["mta_sts_ca_file"] = parser.file_path(node["mta_sts_ca_file"], at("mta_sts_ca_file"),
                                                      check=parser.check_secrets)
@@ -249,6 +248,18 @@ def _domain(parser, node: Any, path: str, settings, modules: dict,
     module = modules[module_name]
     if module is None:
         return None  # its own errors are reported already
+    # DANE judges the chain presented after STARTTLS; MTA-STS also needs PKIX judged: a
+    # module that never starts TLS (or never verifies) would make every verdict a failure.
+    starts_tls = module.tls != "none"
+    if values.get("dane") and not starts_tls:
+        parser.error(at("dane"), f'needs a module that starts TLS; modules.{module_name} has tls: none')
+        return None
+    if values.get("mta_sts") and not (starts_tls and module.tls_verify):
+        parser.error(at("mta_sts"), f"needs a module that starts TLS and verifies certificates "
+                                    f"(modules.{module_name})")
+        return None
+    values.setdefault("dane", dns.validating_resolver is not None and starts_tls)
+    values.setdefault("mta_sts", starts_tls and module.tls_verify)
     values.setdefault("interval_seconds", settings.interval_seconds)
     values.setdefault("timeout_seconds", module.timeout_seconds)
     domain = DomainTarget(name=parsed.a_label, unicode=parsed.unicode, written=node["domain"],
