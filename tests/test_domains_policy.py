@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from mail_policy_world import PolicyWorld, start_world
+from mail_policy_world import PolicyWorld, no_system_resolver, start_world  # noqa: F401 - a fixture
 from smtpmon.dns import DnsCache, MxResolver, Resolver, ResolverSettings
 from smtpmon.dns.cached import CachedResolver
 from smtpmon.domains import probe_domain
@@ -23,6 +23,11 @@ def world(tmp_path_factory) -> PolicyWorld:
     world = start_world(tmp_path_factory.mktemp("policy"))
     yield world
     world.stop()
+
+
+@pytest.fixture(autouse=True)
+def _watched(no_system_resolver):
+    """No name of these tests reaches the system resolver."""
 
 
 @pytest.fixture()

@@ -19,7 +19,7 @@ from smtpmon.config.domains import DNS_PORT, DnsSettings
 from smtpmon.dns import DnsCache, MxOptions, MxResolver, ResolverSettings, parse_domain
 from smtpmon.dns.mx import DEFAULT_MAX_ADDRESSES_PER_HOST, DEFAULT_MAX_MX_HOSTS
 from smtpmon.domains import policy_report, probe_domain, report
-from smtpmon.domains.policy import PolicySwitches, policy_checker
+from smtpmon.domains.policy import judgeable_switches, policy_checker
 from smtpmon.config.load import REPLY_STAGES
 from smtpmon.smtp.client import prepare_tls
 from smtpmon.smtp.module import AUTH_MECHANISMS, AUTH_TLS_MODES, TLS_MODES, TLS_VERSIONS, Module
@@ -116,7 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     domain.add_argument("--no-dane", dest="dane", action="store_false",
                         help="do not check DANE even with --validating-resolver")
     domain.add_argument("--no-mta-sts", dest="mta_sts", action="store_false",
-                        help="do not check MTA-STS and TLS-RPT (checked by default)")
+                        help="do not check MTA-STS and TLS-RPT (checked by default when the "
+                        "session starts TLS and verifies)")
     domain.add_argument("--mta-sts-ca-file", metavar="FILE",
                         help="also trust these CAs (PEM) for the MTA-STS policy fetch: for a "
                         "policy host with a private CA")
@@ -179,8 +180,8 @@ def run_domain(args: argparse.Namespace) -> int:
         return UNKNOWN
     resolver = MxResolver(ResolverSettings(nameservers=tuple(args.dns_server)), DnsCache())
     dns = DnsSettings(nameservers=tuple(args.dns_server), validating_resolver=args.validating_resolver)
-    switches = PolicySwitches(dane=args.dane and args.validating_resolver is not None,
-                              mta_sts=args.mta_sts, mta_sts_ca_file=args.mta_sts_ca_file)
+    switches = judgeable_switches(module, dane=args.dane and args.validating_resolver is not None,
+                                  mta_sts=args.mta_sts, mta_sts_ca_file=args.mta_sts_ca_file)
     if module.tls != "none":  # before the sessions, as for one session (see run)
         prepare_tls(verify=module.tls_verify, ca_file=module.tls_ca_file, min_version=module.tls_min_version)
     result = probe_domain(domain.a_label, module, resolver, port=args.port, options=options,

@@ -57,6 +57,15 @@ class PolicySwitches:
         return self.dane or self.mta_sts
 
 
+def judgeable_switches(module, *, dane: bool, mta_sts: bool,
+                       mta_sts_ca_file: str | None = None) -> PolicySwitches:
+    """The switches asked for, less what `module`'s sessions cannot judge: DANE needs a
+    session that starts TLS, MTA-STS one that also verifies certificates."""
+    starts_tls = module.tls != "none"
+    return PolicySwitches(dane=dane and starts_tls, mta_sts=mta_sts and starts_tls and module.tls_verify,
+                          mta_sts_ca_file=mta_sts_ca_file)
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyLookups:
     """What DNS (and HTTPS) said before the sessions."""
