@@ -13,11 +13,11 @@ The private path is confined to this function and checked by the tests on every 
 
 from __future__ import annotations
 
-import datetime
 import functools
 import ipaddress
 import os
 import ssl
+import time
 
 _DER = 2  # _ssl.ENCODING_DER, the value of ssl's Encoding: never imported from the C module
 
@@ -45,8 +45,8 @@ _PROBLEM_REASONS = (("expired", "certificate_expired"), ("not yet valid", "certi
                     ("no matching subjectaltname", "certificate_hostname_mismatch"))
 
 
-def pkix_problem(chain: tuple[bytes, ...], server_name: str, ca_file: str | None,
-                 now: datetime.datetime | None = None) -> tuple[str, str] | None:
+def pkix_problem(chain: tuple[bytes, ...], server_name: str,
+                 ca_file: str | None) -> tuple[str, str] | None:
     """None when `chain` (leaf first, as presented) has a PKIX path to a trusted CA and the
     leaf names `server_name`; else (reason, OpenSSL-like words). Trusted: the system's CAs,
     or only `ca_file` when given (as client.make_tls_context trusts).
@@ -59,6 +59,14 @@ def pkix_problem(chain: tuple[bytes, ...], server_name: str, ca_file: str | None
     here (no CN fallback), as it fails in current OpenSSL-based MTAs."""
     if not chain:
         return "certificate_untrusted", "the server presented no certificate"
+    # A server presents the same chain at every probe: its verdict is worked out once an hour
+    # (so an expiry shows within the hour), not per session.
+    return _judged(chain, server_name, ca_file, _file_version(ca_file), int(time.time() // 3600))
+
+
+@functools.lru_cache(maxsize=4096)
+def _judged(chain: tuple[bytes, ...], server_name: str, ca_file: str | None,
+            version: tuple[int, int] | None, hour: int) -> tuple[str, str] | None:
     from cryptography import x509
     from cryptography.x509 import verification
 
@@ -69,8 +77,6 @@ def pkix_problem(chain: tuple[bytes, ...], server_name: str, ca_file: str | None
     try:
         builder = verification.PolicyBuilder().store(_trust_store(ca_file, _file_version(ca_file)))
         builder = builder.extension_policies(ca_policy=_ca_policy(), ee_policy=_leaf_policy())
-        if now is not None:
-            builder = builder.time(now)
         subject = _subject(server_name)
         verifier = builder.build_server_verifier(subject)
         verifier.verify(certificates[0], certificates[1:])
