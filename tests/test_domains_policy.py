@@ -120,3 +120,16 @@ def test_want_chain_with_a_module_that_requires_verification_fails_on_pkix(world
                        server_name="mx.selfsigned.pol.test", want_chain=True)
     assert (result.success, result.failed_stage, result.reason) == (False, "starttls", "certificate_untrusted")
     assert len(result.tls.chain) == 1
+
+
+def test_want_chain_reports_a_name_mismatch_as_openssl_would(world):
+    server = world.servers["mx.good"]
+    module = Module(tls="starttls", tls_ca_file=world.ca_file)
+    result = run_probe(server.target, server.host, server.port, module,
+                       server_name="elsewhere.pol.test", want_chain=True)
+    assert (result.failed_stage, result.reason) == ("starttls", "certificate_hostname_mismatch")
+    opportunistic = run_probe(server.target, server.host, server.port,
+                              Module(tls="opportunistic", tls_ca_file=world.ca_file),
+                              server_name="elsewhere.pol.test", want_chain=True)
+    assert opportunistic.success and not opportunistic.tls.verified
+    assert "subjectAltName" in opportunistic.tls.verify_error
