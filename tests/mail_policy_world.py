@@ -16,11 +16,9 @@ Domains:
 from __future__ import annotations
 
 import hashlib
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -114,22 +112,3 @@ def start_world(directory: Path) -> PolicyWorld:
                     pass
         raise
 
-
-@pytest.fixture()
-def no_system_resolver(monkeypatch):
-    """Fails the test if anything in this process hands a name (not an address literal) to
-    getaddrinfo: every test name must go to the loopback DNS servers only."""
-    names = []
-    real = socket.getaddrinfo
-
-    def watched(host, *args, **kwargs):
-        try:
-            socket.inet_pton(socket.AF_INET6 if ":" in str(host) else socket.AF_INET, str(host))
-        except (OSError, TypeError):
-            if host is not None:
-                names.append(host)
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", watched)
-    yield
-    assert names == [], f"names given to the system resolver: {names}"

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from mail_policy_world import PolicyWorld, no_system_resolver, start_world  # noqa: F401 - a fixture
+from mail_policy_world import PolicyWorld, start_world
 from smtpmon.dns import DnsCache, MxResolver, Resolver, ResolverSettings
 from smtpmon.dns.cached import CachedResolver
 from smtpmon.domains import probe_domain

@@ -16,7 +16,6 @@ import functools
 import http.client
 import io
 import ipaddress
-import os
 import re
 import socket
 import ssl
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from smtpmon.dns.cached import CachedResolver, absolute_name
 from smtpmon.dns.names import name_matches, name_text
 from smtpmon.dns.resolver import Answer
+from smtpmon.smtp.chain import ca_file_version
 
 # RFC 8461 3.2 suggests 64 KiB as the most a sender reads of a policy.
 MAX_POLICY_BYTES = 64 * 1024
@@ -252,7 +252,7 @@ class PolicyFetcher:
         """Never raises; every failure is one of STS_FETCH_ERRORS with a detail."""
         host = "mta-sts." + name_text(absolute_name(domain))
         try:
-            context = _tls_context(self._extra_ca_file, _file_version(self._extra_ca_file))
+            context = _tls_context(self._extra_ca_file, ca_file_version(self._extra_ca_file))
         except OSError as error:
             return PolicyFetch(None, "tls_failed", f"cannot load the CA file {self._extra_ca_file}: {error}")
         addresses = self._addresses(host, deadline)
@@ -390,16 +390,6 @@ class _Replay:
 
     def makefile(self, mode: str, *args, **kwargs) -> io.BytesIO:
         return io.BytesIO(self._data)
-
-
-def _file_version(path: str | None) -> tuple[int, int] | None:
-    if path is None:
-        return None
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return status.st_mtime_ns, status.st_size
 
 
 @functools.lru_cache(maxsize=16)

@@ -61,7 +61,7 @@ def pkix_problem(chain: tuple[bytes, ...], server_name: str,
         return "certificate_untrusted", "the server presented no certificate"
     # A server presents the same chain at every probe: its verdict is worked out once an hour
     # (so an expiry shows within the hour), not per session.
-    return _judged(chain, server_name, ca_file, _file_version(ca_file), int(time.time() // 3600))
+    return _judged(chain, server_name, ca_file, ca_file_version(ca_file), int(time.time() // 3600))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -75,7 +75,7 @@ def _judged(chain: tuple[bytes, ...], server_name: str, ca_file: str | None,
     except ValueError:
         return "certificate_untrusted", "the server presented something that is not a certificate"
     try:
-        builder = verification.PolicyBuilder().store(_trust_store(ca_file, _file_version(ca_file)))
+        builder = verification.PolicyBuilder().store(_trust_store(ca_file, ca_file_version(ca_file)))
         builder = builder.extension_policies(ca_policy=_ca_policy(), ee_policy=_leaf_policy())
         subject = _subject(server_name)
         verifier = builder.build_server_verifier(subject)
@@ -121,14 +121,17 @@ def _subject(server_name: str):
         return x509.DNSName(server_name.rstrip("."))
 
 
-def _file_version(path: str | None) -> tuple[int, int] | None:
+def ca_file_version(path: str | None) -> tuple[int, int] | None:
+    """A CA file's modification time and size (the system bundle's for None), for caches keyed
+    on it: a replaced file is loaded afresh. None when it cannot be read (loading it fails
+    then, and failures are not cached)."""
     if path is None:
-        return None
+        path = ssl.get_default_verify_paths().cafile
     try:
-        status = os.stat(path)
+        status = os.stat(path) if path else None
     except OSError:
         return None
-    return status.st_mtime_ns, status.st_size
+    return None if status is None else (status.st_mtime_ns, status.st_size)
 
 
 @functools.lru_cache(maxsize=8)

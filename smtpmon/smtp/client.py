@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable
 
 from smtpmon.net.hub import READ, WRITE, Hub
 from smtpmon.net.lookups import LookupPool
-from smtpmon.smtp.chain import presented_chain
+from smtpmon.smtp.chain import ca_file_version, presented_chain
 from smtpmon.smtp.replycodes import make_reply, parse_line
 from smtpmon.smtp.results import Reply, TlsInfo, TranscriptLine
 
@@ -244,18 +244,8 @@ def make_tls_context(
     loading the CAs is most of the cost of a STARTTLS probe otherwise. The CA file's size and
     modification time are part of the key, so a replaced file is loaded afresh.
     """
-    version = _file_version(ca_file) if verify else None
+    version = ca_file_version(ca_file) if verify else None
     return _cached_tls_context(verify, ca_file, version, min_version)
-
-
-def _file_version(path: str | None) -> tuple[int, int] | None:
-    if path is None:
-        path = ssl.get_default_verify_paths().cafile
-    try:
-        status = os.stat(path) if path else None
-    except OSError:
-        return None  # a missing file fails when it is loaded, and failures are not cached
-    return None if status is None else (status.st_mtime_ns, status.st_size)
 
 
 @functools.lru_cache(maxsize=64)
