@@ -16,7 +16,10 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import re
 import ssl
+import subprocess
+import tempfile
 import time
 
 _DER = 2  # _ssl.ENCODING_DER, the value of ssl's Encoding: never imported from the C module
@@ -38,25 +41,44 @@ def presented_chain(tls: ssl.SSLSocket | ssl.SSLObject) -> tuple[bytes, ...]:
     return tuple(certificate.public_bytes(_DER) for certificate in certificates or ())
 
 
-# Words of cryptography's verifier -> the engine's certificate reasons (as OpenSSL's codes map
-# in client._VERIFY_REASONS), so a session judged here reads like one OpenSSL judged.
-_PROBLEM_REASONS = (("expired", "certificate_expired"), ("not yet valid", "certificate_expired"),
-                    ("not valid at validation time", "certificate_expired"),
-                    ("no matching subjectaltname", "certificate_hostname_mismatch"))
+# OpenSSL X509_V_ERR_* codes -> the engine's certificate reasons, for a handshake's verification
+# (client.start_tls) and for a chain judged here alike.
+VERIFY_REASONS = {
+    9: "certificate_expired",  # not yet valid: outside its validity period all the same
+    10: "certificate_expired",
+    62: "certificate_hostname_mismatch",
+    64: "certificate_hostname_mismatch",  # IP address mismatch
+}
+# What OpenSSL is asked to check, as a TLS client's verification asks it (SSL_CTX's default
+# X509_VERIFY_PARAM "ssl_server": the purpose a sending MTA checks a server's chain for).
+_VERIFY_COMMAND = ("openssl", "verify", "-purpose", "sslserver")
+# Loading the system's CAs and building a path take milliseconds; a hung tool must not hold a
+# session past any deadline it could have.
+VERIFY_TIMEOUT_SECONDS = 10.0
+# `openssl verify` prints each problem met as "error N at D depth lookup: words" (it goes on
+# after some to report them all); the first is the one a handshake's verification stops at.
+_ERROR_LINE = re.compile(r"^error (\d+) at (\d+) depth lookup: (.+)$", re.MULTILINE)
+
+
+class PkixUnjudged(Exception):
+    """The chain could not be judged (the openssl command is missing, failed or timed out):
+    not a verdict on the server, so never cached."""
 
 
 def pkix_problem(chain: tuple[bytes, ...], server_name: str,
                  ca_file: str | None) -> tuple[str, str] | None:
     """None when `chain` (leaf first, as presented) has a PKIX path to a trusted CA and the
-    leaf names `server_name`; else (reason, OpenSSL-like words). Trusted: the system's CAs,
-    or only `ca_file` when given (as client.make_tls_context trusts).
+    leaf names `server_name`; else (reason, OpenSSL's words). Trusted: the system's CAs
+    (ssl.get_default_verify_paths()), or only `ca_file` when given (as client.make_tls_context
+    trusts). Raises PkixUnjudged when the judgement cannot be made.
 
-    Why not OpenSSL: a session that must read the presented chain (DANE) has to complete its
-    handshake whatever PKIX says (DANE-EE certificates are often self-signed), so it handshakes
-    without verification and PKIX (what MTA-STS asks) is judged here, from the same
-    chain, by cryptography's X.509 verifier (RFC 5280 path building, RFC 6125 names), with its
-    extension checks relaxed to what OpenSSL checks. A leaf without a subjectAltName fails
-    here (no CN fallback), as it fails in current OpenSSL-based MTAs."""
+    A session that must read the presented chain (DANE) has to complete its handshake whatever
+    PKIX says (DANE-EE certificates are often self-signed), so it handshakes without
+    verification and PKIX (what MTA-STS asks) is judged here, from the same chain, by
+    OpenSSL's own verifier (X509_verify_cert, through the `openssl verify` command): the rules
+    sending MTAs such as Postfix apply, whatever the Python libraries' versions. The command
+    rather than X509_verify_cert through ctypes: libcrypto's structures and symbol versions
+    stay OpenSSL's business, and a crash or hang stays in a child process with a timeout."""
     if not chain:
         return "certificate_untrusted", "the server presented no certificate"
     # A server presents the same chain at every probe: its verdict is worked out once an hour
@@ -67,58 +89,56 @@ def pkix_problem(chain: tuple[bytes, ...], server_name: str,
 @functools.lru_cache(maxsize=4096)
 def _judged(chain: tuple[bytes, ...], server_name: str, ca_file: str | None,
             version: tuple[int, int] | None, hour: int) -> tuple[str, str] | None:
-    from cryptography import x509
-    from cryptography.x509 import verification
+    with tempfile.TemporaryDirectory(prefix="smtpmon-pkix-") as directory:  # mode 0700
+        leaf = os.path.join(directory, "leaf.pem")
+        untrusted = os.path.join(directory, "untrusted.pem")
+        _write_pem(leaf, chain[:1])
+        command = [*_VERIFY_COMMAND, *_trust_arguments(ca_file), *_name_arguments(server_name)]
+        if len(chain) > 1:
+            _write_pem(untrusted, chain[1:])
+            command += ["-untrusted", untrusted]
+        command.append(leaf)  # an absolute path: never read as an option
+        try:
+            done = subprocess.run(command, check=False, capture_output=True, timeout=VERIFY_TIMEOUT_SECONDS,
+                                  stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError) as error:
+            raise PkixUnjudged(f"cannot run openssl verify: {error}") from None
+    output = done.stderr.decode("utf-8", "replace") + done.stdout.decode("utf-8", "replace")
+    problem = _ERROR_LINE.search(output)
+    if problem is not None:
+        code, words = int(problem.group(1)), problem.group(3).strip()
+        return VERIFY_REASONS.get(code, "certificate_untrusted"), words
+    if done.returncode == 0:
+        return None
+    # No verdict line: openssl could not load something. The presented certificates come from
+    # the handshake (OpenSSL parsed them already), so it is the CAs or the tool.
+    last = next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "")
+    raise PkixUnjudged(f"openssl verify failed (exit {done.returncode}): {last or 'no output'}")
 
+
+def _write_pem(path: str, ders: tuple[bytes, ...]) -> None:
+    with open(path, "w", encoding="ascii") as file:
+        file.writelines(ssl.DER_cert_to_PEM_cert(der) for der in ders)
+
+
+def _trust_arguments(ca_file: str | None) -> list[str]:
+    """Only `ca_file`, or only the system's CAs: without the -no-* options openssl verify adds
+    its default file, directory and store to what it is given."""
+    if ca_file:
+        return ["-CAfile", ca_file, "-no-CApath", "-no-CAstore"]
+    paths = ssl.get_default_verify_paths()
+    if paths.cafile:
+        return ["-CAfile", paths.cafile, "-no-CApath", "-no-CAstore"]
+    if paths.capath:
+        return ["-CApath", paths.capath, "-no-CAfile", "-no-CAstore"]
+    raise PkixUnjudged("no system CA file or directory (ssl.get_default_verify_paths())")
+
+
+def _name_arguments(server_name: str) -> list[str]:
     try:
-        certificates = [x509.load_der_x509_certificate(der) for der in chain]
+        return ["-verify_ip", str(ipaddress.ip_address(server_name))]
     except ValueError:
-        return "certificate_untrusted", "the server presented something that is not a certificate"
-    try:
-        builder = verification.PolicyBuilder().store(_trust_store(ca_file, ca_file_version(ca_file)))
-        builder = builder.extension_policies(ca_policy=_ca_policy(), ee_policy=_leaf_policy())
-        subject = _subject(server_name)
-        verifier = builder.build_server_verifier(subject)
-        verifier.verify(certificates[0], certificates[1:])
-    except verification.VerificationError as error:
-        words = str(error)
-        lowered = words.lower()
-        reason = next((reason for key, reason in _PROBLEM_REASONS if key in lowered),
-                      "certificate_untrusted")
-        return reason, words
-    except (ValueError, OSError) as error:  # a CA file that does not load, a bad name
-        return "certificate_untrusted", str(error)
-    return None
-
-
-# The verifier checks the CA/Browser Forum's profile by default (e.g. a critical SAN beside a
-# subject is refused), which OpenSSL, and so every MTA, does not: only what path building and
-# name matching need is required, as OpenSSL requires it.
-@functools.lru_cache(maxsize=1)
-def _leaf_policy():
-    from cryptography import x509
-    from cryptography.x509 import verification
-
-    return verification.ExtensionPolicy.permit_all().require_present(
-        x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None)
-
-
-@functools.lru_cache(maxsize=1)
-def _ca_policy():
-    from cryptography import x509
-    from cryptography.x509 import verification
-
-    return verification.ExtensionPolicy.permit_all().require_present(
-        x509.BasicConstraints, verification.Criticality.AGNOSTIC, None)
-
-
-def _subject(server_name: str):
-    from cryptography import x509
-
-    try:
-        return x509.IPAddress(ipaddress.ip_address(server_name))
-    except ValueError:
-        return x509.DNSName(server_name.rstrip("."))
+        return ["-verify_hostname", server_name.rstrip(".")]
 
 
 def ca_file_version(path: str | None) -> tuple[int, int] | None:
@@ -132,23 +152,3 @@ def ca_file_version(path: str | None) -> tuple[int, int] | None:
     except OSError:
         return None
     return None if status is None else (status.st_mtime_ns, status.st_size)
-
-
-@functools.lru_cache(maxsize=8)
-def _trust_store(ca_file: str | None, version: tuple[int, int] | None):
-    """The CAs as a verifier's store, built once per CA file version (a few hundred system
-    CAs take milliseconds to parse: not per session)."""
-    from cryptography import x509
-    from cryptography.x509 import verification
-
-    context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
-    ders = context.get_ca_certs(binary_form=True)
-    certificates = []
-    for der in ders:
-        try:
-            certificates.append(x509.load_der_x509_certificate(der))
-        except ValueError:
-            continue
-    if not certificates:
-        raise ValueError(f"no CA certificates to trust (from {ca_file or 'the system'})")
-    return verification.Store(certificates)

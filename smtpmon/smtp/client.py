@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable
 
 from smtpmon.net.hub import READ, WRITE, Hub
 from smtpmon.net.lookups import LookupPool
-from smtpmon.smtp.chain import ca_file_version, presented_chain
+from smtpmon.smtp.chain import VERIFY_REASONS, ca_file_version, presented_chain
 from smtpmon.smtp.replycodes import make_reply, parse_line
 from smtpmon.smtp.results import Reply, TlsInfo, TranscriptLine
 
@@ -66,13 +66,6 @@ _MAX_POLL_MILLISECONDS = 2**31 - 1  # poll() takes a C int
 _TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO / SO_SNDTIMEO
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
-# OpenSSL X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code) -> failure reason.
-_VERIFY_REASONS = {
-    9: "certificate_expired",  # not yet valid: outside its validity period all the same
-    10: "certificate_expired",
-    62: "certificate_hostname_mismatch",
-    64: "certificate_hostname_mismatch",  # IP address mismatch
-}
 _TLS_VERSIONS = {
     "TLSv1": ssl.TLSVersion.TLSv1,
     "TLSv1.1": ssl.TLSVersion.TLSv1_1,
@@ -504,7 +497,7 @@ class SmtpConnection:
                 self._sock = tls_sock  # the fd moved: closed with the connection whatever happens
                 self._parked(tls_sock.do_handshake)
         except ssl.SSLCertVerificationError as error:
-            reason = _VERIFY_REASONS.get(error.verify_code, "certificate_untrusted")
+            reason = VERIFY_REASONS.get(error.verify_code, "certificate_untrusted")
             words = error.verify_message or str(error)
             raise self._noted(CertificateError(reason, f"certificate verification failed: {words}", words)) from None
         except TimeoutError:

@@ -20,14 +20,16 @@ from __future__ import annotations
 import base64
 import dataclasses
 import email.utils
+import functools
 import socket
 import ssl
 import time
 from collections.abc import Callable
 
 from smtpmon.net.hub import Hub
-from smtpmon.smtp.chain import pkix_problem
+from smtpmon.smtp.chain import PkixUnjudged, pkix_problem
 from smtpmon.smtp.client import (
+    LOOKUPS,
     CertificateError,
     SessionError,
     SmtpConnection,
@@ -403,7 +405,7 @@ class _Session:
         info = self.connection.start_tls(context, server_name, want_chain=True)
         chain = info.chain
         self.transcript.note(f"presented chain: {len(chain)} certificate(s), read for DANE")
-        problem = pkix_problem(chain, server_name, module.tls_ca_file) if module.tls_verify else None
+        problem = self.judge_pkix(chain, server_name) if module.tls_verify else None
         if problem is None:
             self.tls = dataclasses.replace(info, chain=chain, verified=module.tls_verify)
         else:
@@ -414,6 +416,23 @@ class _Session:
             self.connection_usable = False
             raise CertificateError(problem[0], f"certificate verification failed: {problem[1]}",
                                    problem[1])
+
+    def judge_pkix(self, chain: tuple[bytes, ...], server_name: str) -> tuple[str, str] | None:
+        """pkix_problem on the lookup pool: a chain not judged in the last hour runs the openssl
+        command, which must not hold the hub's thread (every session of the daemon) meanwhile;
+        sessions judging the same chain at once share one run."""
+        ca_file = self.module.tls_ca_file
+        judge = functools.partial(pkix_problem, chain, server_name, ca_file)
+        until = time.monotonic() + max(0.0, self.deadline - self.clock())
+        answered, outcome = LOOKUPS.run(("pkix", chain, server_name, ca_file), judge, until, self.hub)
+        if isinstance(outcome, Exception) and not isinstance(outcome, PkixUnjudged):
+            raise outcome
+        if answered and not isinstance(outcome, PkixUnjudged):
+            return outcome  # type: ignore[return-value]
+        error = (SessionError("internal_error", f"cannot judge the certificate chain: {outcome}") if answered
+                 else SessionError("timeout", "the certificate chain was not judged before the deadline"))
+        self.transcript.note(error.detail)  # as the connection notes its own errors
+        raise error
 
     def note_tls(self) -> None:
         tls = self.tls
