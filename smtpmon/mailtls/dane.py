@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from smtpmon.dns.cached import CachedResolver, absolute_name
 from smtpmon.dns.names import name_matches, name_text
 from smtpmon.dns.resolver import Answer
+from smtpmon.smtp.chain import certificate_validity
 
 # Per MX host: what the TLSA lookup found.
 #   secure          DNSSEC-secure TLSA records: DANE applies to every address of this host
@@ -270,17 +271,55 @@ def _trust_anchor_problem(certificates: list, depths: list[int], mx_host: str,
 
 
 def _path_problem(path: list, now: datetime.datetime) -> str | None:
-    from cryptography.exceptions import InvalidSignature
-
     for depth, (certificate, issuer) in enumerate(zip(path, path[1:])):
-        try:
-            certificate.verify_directly_issued_by(issuer)
-        except ValueError:  # the issuer's name is not the certificate's issuer name
-            return f"certificate {depth} is not issued by certificate {depth + 1}"
-        except (InvalidSignature, TypeError):  # TypeError: a key type that cannot sign
-            return f"certificate {depth} is not signed by certificate {depth + 1}'s key"
-        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+        problem = _issuer_problem(certificate, issuer)
+        if problem is not None:
+            return f"certificate {depth} " + problem.format(issuer=f"certificate {depth + 1}")
+        not_before, not_after = certificate_validity(certificate)
+        if not not_before <= now <= not_after:
             return f"certificate {depth} is outside its validity period"
+    return None
+
+
+def _issuer_problem(certificate, issuer) -> str | None:
+    """None when `issuer` issued `certificate`: its subject is the certificate's issuer name and
+    its key verifies the signature over the certificate's TBS bytes; else what is wrong, with
+    {issuer} where the issuer is named.
+    cryptography's Certificate.verify_directly_issued_by does this from version 40 only, and
+    Debian 12 has 38. RSASSA-PSS signatures are refused: their parameters are readable only
+    from cryptography 41 (no certificate authority in the WebPKI signs with them)."""
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import (
+        dsa,
+        ec,
+        ed448,
+        ed25519,
+        padding,
+        rsa,
+    )
+    from cryptography.x509.oid import SignatureAlgorithmOID
+
+    if certificate.issuer != issuer.subject:
+        return "is not issued by {issuer}"
+    if certificate.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS:
+        return "has an RSASSA-PSS signature (not supported) from {issuer}"
+    key = issuer.public_key()
+    signature, signed = certificate.signature, certificate.tbs_certificate_bytes
+    try:
+        digest = certificate.signature_hash_algorithm
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, signed, padding.PKCS1v15(), digest)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, signed, ec.ECDSA(digest))
+        elif isinstance(key, dsa.DSAPublicKey):
+            key.verify(signature, signed, digest)
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            key.verify(signature, signed)
+        else:  # a key type that cannot sign (X25519, ...)
+            return "is not signed by {issuer}'s key"
+    except (InvalidSignature, TypeError, ValueError, UnsupportedAlgorithm):
+        # TypeError/ValueError: a signature algorithm that does not fit the key
+        return "is not signed by {issuer}'s key"
     return None
 
 

@@ -13,6 +13,7 @@ The private path is confined to this function and checked by the tests on every 
 
 from __future__ import annotations
 
+import datetime
 import functools
 import ipaddress
 import os
@@ -139,6 +140,15 @@ def _name_arguments(server_name: str) -> list[str]:
         return ["-verify_ip", str(ipaddress.ip_address(server_name))]
     except ValueError:
         return ["-verify_hostname", server_name.rstrip(".")]
+
+
+def certificate_validity(certificate) -> tuple[datetime.datetime, datetime.datetime]:
+    """A cryptography certificate's validity period as aware UTC datetimes. cryptography has
+    not_valid_*_utc from version 42 (and deprecates the naive ones); Debian 12 has 38."""
+    if hasattr(certificate, "not_valid_before_utc"):
+        return certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    utc = datetime.UTC
+    return certificate.not_valid_before.replace(tzinfo=utc), certificate.not_valid_after.replace(tzinfo=utc)
 
 
 def ca_file_version(path: str | None) -> tuple[int, int] | None:

@@ -41,7 +41,12 @@ from collections.abc import Callable, Iterable
 
 from smtpmon.net.hub import READ, WRITE, Hub
 from smtpmon.net.lookups import LookupPool
-from smtpmon.smtp.chain import VERIFY_REASONS, ca_file_version, presented_chain
+from smtpmon.smtp.chain import (
+    VERIFY_REASONS,
+    ca_file_version,
+    certificate_validity,
+    presented_chain,
+)
 from smtpmon.smtp.replycodes import make_reply, parse_line
 from smtpmon.smtp.results import Reply, TlsInfo, TranscriptLine
 
@@ -320,12 +325,13 @@ def _parsed_certificate_facts(der: bytes) -> tuple[tuple[str, object], ...]:
         )
     except (x509.ExtensionNotFound, ValueError):
         sans = ()
+    not_before, not_after = certificate_validity(cert)
     return (
         ("subject", cert.subject.rfc4514_string()),
         ("issuer", cert.issuer.rfc4514_string()),
         ("sans", sans),
-        ("not_before", cert.not_valid_before_utc.timestamp()),
-        ("not_after", cert.not_valid_after_utc.timestamp()),
+        ("not_before", not_before.timestamp()),
+        ("not_after", not_after.timestamp()),
     )
 
 
