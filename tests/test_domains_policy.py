@@ -133,3 +133,14 @@ def test_want_chain_reports_a_name_mismatch_as_openssl_would(world):
                               server_name="elsewhere.pol.test", want_chain=True)
     assert opportunistic.success and not opportunistic.tls.verified
     assert opportunistic.tls.verify_error == "hostname mismatch"  # OpenSSL's words (X509_V_ERR_HOSTNAME_MISMATCH)
+
+
+def test_want_chain_with_a_ca_file_openssl_cannot_load_is_an_internal_error_not_a_verdict(world, tmp_path):
+    server = world.servers["mx.good"]
+    broken = tmp_path / "not-a-bundle.pem"
+    broken.write_text("not a certificate\n")
+    result = run_probe(server.target, server.host, server.port,
+                       Module(tls="opportunistic", tls_ca_file=str(broken)),
+                       server_name="mx.good.pol.test", want_chain=True)
+    assert (result.success, result.failed_stage, result.reason) == (False, "starttls", "internal_error")
+    assert "cannot judge the certificate chain: openssl verify failed" in result.detail

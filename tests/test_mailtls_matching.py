@@ -10,7 +10,9 @@ import hashlib
 import pytest
 import trustme
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from mailtls_sender import starttls_chain
 from smtpmon.mailtls import mtasts, tlsrpt
@@ -114,6 +116,34 @@ def test_dane_ta_fails_when_the_leaf_was_not_issued_by_the_matched_anchor(pki):
     check = check_address(secure(anchor), starttls_offered=True, chain=chain)
     assert check.verdict == "mismatch"
     assert "not issued by certificate 1" in check.detail
+
+
+def test_dane_ta_fails_when_the_leaf_is_signed_by_another_key_under_the_anchor_name(pki):
+    intermediate = x509.load_pem_x509_certificate(pki["intermediate"].cert_pem.bytes())
+    now = datetime.datetime.now(datetime.UTC)
+    impostor = (x509.CertificateBuilder()  # the intermediate's name as issuer, another CA's key
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, MX)]))
+                .issuer_name(intermediate.subject)
+                .public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(MX)]), critical=False)
+                .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
+    chain = (impostor.public_bytes(serialization.Encoding.DER), der(pki["intermediate"].cert_pem.bytes()))
+    anchor = TlsaRecord(2, 1, 1, association_data(chain[1], 1, 1))
+    check = check_address(secure(anchor), starttls_offered=True, chain=chain)
+    assert (check.verdict, check.detail) == ("mismatch", "2 1 1: certificate 0 is not signed by certificate 1's key")
+
+
+@pytest.mark.parametrize("key_type", ["RSA", "ECDSA"])
+def test_dane_ta_checks_the_signature_of_either_key_type(key_type):
+    intermediate = trustme.CA(key_type=trustme.KeyType[key_type]).create_child_ca(key_type=trustme.KeyType[key_type])
+    leaf = intermediate.issue_cert(MX, key_type=trustme.KeyType[key_type])
+    chain = (der(leaf.cert_chain_pems[0].bytes()), der(intermediate.cert_pem.bytes()))
+    anchor = TlsaRecord(2, 0, 1, hashlib.sha256(chain[1]).digest())
+    check = check_address(secure(anchor), starttls_offered=True, chain=chain)
+    assert (check.verdict, check.matched_depth) == ("match", 1)
 
 
 def test_dane_ta_fails_on_an_expired_leaf(pki):
