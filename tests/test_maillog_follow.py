@@ -254,6 +254,18 @@ def test_a_directory_is_a_condition_and_retried(tmp_path):
     assert follower.health().condition is None
 
 
+@pytest.mark.timeout(10)
+def test_a_fifo_is_a_condition_and_never_blocks_the_reader(tmp_path):
+    """A named pipe at the log's path (a syslog set-up, or a mistake) must not hang the
+    reader's thread in open() waiting for a writer."""
+    log = tmp_path / "mail.log"
+    os.mkfifo(log)
+    follower, tally = FileFollower(str(log)), Tally()
+    poll(follower, tally)
+    assert follower.health().condition == "not_a_file"
+    assert tally.counts == {}
+
+
 def test_an_unwritable_state_file_is_a_condition_not_an_error(tmp_path):
     log = tmp_path / "mail.log"
     append(log, REJECT_LINE)

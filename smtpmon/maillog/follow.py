@@ -147,7 +147,9 @@ class FileFollower:
         first_open, self._first_open = self._first_open, False
         saved = self._load_position() if first_open else None
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO at the path would block open() until a writer came; regular
+            # files read the same with it.
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as error:
             self._fail(error)  # when it appears, it is read from its start
             return False
