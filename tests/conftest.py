@@ -12,9 +12,10 @@ import pytest
 import trustme
 from smtpservers import SERVER_NAME, AiosmtpdServer, ScriptedServer, server_tls_context
 
-# The session-scoped `postfix` fixture (a private, real Postfix on loopback), and the `knot` and
-# `bad_resolvers` fixtures (tests/dns_server.py), for any test module.
-pytest_plugins = ["postfix", "dns_server"]
+# The session-scoped `postfix` fixture (a private, real Postfix on loopback), `logging_postfix`
+# (tests/postfix_traffic.py), and the `knot` and `bad_resolvers` fixtures (tests/dns_server.py),
+# for any test module.
+pytest_plugins = ["postfix", "postfix_traffic", "dns_server"]
 
 
 @pytest.fixture(scope="session")

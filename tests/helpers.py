@@ -1,11 +1,16 @@
 """Helpers shared by the tests: reading a sample out of an exposition, running the probe engine
-as smtpmon's callers run it, rendering a store's whole /metrics page.
+as smtpmon's callers run it, rendering a store's whole /metrics page, and the rule for a test
+whose system tool is missing.
 
 Test-only: nothing in smtpmon/ uses these, and they use only smtpmon's public functions.
 """
 
 from __future__ import annotations
 
+import os
+from typing import NoReturn
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from smtpmon.config.addresses import parse_address
@@ -56,3 +61,11 @@ def render_metrics(store, state) -> bytes:
 def stored_keys(store) -> list[tuple[str, str]]:
     """The (target, module) of every entry of a ResultStore, in its order."""
     return [(entry.target, entry.module) for entry in store.snapshot(counts=False)]
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A test needs something this machine lacks: skipped here with the reason, failed under
+    CI=true, where .ci/run installs everything the tests need."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)

@@ -22,7 +22,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from postfix import HOSTNAME, PostfixInstance, start_postfix
+import pytest
+from postfix import HOSTNAME, PostfixInstance, require_postfix, start_postfix
 from smtpservers import (
     BANNER,
     EHLO_OK,
@@ -167,6 +168,19 @@ class Driven:
     session_ends: Counter = field(default_factory=Counter)
     deliveries: Counter = field(default_factory=Counter)  # (status, reason) -> count
     accepted: int = 0  # messages Postfix took in for delivery
+
+
+@pytest.fixture(scope="module")
+def logging_postfix():
+    """A logging Postfix relaying to the remote servers, for the tests of one module (a plugin
+    fixture: conftest.py lists this file)."""
+    require_postfix()
+    servers = start_remote_servers()
+    try:
+        with start_logging_postfix(servers) as mx:
+            yield mx
+    finally:
+        servers.stop()
 
 
 def _client(source: str, helo: str = "client.smtpmon.test") -> smtplib.SMTP:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from helpers import unavailable
 
 LOOPBACK = "127.0.0.1"
 SERVER_NAME = "mx.test.example"
@@ -37,19 +38,15 @@ def on_a_loopback_address_of_its_own(start, attempts: int = 8):
     """start(host) on a random 127.x.y.z, for a server that needs a fixed port (465, 25) that
     another test or program may hold on 127.0.0.1. Binding a port below 1024 needs root: a test
     without it skips locally and fails in CI (CI=true), where it runs as root."""
-    import os
     import random
 
-    import pytest
 
     for _ in range(attempts):
         host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
         try:
             return start(host)
         except PermissionError as error:
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"CI=true but cannot bind a privileged port: {error}")
-            pytest.skip(f"binding a port below 1024 needs root: {error}")
+            unavailable(f"binding a port below 1024 needs root: {error}")
         except OSError:  # in use on that address: another one
             continue
     raise AssertionError(f"no free loopback address in {attempts} attempts")

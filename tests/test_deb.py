@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 from daemon_process import free_port, probed
-from helpers import sample_value
+from helpers import sample_value, unavailable
 from systemd_sandbox import service_settings
 
 from smtpmon import __version__
@@ -132,9 +132,7 @@ def environment_file(path: Path) -> dict[str, str]:
 
 def missing(what: str) -> None:
     """Skip with the reason; in CI (CI=true), where .ci/run installs everything, fail."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but {what} is missing")
-    pytest.skip(f"{what} is missing")
+    unavailable(f"{what} is missing")
 
 
 # -- the package on this machine ------------------------------------------------------------------

@@ -9,16 +9,12 @@ import subprocess
 import time
 from collections import Counter
 
-import pytest
 from daemon_process import start_daemon
 from helpers import sample_value, samples
-from postfix import require_postfix
 from postfix_traffic import (
     DOMAIN_REPLIES,
     drive_inbound,
     drive_outbound,
-    start_logging_postfix,
-    start_remote_servers,
 )
 
 WAIT_SECONDS = 30  # the silent remote server costs Postfix its greeting timeout
@@ -33,17 +29,6 @@ maillog:
   domains: [{domain}]
   poll_interval: 100ms
 """
-
-
-@pytest.fixture(scope="module")
-def logging_postfix():
-    require_postfix()
-    servers = start_remote_servers()
-    try:
-        with start_logging_postfix(servers) as mx:
-            yield mx
-    finally:
-        servers.stop()
 
 
 def replies(text: str, direction: str) -> Counter:

@@ -8,14 +8,10 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-import pytest
-from postfix import require_postfix
 from postfix_traffic import (
     DOMAIN_REPLIES,
     drive_inbound,
     drive_outbound,
-    start_logging_postfix,
-    start_remote_servers,
 )
 
 from smtpmon.maillog.events import CONNECT_FAILURE, MALFORMED, REPLY, SESSION_END, Tally
@@ -23,17 +19,6 @@ from smtpmon.maillog.follow import FileFollower
 from smtpmon.maillog.postfix import PostfixParser
 
 WAIT_SECONDS = 20  # the silent server costs Postfix its 2 s greeting timeout
-
-
-@pytest.fixture(scope="module")
-def logging_postfix():
-    require_postfix()
-    servers = start_remote_servers()
-    try:
-        with start_logging_postfix(servers) as mx:
-            yield mx
-    finally:
-        servers.stop()
 
 
 def follow_until(follower: FileFollower, parser: PostfixParser, tally: Tally, done) -> None:
