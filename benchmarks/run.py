@@ -335,10 +335,12 @@ async def isolation_phase(n: int, measure_seconds: float) -> dict:
 
 async def postfix_phase(sessions: int) -> dict | None:
     sys.path.insert(0, str(h.ROOT))
+    sys.path.insert(0, str(h.ROOT / "tests"))  # the tests' Postfix harness and its helpers
+    from postfix import start_postfix, unavailable_reason
+
     from smtpmon.config.addresses import parse_address
     from smtpmon.smtp.module import Module
     from smtpmon.smtp.session import run_probe
-    from tests.postfix import start_postfix, unavailable_reason
 
     if unavailable_reason():
         log(f"postfix phase skipped: {unavailable_reason()}")
