@@ -7,6 +7,7 @@ needs, and every server started is stopped at teardown.
 from __future__ import annotations
 
 import datetime
+import socket
 
 import pytest
 import trustme
@@ -85,3 +86,23 @@ def scripted_server():
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture()
+def no_system_resolver(monkeypatch):
+    """Fails the test if anything in this process hands a name (not an address literal) to
+    getaddrinfo: every test name must go to the loopback DNS servers only."""
+    names = []
+    real = socket.getaddrinfo
+
+    def watched(host, *args, **kwargs):
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in str(host) else socket.AF_INET, str(host))
+        except (OSError, TypeError):
+            if host is not None:
+                names.append(host)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", watched)
+    yield
+    assert names == [], f"names given to the system resolver: {names}"

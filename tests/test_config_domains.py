@@ -142,3 +142,45 @@ def test_check_config_exits_2_naming_the_key_and_counts_domains(tmp_path, capsys
     good.write_text(MX + "domains:\n  - {domain: example.org, module: mx}\n")
     assert main(["check-config", str(good)]) == 0
     assert capsys.readouterr().out.strip() == f"{good}: OK: 1 module, 0 targets, 1 domain"
+
+
+def test_dane_follows_the_validating_resolver_and_mta_sts_is_on_by_default(tmp_path):
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("not read here\n")
+    config = parse_config(MX + f"""\
+domains:
+  - {{domain: example.org, module: mx}}
+  - {{domain: example.net, module: mx, dane: false, mta_sts: false}}
+  - {{domain: example.com, module: mx, mta_sts_ca_file: {ca_file}}}
+dns:
+  validating_resolver: "127.0.0.1:5353"
+""", "test.yml")
+    org, net, com = config.domains
+    assert config.dns.validating_resolver == ("127.0.0.1", 5353)
+    assert (org.dane, org.mta_sts, net.dane, net.mta_sts) == (True, True, False, False)
+    assert com.policy_switches.mta_sts_ca_file == str(ca_file)
+    plain = parse_config(MX + "domains: [{domain: example.org, module: mx}]\n", "test.yml")
+    assert (plain.domains[0].dane, plain.domains[0].mta_sts) == (False, True)
+    # A module without TLS: neither can be judged, so neither is on by default.
+    no_tls = parse_config("modules: {plain: {tls: none}}\ndns: {validating_resolver: 127.0.0.1}\n"
+                          "domains: [{domain: example.org, module: plain}]\n", "test.yml")
+    assert (no_tls.domains[0].dane, no_tls.domains[0].mta_sts) == (False, False)
+
+
+@pytest.mark.parametrize("text, error", [
+    ("domains: [{domain: example.org, module: mx, dane: true}]\n",
+     "domains[0].dane: needs dns.validating_resolver"),
+    ("domains: [{domain: example.org, module: mx, mta_sts: maybe}]\n", "domains[0].mta_sts:"),
+    ("domains: [{domain: example.org, module: mx, mta_sts_ca_file: /nonexistent/ca.pem}]\n",
+     "domains[0].mta_sts_ca_file:"),
+    ("dns: {validating_resolver: resolver.example}\n", "dns.validating_resolver: must be an IP address"),
+    ("modules: {plain: {tls: none}}\ndns: {validating_resolver: 127.0.0.1}\n"
+     "domains: [{domain: example.org, module: plain, dane: true}]\n",
+     "domains[0].dane: needs a module that starts TLS"),
+    ("modules: {plain: {tls: none}}\ndomains: [{domain: example.org, module: plain, mta_sts: true}]\n",
+     "domains[0].mta_sts: needs a module that starts TLS and verifies certificates"),
+])
+def test_bad_policy_settings_name_the_key(text, error):
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text if text.startswith("modules:") else MX + text, "test.yml")
+    assert error in str(raised.value)

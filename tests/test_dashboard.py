@@ -191,3 +191,9 @@ def test_dashboard_queries_parse_as_promql(tmp_path):
                                    "Mail log: outbound refusals by stage, code and domain"])
 def test_dashboard_has_the_panels_an_operator_expects(title):
     assert title in [panel["title"] for panel in panels()]
+
+
+@pytest.mark.parametrize("title", ["DANE per MX address", "MTA-STS and TLS-RPT per domain",
+                                   "MTA-STS per MX address"])
+def test_dashboard_has_the_mail_tls_policy_panels(title):
+    assert title in [panel["title"] for panel in panels()]

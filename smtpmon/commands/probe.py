@@ -15,11 +15,12 @@ import sys
 from types import MappingProxyType
 
 from smtpmon.config.addresses import format_address, is_ip, is_ipv6, parse_address
-from smtpmon.config.domains import DNS_PORT
+from smtpmon.config.domains import DNS_PORT, DnsSettings
 from smtpmon.config.load import REPLY_STAGES, parse_size
-from smtpmon.dns import MxOptions, MxResolver, ResolverSettings, parse_domain
+from smtpmon.dns import DnsCache, MxOptions, MxResolver, ResolverSettings, parse_domain
 from smtpmon.dns.mx import DEFAULT_MAX_ADDRESSES_PER_HOST, DEFAULT_MAX_MX_HOSTS
-from smtpmon.domains import probe_domain, report
+from smtpmon.domains import policy_report, probe_domain, report
+from smtpmon.domains.policy import judgeable_switches, policy_checker
 from smtpmon.smtp.client import prepare_tls
 from smtpmon.smtp.module import (
     AUTH_MECHANISMS,
@@ -71,11 +72,13 @@ examples:
                                                   ($HOSTADDRESS$, IPv4 or IPv6) and its name apart
   smtpmon probe --mx example.org --brief          every MX address of a mail domain
   smtpmon probe --mx example.org --dns-server 192.0.2.53 --tls starttls --json
+  smtpmon probe --mx example.org --validating-resolver 127.0.0.1   DANE and MTA-STS verdicts
 
 with --mx, the exit code follows the domain's verdict: 0 ok (or a null MX with
 --no-mail-expected), 1 degraded (deliverable, but an MX address fails or an MX record is
-broken; or undeliverable only by temporary 4xx replies, which senders retry),
-2 undeliverable, 3 UNKNOWN (bad usage, an invalid domain)
+broken; or undeliverable only by temporary 4xx replies, which senders retry; an MX
+failing a testing MTA-STS policy; a policy that cannot be fetched), 2 undeliverable (or an
+address failing DANE, or an enforced MTA-STS policy), 3 UNKNOWN (bad usage, an invalid domain)
 """
 USAGE_EXIT_CODE = 3  # Nagios UNKNOWN
 
@@ -142,6 +145,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a null MX (MX 0 .) is the expected answer, not a failure")
     domain.add_argument("--brief", action="store_true",
                         help="one line per address instead of each transcript")
+    domain.add_argument("--validating-resolver", metavar="ADDR[:PORT]", type=_dns_server,
+                        help="a DNSSEC-validating resolver whose AD bit is trusted: check DANE "
+                        "(TLSA per MX host, the presented chain per address) through it alone")
+    domain.add_argument("--no-dane", dest="dane", action="store_false",
+                        help="do not check DANE even with --validating-resolver")
+    domain.add_argument("--no-mta-sts", dest="mta_sts", action="store_false",
+                        help="do not check MTA-STS and TLS-RPT (checked by default when the "
+                        "session starts TLS and verifies)")
+    domain.add_argument("--mta-sts-ca-file", metavar="FILE",
+                        help="also trust these CAs (PEM) for the MTA-STS policy fetch: for a "
+                        "policy host with a private CA")
     output = parser.add_argument_group("output and thresholds")
     form = output.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true",
@@ -215,12 +229,20 @@ def run_domain(args: argparse.Namespace) -> int:
     family = {"any": "both", "ip4": "ipv4", "ip6": "ipv6"}[module.ip_protocol]
     options = MxOptions(ip_protocol=family, max_mx_hosts=args.max_mx_hosts,
                         max_addresses_per_host=args.max_addresses)
-    resolver = MxResolver(ResolverSettings(nameservers=tuple(args.dns_server)))
+    if args.mta_sts_ca_file is not None and not _readable(args.mta_sts_ca_file):
+        print(f"smtpmon probe: error: --mta-sts-ca-file {args.mta_sts_ca_file}: cannot read it",
+              file=sys.stderr)
+        return UNKNOWN
+    resolver = MxResolver(ResolverSettings(nameservers=tuple(args.dns_server)), DnsCache())
+    dns = DnsSettings(nameservers=tuple(args.dns_server), validating_resolver=args.validating_resolver)
+    switches = judgeable_switches(module, dane=args.dane and args.validating_resolver is not None,
+                                  mta_sts=args.mta_sts, mta_sts_ca_file=args.mta_sts_ca_file)
     if module.tls != "none":  # before the sessions, as for one session (see run)
         prepare_tls(verify=module.tls_verify, ca_file=module.tls_ca_file, min_version=module.tls_min_version)
     port = args.port if args.port is not None else module_default_port(module)
     result = probe_domain(domain.a_label, module, resolver, port=port, options=options,
-                          expect_mail=args.expect_mail, module_name="cli")
+                          expect_mail=args.expect_mail, module_name="cli",
+                          policy=policy_checker(dns, resolver), switches=switches)
     status, notes = judge_domain(result, args)
     if args.json:
         print(domain_to_json(result))
@@ -228,6 +250,7 @@ def run_domain(args: argparse.Namespace) -> int:
         if not args.status_only:
             sys.stdout.write(report.mx_table(result) + "\n")
             sys.stdout.write(report.session_lines(result, brief=args.brief, annotate=args.annotate))
+            sys.stdout.write(policy_report.render(result))
         print(domain_status_line(result, status, notes, args))
     return status
 
@@ -250,7 +273,36 @@ def judge_domain(result, args: argparse.Namespace) -> tuple[int, list[str]]:
         if probe.accepts and probe_status > status:
             status = probe_status
         notes += [f"{probe.mx.name} [{probe.address.ip}]: {note}" for note in probe_notes]
-    return status, list(dict.fromkeys(notes))
+    policy_status, policy_notes = judge_policy(result)
+    return max(status, policy_status), list(dict.fromkeys(notes + policy_notes))
+
+
+# DANE verdicts after which DANE-validating senders defer all mail to the address.
+_DANE_FAILURES = ("mismatch", "starttls_missing", "bogus", "lookup_failed")
+
+
+def judge_policy(result) -> tuple[int, list[str]]:
+    """What the TLS policy adds: a DANE failure, or an MX failing an enforced MTA-STS policy,
+    is CRITICAL (senders that honour them do not deliver there); an MX failing a testing
+    policy, or a policy that cannot be fetched, is a WARNING."""
+    policy = result.policy
+    if policy is None:
+        return OK, []
+    status, notes = OK, []
+    for address in policy.addresses:
+        where = f"{address.mx_host} [{address.address}]"
+        if address.dane in _DANE_FAILURES:
+            status = CRITICAL
+            notes.append(f"{where}: DANE {address.dane}")
+        sts = address.sts
+        if sts is not None and sts.severity in ("critical", "warning"):
+            status = max(status, CRITICAL if sts.severity == "critical" else WARNING)
+            notes.append(f"{where}: MTA-STS {sts.verdict}")
+    sts = policy.lookups.sts
+    if sts is not None and sts.fetch_failing:
+        status = max(status, WARNING)
+        notes.append(f"MTA-STS policy fetch failing ({sts.fetch.error})")
+    return status, notes
 
 
 def domain_status_line(result, status: int, notes: list[str], args: argparse.Namespace) -> str:
@@ -270,6 +322,8 @@ def domain_to_json(result) -> str:
     def encode(value):
         if isinstance(value, (set, frozenset)):
             return sorted(value)
+        if isinstance(value, bytes):  # TLSA association data, presented certificates (DER)
+            return value.hex()
         raise TypeError(f"cannot encode {type(value).__name__}")
 
     resolution = dataclasses.asdict(result.resolution)
@@ -289,6 +343,7 @@ def domain_to_json(result) -> str:
         "duration_seconds": result.duration_seconds,
         "notes": list(result.notes),
         "resolution": resolution,
+        "policy": None if result.policy is None else dataclasses.asdict(result.policy),
         "probes": [{"mx": probe.mx.name, "preference": probe.mx.preference,
                     "family": probe.address.family, "address": probe.address.ip,
                     "accepts": probe.accepts, "result": dataclasses.asdict(probe.result)}
@@ -406,6 +461,8 @@ def result_to_json(result: ProbeResult) -> str:
     def encode(value):
         if isinstance(value, (set, frozenset)):
             return sorted(value)
+        if isinstance(value, bytes):  # TLSA association data, presented certificates (DER)
+            return value.hex()
         raise TypeError(f"cannot encode {type(value).__name__}")
 
     document = dataclasses.asdict(result)

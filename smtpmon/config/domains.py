@@ -23,11 +23,12 @@ from smtpmon.dns.cache import (
 )
 from smtpmon.dns.mx import DEFAULT_MAX_ADDRESSES_PER_HOST, DEFAULT_MAX_MX_HOSTS
 from smtpmon.dns.results import IP_PROTOCOLS
+from smtpmon.domains.policy import PolicySwitches
 from smtpmon.smtp.session import SMTP_PORT, module_default_port
 
 DOMAIN_KEYS = ("domain", "module", "interval", "timeout", "port", "ip_protocol", "max_mx_hosts",
-               "max_addresses_per_host", "expect_mail")
-DNS_KEYS = ("nameservers", "timeout", "min_ttl", "max_ttl", "grace")
+               "max_addresses_per_host", "expect_mail", "dane", "mta_sts", "mta_sts_ca_file")
+DNS_KEYS = ("nameservers", "timeout", "min_ttl", "max_ttl", "grace", "validating_resolver")
 DNS_PORT = 53
 # Caps on the fan-out: each address is a session and a set of series.
 MAX_MX_HOSTS_LIMIT = 50
@@ -54,10 +55,20 @@ class DnsSettings:
     min_ttl_seconds: float = DEFAULT_MIN_TTL_SECONDS
     max_ttl_seconds: float = DEFAULT_MAX_TTL_SECONDS
     grace_seconds: float = DEFAULT_GRACE_SECONDS
+    # The DNSSEC-validating resolver whose AD bit DANE trusts, asked alone (no fallback):
+    # (address, port), or None (no DANE).
+    validating_resolver: tuple[str, int] | None = None
 
     @property
     def resolver_settings(self) -> ResolverSettings:
         return ResolverSettings(nameservers=self.nameservers, timeout_seconds=self.timeout_seconds)
+
+    @property
+    def validating_settings(self) -> ResolverSettings | None:
+        if self.validating_resolver is None:
+            return None
+        return ResolverSettings(nameservers=(self.validating_resolver,),
+                                timeout_seconds=self.timeout_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +87,14 @@ class DomainTarget:
     max_mx_hosts: int = DEFAULT_MAX_MX_HOSTS
     max_addresses_per_host: int = DEFAULT_MAX_ADDRESSES_PER_HOST
     expect_mail: bool = True
+    dane: bool = False  # default: on when dns.validating_resolver is set
+    mta_sts: bool = True
+    mta_sts_ca_file: str | None = None
+
+    @property
+    def policy_switches(self) -> PolicySwitches:
+        return PolicySwitches(dane=self.dane, mta_sts=self.mta_sts,
+                              mta_sts_ca_file=self.mta_sts_ca_file)
 
     @property
     def mx_options(self) -> MxOptions:
@@ -98,6 +117,10 @@ def parse_dns(parser, node: Any) -> DnsSettings:
     values: dict[str, Any] = {}
     if "nameservers" in node:
         values["nameservers"] = _nameservers(parser, node["nameservers"], "dns.nameservers")
+    if "validating_resolver" in node:
+        found = _nameservers(parser, [node["validating_resolver"]], "dns.validating_resolver",
+                             listed=False)
+        values["validating_resolver"] = found[0] if found else None
     for key, field, maximum in (("timeout", "timeout_seconds", MAX_DNS_TIMEOUT_SECONDS),
                                 ("min_ttl", "min_ttl_seconds", MAX_DNS_TTL_SECONDS),
                                 ("max_ttl", "max_ttl_seconds", MAX_DNS_TTL_SECONDS),
@@ -113,7 +136,7 @@ def parse_dns(parser, node: Any) -> DnsSettings:
     return settings
 
 
-def _nameservers(parser, node: Any, path: str) -> tuple[tuple[str, int], ...] | None:
+def _nameservers(parser, node: Any, path: str, listed: bool = True) -> tuple[tuple[str, int], ...] | None:
     if not isinstance(node, list):
         parser.error(path, f'must be a list of "address" or "address:port", got {describe(node)}')
         return None
@@ -122,7 +145,7 @@ def _nameservers(parser, node: Any, path: str) -> tuple[tuple[str, int], ...] | 
         return None
     servers = []
     for index, item in enumerate(node):
-        where = f"{path}[{index}]"
+        where = f"{path}[{index}]" if listed else path
         if not isinstance(item, str):
             parser.error(where, f'must be a string "address[:port]", got {describe(item)}')
             continue
@@ -166,9 +189,10 @@ def _a_label_pattern(pattern: str) -> str:
         return pattern
 
 
-def parse_domains(parser, node: Any, settings, modules: dict) -> tuple[DomainTarget, ...]:
+def parse_domains(parser, node: Any, settings, modules: dict,
+                  dns: DnsSettings = DnsSettings()) -> tuple[DomainTarget, ...]:
     """`domains:`; `settings` gives the interval default, `modules` the known modules (None
-    for one with errors of its own)."""
+    for one with errors of its own), `dns` whether DANE can be on."""
     if node is None:
         return ()
     if not isinstance(node, list):
@@ -178,7 +202,7 @@ def parse_domains(parser, node: Any, settings, modules: dict) -> tuple[DomainTar
     first_index: dict[tuple[str, str], int] = {}
     for index, item in enumerate(node):
         path = f"domains[{index}]"
-        domain = _domain(parser, item, path, settings, modules)
+        domain = _domain(parser, item, path, settings, modules, dns)
         if domain is None:
             continue
         # (domain, module) names the series: two ports would share them.
@@ -192,7 +216,8 @@ def parse_domains(parser, node: Any, settings, modules: dict) -> tuple[DomainTar
     return tuple(domains)
 
 
-def _domain(parser, node: Any, path: str, settings, modules: dict) -> DomainTarget | None:
+def _domain(parser, node: Any, path: str, settings, modules: dict,
+            dns: DnsSettings) -> DomainTarget | None:
     if not isinstance(node, dict):
         parser.error(path, f"must be a mapping with domain and module, got {describe(node)}")
         return None
@@ -230,12 +255,33 @@ def _domain(parser, node: Any, path: str, settings, modules: dict) -> DomainTarg
             MAX_ADDRESSES_PER_HOST_LIMIT)
     if "expect_mail" in node:
         values["expect_mail"] = parser.boolean(node["expect_mail"], at("expect_mail"))
+    for key in ("dane", "mta_sts"):
+        if key in node:
+            values[key] = parser.boolean(node[key], at(key))
+    if values.get("dane") and dns.validating_resolver is None:
+        parser.error(at("dane"), "needs dns.validating_resolver: DANE trusts the AD bit of a "
+                                 "validating resolver, and none is configured")
+    if "mta_sts_ca_file" in node:
+        values["mta_sts_ca_file"] = parser.file_path(node["mta_sts_ca_file"], at("mta_sts_ca_file"),
+                                                     check=parser.check_secrets)
     if len(parser.errors) > errors_before:
         return None
     module = modules[module_name]
     if module is None:
         return None  # its own errors are reported already
     values.setdefault("port", module_default_port(module))  # 465 for implicit TLS, as targets
+    # DANE judges the chain presented after STARTTLS; MTA-STS also needs PKIX judged: a
+    # module that never starts TLS (or never verifies) would make every verdict a failure.
+    starts_tls = module.tls != "none"
+    if values.get("dane") and not starts_tls:
+        parser.error(at("dane"), f'needs a module that starts TLS; modules.{module_name} has tls: none')
+        return None
+    if values.get("mta_sts") and not (starts_tls and module.tls_verify):
+        parser.error(at("mta_sts"), f"needs a module that starts TLS and verifies certificates "
+                                    f"(modules.{module_name})")
+        return None
+    values.setdefault("dane", dns.validating_resolver is not None and starts_tls)
+    values.setdefault("mta_sts", starts_tls and module.tls_verify)
     values.setdefault("interval_seconds", settings.interval_seconds)
     values.setdefault("timeout_seconds", module.timeout_seconds)
     domain = DomainTarget(name=parsed.a_label, unicode=parsed.unicode, written=node["domain"],

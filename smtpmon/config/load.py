@@ -324,8 +324,8 @@ class _Parser(Validator):
                                        document.get("probe_allow_domains"))
         modules = self.parse_modules(document.get("modules"), settings)
         targets = self.parse_targets(document.get("targets"), settings, modules)
-        domains = parse_domains(self, document.get("domains"), settings, modules)
         dns = parse_dns(self, document.get("dns"))
+        domains = parse_domains(self, document.get("domains"), settings, modules, dns)
         maillog = parse_maillog(self, document.get("maillog"))
         if self.errors:
             raise self.failure()

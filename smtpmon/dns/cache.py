@@ -76,11 +76,17 @@ class DnsCache:
         with self._lock:
             return len(self._entries)
 
-    def get(self, key: Hashable, ask: Callable[[], Answer]) -> Answer:
+    def get(self, key: Hashable, ask: Callable[[], Answer], *, serve_stale: bool = True,
+            keep_servfail_seconds: float = 0.0) -> Answer:
         """The answer for `key`: a fresh cached one (`from_cache`, `ttl_seconds` left), else
         `ask()`'s, kept when it is an answer; when `ask()` fails, the last good answer within
         its grace time (`stale`, `failed_state` and `detail` saying what failed), else the
-        failure."""
+        failure.
+
+        DNSSEC questions for DANE pass `serve_stale=False` (a zone that turned bogus must
+        show at once: senders defer at once) and `keep_servfail_seconds` (a validating
+        resolver's SERVFAIL for a bogus zone is lasting; asking again at every probe of every
+        address would multiply the queries, not the information)."""
         now = time.monotonic()
         with self._lock:
             entry = self._entries.get(key)
@@ -97,6 +103,13 @@ class DnsCache:
                 self._entries[key] = _Entry(asked, now, now + ttl, now + ttl + self.grace_seconds)
                 self._sweep(now)
                 return replace(asked, ttl_seconds=ttl)
+            if not serve_stale:
+                if asked.state == "servfail" and keep_servfail_seconds > 0:
+                    expires = now + keep_servfail_seconds
+                    self._entries[key] = _Entry(asked, now, expires, expires)
+                else:
+                    self._entries.pop(key, None)
+                return asked
             entry = self._entries.get(key)
             if entry is None or now >= entry.grace_until:
                 self._entries.pop(key, None)

@@ -112,3 +112,16 @@ def name_unicode(name: dns.name.Name) -> str:
 def is_ip_literal(name: dns.name.Name) -> bool:
     """Whether an MX target is an IP address written as a name (`MX 10 192.0.2.1.`)."""
     return _is_ip_address(name_text(name))
+
+
+def name_matches(pattern: str, host: str) -> bool:
+    """Whether a certificate name or an MTA-STS `mx` pattern covers `host`: equal (case and
+    a final dot aside), or `*.` + the host's parent: the wildcard stands for exactly one whole
+    left-most label (RFC 6125 6.4.3 as RFC 7672 3.2.3 and RFC 8461 4.1 use it:
+    `*.example.org` covers `mx.example.org`, not `a.mx.example.org` or `example.org`)."""
+    pattern = pattern.rstrip(".").lower()
+    host = host.rstrip(".").lower()
+    if pattern.startswith("*."):
+        head, _, parent = host.partition(".")
+        return bool(head) and parent == pattern[2:]
+    return pattern == host

@@ -16,6 +16,7 @@ import ipaddress
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import dns.exception
 import dns.flags
@@ -101,11 +102,25 @@ class Answer:
     stale: bool = False
     failed_state: str = ""
     cnames: tuple[str, ...] = field(default=())  # the aliases followed, in order
+    # For DNSSEC questions (`dnssec=True`): the AD bit of the answer, i.e. the resolver
+    # validated it (trusted only from a validating resolver, see docs/mail-tls-policy.md);
+    # whether it was asked with CD (checking disabled: the data as served, unvalidated); and
+    # the rcode of the answer that decided ("" when no server answered).
+    authenticated: bool = False
+    checking_disabled: bool = False
+    rcode: str = ""
 
     @property
     def is_answer(self) -> bool:
         """An answer from DNS (records, NODATA or NXDOMAIN), not a failure to get one."""
         return self.state in ANSWER_STATES
+
+
+class _Failure(NamedTuple):
+    state: str  # one of FAILURE_STATES
+    what: str  # what the server did, for the detail
+    drop: bool  # whether to stop asking this server
+    rcode: str = ""  # the failure rcode it answered, if it answered one
 
 
 class Resolver:
@@ -149,9 +164,13 @@ time (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
         with self._count_lock:
             return self._queries_sent
 
-    def query(self, name: dns.name.Name, rdtype: str, deadline: float) -> Answer:
+    def query(self, name: dns.name.Name, rdtype: str, deadline: float, *,
+              dnssec: bool = False, checking_disabled: bool = False) -> Answer:
         """Ask for `rdtype` records of the absolute `name`, giving up at the monotonic
-        `deadline`. Never raises."""
+        `deadline`. Never raises. `dnssec` sets the DO bit (the answer's AD bit is then read
+        into `authenticated`); `checking_disabled` sets CD, so that a validating resolver
+        answers the data even when its validation fails (how DANE tells a bogus zone from a
+        resolver that cannot reach anyone)."""
         shown = name_text(name)
         if self._setup_error:
             return Answer(shown, rdtype, "unreachable", detail=self._setup_error)
@@ -161,23 +180,31 @@ time (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
             self._queries_sent += 1
         started = time.monotonic()
         budget = self.settings.timeout_seconds * ATTEMPTS_PER_SERVER * len(self._servers)
-        answer = self._ask(name, rdtype, min(deadline, started + budget))
-        return replace(answer, duration_seconds=time.monotonic() - started)
+        answer = self._ask(name, rdtype, min(deadline, started + budget), dnssec,
+                           checking_disabled)
+        return replace(answer, duration_seconds=time.monotonic() - started,
+                       checking_disabled=checking_disabled)
 
-    def _ask(self, name: dns.name.Name, rdtype: str, deadline: float) -> Answer:
+    def _ask(self, name: dns.name.Name, rdtype: str, deadline: float, dnssec: bool,
+             checking_disabled: bool) -> Answer:
         shown = name_text(name)
-        query = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
+        query = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD,
+                                       want_dnssec=dnssec)
+        if checking_disabled:
+            query.flags |= dns.flags.CD
         servers = list(self._servers)
         failures: dict[str, list[str]] = {}  # state -> what each server did
+        rcode = ""  # of the last server that answered with a failure rcode
         pause = FIRST_PAUSE_SECONDS
         while servers:
             for server in list(servers):
                 if deadline <= time.monotonic():
-                    return _gave_up(shown, rdtype, failures, final=False)
+                    return _gave_up(shown, rdtype, failures, final=False, rcode=rcode)
                 outcome = self._ask_server(query, shown, rdtype, server, deadline)
                 if isinstance(outcome, Answer):
                     return outcome
-                state, what, drop = outcome
+                state, what, drop, failed_rcode = outcome
+                rcode = failed_rcode or rcode
                 failures.setdefault(state, [])
                 if what not in failures[state]:
                     failures[state].append(what)
@@ -186,11 +213,11 @@ time (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
             if servers:  # every server left timed out: a short pause, then another round
                 time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
                 pause = min(pause * 2, MAX_PAUSE_SECONDS)
-        return _gave_up(shown, rdtype, failures, final=True)
+        return _gave_up(shown, rdtype, failures, final=True, rcode=rcode)
 
     def _ask_server(self, query: dns.message.Message, shown: str, rdtype: str,
-                    server: tuple[str, int], deadline: float) -> Answer | tuple[str, str, bool]:
-        """The answer, or (state, what happened, whether to stop asking this server)."""
+                    server: tuple[str, int], deadline: float) -> Answer | _Failure:
+        """The answer, or what failed (with whether to stop asking this server)."""
         ip, port = server
         where = _server_text(ip, port)
         tcp = False
@@ -208,30 +235,31 @@ time (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
                 response = dns.query.tcp(query, ip, timeout=timeout, port=port)
         except dns.exception.Timeout:
             over = " over TCP" if tcp else ""
-            return "timeout", f"{where} did not answer{over} within {max(timeout, 0):.2f} s", False
+            return _Failure("timeout", f"{where} did not answer{over} within {max(timeout, 0):.2f} s", False)
         except ConnectionRefusedError:  # only TCP learns it: UDP sockets are not connected
-            return "unreachable", (f"{where} answered truncated over UDP and refused the TCP "
-                                   "connection to ask again (is TCP port 53 blocked?)"), True
+            return _Failure("unreachable", (f"{where} answered truncated over UDP and refused the TCP "
+                                            "connection to ask again (is TCP port 53 blocked?)"), True)
         except OSError as error:
-            return "unreachable", f"{where} cannot be reached ({_error_text(error)})", True
+            return _Failure("unreachable", f"{where} cannot be reached ({_error_text(error)})", True)
         except Exception as error:  # anything dnspython could not read
-            return "bad_response", f"{where} answered something unusable ({_error_text(error)})", True
+            return _Failure("bad_response", f"{where} answered something unusable ({_error_text(error)})", True)
         where = f"{where} over {'TCP' if tcp else 'UDP'}"
         if response.flags & dns.flags.TC:
-            return "bad_response", f"{where} answered truncated (TC) even over TCP", True
+            return _Failure("bad_response", f"{where} answered truncated (TC) even over TCP", True)
         rcode = response.rcode()
         if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            return "servfail", f"{where} answered {dns.rcode.to_text(rcode)}", True
+            return _Failure("servfail", f"{where} answered {dns.rcode.to_text(rcode)}", True,
+                            dns.rcode.to_text(rcode))
         if rcode == dns.rcode.NOERROR and _is_referral(response):
             servers = ", ".join(sorted({name_text(rrset.name) for rrset in response.authority
                                         if rrset.rdtype == dns.rdatatype.NS}))
-            return "servfail", (f"{where} answered with a referral to the nameservers of "
-                                f"{servers} instead of an answer: it does not resolve "
-                                "recursively"), True
+            return _Failure("servfail", (f"{where} answered with a referral to the nameservers of "
+                                         f"{servers} instead of an answer: it does not resolve "
+                                         "recursively"), True)
         try:
             return _from_response(shown, rdtype, response)
         except Exception as error:  # an answer that contradicts itself
-            return "bad_response", f"{where} answered something unusable ({_error_text(error)})", True
+            return _Failure("bad_response", f"{where} answered something unusable ({_error_text(error)})", True)
 
 
 def _from_response(shown: str, rdtype: str, response: dns.message.Message) -> Answer:
@@ -242,7 +270,9 @@ def _from_response(shown: str, rdtype: str, response: dns.message.Message) -> An
     if chain.answer is None and not any(rrset.rdtype == dns.rdatatype.SOA
                                         for rrset in response.authority):
         ttl = 0.0  # a negative answer without an SOA is not to be kept (RFC 2308 5)
-    common = dict(canonical_name=canonical, ttl_seconds=ttl, cnames=cnames)
+    common = dict(canonical_name=canonical, ttl_seconds=ttl, cnames=cnames,
+                  authenticated=bool(response.flags & dns.flags.AD),
+                  rcode=dns.rcode.to_text(response.rcode()))
     if response.rcode() == dns.rcode.NXDOMAIN:
         detail = f"{shown} is an alias of {canonical}, which does not exist" if cnames else ""
         return Answer(shown, rdtype, "nxdomain", detail=detail, **common)
@@ -250,8 +280,10 @@ def _from_response(shown: str, rdtype: str, response: dns.message.Message) -> An
         return Answer(shown, rdtype, "nodata", **common)
     if rdtype == "MX":
         records: tuple = tuple((rdata.preference, rdata.exchange) for rdata in chain.answer)
-    else:
+    elif rdtype in ("A", "AAAA"):
         records = tuple(rdata.address for rdata in chain.answer)
+    else:  # TLSA, TXT, ...: dnspython's rdata, immutable
+        records = tuple(chain.answer)
     return Answer(shown, rdtype, "ok", records=records, **common)
 
 
@@ -265,7 +297,8 @@ def _is_referral(response: dns.message.Message) -> bool:
     return dns.rdatatype.NS in kinds and dns.rdatatype.SOA not in kinds
 
 
-def _gave_up(shown: str, rdtype: str, failures: dict[str, list[str]], final: bool) -> Answer:
+def _gave_up(shown: str, rdtype: str, failures: dict[str, list[str]], final: bool,
+             rcode: str = "") -> Answer:
     """No answer: at the deadline (`final` False) or with every server dropped. A server's
     SERVFAIL says most, then an unusable answer; silence is a timeout."""
     order = ("servfail", "bad_response", "timeout", "unreachable" if final else "timeout")
@@ -273,7 +306,7 @@ def _gave_up(shown: str, rdtype: str, failures: dict[str, list[str]], final: boo
     what = "; ".join(text for texts in failures.values() for text in texts)
     if not final:
         what = f"no answer in time{': ' + what if what else ''}"
-    return Answer(shown, rdtype, state, detail=what)
+    return Answer(shown, rdtype, state, detail=what, rcode=rcode)
 
 
 def _is_ip(text: str) -> bool:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from smtpmon.dns import DomainResolution, MxOptions, MxResolver, parse_domain
+from smtpmon.domains.policy import PolicyChecker, PolicyLookups, PolicySwitches, judge
 from smtpmon.domains.results import AddressProbe, DomainResult
 from smtpmon.logs import get_logger
 from smtpmon.net.hub import Hub
@@ -36,6 +37,9 @@ from smtpmon.smtp.client import LOOKUPS
 from smtpmon.smtp.module import Module
 from smtpmon.smtp.results import ProbeResult
 from smtpmon.smtp.session import SMTP_PORT, run_probe
+
+# The switches of a domain that asks no policy check (the default).
+NO_POLICY = PolicySwitches()
 
 log = get_logger("domains")
 
@@ -64,11 +68,15 @@ def probe_domain(
     hub: Hub | None = None,
     run_sessions: SessionRunner | None = None,
     lookups: LookupPool = LOOKUPS,
+    policy: PolicyChecker | None = None,
+    switches: PolicySwitches = NO_POLICY,
 ) -> DomainResult:
     """Resolve `domain` (Unicode or A-label) and run `module`'s session against every address
     of every MX host on `port`, by the monotonic `deadline` (default: the module's timeout
     from now). With a hub (called from a session it spawned), the resolution and the sessions
-    park on it; without one, this thread blocks. Never raises."""
+    park on it; without one, this thread blocks. Never raises. With a `policy` checker and
+    `switches` on, the domain's TLS policy is looked up before the sessions (on the lookup
+    pool) and judged after them (smtpmon.domains.policy): `DomainResult.policy`."""
     started_at, start = time.time(), time.monotonic()
     if deadline is None:
         deadline = start + module.timeout_seconds
@@ -76,13 +84,17 @@ def probe_domain(
         run_sessions = run_on_hub(hub) if hub is not None else run_on_threads
     resolution = _resolve(resolver, domain, options, start, deadline, hub, lookups)
     pairs = resolution.addresses
+    looked_up = None
+    if policy is not None and switches.any and pairs:
+        looked_up = _look_up_policy(policy, resolution, port, switches, start, deadline, hub, lookups)
     # The address decides the family; the module's ip_protocol would refuse the other one.
     session_module = module if module.ip_protocol == "any" else dataclasses.replace(
         module, ip_protocol="any")
     thunks = [
         functools.partial(run_probe, address_target(address.ip, port), address.ip, port,
                           session_module, deadline=deadline, module_name=module_name, hub=hub,
-                          server_name=host.name)
+                          server_name=host.name,
+                          want_chain=looked_up is not None and looked_up.wants_chain(host.name))
         for host, address in pairs]
     notes: list[str] = []
     results: list = []
@@ -100,7 +112,10 @@ def probe_domain(
                                  time.monotonic() - start)
             notes.append(f"{host.name} {address.ip}: the session did not finish by the deadline")
         probes.append(AddressProbe(host, address, result))
+    if looked_up is None and policy is not None and switches.any and pairs:
+        notes.append("the TLS policy lookups did not finish in time")
     return DomainResult(
+        policy=judge(looked_up, probes) if looked_up is not None else None,
         domain=domain, module=module_name, port=port, resolution=resolution,
         probes=tuple(probes), expect_mail=expect_mail, started_at=started_at,
         duration_seconds=time.monotonic() - start, notes=tuple(dict.fromkeys(notes)))
@@ -133,6 +148,25 @@ def _resolve(resolver: MxResolver, domain: str, options: MxOptions, start: float
     return DomainResolution(domain=parsed.a_label, domain_unicode=parsed.unicode,
                             state="timeout", ip_protocol=options.ip_protocol, notes=(detail,),
                             duration_seconds=time.monotonic() - start)
+
+
+def _look_up_policy(policy: PolicyChecker, resolution: DomainResolution, port: int,
+                    switches: PolicySwitches, start: float, deadline: float, hub: Hub | None,
+                    lookups: LookupPool) -> PolicyLookups | None:
+    """The policy lookups on the lookup pool, within the resolution's share of the time left
+    (what is cached answers at once); None when they did not finish or failed (logged)."""
+    now = time.monotonic()
+    until = min(deadline, now + (deadline - now) * RESOLUTION_SHARE)
+    call = functools.partial(policy.look_up, resolution.domain, resolution.mx_hosts, port,
+                             switches, until)
+    key = ("policy", id(policy), resolution.domain, port, switches)
+    answered, outcome = lookups.run(key, call, until + SESSION_GRACE_SECONDS, hub)
+    if answered and isinstance(outcome, PolicyLookups):
+        return outcome
+    if answered:
+        log.warning("policy lookups failed", domain=resolution.domain,
+                    detail=f"{type(outcome).__name__}: {outcome}")
+    return None
 
 
 def _unfinished(target: str, module_name: str, started_at: float, took: float) -> ProbeResult:

@@ -10,6 +10,7 @@ it; `/probe?domain=...&debug=true` shows it above the metrics.
 
 from __future__ import annotations
 
+from smtpmon.domains import policy_report
 from smtpmon.domains.results import DomainResult
 from smtpmon.smtp import transcript
 
@@ -66,4 +67,4 @@ def verdict_line(result: DomainResult) -> str:
 
 def render(result: DomainResult, *, brief: bool = False, annotate: bool = True) -> str:
     return (mx_table(result) + "\n" + session_lines(result, brief=brief, annotate=annotate)
-            + verdict_line(result) + "\n")
+            + policy_report.render(result) + verdict_line(result) + "\n")

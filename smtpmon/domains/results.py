@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from smtpmon.dns import Address, DomainResolution, MxHost
+from smtpmon.domains.policy import DomainPolicy
 from smtpmon.smtp.results import ProbeResult
 
 FAMILIES: tuple[str, ...] = ("ipv4", "ipv6")
@@ -58,6 +59,7 @@ class DomainResult:
     started_at: float  # Unix time
     duration_seconds: float
     notes: tuple[str, ...] = ()  # about the probing itself (sessions cut by the deadline)
+    policy: DomainPolicy | None = None  # when DANE or MTA-STS is checked
 
     @property
     def name(self) -> str:

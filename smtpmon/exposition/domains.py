@@ -28,6 +28,7 @@ from smtpmon.exposition.metrics import (
     render_target,
     sample_value,
 )
+from smtpmon.exposition.policy import POLICY_FAMILIES, add_policy
 from smtpmon.exposition.store import slim_result
 from smtpmon.smtp.results import TlsInfo
 
@@ -64,7 +65,7 @@ DOMAIN_FAMILIES: tuple[Family, ...] = (
            "When the last probe of the domain finished (Unix time)."),
     Family("smtpmon_domain_probes_total", "counter", "Probes of the domain run."),
     Family("smtpmon_domain_info", "gauge", "Constant 1: the domain's Unicode form."),
-)
+) + POLICY_FAMILIES
 _HEADERS = tuple(family.header for family in DOMAIN_FAMILIES)
 _INDEX = {family.name: index for index, family in enumerate(DOMAIN_FAMILIES)}
 
@@ -159,6 +160,7 @@ def _add_latest(add, result: DomainResult) -> None:
     add("smtpmon_domain_dns_stale", resolution.stale)
     add("smtpmon_domain_probe_duration_seconds", result.duration_seconds)
     add("smtpmon_domain_probe_last_timestamp_seconds", result.started_at + result.duration_seconds)
+    add_policy(add, result)
 
 
 def domain_chunks(rows: Sequence[tuple[bytes, ...]]) -> list[bytes]:

@@ -25,6 +25,7 @@ from smtpmon.config import webconfig
 from smtpmon.config.addresses import parse_listen_address
 from smtpmon.config.load import Config, ConfigError, default_config, load_config
 from smtpmon.dns import DnsCache, MxResolver
+from smtpmon.domains.policy import PolicyChecker, policy_checker
 from smtpmon.exposition.domains import DomainStore
 from smtpmon.exposition.state import ExporterState
 from smtpmon.exposition.store import ResultStore
@@ -156,6 +157,13 @@ class Daemon:
             resolver = MxResolver(dns.resolver_settings, DnsCache(
                 dns.min_ttl_seconds, dns.max_ttl_seconds, dns.grace_seconds))
         return resolver
+
+    @property
+    def policy(self) -> PolicyChecker:
+        """The scheduler's TLS policy checker (its caches), or one for the configuration
+        before start."""
+        checker = self.scheduler.policy
+        return checker if checker is not None else policy_checker(self._config.dns, self.resolver)
 
     @property
     def ready(self) -> bool:

@@ -48,6 +48,7 @@ import schedule
 
 from smtpmon.dns import DnsCache, MxResolver
 from smtpmon.domains import DomainResult, probe_domain
+from smtpmon.domains.policy import PolicyChecker, policy_checker
 from smtpmon.logs import get_logger
 from smtpmon.net.hub import Hub
 from smtpmon.smtp.module import Module
@@ -162,6 +163,7 @@ class Scheduler:
         self._domains: dict[tuple[str, str], _ScheduledDomain] = {}
         self._dns_settings = None  # the config's DnsSettings the resolver was made with
         self._resolver: MxResolver | None = None
+        self._policy: PolicyChecker | None = None
         self._retired_dns_counts = (0, 0)  # (queries, cache hits) of resolvers replaced
         self._domain_sessions = 0  # domain sessions on the hub: they hold no probe slot
         self._heap: list[tuple[datetime.datetime, int, _ScheduledTarget]] = []
@@ -224,10 +226,11 @@ class Scheduler:
         schedule and counters. Changes nothing (new jobs are made on a scratch scheduler), so
         that apply() stays all or nothing; _commit_domains puts the plan in force."""
         dns = getattr(config, "dns", None)
-        resolver = self._resolver
+        resolver, policy = self._resolver, self._policy
         if dns is not None and dns != self._dns_settings:
             resolver = MxResolver(dns.resolver_settings, DnsCache(
                 dns.min_ttl_seconds, dns.max_ttl_seconds, dns.grace_seconds))
+            policy = policy_checker(dns, resolver)
         wanted: dict[tuple[str, str], _ScheduledDomain] = {}
         scratch = schedule.Scheduler()
         added = []
@@ -248,17 +251,18 @@ class Scheduler:
             added.append(entry)
         retired = [old for key, old in self._domains.items() if key not in wanted]
         wanted.update(((entry.name, entry.module_name), entry) for entry in added)
-        return dns, resolver, wanted, retired, added, self._first_runs(added)
+        return dns, resolver, policy, wanted, retired, added, self._first_runs(added)
 
     def _commit_domains(self, plan: tuple) -> None:
         """Put a _plan_domains plan in force (under the lock); raises nothing a config causes."""
-        dns, resolver, wanted, retired, added, first_runs = plan
+        dns, resolver, policy, wanted, retired, added, first_runs = plan
         if resolver is not self._resolver:
             if self._resolver is not None:
                 queries, hits = self._retired_dns_counts
-                self._retired_dns_counts = (queries + self._resolver.resolver.queries_sent,
+                self._retired_dns_counts = (queries + self._dns_queries(),
                                             hits + self._resolver.cache.hits)
             self._resolver = resolver
+            self._policy = policy
             self._dns_settings = dns
         for entry in retired:
             entry.active = False
@@ -283,13 +287,27 @@ class Scheduler:
         """The resolver of the applied `dns:` settings (None before the first apply)."""
         return self._resolver
 
+    @property
+    def policy(self) -> PolicyChecker | None:
+        """The TLS policy checker of the applied `dns:` settings (None before the first apply)."""
+        return self._policy
+
+    def _dns_queries(self) -> int:
+        """Questions sent by the resolver in use and, when it is another one, the validating
+        resolver (one counter for every DNS question smtpmon asks)."""
+        total = self._resolver.resolver.queries_sent
+        validating = self._policy.validating if self._policy is not None else None
+        if validating is not None and validating.resolver is not self._resolver.resolver:
+            total += validating.resolver.queries_sent
+        return total
+
     def dns_counts(self) -> tuple[int, int]:
         """(DNS queries sent, cache hits) by the domain resolutions since the start."""
         queries, hits = self._retired_dns_counts
         resolver = self._resolver
         if resolver is None:
             return queries, hits
-        return queries + resolver.resolver.queries_sent, hits + resolver.cache.hits
+        return queries + self._dns_queries(), hits + resolver.cache.hits
 
     def _prepare(self, new: list[tuple[object, Module]]) -> tuple[list[_ScheduledTarget], list[datetime.datetime]]:
         """The entries of new targets with their jobs, and their first runs; nothing is
@@ -495,7 +513,8 @@ class Scheduler:
                 options=domain.mx_options, expect_mail=domain.expect_mail,
                 module_name=entry.module_name,
                 deadline=time.monotonic() + entry.timeout_seconds, hub=self._hub,
-                run_sessions=self._run_address_sessions)
+                run_sessions=self._run_address_sessions, policy=self._policy,
+                switches=domain.policy_switches)
             with self._lock:
                 if entry.active and self._domain_store is not None:
                     self._domain_store.record(result)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import array
 import dataclasses
-import datetime
 import errno
 import functools
 import ipaddress
@@ -42,6 +41,12 @@ from collections.abc import Callable, Iterable
 
 from smtpmon.net.hub import READ, WRITE, Hub
 from smtpmon.net.lookups import LookupPool
+from smtpmon.smtp.chain import (
+    VERIFY_REASONS,
+    ca_file_version,
+    certificate_validity,
+    presented_chain,
+)
 from smtpmon.smtp.replycodes import make_reply, parse_line
 from smtpmon.smtp.results import Reply, TlsInfo, TranscriptLine
 
@@ -71,13 +76,6 @@ _MAX_POLL_MILLISECONDS = 2**31 - 1  # poll() takes a C int
 _TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO / SO_SNDTIMEO
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
-# OpenSSL X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code) -> failure reason.
-_VERIFY_REASONS = {
-    9: "certificate_expired",  # not yet valid: outside its validity period all the same
-    10: "certificate_expired",
-    62: "certificate_hostname_mismatch",
-    64: "certificate_hostname_mismatch",  # IP address mismatch
-}
 _TLS_VERSIONS = {
     "TLSv1": ssl.TLSVersion.TLSv1,
     "TLSv1.1": ssl.TLSVersion.TLSv1_1,
@@ -249,18 +247,8 @@ def make_tls_context(
     loading the CAs is most of the cost of a STARTTLS probe otherwise. The CA file's size and
     modification time are part of the key, so a replaced file is loaded afresh.
     """
-    version = _file_version(ca_file) if verify else None
+    version = ca_file_version(ca_file) if verify else None
     return _cached_tls_context(verify, ca_file, version, min_version)
-
-
-def _file_version(path: str | None) -> tuple[int, int] | None:
-    if path is None:
-        path = ssl.get_default_verify_paths().cafile
-    try:
-        status = os.stat(path) if path else None
-    except OSError:
-        return None  # a missing file fails when it is loaded, and failures are not cached
-    return None if status is None else (status.st_mtime_ns, status.st_size)
 
 
 @functools.lru_cache(maxsize=64)
@@ -343,23 +331,14 @@ def _parsed_certificate_facts(der: bytes) -> tuple[tuple[str, object], ...]:
         )
     except (x509.ExtensionNotFound, ValueError):
         sans = ()
+    not_before, not_after = certificate_validity(cert)
     return (
         ("subject", cert.subject.rfc4514_string()),
         ("issuer", cert.issuer.rfc4514_string()),
         ("sans", sans),
-        ("not_before", _utc_timestamp(cert, "not_valid_before")),
-        ("not_after", _utc_timestamp(cert, "not_valid_after")),
+        ("not_before", not_before.timestamp()),
+        ("not_after", not_after.timestamp()),
     )
-
-def _utc_timestamp(cert, name: str) -> float:
-    """The certificate's `name` date as a Unix time. cryptography 42 added the aware
-    `<name>_utc` and deprecated the naive `<name>` (in UTC), the only one before 42 (Debian 12
-    ships 38)."""
-    aware = getattr(cert, f"{name}_utc", None)
-    if aware is None:
-        aware = getattr(cert, name).replace(tzinfo=datetime.UTC)
-    return aware.timestamp()
-
 
 
 class SmtpConnection:
@@ -532,8 +511,9 @@ class SmtpConnection:
             self._sock = None
 
     # -- TLS -------------------------------------------------------------------------------
-    def start_tls(self, context: ssl.SSLContext, server_name: str) -> TlsInfo:
-        """Handshake on the open connection (after a 220 to STARTTLS, or at once for implicit TLS)."""
+    def start_tls(self, context: ssl.SSLContext, server_name: str, *, want_chain: bool = False) -> TlsInfo:
+        """Handshake on the open connection (after a 220 to STARTTLS, or at once for implicit
+        TLS); `want_chain`: the result holds the presented chain (DANE)."""
         assert self._sock is not None
         if self._buffer:
             # Bytes sent before the handshake would be read as if they came over TLS: the
@@ -554,7 +534,7 @@ class SmtpConnection:
                 self._sock = tls_sock  # the fd moved: closed with the connection whatever happens
                 self._parked(tls_sock.do_handshake)
         except ssl.SSLCertVerificationError as error:
-            reason = _VERIFY_REASONS.get(error.verify_code, "certificate_untrusted")
+            reason = VERIFY_REASONS.get(error.verify_code, "certificate_untrusted")
             words = error.verify_message or str(error)
             raise self._noted(CertificateError(reason, f"certificate verification failed: {words}", words)) from None
         except TimeoutError:
@@ -563,7 +543,8 @@ class SmtpConnection:
             raise self._noted(SessionError("tls_handshake_failed", f"TLS handshake failed: {error}")) from None
         self._sock = tls_sock
         self._tls = True
-        return tls_info(tls_sock, verified=context.verify_mode != ssl.CERT_NONE)
+        info = tls_info(tls_sock, verified=context.verify_mode != ssl.CERT_NONE)
+        return dataclasses.replace(info, chain=presented_chain(tls_sock)) if want_chain else info
 
     # -- sending ---------------------------------------------------------------------------
     def send_line(self, text: str, shown: str | None = None) -> None:

@@ -121,6 +121,9 @@ class TlsInfo:
     # Why verification failed, when it did: certificate_untrusted, certificate_expired or
     # certificate_hostname_mismatch (a label value, so from that fixed list).
     verify_reason: str | None = None
+    # The certificates the server presented, leaf first (DER), only for a session asked for
+    # them (run_probe's want_chain: DANE needs more than the leaf); () otherwise.
+    chain: tuple[bytes, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)

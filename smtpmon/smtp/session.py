@@ -24,13 +24,16 @@ from __future__ import annotations
 import base64
 import dataclasses
 import email.utils
+import functools
 import socket
 import ssl
 import time
 from collections.abc import Callable
 
 from smtpmon.net.hub import Hub
+from smtpmon.smtp.chain import PkixUnjudged, pkix_problem
 from smtpmon.smtp.client import (
+    LOOKUPS,
     CertificateError,
     SessionError,
     SmtpConnection,
@@ -188,6 +191,7 @@ def run_probe(
     module_name: str = "default",
     hub: Hub | None = None,
     server_name: str | None = None,
+    want_chain: bool = False,
 ) -> ProbeResult:
     """Run one SMTP session against host:port as module says. Never raises.
 
@@ -197,8 +201,17 @@ def run_probe(
     module's `tls_server_name` and `host`: a sending MTA connects to an MX host's address and
     checks the MX host's name (smtpmon.domains). With a hub (called from a session the hub
     spawned) it waits by parking on the hub instead of blocking its thread; `clock` must then
-    be time.monotonic."""
-    session = _Session(target, host, port, module, module_name, deadline, clock, hub, server_name)
+    be time.monotonic.
+
+    `want_chain` (a DANE-checked MX address, smtpmon.domains): the TLS handshake is made
+    without verification, so that it completes whatever PKIX says, and the result's
+    `tls.chain` holds the presented chain; PKIX is then judged from that chain
+    (smtp.chain.pkix_problem) into `tls.verified` / `verify_error`. An opportunistic session
+    goes on either way (a DANE sender does not care for PKIX; MTA-STS reads the verdict); a
+    module that requires TLS and verification fails the starttls stage as usual. Without it
+    (every host target), nothing of this is done."""
+    session = _Session(target, host, port, module, module_name, deadline, clock, hub, server_name,
+                       want_chain)
     try:
         session.run()
     except Exception as error:  # noqa: BLE001 - the engine's promise: a result, not a crash
@@ -221,10 +234,11 @@ class _StageRecord:
 
 class _Session:
     def __init__(self, target, host, port, module, module_name, deadline, clock, hub,
-                 server_name=None):
+                 server_name=None, want_chain=False):
         self.target = target
         self.host = host
         self.server_name = server_name
+        self.want_chain = want_chain
         self.port = port
         self.hub = hub
         self.module = module
@@ -412,6 +426,9 @@ class _Session:
     def handshake(self, record: _StageRecord) -> None:
         module = self.module
         server_name = self.server_name or module.tls_server_name or self.host
+        if self.want_chain:
+            self.handshake_for_chain(server_name)
+            return
         context = self.tls_context or make_tls_context(  # the latter says why there is none
             verify=module.tls_verify, ca_file=module.tls_ca_file, min_version=module.tls_min_version
         )
@@ -475,6 +492,42 @@ class _Session:
         self.tls = dataclasses.replace(info, verified=False, verify_error=error.verify_error,
                                        verify_reason=error.reason)
         self.note_tls()
+
+    def handshake_for_chain(self, server_name: str) -> None:
+        """The handshake of a session that must read the presented chain (want_chain)."""
+        module = self.module
+        context = make_tls_context(verify=False, min_version=module.tls_min_version)
+        info = self.connection.start_tls(context, server_name, want_chain=True)
+        chain = info.chain
+        self.transcript.note(f"presented chain: {len(chain)} certificate(s), read for DANE")
+        problem = self.judge_pkix(chain, server_name) if module.tls_verify else None
+        if problem is None:
+            self.tls = dataclasses.replace(info, chain=chain, verified=module.tls_verify)
+        else:
+            self.tls = dataclasses.replace(info, chain=chain, verified=False,
+                                           verify_error=problem[1], verify_reason=problem[0])
+        self.note_tls()
+        if problem is not None and module.tls in ("starttls", "implicit"):
+            self.connection_usable = False
+            raise CertificateError(problem[0], f"certificate verification failed: {problem[1]}",
+                                   problem[1])
+
+    def judge_pkix(self, chain: tuple[bytes, ...], server_name: str) -> tuple[str, str] | None:
+        """pkix_problem on the lookup pool: a chain not judged in the last hour runs the openssl
+        command, which must not hold the hub's thread (every session of the daemon) meanwhile;
+        sessions judging the same chain at once share one run."""
+        ca_file = self.module.tls_ca_file
+        judge = functools.partial(pkix_problem, chain, server_name, ca_file)
+        until = time.monotonic() + max(0.0, self.deadline - self.clock())
+        answered, outcome = LOOKUPS.run(("pkix", chain, server_name, ca_file), judge, until, self.hub)
+        if isinstance(outcome, Exception) and not isinstance(outcome, PkixUnjudged):
+            raise outcome
+        if answered and not isinstance(outcome, PkixUnjudged):
+            return outcome  # type: ignore[return-value]
+        error = (SessionError("internal_error", f"cannot judge the certificate chain: {outcome}") if answered
+                 else SessionError("timeout", "the certificate chain was not judged before the deadline"))
+        self.transcript.note(error.detail)  # as the connection notes its own errors
+        raise error
 
     def note_tls(self) -> None:
         tls = self.tls

@@ -26,6 +26,7 @@ from http import HTTPStatus
 from smtpmon.config.addresses import normal_address, parse_address
 from smtpmon.dns import parse_domain
 from smtpmon.domains import probe_domain, report
+from smtpmon.domains.policy import judgeable_switches
 from smtpmon.exposition.domains import domain_chunks
 from smtpmon.exposition.metrics import CONTENT_TYPE, render_probe, render_probe_rows
 from smtpmon.logs import ThrottledWarning, get_logger
@@ -184,10 +185,13 @@ def answer_domain_probe(exporter, request: Request, params: dict) -> Answer:
                       f"too many concurrent probes (limit {slots.limit}); try again later\n")
     options = dict(port=module_default_port(module)) if configured is None else dict(
         port=configured.port, options=configured.mx_options, expect_mail=configured.expect_mail)
+    # An allowed domain that is not configured gets what a configured one gets by default.
+    options["switches"] = (configured.policy_switches if configured is not None else judgeable_switches(
+        module, dane=config.dns.validating_resolver is not None, mta_sts=True))
     exporter.state.probe_started()
     try:
         result = probe_domain(domain.a_label, module, exporter.resolver, module_name=module_name,
-                              deadline=deadline, hub=request.hub, **options)
+                              deadline=deadline, hub=request.hub, policy=exporter.policy, **options)
     finally:
         exporter.state.probe_finished()
         slots.release()

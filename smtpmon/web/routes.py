@@ -11,6 +11,7 @@ from typing import Protocol
 from smtpmon import __version__
 from smtpmon.config.load import Config
 from smtpmon.dns import MxResolver
+from smtpmon.domains.policy import PolicyChecker
 from smtpmon.exposition.domains import DomainStore, domain_chunks
 from smtpmon.exposition.metrics import CONTENT_TYPE, metrics_chunks
 from smtpmon.exposition.state import ExporterState
@@ -41,6 +42,10 @@ class Exporter(Protocol):
     @property
     def resolver(self) -> MxResolver:
         """The mail-domain resolver (and its answer cache) of the running configuration."""
+
+    @property
+    def policy(self) -> PolicyChecker:
+        """The mail-domain TLS policy checker (DANE, MTA-STS caches) of the running configuration."""
 
     def reload(self) -> list[str]:
         """Load the configuration file again; the errors, empty on success."""

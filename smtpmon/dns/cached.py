@@ -1,0 +1,46 @@
+"""One resolver behind the shared TTL cache: the questions other packages ask (DANE's TLSA
+and DNSSEC-checked MX, MTA-STS and TLS-RPT TXT records, the policy host's addresses) go
+through here, so every DNS question smtpmon asks is counted once (Resolver.queries_sent) and
+kept once (DnsCache), whatever package asks it.
+"""
+
+from __future__ import annotations
+
+import dns.exception
+import dns.name
+
+from smtpmon.dns.cache import DnsCache
+from smtpmon.dns.resolver import Answer, Resolver
+
+# A validating resolver's SERVFAIL (a bogus zone, most often) is kept this long.
+SERVFAIL_KEPT_SECONDS = 30.0
+
+
+class CachedResolver:
+    """`resolver`'s answers through `cache` (which may be shared with an MxResolver: keys
+    hold the nameserver set and the flags asked, so entries never mix)."""
+
+    def __init__(self, resolver: Resolver, cache: DnsCache) -> None:
+        self.resolver = resolver
+        self.cache = cache
+
+    def ask(self, name: str, rdtype: str, *, deadline: float, dnssec: bool = False,
+            checking_disabled: bool = False) -> Answer:
+        """The answer for `name` (text; absolute or not), never an exception for anything
+        the network does. DNSSEC questions are never answered stale: DANE's verdicts must
+        follow the zone at once. ValueError for a name DNS cannot carry (names are the
+        caller's to check)."""
+        question = absolute_name(name)
+        key = (self.resolver.settings.nameservers, question, rdtype, dnssec, checking_disabled)
+        return self.cache.get(
+            key, lambda: self.resolver.query(question, rdtype, deadline, dnssec=dnssec,
+                                             checking_disabled=checking_disabled),
+            serve_stale=not dnssec, keep_servfail_seconds=SERVFAIL_KEPT_SECONDS if dnssec else 0.0)
+
+
+def absolute_name(name: str) -> dns.name.Name:
+    """`name` as an absolute DNS name. ValueError for text DNS cannot carry."""
+    try:
+        return dns.name.from_text(name)
+    except (dns.exception.DNSException, UnicodeError) as error:
+        raise ValueError(f"{name!r} is not a DNS name: {error}") from None

@@ -1,0 +1,144 @@
+"""A mail domain's TLS policy checked around its sessions (smtpmon.domains.policy), and the
+engine's hook for it (run_probe's want_chain), against tests/mail_policy_world.py: knotd with
+a signed zone, a validating unbound, SMTP servers on 127.18.4.x, nginx serving an MTA-STS
+policy. No test name reaches the system resolver: every part is named by its address."""
+
+from __future__ import annotations
+
+import pytest
+from mail_policy_world import PolicyWorld, start_world
+
+from smtpmon.dns import DnsCache, MxResolver, Resolver, ResolverSettings
+from smtpmon.dns.cached import CachedResolver
+from smtpmon.domains import probe_domain
+from smtpmon.domains.policy import PolicyChecker, PolicySwitches
+from smtpmon.smtp.module import Module
+from smtpmon.smtp.session import run_probe
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> PolicyWorld:
+    world = start_world(tmp_path_factory.mktemp("policy"))
+    yield world
+    world.stop()
+
+
+@pytest.fixture(autouse=True)
+def _watched(no_system_resolver):
+    """No name of these tests reaches the system resolver."""
+
+
+@pytest.fixture()
+def parts(world):
+    """One resolver (the validating unbound, alone), one cache, as the daemon wires them."""
+    resolver = Resolver(ResolverSettings(nameservers=((world.unbound.address, world.unbound.port),),
+                                         timeout_seconds=2.0))
+    cache = DnsCache()
+    cached = CachedResolver(resolver, cache)
+    return MxResolver(resolver, cache), PolicyChecker(cached, cached), resolver
+
+
+def probe(world, parts, domain: str, **switches):
+    mx, checker, _ = parts
+    module = Module(tls="opportunistic", tls_ca_file=world.ca_file, timeout_seconds=10)
+    wanted = PolicySwitches(**({"dane": True, "mta_sts": True, "mta_sts_ca_file": world.ca_file} | switches))
+    return probe_domain(domain, module, mx, port=world.port, policy=checker, switches=wanted)
+
+
+def test_dane_ee_matching_the_presented_key(world, parts):
+    result = probe(world, parts, "good.pol.test")
+    lookups = result.policy.lookups
+    assert (lookups.mx_lookup_state, lookups.mx_secure) == ("ok", True)
+    assert [(t.mx_host, t.state) for t in lookups.tlsa] == [("mx.good.pol.test", "secure")]
+    (address,) = result.policy.addresses
+    assert (address.address, address.dane, address.pkix_valid) == ("127.18.4.1", "match", True)
+    assert str(address.dane_check.matched) == world.tlsa["mx.good.pol.test"]
+    assert result.success and len(result.probes[0].result.tls.chain) >= 1
+
+
+def test_a_key_change_without_a_new_record_is_a_mismatch_while_the_session_passes(world, parts):
+    result = probe(world, parts, "changed.pol.test")
+    (address,) = result.policy.addresses
+    assert address.dane == "mismatch"
+    assert [str(r) for r in address.dane_check.unmatched] == [world.tlsa["mx.changed.pol.test"]]
+    assert result.probes[0].result.success  # SMTP itself works: only DANE senders defer
+
+
+def test_a_self_signed_dane_ee_certificate_matches_and_pkix_is_judged_apart(world, parts):
+    result = probe(world, parts, "selfsigned.pol.test")
+    (address,) = result.policy.addresses
+    session = result.probes[0].result
+    assert (address.dane, address.pkix_valid) == ("match", False)
+    assert session.success and session.tls.verify_error  # opportunistic: reported, not failed
+
+
+def test_an_enforced_sts_policy_missing_one_mx(world, parts):
+    result = probe(world, parts, "sts.pol.test")
+    sts = result.policy.lookups.sts
+    assert (sts.record.state, sts.mode, sts.fetch.error) == ("present", "enforce", None)
+    verdicts = [(a.mx_host, a.sts.verdict, a.sts.severity) for a in result.policy.addresses]
+    assert verdicts == [("mx1.sts.pol.test", "ok", "none"), ("mx2.sts.pol.test", "mx_not_listed", "critical")]
+    assert result.policy.lookups.tlsrpt.state == "present"
+    # No TLSA records in a signed zone: DANE does not apply; no session read a chain.
+    assert [t.state for t in result.policy.lookups.tlsa] == ["none", "none"]
+    assert {a.dane for a in result.policy.addresses} == {"not_applicable"}
+    assert all(p.result.tls.chain == () for p in result.probes)
+
+
+def test_lookups_are_cached_a_second_probe_asks_dns_nothing_new(world, parts):
+    probe(world, parts, "good.pol.test")
+    probe(world, parts, "sts.pol.test")
+    _, checker, resolver = parts
+    sent, fetches = resolver.queries_sent, checker.policy_fetches
+    probe(world, parts, "good.pol.test")
+    probe(world, parts, "sts.pol.test")
+    assert (resolver.queries_sent, checker.policy_fetches) == (sent, fetches) == (sent, 1)
+
+
+def test_switched_off_nothing_is_looked_up(world, parts):
+    result = probe(world, parts, "good.pol.test", dane=False, mta_sts=False)
+    assert result.policy is None and result.probes[0].result.tls.chain == ()
+
+
+def test_a_host_target_pays_nothing_and_want_chain_reads_the_chain(world):
+    server = world.servers["mx.good"]
+    module = Module(tls="opportunistic", tls_ca_file=world.ca_file)
+    plain = run_probe(server.target, server.host, server.port, module, server_name="mx.good.pol.test")
+    hooked = run_probe(server.target, server.host, server.port, module, server_name="mx.good.pol.test",
+                       want_chain=True)
+    assert plain.success and hooked.success and plain.tls.chain == ()
+    assert hooked.tls.verified and len(hooked.tls.chain) >= 1
+    assert any("presented chain" in line.text for line in hooked.transcript)
+
+
+def test_want_chain_with_a_module_that_requires_verification_fails_on_pkix(world):
+    server = world.servers["mx.selfsigned"]
+    module = Module(tls="starttls", tls_ca_file=world.ca_file)
+    result = run_probe(server.target, server.host, server.port, module,
+                       server_name="mx.selfsigned.pol.test", want_chain=True)
+    assert (result.success, result.failed_stage, result.reason) == (False, "starttls", "certificate_untrusted")
+    assert len(result.tls.chain) == 1
+
+
+def test_want_chain_reports_a_name_mismatch_as_openssl_would(world):
+    server = world.servers["mx.good"]
+    module = Module(tls="starttls", tls_ca_file=world.ca_file)
+    result = run_probe(server.target, server.host, server.port, module,
+                       server_name="elsewhere.pol.test", want_chain=True)
+    assert (result.failed_stage, result.reason) == ("starttls", "certificate_hostname_mismatch")
+    opportunistic = run_probe(server.target, server.host, server.port,
+                              Module(tls="opportunistic", tls_ca_file=world.ca_file),
+                              server_name="elsewhere.pol.test", want_chain=True)
+    assert opportunistic.success and not opportunistic.tls.verified
+    assert opportunistic.tls.verify_error == "hostname mismatch"  # OpenSSL's words (X509_V_ERR_HOSTNAME_MISMATCH)
+
+
+def test_want_chain_with_a_ca_file_openssl_cannot_load_is_an_internal_error_not_a_verdict(world, tmp_path):
+    server = world.servers["mx.good"]
+    broken = tmp_path / "not-a-bundle.pem"
+    broken.write_text("not a certificate\n")
+    result = run_probe(server.target, server.host, server.port,
+                       Module(tls="opportunistic", tls_ca_file=str(broken)),
+                       server_name="mx.good.pol.test", want_chain=True)
+    assert (result.success, result.failed_stage, result.reason) == (False, "starttls", "internal_error")
+    assert "cannot judge the certificate chain: openssl verify failed" in result.detail
