@@ -215,7 +215,7 @@ def start_knot(zones: list[Zone], workdir: str | os.PathLike[str] | None = None,
             _write_zone(root / "zones", zone, address, 1)
         last_error = ""
         for _ in range(START_ATTEMPTS):
-            port = _free_port(address)
+            port = free_udp_tcp_port(address)
             _write_config(root, zones, address, port)
             (root / "knot.log").write_text("")
             with open(root / "knotd.stderr", "wb") as stderr:
@@ -293,8 +293,9 @@ def _zone_answers(server: KnotServer, origin: str, serial: int) -> bool:
         return False
 
 
-def _free_port(address: str) -> int:
-    """A port free for both UDP and TCP on `address` (knotd cannot report a port 0 back)."""
+def free_udp_tcp_port(address: str) -> int:
+    """A port free for both UDP and TCP on `address` (knotd and unbound cannot bind port 0
+    and tell which port they got)."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             udp.bind((address, 0))

@@ -9,7 +9,6 @@ it the tests skip locally with that reason, and fail when CI=true.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from daemon_process import stop_process
 from prometheus_tools import require_tool
 
 HTTPS_PORT = 443
@@ -126,11 +126,6 @@ http {{
     def stop(self) -> None:
         if self._process is None:
             return
-        self._process.send_signal(signal.SIGTERM)  # nginx: fast shutdown, workers too
-        try:
-            self._process.wait(10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(5)
+        stop_process(self._process)  # SIGTERM: nginx's fast shutdown, workers too
         self._process.stderr.close()
         self._process = None

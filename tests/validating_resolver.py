@@ -8,8 +8,6 @@ trust anchors given (DS lines, e.g. from `keymgr ds`), and never queries anythin
 
 from __future__ import annotations
 
-import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,25 +15,13 @@ from pathlib import Path
 import dns.exception
 import dns.message
 import dns.query
+from daemon_process import stop_process
+from dns_server import free_udp_tcp_port
 from prometheus_tools import require_tool
 
 # 0.0.0.0/0 without 127.0.0.0/8, as the fewest prefixes.
 NON_LOOPBACK_IPV4 = ("0.0.0.0/2", "64.0.0.0/3", "96.0.0.0/4", "112.0.0.0/5", "120.0.0.0/6",
                      "124.0.0.0/7", "126.0.0.0/8", "128.0.0.0/1")
-
-
-def free_port(address: str) -> int:
-    """A port free for both UDP and TCP on `address` (unbound cannot bind port 0 and tell)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((address, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((address, port))
-                except OSError:
-                    continue
-            return port
 
 
 class UnboundResolver:
@@ -90,7 +76,7 @@ remote-control:
         return config
 
     def start(self) -> UnboundResolver:
-        self.port = free_port(self.address)
+        self.port = free_udp_tcp_port(self.address)
         config = self._write()
         checked = subprocess.run([require_tool("unbound-checkconf"), str(config)], capture_output=True, text=True)
         if checked.returncode != 0:
@@ -117,11 +103,6 @@ remote-control:
     def stop(self) -> None:
         if self._process is None:
             return
-        self._process.send_signal(signal.SIGTERM)
-        try:
-            self._process.wait(10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(5)
+        stop_process(self._process)
         self._process.stderr.close()
         self._process = None
