@@ -161,6 +161,7 @@ class Exporter:
     probe_store: ResultStore
     config: object
     ready: bool = True
+    telemetry_path: str = "/metrics"
 
 
 def config_for(results: list[ProbeResult]):
