@@ -12,8 +12,8 @@ from daemon_process import start_daemon
 from dns_server import silent_server
 from helpers import sample_value, samples
 from mail_domains import fqdn, mail_world
-from smtpservers import Sleep
 from prometheus_tools import require_tool
+from smtpservers import Sleep
 
 from smtpmon.config.load import parse_config
 from smtpmon.exposition.domains import DomainStore
