@@ -21,12 +21,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from smtpmon.config.load import Config
+from smtpmon.exposition.domains import DomainSnapshot, DomainStore
 from smtpmon.exposition.history import HistoryView
 from smtpmon.exposition.state import ExporterStatus
 from smtpmon.exposition.store import ResultStore, TargetSnapshot
 from smtpmon.smtp import transcript
 from smtpmon.smtp.results import StageResult
-from smtpmon.web import docs
+from smtpmon.web import docs, domain_triage, domains_page
+from smtpmon.web.domains_page import DOMAIN_STYLE
 from smtpmon.web.inert import text
 from smtpmon.web.parts import (
     SCRIPT,
@@ -65,6 +67,9 @@ class Exporter(Protocol):
 
     store: ResultStore
     probe_store: ResultStore
+    domain_store: DomainStore
+    domain_probe_store: DomainStore
+    telemetry_path: str
 
     @property
     def config(self) -> Config: ...
@@ -251,7 +256,7 @@ def _filter_form(query: PageQuery) -> str:
     return (f'<form method="get" action="/" class="filter">{hidden}'
             f'<label>State <select name="state">{options}</select></label> '
             f'<label>Search <input type="search" name="q" value="{text(query.text)}" '
-            'placeholder="target, module, reason or address"></label> '
+            'placeholder="target, domain, MX host, module, reason or address"></label> '
             '<button type="submit">Filter</button></form>')
 
 
@@ -312,10 +317,12 @@ def expectation_lookup(config: Config) -> Callable[[TargetSnapshot], Expectation
 def render(exporter: Exporter, status: ExporterStatus, query: PageQuery) -> bytes:
     now = time.time()
     config = exporter.config
-    probe_only = not config.targets
+    probe_only = not config.targets and not config.domains
     on_demand = query.on_demand or probe_only
     store = exporter.probe_store if on_demand else exporter.store
     snapshots = store.snapshot(counts=False)
+    domain_snapshots = (exporter.domain_probe_store if on_demand
+                        else exporter.domain_store).snapshot()
     expectation_of = expectation_lookup(config)
     buckets = triage(snapshots, expectation_of, now)
     summary = summarize(buckets)
@@ -334,15 +341,37 @@ def render(exporter: Exporter, status: ExporterStatus, query: PageQuery) -> byte
         else:
             empty = "Nothing matches this filter."
         body = f'<tr><td colspan="8" class="muted">{empty}</td></tr>'
-    skipped = sum(snapshot.skipped or 0 for snapshot in snapshots)
+    skipped = (sum(snapshot.skipped or 0 for snapshot in snapshots)
+               + domains_page.skipped(domain_snapshots))
+    # A configuration of mail domains only shows no empty targets' table.
+    show_targets = on_demand or bool(config.targets) or not domain_snapshots
+    domains, domain_summary, domains_failing = _domains(domain_snapshots, query, context,
+                                                        on_demand)
     if on_demand:
         mode = ("<p>Probe-only mode: no targets are configured. Below are the last "
                 f"{summary.total} targets asked for through <code>/probe</code> (the daemon keeps at "
                 "most the 10,000 most recently probed).</p>") if probe_only else (
                 '<p>On-demand <code>/probe</code> results. <a href="/">Scheduled targets</a></p>')
     else:
+        on_demand_domains = len(exporter.domain_probe_store)
+        also = (f" and {on_demand_domains} domains through <code>/probe?domain=</code>"
+                if on_demand_domains else "")
         mode = (f'<p class="muted">{len(exporter.probe_store)} targets asked for through '
-                f'<code>/probe</code>: <a href="/?view=probe">see them</a></p>')
+                f'<code>/probe</code>{also}: <a href="/?view=probe">see them</a></p>')
+    targets = ""
+    if show_targets:
+        targets = f"""{'<h2 id="targets">Targets</h2>' if domains else ""}
+{_pager(page, query)}
+<table class="targets">
+<thead><tr><th>State</th><th>Target</th><th>Reply codes by stage</th><th>Failure / warnings</th>
+<th>Stages</th><th>TLS</th><th>History</th><th>Last probe</th></tr></thead>
+<tbody>
+{body}
+</tbody></table>
+{_pager(page, query) if page.count > 1 else ""}"""
+    failing = (summary.by_state[FAILING] if show_targets else 0) + domains_failing
+    title = _title(summary if show_targets else None, what, failing, len(domain_snapshots))
+    style = STYLE + DOMAIN_STYLE if domains else STYLE
     refresh = (f'<meta http-equiv="refresh" content="{query.refresh_seconds}">'
                if query.refresh_seconds else "")
     refresh_words = (f"refreshes every {query.refresh_seconds} s "
@@ -351,24 +380,17 @@ def render(exporter: Exporter, status: ExporterStatus, query: PageQuery) -> byte
     page_html = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">{refresh}
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_title(summary, what)}</title>{icon(summary.by_state[FAILING] > 0)}<style>{STYLE}</style></head>
+<title>{title}</title>{icon(failing > 0)}<style>{style}</style></head>
 <body>
 {header(exporter.telemetry_path)}
 <section class="summary">
-{_summary(summary, query, what)}
+{_summary(summary, query, what) if show_targets else ""}{domain_summary}
 <p>Configuration: {_config_facts(config, status, now)}</p>
 <p>Process: {_process_facts(exporter.ready, status, skipped, now)}</p>
 </section>
 {mode}
 {_filter_form(query)}
-{_pager(page, query)}
-<table class="targets">
-<thead><tr><th>State</th><th>Target</th><th>Reply codes by stage</th><th>Failure / warnings</th>
-<th>Stages</th><th>TLS</th><th>History</th><th>Last probe</th></tr></thead>
-<tbody>
-{body}
-</tbody></table>
-{_pager(page, query) if page.count > 1 else ""}
+{domains}{targets}
 <p class="muted">Rendered {time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))};
 {refresh_words}.</p>
 <script>{SCRIPT}</script>
@@ -377,9 +399,33 @@ def render(exporter: Exporter, status: ExporterStatus, query: PageQuery) -> byte
     return page_html.encode("utf-8")
 
 
-def _title(summary: Summary, what: str) -> str:
-    failing = summary.by_state[FAILING]
-    return f"smtpmon: {failing} failing" if failing else f"smtpmon: {summary.total} {what} OK"
+def _domains(snapshots: Sequence[DomainSnapshot], query: PageQuery, context: Context,
+             on_demand: bool) -> tuple[str, str, int]:
+    """The mail domains' section, their lines in the summary, and how many are undeliverable;
+    nothing when there are none."""
+    if not snapshots:
+        return "", "", 0
+    buckets = domain_triage.triage(snapshots)
+    summary = domain_triage.summarize(buckets)
+    page = domain_triage.paginate(buckets, query)
+    return (domains_page.section(page, query, context, on_demand),
+            domains_page.summary_lines(summary, query), summary.by_state[FAILING])
+
+
+def _title(summary: Summary | None, what: str, failing: int, domains: int) -> str:
+    if failing:
+        return f"smtpmon: {failing} failing"
+    shown = [f"{summary.total} {what}"] if summary is not None else []
+    if domains:
+        shown.append(f"{domains} domains")
+    return f"smtpmon: {', '.join(shown)} OK"
+
+
+# -- a domain's page ----------------------------------------------------------------------------
+def render_domain(exporter: Exporter, name: str, module: str) -> bytes | None:
+    """The mail domain's page (domains_page.py); None when neither store knows it."""
+    return domains_page.render_domain_page(exporter, name, module,
+                                           Context(time.time(), docs.docs_directory()))
 
 
 # -- a target's page ----------------------------------------------------------------------------
