@@ -32,7 +32,7 @@ from smtpmon.exposition.metrics import (
     render_target,
     sample_value,
 )
-from smtpmon.exposition.store import slim_result
+from smtpmon.exposition.store import SNAPSHOT_CHUNK, slim_result
 from smtpmon.smtp.results import TlsInfo
 
 DOMAIN_FAMILIES: tuple[Family, ...] = (
@@ -154,7 +154,10 @@ class _StoredDomain:
         self.address_rows = tuple(rows)
         self.row = render_domain(self.name, self.module, self.unicode, self.expect_mail,
                                  self.latest, self.probes, self.skipped)
+        # The page's copy is made now, under the lock the change holds anyway, so that a
+        # view of every domain copies references (see DomainStore.snapshot).
         self.view = None
+        self.snapshot()
 
 
 def render_domain(name: str, module: str, unicode: str, expect_mail: bool,
@@ -291,10 +294,18 @@ class DomainStore:
 
     def snapshot(self) -> list[DomainSnapshot]:
         """Every entry as it is now, in registration order (for /probe?domain= entries: least
-        recently probed first). Each entry's copy is made once per change, so a view of
-        1,000 domains copies references."""
+        recently probed first). Each entry's copy is made when it changes, so a view copies
+        references, holding the lock for SNAPSHOT_CHUNK entries at a time (a probe finishing
+        meanwhile waits for one chunk, never for the whole store)."""
         with self._lock:
-            return [entry.snapshot() for entry in self._entries.values()]
+            entries = list(self._entries.items())
+        snapshots: list[DomainSnapshot] = []
+        for start in range(0, len(entries), SNAPSHOT_CHUNK):
+            with self._lock:
+                for key, entry in entries[start:start + SNAPSHOT_CHUNK]:
+                    if self._entries.get(key) is entry:  # else removed meanwhile
+                        snapshots.append(entry.snapshot())
+        return snapshots
 
     def snapshot_entry(self, name: str, module: str) -> DomainSnapshot | None:
         with self._lock:
