@@ -57,12 +57,18 @@ def fqdn(label: str) -> str:
     return f"{label}.{ZONE}"
 
 
+@dataclasses.dataclass
+class World:
+    nameserver: str  # the knotd, as dns.nameservers takes it
+    port: int  # 127.0.59.1, 127.0.59.2 and ::1 accept mail here
+    hostile_port: int  # 127.0.59.4's
+
+
 @pytest.fixture(scope="module")
-def domain_daemon(tmp_path_factory):
+def world():
     require_knot()
     knot = start_knot([Zone(ZONE, RECORDS, ttl=300, negative_ttl=60)])
     servers: list = []
-    running = None
     try:
         first = AiosmtpdServer(host="127.0.59.1").start()
         servers.append(first)
@@ -71,30 +77,36 @@ def domain_daemon(tmp_path_factory):
         hostile = ScriptedServer([Send(HOSTILE_TEXT)], host="127.0.59.4").start()
         servers.append(hostile)
         address, port = knot.nameserver
-        config = f"""\
+        yield World(f"{address}:{port}", first.port, hostile.port)
+    finally:
+        for server in servers:
+            server.stop()
+        knot.stop()
+
+
+@pytest.fixture(scope="module")
+def domain_daemon(world, tmp_path_factory):
+    config = f"""\
 global: {{interval: 2s, timeout: 1500ms}}
 modules:
   plain: {{tls: none}}
 domains:
-  - {{domain: {fqdn("ok")}, module: plain, port: {first.port}}}
-  - {{domain: {fqdn("half")}, module: plain, port: {first.port}}}
-  - {{domain: {fqdn("nullmx")}, module: plain, port: {first.port}}}
-  - {{domain: {fqdn("gone")}, module: plain, port: {first.port}}}
-  - {{domain: {fqdn("hostile")}, module: plain, port: {hostile.port}}}
+  - {{domain: {fqdn("ok")}, module: plain, port: {world.port}}}
+  - {{domain: {fqdn("half")}, module: plain, port: {world.port}}}
+  - {{domain: {fqdn("nullmx")}, module: plain, port: {world.port}}}
+  - {{domain: {fqdn("gone")}, module: plain, port: {world.port}}}
+  - {{domain: {fqdn("hostile")}, module: plain, port: {world.hostile_port}}}
 dns:
-  nameservers: ["{address}:{port}"]
+  nameservers: ["{world.nameserver}"]
 """
-        running = start_daemon(tmp_path_factory.mktemp("domain-page"), config)
+    running = start_daemon(tmp_path_factory.mktemp("domain-page"), config)
+    try:
         running.wait_for(lambda text: all(
             (sample_value(text, "smtpmon_domain_probes_total", domain=fqdn(name)) or 0) >= 2
             for name in ("ok", "half", "nullmx", "gone", "hostile")), timeout=20)
         yield running
     finally:
-        if running is not None:
-            running.stop()
-        for server in servers:
-            server.stop()
-        knot.stop()
+        running.stop()
 
 
 def page(daemon, path: str = "/") -> str:
@@ -255,6 +267,30 @@ def test_a_browser_sees_the_domains_failing_first(domain_daemon, tmp_path):
         assert tab.evaluate("window.pwned") is None and tab.errors() == [] and tab.dialogs() == []
     finally:
         browser.close()
+
+
+def test_probe_only_mode_shows_the_domains_asked_for_through_probe(world, tmp_path):
+    config = f"""\
+modules: {{plain: {{tls: none}}}}
+targets: []
+probe_allow_domains: ["*.{ZONE}"]
+dns:
+  nameservers: ["{world.nameserver}"]
+"""
+    running = start_daemon(tmp_path, config)
+    try:
+        # Not configured: port 25, where nothing listens on 127.0.59.x
+        for name in ("ok", "gone"):
+            assert running.get(f"/probe?domain={fqdn(name)}&module=plain")[0] == 200
+        body = page(running)
+        domain = page(running, f"/domain?domain={fqdn('ok')}&module=plain")
+    finally:
+        running.stop()
+    assert "Probe-only mode" in body and "the last 2 mail domains asked for through" in body
+    assert "Mail domains asked for through <code>/probe?domain=</code>" in body
+    assert "2 of 2 domains undeliverable" in re.sub(r"<[^>]+>", "", body)
+    assert list(blocks(body)) == ["gone.page.test", "ok.page.test"]
+    assert "No transcript kept" in domain  # a /probe result keeps none
 
 
 # -- the parts on their own ---------------------------------------------------------------------

@@ -263,11 +263,14 @@ def _filter_form(query: PageQuery) -> str:
 def _pager(page: Page, query: PageQuery) -> str:
     start = (page.number - 1) * PAGE_SIZE + 1 if page.rows else 0
     shown = f"{start}–{start + len(page.rows) - 1 if page.rows else 0} of {page.matching}"
+    keep = query.domain_page if query.domain_page > 1 else None  # the domains' page stays
     links = []
     if page.number > 1:
-        links.append(f'<a href="{href(query, page=page.number - 1)}" rel="prev">previous</a>')
+        links.append(f'<a href="{href(query, page=page.number - 1, dpage=keep)}" '
+                     'rel="prev">previous</a>')
     if page.number < page.count:
-        links.append(f'<a href="{href(query, page=page.number + 1)}" rel="next">next</a>')
+        links.append(f'<a href="{href(query, page=page.number + 1, dpage=keep)}" '
+                     'rel="next">next</a>')
     return (f'<p class="pager">Showing {shown} (page {page.number} of {page.count}) '
             + " ".join(links) + "</p>")
 
@@ -348,9 +351,12 @@ def render(exporter: Exporter, status: ExporterStatus, query: PageQuery) -> byte
     domains, domain_summary, domains_failing = _domains(domain_snapshots, query, context,
                                                         on_demand)
     if on_demand:
-        mode = ("<p>Probe-only mode: no targets are configured. Below are the last "
-                f"{summary.total} targets asked for through <code>/probe</code> (the daemon keeps at "
-                "most the 10,000 most recently probed).</p>") if probe_only else (
+        asked_domains = (f" and the last {len(domain_snapshots)} mail domains asked for through "
+                         "<code>/probe?domain=</code>" if domain_snapshots else "")
+        mode = ("<p>Probe-only mode: no targets and no mail domains are configured. Below are "
+                f"the last {summary.total} targets asked for through <code>/probe</code> (the daemon "
+                f"keeps at most the 10,000 most recently probed){asked_domains}.</p>"
+                ) if probe_only else (
                 '<p>On-demand <code>/probe</code> results. <a href="/">Scheduled targets</a></p>')
     else:
         on_demand_domains = len(exporter.domain_probe_store)
