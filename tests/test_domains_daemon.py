@@ -13,6 +13,7 @@ from dns_server import silent_server
 from helpers import sample_value, samples
 from mail_domains import fqdn, mail_world
 from prometheus_tools import require_tool
+from smtpservers import Sleep
 
 from smtpmon.config.load import parse_config
 from smtpmon.exposition.domains import DomainStore
@@ -290,3 +291,49 @@ def test_an_address_dns_no_longer_names_loses_its_series(world, knot):
     done = subprocess.run([require_tool("promtool"), "check", "metrics"], input=second.encode(),
                           capture_output=True, timeout=30)
     assert done.returncode == 0, (done.stdout + done.stderr).decode()
+
+
+def test_a_domain_run_that_outlasts_its_interval_is_skipped_and_counted(world, tmp_path,
+                                                                        scripted_server):
+    """One probe slot (max_concurrency 1), held nearly all the time by a host target whose
+    server accepts and never speaks (a real tarpit on loopback): the domain's sessions wait
+    for the slot until the domain's deadline and its grace (0.5 s + 1 s), past its 1 s
+    interval, so the runs in between are skipped, and counted on /metrics as a target's are."""
+    tarpit = scripted_server([Sleep(30)])
+    text = f"""\
+global: {{max_concurrency: 1}}
+modules:
+  mx: {{tls: starttls, tls_ca_file: "{world.ca_file}"}}
+  plain: {{tls: none}}
+targets:
+  - {{address: "{tarpit.target}", module: plain, interval: 2s, timeout: 1900ms}}
+domains:
+  - {{domain: {fqdn("good")}, module: mx, port: {world.port}, interval: 1s, timeout: 500ms}}
+  - {{domain: {fqdn("dead")}, module: mx, port: {world.port}, interval: 60s, timeout: 5s}}
+dns:
+  nameservers: ["{world.nameserver}"]
+"""
+    running = start_daemon(tmp_path, text)
+    try:
+        skipped = lambda page: sample_value(  # noqa: E731
+            page, "smtpmon_domain_probe_skipped_total", domain=fqdn("good")) or 0
+        page = running.wait_for(lambda page: skipped(page) >= 2, timeout=20)
+        log = running.log()
+    finally:
+        running.stop()
+    assert sample_value(page, "smtpmon_domain_probe_skipped_total", domain=fqdn("dead")) == 0
+    assert sample_value(page, "smtpmon_domain_probes_total", domain=fqdn("good")) >= 1
+    assert "domain probe skipped: previous run still in flight" in log
+    # The family is documented and typed as a counter (promtool reads the whole page).
+    done = subprocess.run([require_tool("promtool"), "check", "metrics"], input=page.encode(),
+                          capture_output=True, timeout=30)
+    assert done.returncode == 0, (done.stdout + done.stderr).decode()
+
+
+def test_probe_domain_has_no_skip_counter(daemon):
+    """/probe?domain= runs are never skipped: the family is left out there, as for targets."""
+    status, text = daemon.get(f"/probe?domain={fqdn('good')}&module=mx")
+    assert status == 200
+    assert "smtpmon_domain_probe_skipped_total" not in text
+    assert sample_value(daemon.metrics(), "smtpmon_domain_probe_skipped_total",
+                        domain=fqdn("good"), module="mx") == 0

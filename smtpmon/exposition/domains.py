@@ -10,12 +10,16 @@ families (DOMAIN_FAMILIES: verdicts, counts by family, DNS state) follow, one ro
 Rows are rendered when a result is recorded (by the probe's session), so a scrape only joins
 bytes. One lock guards everything; the daemon keeps one store for the schedule and a bounded
 one for `/probe?domain=`.
+
+For the status page each entry also keeps a copy of itself (DomainSnapshot), made when it
+changes and shared by every view until the next change: since when the domain has had its
+verdict, and since when each address has been accepting or failing.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from smtpmon.dns import DOMAIN_STATES
@@ -29,7 +33,7 @@ from smtpmon.exposition.metrics import (
     sample_value,
 )
 from smtpmon.exposition.policy import POLICY_FAMILIES, add_policy
-from smtpmon.exposition.store import slim_result
+from smtpmon.exposition.store import SNAPSHOT_CHUNK, slim_result
 from smtpmon.smtp.results import TlsInfo
 
 DOMAIN_FAMILIES: tuple[Family, ...] = (
@@ -64,6 +68,8 @@ DOMAIN_FAMILIES: tuple[Family, ...] = (
     Family("smtpmon_domain_probe_last_timestamp_seconds", "gauge",
            "When the last probe of the domain finished (Unix time)."),
     Family("smtpmon_domain_probes_total", "counter", "Probes of the domain run."),
+    Family("smtpmon_domain_probe_skipped_total", "counter",
+           "Scheduled runs skipped because the previous probe of the domain was still running."),
     Family("smtpmon_domain_info", "gauge", "Constant 1: the domain's Unicode form."),
 ) + POLICY_FAMILIES
 _HEADERS = tuple(family.header for family in DOMAIN_FAMILIES)
@@ -78,6 +84,23 @@ def _address_key(probe) -> tuple[str, str]:
 class _Address:
     counts: TargetCounts = field(default_factory=TargetCounts)
     tls: TlsInfo | None = None
+    accepts: bool | None = None  # the last session's outcome
+    since: float | None = None  # when the current run of successes or failures began
+
+
+@dataclass(frozen=True, slots=True)
+class DomainSnapshot:
+    """A copy of one entry, safe to read without the lock (for the status page)."""
+
+    name: str  # the A-label
+    module: str
+    unicode: str
+    expect_mail: bool
+    latest: DomainResult | None
+    skipped: int | None  # None for /probe?domain= entries: on-demand runs are never skipped
+    since: float | None  # when the current run of the same verdict began (Unix time)
+    # (MX host, address) -> when its current run of successes or failures began
+    address_since: Mapping[tuple[str, str], float]
 
 
 @dataclass(slots=True)
@@ -88,11 +111,16 @@ class _StoredDomain:
     expect_mail: bool
     latest: DomainResult | None = None
     probes: int = 0
+    skipped: int | None = 0
+    since: float | None = None
     addresses: dict[tuple[str, str], _Address] = field(default_factory=dict)
     address_rows: tuple[tuple[bytes, ...], ...] = ()
     row: tuple[bytes, ...] = ()
+    view: DomainSnapshot | None = None
 
     def add(self, result: DomainResult) -> None:
+        if self.latest is None or self.latest.verdict != result.verdict:
+            self.since = result.started_at
         self.latest = result
         self.probes += 1
         kept: dict[tuple[str, str], _Address] = {}
@@ -102,8 +130,19 @@ class _StoredDomain:
             address.counts.add(probe.result)
             if probe.result.tls is not None:
                 address.tls = probe.result.tls
+            if address.accepts != probe.accepts:
+                address.accepts, address.since = probe.accepts, probe.result.started_at
         self.addresses = kept  # an address DNS no longer names loses its series
         self.render()
+
+    def snapshot(self) -> DomainSnapshot:
+        if self.view is None:
+            self.view = DomainSnapshot(
+                self.name, self.module, self.unicode, self.expect_mail, self.latest,
+                self.skipped, self.since,
+                {key: address.since for key, address in self.addresses.items()
+                 if address.since is not None})
+        return self.view
 
     def render(self) -> None:
         rows = []
@@ -115,13 +154,19 @@ class _StoredDomain:
                                           address.counts, address.tls, None, labels))
         self.address_rows = tuple(rows)
         self.row = render_domain(self.name, self.module, self.unicode, self.expect_mail,
-                                 self.latest, self.probes)
+                                 self.latest, self.probes, self.skipped)
+        # The page's copy is made now, under the lock the change holds anyway, so that a
+        # view of every domain copies references (see DomainStore.snapshot).
+        self.view = None
+        self.snapshot()
 
 
 def render_domain(name: str, module: str, unicode: str, expect_mail: bool,
-                  latest: DomainResult | None, probes: int) -> tuple[bytes, ...]:
+                  latest: DomainResult | None, probes: int,
+                  skipped: int | None = None) -> tuple[bytes, ...]:
     """The domain's own lines, one chunk per DOMAIN_FAMILIES entry. Before its first probe:
-    the series known to exist, at zero."""
+    the series known to exist, at zero. `skipped` is None on `/probe?domain=`, where runs are
+    never skipped and the family is left out."""
     base = f'{{domain="{escape_label_value(name)}",module="{escape_label_value(module)}"'
     lines: list[list[str]] = [[] for _ in DOMAIN_FAMILIES]
 
@@ -131,6 +176,8 @@ def render_domain(name: str, module: str, unicode: str, expect_mail: bool,
     add("smtpmon_domain_info", 1, label_pairs(("domain_unicode",), (unicode,)))
     add("smtpmon_domain_expect_mail", expect_mail)
     add("smtpmon_domain_probes_total", probes)
+    if skipped is not None:
+        add("smtpmon_domain_probe_skipped_total", skipped)
     add("smtpmon_domain_success", latest is not None and latest.success)
     add("smtpmon_domain_deliverable", latest is not None and latest.deliverable)
     if latest is not None:
@@ -174,13 +221,6 @@ def domain_chunks(rows: Sequence[tuple[bytes, ...]]) -> list[bytes]:
     return parts
 
 
-@dataclass(frozen=True, slots=True)
-class DomainSnapshot:
-    name: str
-    module: str
-    latest: DomainResult | None
-
-
 class DomainStore:
     def __init__(self, max_entries: int | None = None) -> None:
         """`max_entries` bounds the entries `record_on_demand` creates (/probe?domain=)."""
@@ -201,6 +241,16 @@ class DomainStore:
                 entry.expect_mail = expect_mail
                 entry.render()
 
+    def record_skip(self, name: str, module: str) -> bool:
+        """Count a scheduled run skipped because the previous probe was still running."""
+        with self._lock:
+            entry = self._entries.get((name, module))
+            if entry is None or entry.skipped is None:
+                return False
+            entry.skipped += 1
+            entry.render()
+            return True
+
     def record(self, result: DomainResult) -> bool:
         """Store a finished domain probe; False (dropped) when the domain is not registered
         (removed by a reload while it ran)."""
@@ -219,7 +269,8 @@ class DomainStore:
             entry = self._entries.pop(key, None)
             if entry is None:
                 entry = _StoredDomain(result.name, result.module,
-                                      result.resolution.domain_unicode, result.expect_mail)
+                                      result.resolution.domain_unicode, result.expect_mail,
+                                      skipped=None)
                 if self._max_entries is not None and len(self._entries) >= self._max_entries:
                     del self._entries[next(iter(self._entries))]
             entry.expect_mail = result.expect_mail
@@ -239,9 +290,29 @@ class DomainStore:
             entry = self._entries.get((name, module))
             return None if entry is None else entry.latest
 
-    def snapshot(self) -> list[DomainSnapshot]:
+    def __len__(self) -> int:
         with self._lock:
-            return [DomainSnapshot(e.name, e.module, e.latest) for e in self._entries.values()]
+            return len(self._entries)
+
+    def snapshot(self) -> list[DomainSnapshot]:
+        """Every entry as it is now, in registration order (for /probe?domain= entries: least
+        recently probed first). Each entry's copy is made when it changes, so a view copies
+        references, holding the lock for SNAPSHOT_CHUNK entries at a time (a probe finishing
+        meanwhile waits for one chunk, never for the whole store)."""
+        with self._lock:
+            entries = list(self._entries.items())
+        snapshots: list[DomainSnapshot] = []
+        for start in range(0, len(entries), SNAPSHOT_CHUNK):
+            with self._lock:
+                for key, entry in entries[start:start + SNAPSHOT_CHUNK]:
+                    if self._entries.get(key) is entry:  # else removed meanwhile
+                        snapshots.append(entry.snapshot())
+        return snapshots
+
+    def snapshot_entry(self, name: str, module: str) -> DomainSnapshot | None:
+        with self._lock:
+            entry = self._entries.get((name, module))
+            return None if entry is None else entry.snapshot()
 
     def address_rows(self) -> list[tuple[bytes, ...]]:
         """Every address session's rendered row (the target families), domain by domain."""

@@ -98,6 +98,7 @@ class Store(Protocol):
 class DomainStore(Protocol):
     def register(self, name: str, module: str, unicode: str, expect_mail: bool) -> None: ...
     def record(self, result: DomainResult) -> bool: ...
+    def record_skip(self, name: str, module: str) -> bool: ...
     def remove(self, name: str, module: str) -> None: ...
 
 
@@ -493,6 +494,8 @@ class Scheduler:
         if self._stopping.is_set():
             return
         if entry.busy:
+            if self._domain_store is not None:
+                self._domain_store.record_skip(entry.name, entry.module_name)
             log.warning("domain probe skipped: previous run still in flight",
                         domain=entry.name, module=entry.module_name)
             return

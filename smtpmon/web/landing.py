@@ -18,21 +18,31 @@ import os
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
-from smtpmon import __version__
 from smtpmon.config.load import Config
+from smtpmon.exposition.domains import DomainSnapshot, DomainStore
 from smtpmon.exposition.history import HistoryView
 from smtpmon.exposition.state import ExporterStatus
 from smtpmon.exposition.store import ResultStore, TargetSnapshot
 from smtpmon.smtp import transcript
-from smtpmon.smtp.results import ProbeResult, StageResult
-from smtpmon.web import docs
+from smtpmon.smtp.results import StageResult
+from smtpmon.web import docs, domain_triage, domains_page
+from smtpmon.web.domains_page import DOMAIN_STYLE
 from smtpmon.web.inert import text
+from smtpmon.web.parts import (
+    SCRIPT,
+    STYLE,
+    Context,
+    duration,
+    failure,
+    header,
+    href,
+    icon,
+    reply_codes,
+    when,
+)
 from smtpmon.web.triage import (
-    DEFAULT_REFRESH_SECONDS,
     FAILING,
     HEALTHY,
     PAGE_SIZE,
@@ -51,14 +61,15 @@ from smtpmon.web.triage import (
     warnings_of,
 )
 
-DETAIL_CHARACTERS = 300
-
 
 class Exporter(Protocol):
     """What the pages read (see smtpmon.web.routes.Exporter)."""
 
     store: ResultStore
     probe_store: ResultStore
+    domain_store: DomainStore
+    domain_probe_store: DomainStore
+    telemetry_path: str
 
     @property
     def config(self) -> Config: ...
@@ -67,71 +78,7 @@ class Exporter(Protocol):
     def ready(self) -> bool: ...
 
 
-@dataclass(frozen=True, slots=True)
-class _Context:
-    """What every row of one rendering shares."""
-
-    now: float
-    docs_directory: Path | None
-
-
 # -- the pieces ---------------------------------------------------------------------------------
-def _ago(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds} s ago"
-    if seconds < 7200:
-        return f"{seconds // 60} min ago"
-    if seconds < 172800:
-        return f"{seconds // 3600} h ago"
-    return f"{seconds // 86400} days ago"
-
-
-def _time(timestamp: float, now: float) -> str:
-    """A point in time as "… ago", kept moving by the page's script, the date in its title."""
-    moment = time.gmtime(timestamp)
-    iso, shown = time.strftime("%Y-%m-%dT%H:%M:%SZ", moment), time.strftime(
-        "%Y-%m-%d %H:%M:%S UTC", moment)
-    return (f'<time datetime="{iso}" data-t="{timestamp:.0f}" title="{shown}">'
-            f"{_ago(now - timestamp)}</time>")
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
-def _code_class(code: int | None) -> str:
-    return f"c{code // 100}" if code is not None and 200 <= code < 600 else "cx"
-
-
-def _reply_codes(result: ProbeResult) -> str:
-    """Every reply by stage (DATA gets two: 354, then the message's verdict), coloured by class,
-    with its enhanced code; the reply's first line in the tooltip."""
-    chips = []
-    for stage in result.stages:
-        if not stage.replies:
-            continue
-        codes = []
-        for reply in stage.replies:
-            code = f"{reply.code:03d}" if reply.code is not None else "???"
-            enhanced = f" {reply.enhanced}" if reply.enhanced else ""
-            first_line = reply.lines[0] if reply.lines else (reply.error or "")
-            codes.append(f'<code class="code {_code_class(reply.code)}" '
-                         f'title="{text(first_line[:200])}">{text(code)}{text(enhanced)}</code>')
-        chips.append(f'<span class="reply"><span class="stage">{text(stage.stage)}</span>'
-                     f'{" ".join(codes)}</span>')
-    return "".join(chips)
-
-
-def _failure(result: ProbeResult, context: _Context) -> str:
-    link = docs.runbook_link(result.reason, context.docs_directory)
-    words = (f'{text(result.failed_stage or "?")}: <a class="reason" href="{text(link)}">'
-             f'{text(result.reason or "unknown")}</a>')
-    if result.detail:
-        words += f'<div class="detail">{text(result.detail[:DETAIL_CHARACTERS])}</div>'
-    return words
-
-
 def _stage_bar(stages: Sequence[StageResult]) -> str:
     total = sum(stage.duration_seconds for stage in stages)
     if total <= 0:
@@ -141,7 +88,7 @@ def _stage_bar(stages: Sequence[StageResult]) -> str:
         share = stage.duration_seconds / total * 100
         failed = "" if stage.ok else " failed"
         parts.append(f'<i class="s-{text(stage.stage)}{failed}" style="width:{share:.1f}%" '
-                     f'title="{text(stage.stage)} {_duration(stage.duration_seconds)}"></i>')
+                     f'title="{text(stage.stage)} {duration(stage.duration_seconds)}"></i>')
     return f'<span class="bar">{"".join(parts)}</span>'
 
 
@@ -182,7 +129,7 @@ def history_strip(history: HistoryView | None, *, detailed: bool = False) -> str
             bars[point.success].append(
                 f'<rect x="{x}" y="{y}" width="{width}" height="{bar}">'
                 f"<title>{text(when)} UTC, {text(outcome)}, "
-                f"{_duration(point.duration_seconds)}</title></rect>")
+                f"{duration(point.duration_seconds)}</title></rect>")
         else:
             bars[point.success].append(f"M{x} {y}h{width}v{bar}h-{width}z")
     total_width = len(points) * step
@@ -214,11 +161,11 @@ def _state(row: Row, now: float) -> str:
     words = f'<span class="badge {row.state}">{_STATE_WORDS[row.state]}</span>'
     if since is not None and row.state != PENDING:
         kind = "failing" if row.state == FAILING else "healthy"
-        words += f'<div class="since">{kind} since {_time(since, now)}</div>'
+        words += f'<div class="since">{kind} since {when(since, now)}</div>'
     return words
 
 
-def _row(row: Row, history: HistoryView | None, context: _Context) -> str:
+def _row(row: Row, history: HistoryView | None, context: Context) -> str:
     snapshot, result = row.snapshot, row.snapshot.latest
     target = (f'<a href="{text(_target_link(snapshot))}"><code>{text(snapshot.target)}</code></a>'
               f'<div class="muted">{text(snapshot.module)}')
@@ -228,15 +175,15 @@ def _row(row: Row, history: HistoryView | None, context: _Context) -> str:
     if result is None:
         cells = (_state(row, context.now), target, "", "", "", "", "", "")
     else:
-        problem = (_failure(result, context) if not result.success else
+        problem = (failure(result, context) if not result.success else
                    "<br>".join(f'<span class="warn">{text(w)}</span>' for w in row.warnings))
         finished = result.started_at + result.duration_seconds
         cells = (
-            _state(row, context.now), target, _reply_codes(result), problem,
-            _stage_bar(result.stages) + f'<div class="muted">{_duration(result.duration_seconds)}'
+            _state(row, context.now), target, reply_codes(result), problem,
+            _stage_bar(result.stages) + f'<div class="muted">{duration(result.duration_seconds)}'
                                         "</div>",
             _tls(snapshot, context.now), history_strip(history),
-            _time(finished, context.now),
+            when(finished, context.now),
         )
     return (f'<tr class="{row.state}">' + "".join(f"<td>{cell}</td>" for cell in cells)
             + "</tr>")
@@ -248,15 +195,15 @@ def _summary(summary: Summary, query: PageQuery, what: str) -> str:
     if total == 0:
         headline = f'<p class="headline muted">No {what} yet.</p>'
     elif failing:
-        headline = (f'<p class="headline failing"><a href="{_href(query, state=FAILING)}">'
+        headline = (f'<p class="headline failing"><a href="{href(query, state=FAILING)}">'
                     f"{failing} of {total} {what} failing</a></p>")
     else:
         headline = f'<p class="headline healthy">All {total} {what} passing</p>'
     counts = " &middot; ".join(
-        f'<a class="count {state}" href="{_href(query, state=state)}">'
+        f'<a class="count {state}" href="{href(query, state=state)}">'
         f"{summary.by_state[state]} {_COUNT_WORDS[state]}</a>" for state in STATES)
     reasons = "".join(
-        f'<a class="chip" href="{_href(query, state=FAILING, reason=reason)}">'
+        f'<a class="chip" href="{href(query, state=FAILING, reason=reason)}">'
         f"{text(reason)} <b>{count}</b></a>" for reason, count in summary.failing_by_reason)
     by_reason = f'<p class="reasons">Failing by reason: {reasons}</p>' if reasons else ""
     return f"{headline}<p>{counts}</p>{by_reason}"
@@ -265,12 +212,12 @@ def _summary(summary: Summary, query: PageQuery, what: str) -> str:
 def _config_facts(config: Config, status: ExporterStatus, now: float) -> str:
     facts = [f"<code>{text(config.source)}</code>"]
     if status.config_loaded_at:
-        facts.append(f"loaded {_time(status.config_loaded_at, now)}")
+        facts.append(f"loaded {when(status.config_loaded_at, now)}")
     if status.config_loaded:
         facts.append('<span class="ok">last load succeeded</span>')
     else:
         errors = "".join(f"<li>{text(error)}</li>" for error in status.config_errors[:20])
-        attempted = (f" {_time(status.config_attempted_at, now)}"
+        attempted = (f" {when(status.config_attempted_at, now)}"
                      if status.config_attempted_at else "")
         facts.append(f'<span class="bad">last reload FAILED{attempted}; the previous '
                      f"configuration keeps running</span><ul class=\"errors\">{errors}</ul>")
@@ -288,7 +235,7 @@ def _resident_bytes() -> int | None:
 
 def _process_facts(ready: bool, status: ExporterStatus, skipped: int, now: float) -> str:
     facts = ['<span class="ok">ready</span>' if ready else '<span class="bad">not ready</span>',
-             f"up since {_time(status.started_at, now)}",
+             f"up since {when(status.started_at, now)}",
              f"{status.probes_in_flight} probe{'' if status.probes_in_flight == 1 else 's'} "
              "running"]
     resident = _resident_bytes()
@@ -301,18 +248,6 @@ def _process_facts(ready: bool, status: ExporterStatus, skipped: int, now: float
 
 
 # -- the filter and the pages -------------------------------------------------------------------
-def _href(query: PageQuery, **changes: object) -> str:
-    """The page's own URL with `changes` to its query (and back to the first page)."""
-    values = {"state": query.state, "q": query.text, "reason": query.reason,
-              "view": "probe" if query.on_demand else None,
-              "refresh": (query.refresh_seconds
-                          if query.refresh_seconds != DEFAULT_REFRESH_SECONDS else None),
-              "page": None}
-    values.update(changes)
-    pairs = {name: value for name, value in values.items() if value not in (None, "")}
-    return text("/?" + urllib.parse.urlencode(pairs) if pairs else "/")
-
-
 def _filter_form(query: PageQuery) -> str:
     options = "".join(
         f'<option value="{state}"{" selected" if query.state == state else ""}>{state}</option>'
@@ -321,18 +256,21 @@ def _filter_form(query: PageQuery) -> str:
     return (f'<form method="get" action="/" class="filter">{hidden}'
             f'<label>State <select name="state">{options}</select></label> '
             f'<label>Search <input type="search" name="q" value="{text(query.text)}" '
-            'placeholder="target, module, reason or address"></label> '
+            'placeholder="target, domain, MX host, module, reason or address"></label> '
             '<button type="submit">Filter</button></form>')
 
 
 def _pager(page: Page, query: PageQuery) -> str:
     start = (page.number - 1) * PAGE_SIZE + 1 if page.rows else 0
     shown = f"{start}–{start + len(page.rows) - 1 if page.rows else 0} of {page.matching}"
+    keep = query.domain_page if query.domain_page > 1 else None  # the domains' page stays
     links = []
     if page.number > 1:
-        links.append(f'<a href="{_href(query, page=page.number - 1)}" rel="prev">previous</a>')
+        links.append(f'<a href="{href(query, page=page.number - 1, dpage=keep)}" '
+                     'rel="prev">previous</a>')
     if page.number < page.count:
-        links.append(f'<a href="{_href(query, page=page.number + 1)}" rel="next">next</a>')
+        links.append(f'<a href="{href(query, page=page.number + 1, dpage=keep)}" '
+                     'rel="next">next</a>')
     return (f'<p class="pager">Showing {shown} (page {page.number} of {page.count}) '
             + " ".join(links) + "</p>")
 
@@ -382,17 +320,19 @@ def expectation_lookup(config: Config) -> Callable[[TargetSnapshot], Expectation
 def render(exporter: Exporter, status: ExporterStatus, query: PageQuery) -> bytes:
     now = time.time()
     config = exporter.config
-    probe_only = not config.targets
+    probe_only = not config.targets and not config.domains
     on_demand = query.on_demand or probe_only
     store = exporter.probe_store if on_demand else exporter.store
     snapshots = store.snapshot(counts=False)
+    domain_snapshots = (exporter.domain_probe_store if on_demand
+                        else exporter.domain_store).snapshot()
     expectation_of = expectation_lookup(config)
     buckets = triage(snapshots, expectation_of, now)
     summary = summarize(buckets)
     page = paginate(buckets, query)
     rows = [Row(snapshot, state, tuple(warnings_of(snapshot, expectation_of(snapshot), now)))
             for state, snapshot in page.rows]
-    context = _Context(now, docs.docs_directory())
+    context = Context(now, docs.docs_directory())
     body = "\n".join(_row(row, store.history(row.snapshot.target, row.snapshot.module), context)
                      for row in rows)
     what = "on-demand targets" if on_demand else "targets"
@@ -404,33 +344,29 @@ def render(exporter: Exporter, status: ExporterStatus, query: PageQuery) -> byte
         else:
             empty = "Nothing matches this filter."
         body = f'<tr><td colspan="8" class="muted">{empty}</td></tr>'
-    skipped = sum(snapshot.skipped or 0 for snapshot in snapshots)
+    skipped = (sum(snapshot.skipped or 0 for snapshot in snapshots)
+               + domains_page.skipped(domain_snapshots))
+    # A configuration of mail domains only shows no empty targets' table.
+    show_targets = on_demand or bool(config.targets) or not domain_snapshots
+    domains, domain_summary, domains_failing = _domains(domain_snapshots, query, context,
+                                                        on_demand)
     if on_demand:
-        mode = ("<p>Probe-only mode: no targets are configured. Below are the last "
-                f"{summary.total} targets asked for through <code>/probe</code> (the daemon keeps at "
-                "most the 10,000 most recently probed).</p>") if probe_only else (
+        asked_domains = (f" and the last {len(domain_snapshots)} mail domains asked for through "
+                         "<code>/probe?domain=</code>" if domain_snapshots else "")
+        mode = ("<p>Probe-only mode: no targets and no mail domains are configured. Below are "
+                f"the last {summary.total} targets asked for through <code>/probe</code> (the daemon "
+                f"keeps at most the 10,000 most recently probed){asked_domains}.</p>"
+                ) if probe_only else (
                 '<p>On-demand <code>/probe</code> results. <a href="/">Scheduled targets</a></p>')
     else:
+        on_demand_domains = len(exporter.domain_probe_store)
+        also = (f" and {on_demand_domains} domains through <code>/probe?domain=</code>"
+                if on_demand_domains else "")
         mode = (f'<p class="muted">{len(exporter.probe_store)} targets asked for through '
-                f'<code>/probe</code>: <a href="/?view=probe">see them</a></p>')
-    refresh = (f'<meta http-equiv="refresh" content="{query.refresh_seconds}">'
-               if query.refresh_seconds else "")
-    refresh_words = (f"refreshes every {query.refresh_seconds} s "
-                     f'(<a href="{_href(query, refresh=0)}">stop</a>)' if query.refresh_seconds
-                     else f'not refreshing (<a href="{_href(query, refresh=None)}">resume</a>)')
-    page_html = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">{refresh}
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_title(summary, what)}</title>{_icon(summary.by_state[FAILING] > 0)}<style>{STYLE}</style></head>
-<body>
-{_header(exporter.telemetry_path)}
-<section class="summary">
-{_summary(summary, query, what)}
-<p>Configuration: {_config_facts(config, status, now)}</p>
-<p>Process: {_process_facts(exporter.ready, status, skipped, now)}</p>
-</section>
-{mode}
-{_filter_form(query)}
+                f'<code>/probe</code>{also}: <a href="/?view=probe">see them</a></p>')
+    targets = ""
+    if show_targets:
+        targets = f"""{'<h2 id="targets">Targets</h2>' if domains else ""}
 {_pager(page, query)}
 <table class="targets">
 <thead><tr><th>State</th><th>Target</th><th>Reply codes by stage</th><th>Failure / warnings</th>
@@ -438,7 +374,29 @@ def render(exporter: Exporter, status: ExporterStatus, query: PageQuery) -> byte
 <tbody>
 {body}
 </tbody></table>
-{_pager(page, query) if page.count > 1 else ""}
+{_pager(page, query) if page.count > 1 else ""}"""
+    failing = (summary.by_state[FAILING] if show_targets else 0) + domains_failing
+    title = _title(summary if show_targets else None, what, failing, len(domain_snapshots))
+    style = STYLE + DOMAIN_STYLE if domains else STYLE
+    refresh = (f'<meta http-equiv="refresh" content="{query.refresh_seconds}">'
+               if query.refresh_seconds else "")
+    refresh_words = (f"refreshes every {query.refresh_seconds} s "
+                     f'(<a href="{href(query, refresh=0)}">stop</a>)' if query.refresh_seconds
+                     else f'not refreshing (<a href="{href(query, refresh=None)}">resume</a>)')
+    page_html = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">{refresh}
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>{icon(failing > 0)}<style>{style}</style></head>
+<body>
+{header(exporter.telemetry_path)}
+<section class="summary">
+{_summary(summary, query, what) if show_targets else ""}{domain_summary}
+<p>Configuration: {_config_facts(config, status, now)}</p>
+<p>Process: {_process_facts(exporter.ready, status, skipped, now)}</p>
+</section>
+{mode}
+{_filter_form(query)}
+{domains}{targets}
 <p class="muted">Rendered {time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))};
 {refresh_words}.</p>
 <script>{SCRIPT}</script>
@@ -447,26 +405,33 @@ def render(exporter: Exporter, status: ExporterStatus, query: PageQuery) -> byte
     return page_html.encode("utf-8")
 
 
-def _icon(failing: bool) -> str:
-    """The tab's icon, inline (a browser asks for /favicon.ico otherwise): a red or green dot,
-    so a tab among many says whether mail flows."""
-    colour = "%23c4162a" if failing else "%232e9a48"
-    return ('<link rel="icon" href="data:image/svg+xml,<svg xmlns=%22http://www.w3.org/2000/svg%22 '
-            f'viewBox=%220 0 16 16%22><circle cx=%228%22 cy=%228%22 r=%227%22 fill=%22{colour}%22/>'
-            '</svg>">')
+def _domains(snapshots: Sequence[DomainSnapshot], query: PageQuery, context: Context,
+             on_demand: bool) -> tuple[str, str, int]:
+    """The mail domains' section, their lines in the summary, and how many are undeliverable;
+    nothing when there are none."""
+    if not snapshots:
+        return "", "", 0
+    buckets = domain_triage.triage(snapshots)
+    summary = domain_triage.summarize(buckets)
+    page = domain_triage.paginate(buckets, query)
+    return (domains_page.section(page, query, context, on_demand),
+            domains_page.summary_lines(summary, query), summary.by_state[FAILING])
 
 
-def _title(summary: Summary, what: str) -> str:
-    failing = summary.by_state[FAILING]
-    return f"smtpmon: {failing} failing" if failing else f"smtpmon: {summary.total} {what} OK"
+def _title(summary: Summary | None, what: str, failing: int, domains: int) -> str:
+    if failing:
+        return f"smtpmon: {failing} failing"
+    shown = [f"{summary.total} {what}"] if summary is not None else []
+    if domains:
+        shown.append(f"{domains} domains")
+    return f"smtpmon: {', '.join(shown)} OK"
 
 
-def _header(telemetry_path: str) -> str:
-    return (f'<header><h1><a href="/">smtpmon</a></h1><span class="version">version '
-            f"{text(__version__)}</span><nav>"
-            f'<a href="{text(telemetry_path)}">metrics</a> <a href="/-/healthy">healthy</a> '
-            '<a href="/-/ready">ready</a> <a href="/docs">docs</a> '
-            f'<a href="/docs?page={docs.RUNBOOK}">runbook</a></nav></header>')
+# -- a domain's page ----------------------------------------------------------------------------
+def render_domain(exporter: Exporter, name: str, module: str) -> bytes | None:
+    """The mail domain's page (domains_page.py); None when neither store knows it."""
+    return domains_page.render_domain_page(exporter, name, module,
+                                           Context(time.time(), docs.docs_directory()))
 
 
 # -- a target's page ----------------------------------------------------------------------------
@@ -482,7 +447,7 @@ def render_target(exporter: Exporter, target: str, module: str) -> bytes | None:
     else:
         return None
     row = assess(snapshot, expectation_lookup(exporter.config)(snapshot), now)
-    context = _Context(now, docs.docs_directory())
+    context = Context(now, docs.docs_directory())
     sessions = []
     for number, result in enumerate(history.sessions):
         title = "Latest session" if number == 0 else "Earlier session"
@@ -492,7 +457,7 @@ def render_target(exporter: Exporter, target: str, module: str) -> bytes | None:
                    "as plain text</a>")
         sessions.append(
             f'<section class="session {"ok" if result.success else "failing"}">'
-            f"<h3>{title}: {_time(result.started_at, now)}{raw}</h3>"
+            f"<h3>{title}: {when(result.started_at, now)}{raw}</h3>"
             f"<p>{text(transcript.summary_line(result, now=now))}</p>"
             f"<pre>{text(transcript.render(result, summary=False))}</pre></section>")
     if not sessions:
@@ -503,9 +468,9 @@ def render_target(exporter: Exporter, target: str, module: str) -> bytes | None:
              "</table>")
     page_html = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="30">
-<title>smtpmon: {text(target)} ({text(module)})</title>{_icon(row.state == FAILING)}<style>{STYLE}</style></head>
+<title>smtpmon: {text(target)} ({text(module)})</title>{icon(row.state == FAILING)}<style>{STYLE}</style></head>
 <body>
-{_header(exporter.telemetry_path)}
+{header(exporter.telemetry_path)}
 <h2><code>{text(target)}</code> <span class="muted">module {text(module)}</span></h2>
 {table}
 <h3>Last {len(history.points)} probes</h3>
@@ -520,66 +485,3 @@ success before a failure (a run of successes keeps only its latest).</p>
     return page_html.encode("utf-8")
 
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1em 1.5em; color: #1d1d1f; background: #fff; }
-header { display: flex; align-items: baseline; gap: 1em; flex-wrap: wrap; }
-header h1 { margin: 0; font-size: 1.5em; } header h1 a { color: inherit; text-decoration: none; }
-header nav a { margin-right: .8em; } .version { color: #666; }
-.summary { background: #f6f6f8; border-radius: 6px; padding: .2em 1em; margin: .8em 0; }
-.headline { font-size: 1.35em; font-weight: 600; margin: .5em 0; }
-.headline.failing a, .bad { color: #b00020; } .headline.healthy, .ok { color: #176f2c; }
-.warn { color: #8a5300; } .muted { color: #666; font-size: .9em; }
-.count { margin-right: .2em; } .errors { margin: .2em 0; color: #b00020; }
-.chip { display: inline-block; border: 1px solid #d6a0a8; border-radius: 1em; padding: 0 .6em;
-        margin: .1em .3em .1em 0; color: #b00020; text-decoration: none; }
-table.targets { border-collapse: collapse; width: 100%; }
-table.targets th, table.targets td { border-bottom: 1px solid #e2e2e6; padding: .35em .5em;
-        text-align: left; vertical-align: top; font-size: .92em; }
-table.targets th { background: #f0f0f3; position: sticky; top: 0; }
-tr.failing td:first-child { border-left: 4px solid #b00020; }
-tr.warning td:first-child { border-left: 4px solid #d08a00; }
-tr.healthy td:first-child { border-left: 4px solid #2e9a48; }
-tr.pending td:first-child { border-left: 4px solid #aaa; }
-.badge { font-weight: 700; font-size: .85em; padding: .1em .45em; border-radius: 3px; }
-.badge.failing { background: #b00020; color: #fff; } .badge.warning { background: #ffd27a; color: #4a2d00; }
-.badge.healthy { background: #d8f0dd; color: #176f2c; } .badge.pending { background: #eee; color: #555; }
-.since { font-size: .85em; color: #555; white-space: nowrap; }
-.reply { display: inline-block; margin: 0 .35em .2em 0; white-space: nowrap; }
-.reply .stage { font-size: .8em; color: #555; margin-right: .2em; }
-.code { padding: 0 .3em; border-radius: 3px; font-weight: 600; }
-.code.c2 { background: #dff3e4; color: #176f2c; } .code.c3 { background: #e1eafb; color: #1f4fa0; }
-.code.c4 { background: #ffedc7; color: #8a5300; } .code.c5 { background: #fde0e4; color: #b00020; }
-.code.cx { background: #eee; color: #333; outline: 1px dashed #999; }
-.detail { color: #555; font-size: .85em; max-width: 40em; overflow-wrap: anywhere; }
-.bar { display: inline-flex; width: 9em; height: .8em; background: #eee; border-radius: 2px;
-       overflow: hidden; vertical-align: middle; }
-.bar i { display: block; height: 100%; min-width: 1px; background: #7d8fb3; }
-.bar i.s-connect { background: #9aa9c7; } .bar i.s-banner { background: #5c7cb8; }
-.bar i.s-starttls { background: #8e6cc0; } .bar i.s-ehlo, .bar i.s-ehlo_tls { background: #4e9ab3; }
-.bar i.s-mail, .bar i.s-rcpt, .bar i.s-data { background: #3f8f6f; } .bar i.failed { background: #b00020; }
-svg.history .ok, svg.history g.ok rect { fill: #2e9a48; }
-svg.history .ko, svg.history g.ko rect { fill: #c4162a; }
-.filter { margin: .6em 0; } .filter input { width: 18em; } .pager { margin: .4em 0; }
-.session pre { background: #f6f6f8; padding: .6em; overflow-x: auto; font-size: .85em; }
-.session.failing h3 { color: #b00020; }
-"""
-
-# Keeps the "… ago" times moving between refreshes; the page works without it.
-SCRIPT = """
-(function () {
-  function ago(s) {
-    s = Math.max(0, Math.floor(s));
-    if (s < 120) return s + " s ago";
-    if (s < 7200) return Math.floor(s / 60) + " min ago";
-    if (s < 172800) return Math.floor(s / 3600) + " h ago";
-    return Math.floor(s / 86400) + " days ago";
-  }
-  function tick() {
-    var now = Date.now() / 1000;
-    document.querySelectorAll("time[data-t]").forEach(function (el) {
-      el.textContent = ago(now - Number(el.getAttribute("data-t")));
-    });
-  }
-  setInterval(tick, 1000);
-})();
-"""

@@ -93,6 +93,18 @@ def target_page(exporter: Exporter, request: Request) -> Answer:
     return Answer(HTTPStatus.OK, page, HTML)
 
 
+def domain_page(exporter: Exporter, request: Request) -> Answer:
+    """A mail domain's page: /domain?domain=NAME&module=NAME (NAME as the `domain` label)."""
+    params = single_parameters(request.query)
+    name, module_name = params.get("domain"), params.get("module")
+    if not name or not module_name:
+        raise BadRequest("parameters 'domain' and 'module' are required")
+    page = landing.render_domain(exporter, name, module_name)
+    if page is None:
+        return Answer(HTTPStatus.NOT_FOUND, "no such domain and module\n")
+    return Answer(HTTPStatus.OK, page, HTML)
+
+
 def docs_page(exporter: Exporter, request: Request) -> Answer:
     """docs/*.md as HTML (smtpmon.web.docs): the index, or ?page=NAME."""
     name = single_parameters(request.query).get("page")
@@ -137,6 +149,7 @@ ROUTES: dict[str, tuple[Route, tuple[str, ...]]] = {
     "/probe": (answer_probe, ("GET",)),
     "/transcript": (show_transcript, ("GET", "HEAD")),
     "/target": (target_page, ("GET", "HEAD")),
+    "/domain": (domain_page, ("GET", "HEAD")),
     "/docs": (docs_page, ("GET", "HEAD")),
     "/-/healthy": (healthy, ("GET", "HEAD")),
     "/-/ready": (ready, ("GET", "HEAD")),

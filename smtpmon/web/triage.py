@@ -55,11 +55,12 @@ class Row:
 @dataclass(frozen=True, slots=True)
 class PageQuery:
     state: str | None = None  # one of STATES; None: all
-    text: str = ""  # a case-insensitive part of the target, module, reason or address
+    text: str = ""  # a case-insensitive part of the target (domain, MX host), module, reason or address
     reason: str | None = None
     page: int = 1
     refresh_seconds: int = DEFAULT_REFRESH_SECONDS
     on_demand: bool = False  # show the /probe results instead of the configured targets
+    domain_page: int = 1  # the mail domains' own page (domain_triage.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +80,10 @@ class Page:
 
 def parse_query(params: Mapping[str, str]) -> PageQuery:
     """The page's parameters; QueryError names the one that is wrong and why."""
-    unknown = sorted(set(params) - {"state", "q", "reason", "page", "refresh", "view"})
+    unknown = sorted(set(params) - {"state", "q", "reason", "page", "dpage", "refresh", "view"})
     if unknown:
         raise QueryError(f"unknown parameter {unknown[0]!r}; known: state, q, reason, page, "
-                         "refresh, view")
+                         "dpage, refresh, view")
     state = params.get("state") or None
     if state not in (None, "all", *STATES):
         raise QueryError(f"parameter 'state' must be one of all, {', '.join(STATES)}")
@@ -90,6 +91,7 @@ def parse_query(params: Mapping[str, str]) -> PageQuery:
     if len(text) > MAX_QUERY_LENGTH:
         raise QueryError(f"parameter 'q' is longer than {MAX_QUERY_LENGTH} characters")
     page = _integer(params, "page", 1, 1, 10**9)
+    domain_page = _integer(params, "dpage", 1, 1, 10**9)
     refresh = _integer(params, "refresh", DEFAULT_REFRESH_SECONDS, 0, MAX_REFRESH_SECONDS)
     if 0 < refresh < MIN_REFRESH_SECONDS:
         raise QueryError(f"parameter 'refresh' must be 0 (off) or at least {MIN_REFRESH_SECONDS}")
@@ -97,7 +99,7 @@ def parse_query(params: Mapping[str, str]) -> PageQuery:
     if view not in ("targets", "probe"):
         raise QueryError("parameter 'view' must be targets or probe")
     return PageQuery(None if state == "all" else state, text, params.get("reason") or None,
-                     page, refresh, view == "probe")
+                     page, refresh, view == "probe", domain_page)
 
 
 def _integer(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
