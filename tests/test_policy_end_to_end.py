@@ -8,6 +8,7 @@ name reaches the system resolver."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -148,3 +149,34 @@ def test_the_command_line_shows_the_policy_and_the_mx_it_misses(world):
     tree = json.loads(cli(world, "sts", "--json").stdout)
     assert tree["policy"]["lookups"]["sts"]["policy"]["mode"] == "enforce"
     assert [a["sts"]["verdict"] for a in tree["policy"]["addresses"]] == ["ok", "mx_not_listed"]
+
+
+def test_the_status_page_fails_a_domain_by_its_tls_policy(daemon):
+    """A domain every session of which passes, but whose MX a DANE sender (or an enforced
+    MTA-STS policy) refuses, is failing on the page, first, with the verdict at the address."""
+    status, page = daemon.get("/")
+    assert status == 200
+    order = re.findall(r'<tbody class="domain (\w+)" data-domain="([^"]+)"', page)
+    assert order == [("failing", "changed.pol.test"), ("failing", "sts.pol.test"),
+                     ("healthy", "good.pol.test"), ("healthy", "selfsigned.pol.test")]
+    changed = page[page.index('data-domain="changed.pol.test"'):page.index('data-domain="sts.pol.test"')]
+    assert '<span class="badge failing">FAILING</span>' in changed  # deliverable, but not to DANE senders
+    assert '<span class="policy bad">DANE mismatch</span>' in changed
+    assert ("senders that check the TLS policy do not deliver: mx.changed.pol.test [127.18.4.2]: "
+            "DANE mismatch") in changed
+    sts = page[page.index('data-domain="sts.pol.test"'):page.index('data-domain="good.pol.test"')]
+    assert '<span class="policy bad">MTA-STS mx_not_listed</span>' in sts
+    assert '<span class="policy">MTA-STS ok</span>' in sts
+    good = page[page.index('data-domain="good.pol.test"'):]
+    assert '<span class="policy">DANE match</span>' in good
+    # The filter finds a verdict by its words.
+    _, filtered = daemon.get("/?q=DANE+mismatch")
+    assert re.findall(r'data-domain="([^"]+)"', filtered) == ["changed.pol.test"]
+
+
+def test_the_domain_page_shows_the_tls_policy_as_the_command_line_does(daemon, world):
+    status, page = daemon.get("/domain?domain=changed.pol.test&module=mx")
+    assert status == 200
+    assert "<h2>TLS policy</h2>" in page
+    assert f"DNS   _{world.port}._tcp.mx.changed.pol.test TLSA: secure" in page
+    assert "mx.changed.pol.test [127.18.4.2]: DANE mismatch" in page

@@ -20,7 +20,7 @@ from smtpmon.config.load import REPLY_STAGES, parse_size
 from smtpmon.dns import DnsCache, MxOptions, MxResolver, ResolverSettings, parse_domain
 from smtpmon.dns.mx import DEFAULT_MAX_ADDRESSES_PER_HOST, DEFAULT_MAX_MX_HOSTS
 from smtpmon.domains import policy_report, probe_domain, report
-from smtpmon.domains.policy import judgeable_switches, policy_checker
+from smtpmon.domains.policy import findings, judgeable_switches, policy_checker
 from smtpmon.smtp.client import prepare_tls
 from smtpmon.smtp.module import (
     AUTH_MECHANISMS,
@@ -277,32 +277,14 @@ def judge_domain(result, args: argparse.Namespace) -> tuple[int, list[str]]:
     return max(status, policy_status), list(dict.fromkeys(notes + policy_notes))
 
 
-# DANE verdicts after which DANE-validating senders defer all mail to the address.
-_DANE_FAILURES = ("mismatch", "starttls_missing", "bogus", "lookup_failed")
-
-
 def judge_policy(result) -> tuple[int, list[str]]:
-    """What the TLS policy adds: a DANE failure, or an MX failing an enforced MTA-STS policy,
-    is CRITICAL (senders that honour them do not deliver there); an MX failing a testing
-    policy, or a policy that cannot be fetched, is a WARNING."""
-    policy = result.policy
-    if policy is None:
-        return OK, []
-    status, notes = OK, []
-    for address in policy.addresses:
-        where = f"{address.mx_host} [{address.address}]"
-        if address.dane in _DANE_FAILURES:
-            status = CRITICAL
-            notes.append(f"{where}: DANE {address.dane}")
-        sts = address.sts
-        if sts is not None and sts.severity in ("critical", "warning"):
-            status = max(status, CRITICAL if sts.severity == "critical" else WARNING)
-            notes.append(f"{where}: MTA-STS {sts.verdict}")
-    sts = policy.lookups.sts
-    if sts is not None and sts.fetch_failing:
-        status = max(status, WARNING)
-        notes.append(f"MTA-STS policy fetch failing ({sts.fetch.error})")
-    return status, notes
+    """What the TLS policy adds (smtpmon.domains.policy.findings): a DANE failure, or an MX
+    failing an enforced MTA-STS policy, is CRITICAL (senders that honour them do not deliver
+    there); an MX failing a testing policy, or a policy that cannot be fetched, is a WARNING."""
+    found = findings(result.policy)
+    status = max((CRITICAL if finding.severity == "critical" else WARNING for finding in found),
+                 default=OK)
+    return status, [str(finding) for finding in found]
 
 
 def domain_status_line(result, status: int, notes: list[str], args: argparse.Namespace) -> str:

@@ -41,6 +41,8 @@ from smtpmon.mailtls.tlsrpt import TlsRptRecord
 NO_SESSION = "no_session"
 ADDRESS_DANE_VERDICTS: tuple[str, ...] = DANE_VERDICTS + (NO_SESSION,)
 ADDRESS_STS_VERDICTS: tuple[str, ...] = STS_MX_VERDICTS + (NO_SESSION,)
+# DANE verdicts after which DANE-validating senders defer all mail to the address.
+DANE_FAILURES = ("mismatch", "starttls_missing", "bogus", "lookup_failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,3 +196,38 @@ def judge(lookups: PolicyLookups, probes: Sequence) -> DomainPolicy:
         addresses.append(AddressPolicy(probe.mx.name, probe.address.ip, verdict, check, sts,
                                        pkix_valid))
     return DomainPolicy(lookups, tuple(addresses))
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFinding:
+    """What a domain's TLS policy costs it with the senders that honour it, in words:
+    `critical` (they do not deliver to that MX address: a DANE failure, an MX failing an
+    enforced MTA-STS policy) or `warning` (an MX failing a testing policy, a policy that
+    cannot be fetched). `where` is "mx [address]", or "" for the whole domain."""
+
+    severity: str
+    where: str
+    words: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.words}" if self.where else self.words
+
+
+def findings(policy: DomainPolicy | None) -> list[PolicyFinding]:
+    """The findings of a domain's policy verdicts, worst first; none without a policy. The
+    command line's exit code and the status page's state both come from these."""
+    if policy is None:
+        return []
+    found = []
+    for address in policy.addresses:
+        where = f"{address.mx_host} [{address.address}]"
+        if address.dane in DANE_FAILURES:
+            found.append(PolicyFinding("critical", where, f"DANE {address.dane}"))
+        sts = address.sts
+        if sts is not None and sts.severity in ("critical", "warning"):
+            found.append(PolicyFinding(sts.severity, where, f"MTA-STS {sts.verdict}"))
+    sts = policy.lookups.sts
+    if sts is not None and sts.fetch_failing:
+        found.append(PolicyFinding("warning", "", f"MTA-STS policy fetch failing ({sts.fetch.error})"))
+    found.sort(key=lambda finding: finding.severity != "critical")
+    return found

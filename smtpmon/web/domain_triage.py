@@ -7,7 +7,7 @@ and `invalid` are failing; `degraded` (an MX or an address down while others wor
 family broken, an MX record misconfigured) is the page's warning; `ok` and `no_mail` (a null
 MX where none is expected) are healthy. So the page's one `?state=` vocabulary (triage.STATES)
 filters targets and domains alike, and `?q=` matches a domain, its module, an MX host, an
-address, the DNS state or a failure reason.
+address, the DNS state, a failure reason or a TLS policy verdict (`DANE mismatch`).
 
 Built for 1,000 domains of four addresses on every view: the domains' copies come from the
 store (one per change), the walk over their sessions for the summary makes no object per
@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from smtpmon.domains import FAMILIES, DomainResult
+from smtpmon.domains.policy import findings
 from smtpmon.exposition.domains import DomainSnapshot
 from smtpmon.web.triage import FAILING, HEALTHY, PENDING, STATES, WARNING, PageQuery
 
@@ -51,10 +52,20 @@ class DomainPage:
 
 
 def state_of(snapshot: DomainSnapshot) -> str:
+    """By the verdict, made worse by the TLS policy (smtpmon.domains.policy.findings): an
+    address that senders honouring DANE or an enforced MTA-STS policy will not deliver to
+    fails the domain, a testing policy's failure degrades it."""
     latest = snapshot.latest
     if latest is None:
         return PENDING
-    return _STATE_OF_VERDICT.get(latest.verdict, FAILING)
+    state = _STATE_OF_VERDICT.get(latest.verdict, FAILING)
+    if state != FAILING and latest.policy is not None:
+        found = findings(latest.policy)
+        if any(finding.severity == "critical" for finding in found):
+            return FAILING
+        if found:
+            return WARNING
+    return state
 
 
 def triage(snapshots: Iterable[DomainSnapshot]) -> dict[str, list[DomainSnapshot]]:
@@ -134,6 +145,11 @@ def _haystack(snapshot: DomainSnapshot) -> Iterator[str]:
     for probe in latest.probes:
         if probe.result.reason:
             yield probe.result.reason
+    if latest.policy is not None:
+        for address in latest.policy.addresses:
+            yield f"DANE {address.dane}"
+            if address.sts is not None:
+                yield f"MTA-STS {address.sts.verdict}"
 
 
 def paginate(buckets: Mapping[str, Sequence[DomainSnapshot]], query: PageQuery) -> DomainPage:
@@ -162,7 +178,8 @@ def paginate(buckets: Mapping[str, Sequence[DomainSnapshot]], query: PageQuery) 
 def problems(result: DomainResult) -> list[str]:
     """Why a domain that a sender can deliver to is degraded (or what else is worth a look),
     in words: the addresses failing, an IP family broken while the other works, the most
-    preferred MX not accepting, MX records that are misconfigured, a stale DNS answer."""
+    preferred MX not accepting, MX records that are misconfigured, a stale DNS answer, the TLS
+    policy's findings (DANE, MTA-STS)."""
     words = []
     failing = sum(1 for probe in result.probes if not probe.accepts)
     if failing and result.probes:
@@ -181,7 +198,13 @@ def problems(result: DomainResult) -> list[str]:
         words.append("a DNS lookup failed: the last good answer was used")
     if result.resolution.mx_hosts_capped or any(host.capped for host in result.mx_hosts):
         words.append("capped: not every MX host or address DNS gave is probed")
+    words += [_POLICY_WORDS[finding.severity] + str(finding) for finding in findings(result.policy)]
     return words
+
+
+# What a policy finding costs, said before it.
+_POLICY_WORDS = {"critical": "senders that check the TLS policy do not deliver: ",
+                 "warning": "TLS policy: "}
 
 
 _FAMILY_WORDS = {"ipv4": "IPv4", "ipv6": "IPv6"}

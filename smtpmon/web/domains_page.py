@@ -14,7 +14,8 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Protocol
 
-from smtpmon.domains import AddressProbe, DomainResult
+from smtpmon.domains import AddressProbe, DomainResult, policy_report
+from smtpmon.domains.policy import DANE_FAILURES, DomainPolicy
 from smtpmon.exposition.domains import DomainSnapshot, DomainStore
 from smtpmon.smtp import transcript
 from smtpmon.smtp.results import ProbeResult
@@ -185,7 +186,10 @@ def domain_block(state: str, snapshot: DomainSnapshot, context: Context, *,
         name += f' <span class="muted">({text(snapshot.unicode)})</span>'
     port = f" &middot; port {latest.port}" if latest is not None else ""
     name += f'<div class="muted">{text(snapshot.module)}{port}</div>'
-    badge = f'<span class="badge {state}">{_STATE_WORDS[state]}</span>'
+    words = _STATE_WORDS[state]
+    if state == FAILING and latest is not None and latest.deliverable:
+        words = "FAILING"  # by its TLS policy: senders that check it do not deliver
+    badge = f'<span class="badge {state}">{words}</span>'
     if snapshot.since is not None and state != PENDING:
         badge += (f'<div class="since">{_SINCE_WORDS[state]} since '
                   f"{when(snapshot.since, context.now)}</div>")
@@ -239,11 +243,12 @@ def _host_rows(latest: DomainResult, snapshot: DomainSnapshot, context: Context)
                      "addresses probed (capped)</span>")
         rows.append(f'<tr class="mx"><td></td><td colspan="5">{line}</td></tr>')
         for probe in by_host.get(host.name, ()):
-            rows.append(_address_row(probe, snapshot, context))
+            rows.append(_address_row(probe, latest.policy, snapshot, context))
     return rows
 
 
-def _address_row(probe: AddressProbe, snapshot: DomainSnapshot, context: Context) -> str:
+def _address_row(probe: AddressProbe, policy: DomainPolicy | None, snapshot: DomainSnapshot,
+                 context: Context) -> str:
     result = probe.result
     state = "healthy" if result.success else FAILING
     badge = (f'<span class="badge small {state}">'
@@ -257,7 +262,8 @@ def _address_row(probe: AddressProbe, snapshot: DomainSnapshot, context: Context
     problem = "" if result.success else failure(result, context)
     return (f'<tr class="address {state}"><td>{badge}</td><td class="address">{address}</td>'
             f"<td>{reply_codes(result)}</td><td>{problem}</td>"
-            f"<td>{duration(result.duration_seconds)}</td><td>{_tls(result)}</td></tr>")
+            f"<td>{duration(result.duration_seconds)}</td><td>{_tls(result)}"
+            f"{_policy_chips(policy, probe)}</td></tr>")
 
 
 def _tls(result: ProbeResult) -> str:
@@ -266,6 +272,23 @@ def _tls(result: ProbeResult) -> str:
         return '<span class="muted">no TLS</span>'
     verified = "verified" if tls.verified else '<span class="warn">not verified</span>'
     return f"{text(tls.version or 'TLS')} {verified}"
+
+
+def _policy_chips(policy: DomainPolicy | None, probe: AddressProbe) -> str:
+    """The address's DANE and MTA-STS verdicts, when they were checked: a failure that makes
+    senders honouring the policy stay away is marked as such."""
+    checked = policy.address(probe.mx.name, probe.address.ip) if policy is not None else None
+    if checked is None:
+        return ""
+    chips = []
+    if policy.lookups.mx_lookup_state and checked.dane != "not_applicable":
+        bad = checked.dane in DANE_FAILURES
+        chips.append(f'<span class="policy{" bad" if bad else ""}">DANE {text(checked.dane)}</span>')
+    if checked.sts is not None and checked.sts.verdict != "not_applicable":
+        bad = checked.sts.severity in ("critical", "warning")
+        chips.append(f'<span class="policy{" bad" if bad else ""}">MTA-STS '
+                     f"{text(checked.sts.verdict)}</span>")
+    return "<div>" + " ".join(chips) + "</div>" if chips else ""
 
 
 # -- a domain's page ----------------------------------------------------------------------------
@@ -297,6 +320,7 @@ def render_domain_page(exporter: Exporter, name: str, module: str,
 <table class="domains">{_HEAD}{block}</table>
 <h2>DNS</h2>
 {dns or '<p class="muted">Not resolved yet.</p>'}
+{_policy_section(latest)}
 <h2>Sessions</h2>
 <p class="muted">The last session of each MX address, annotated as <code>smtpmon probe</code>
 prints it.</p>
@@ -305,6 +329,12 @@ prints it.</p>
 </body></html>
 """
     return page_html.encode("utf-8")
+
+
+def _policy_section(latest: DomainResult | None) -> str:
+    """The TLS policy's lookups and verdicts as `smtpmon probe --mx` prints them."""
+    shown = policy_report.render(latest) if latest is not None else ""
+    return f"<h2>TLS policy</h2>\n<pre>{text(shown)}</pre>" if shown else ""
 
 
 def _lookups(latest: DomainResult, now: float) -> str:
@@ -358,4 +388,5 @@ table.domains td.address { padding-left: 2.8em; white-space: nowrap; }
 .dns { font-size: .9em; color: #333; } .pref { font-size: .85em; color: #555; }
 .family { font-size: .8em; color: #555; } .badge.small { font-size: .75em; }
 .headline.degraded a { color: #8a5300; }
+.policy { font-size: .8em; color: #176f2c; } .policy.bad { color: #b00020; font-weight: 600; }
 """
