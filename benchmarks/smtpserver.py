@@ -129,6 +129,8 @@ class Session(asyncio.Protocol):
             if self.behaviour == "tlsjunk":
                 self.transport.write(b"\x15\x03\x03 this is not a TLS record\r\n")
                 return
+            # Nothing more is read as plain text: the client's ClientHello is for start_tls.
+            self.transport.pause_reading()
             asyncio.ensure_future(self.start_tls())
         elif verb.startswith(b"QUIT"):
             self.transport.write(b"221 2.0.0 Bye\r\n")
@@ -145,6 +147,11 @@ class Session(asyncio.Protocol):
             self.tls = True
         except (OSError, ssl.SSLError, ConnectionError):
             transport.abort()
+            return
+        # With TLS 1.3 the client's EHLO follows its Finished at once: the TLS protocol hands
+        # it to data_received before this coroutine resumes, while self.transport is None, so
+        # it waits in the buffer; answer it now, or the session would hang at EHLO.
+        self.data_received(b"")
 
 
 class Listener:
