@@ -72,13 +72,14 @@ def query_wire(name: dns.name.Name, rdtype: str, query_id: int, payload: int) ->
     `query_id`: RD set, one question (class IN), an OPT record (version 0, no flags, no
     options) in the additional section."""
     return (_HEADER.pack(query_id, FLAG_RD, 1, 0, 0, 1)
-            + _question(name, TYPES[rdtype])
+            + _question(name.labels, TYPES[rdtype])
             + b"\x00" + _RR.pack(TYPE_OPT, payload, 0, 0))
 
 
+# Keyed by the labels, not the Name: a Name's hash is worked out afresh at every call.
 @functools.lru_cache(maxsize=16384)
-def _question(name: dns.name.Name, rdtype: int) -> bytes:
-    return name.to_wire() + _QUESTION_TAIL.pack(rdtype, CLASS_IN)
+def _question(labels: tuple[bytes, ...], rdtype: int) -> bytes:
+    return dns.name.Name(labels).to_wire() + _QUESTION_TAIL.pack(rdtype, CLASS_IN)
 
 
 def read_answer(wire: bytes, query_id: int, name: dns.name.Name,
@@ -86,15 +87,15 @@ def read_answer(wire: bytes, query_id: int, name: dns.name.Name,
     """The response `wire` to the query `query_wire(name, rdtype, query_id, ...)`, or None
     when it is not a plain one (dnspython is to read it)."""
     try:
-        return _read(wire, query_id, _lowered(name), TYPES[rdtype])
+        return _read(wire, query_id, _lowered(name.labels), TYPES[rdtype])
     except (_NotPlain, struct.error, IndexError):
         return None
 
 
 @functools.lru_cache(maxsize=16384)
-def _lowered(name: dns.name.Name) -> tuple[bytes, ...]:
+def _lowered(labels: tuple[bytes, ...]) -> tuple[bytes, ...]:
     # Absolute names only (the resolver's questions): the root's empty label left out.
-    return tuple(label.lower() for label in name.labels[:-1])
+    return tuple(label.lower() for label in labels[:-1])
 
 
 def _read(wire: bytes, query_id: int, qname: tuple[bytes, ...], qtype: int) -> WireAnswer:
