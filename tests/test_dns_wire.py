@@ -387,3 +387,27 @@ def test_garbage_after_a_plausible_header(tail):
     check(b"\x12\x67\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + QNAME + b"\x00\x0f\x00\x01" + tail,
           query)
     check(tail, query)
+
+
+# -- in the resolver ---------------------------------------------------------------------------
+def test_a_domain_of_plain_answers_is_resolved_without_dnspythons_parser(knot_server, monkeypatch):
+    """The resolver really takes the reader's way for plain answers (and dnspython's for the
+    rest): with dnspython's parser broken, a domain of plain answers still resolves, and a
+    CNAME's answer fails as unreadable."""
+    from smtpmon.dns import MxResolver, ResolverSettings
+
+    def broken(*args, **kwargs):
+        raise AssertionError("dnspython's parser was called")
+
+    monkeypatch.setattr(dns.message, "from_wire", broken)
+    resolver = MxResolver(ResolverSettings(nameservers=(knot_server.nameserver,)))
+    result = resolver.resolve(f"two.{ZONE}")
+    assert result.state == "ok"
+    assert [(h.preference, h.name, [a.ip for a in h.addresses]) for h in result.mx_hosts] == [
+        (10, f"mxa.two.{ZONE}", ["::1", "127.0.56.1", "127.0.56.2"]),
+        (20, f"mxb.two.{ZONE}", ["127.0.56.3"])]
+    assert {(lookup.rdtype, lookup.state) for lookup in result.lookups} == {
+        ("MX", "ok"), ("AAAA", "ok"), ("A", "ok"), ("AAAA", "nodata")}
+    aliased = resolver.resolve(f"alias.{ZONE}")
+    assert aliased.state == "bad_response"
+    assert "AssertionError: dnspython's parser was called" in " ".join(aliased.notes)
