@@ -90,23 +90,35 @@ def _is_ip_address(text: str) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=NAMES_CACHED)
 def name_text(name: dns.name.Name) -> str:
     """A DNS name as shown in results: lower case, without the final dot ('.' for the root)."""
+    return _name_text(name.labels)
+
+
+def name_unicode(name: dns.name.Name) -> str:
+    """The Unicode form of a name from DNS data; the A-label form when it does not decode
+    (DNS data is not checked like configured names are)."""
+    return _name_unicode(name.labels)
+
+
+# Keyed by the labels, not the Name: a Name's hash is worked out afresh (in Python, octet by
+# octet) at every call.
+@functools.lru_cache(maxsize=NAMES_CACHED)
+def _name_text(labels: tuple[bytes, ...]) -> str:
+    name = dns.name.Name(labels)
     if name == dns.name.root:
         return "."
     return name.to_text(omit_final_dot=True).lower()
 
 
 @functools.lru_cache(maxsize=NAMES_CACHED)
-def name_unicode(name: dns.name.Name) -> str:
-    """The Unicode form of a name from DNS data; the A-label form when it does not decode
-    (DNS data is not checked like configured names are)."""
+def _name_unicode(labels: tuple[bytes, ...]) -> str:
+    name = dns.name.Name(labels)
     try:
         return name.to_unicode(omit_final_dot=True,
                                idna_codec=dns.name.IDNA_2008_Practical).lower()
     except (dns.exception.DNSException, UnicodeError, ValueError):
-        return name_text(name)
+        return _name_text(labels)
 
 
 def is_ip_literal(name: dns.name.Name) -> bool:

@@ -3,7 +3,10 @@
 The questions go to the nameservers of the system resolver (/etc/resolv.conf) by default, or
 to the nameservers the configuration names, as (address, port) pairs. dnspython does the
 protocol work: building and parsing messages, EDNS, the retry over TCP when a UDP answer is
-truncated. This module keeps the deadline and reads the outcome in a sender's terms: an
+truncated; except that the plain answers to MX, A and AAAA questions without DNSSEC, nearly
+every answer a domain probe gets, are read by smtpmon.dns.wire, which leaves anything else
+to dnspython and agrees with it wherever it answers (parsing was most of a refreshed
+resolution's CPU). This module keeps the deadline and reads the outcome in a sender's terms: an
 answer, NODATA, NXDOMAIN, or one of the temporary failures (servfail, timeout, bad_response,
 unreachable), each with a sentence saying what happened.
 
@@ -13,13 +16,16 @@ Blocking (dnspython's sync API): the daemon runs it on the lookup pool's threads
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
+import dns.entropy
 import dns.exception
 import dns.flags
+import dns.inet
 import dns.message
 import dns.name
 import dns.query
@@ -27,6 +33,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
+from smtpmon.dns import wire
 from smtpmon.dns.names import name_text
 
 # What one question can come to. `ok`, `nodata` and `nxdomain` are answers (cacheable, and
@@ -131,9 +138,10 @@ class Resolver:
     up to 2 s between rounds without looking at the lifetime, so a server that answers junk
     at once holds a question up to 2 s past its deadline. The loop here is the same (each
     server in turn, round after round; a server that fails for good is dropped) with every
-    wait cut at the deadline; dnspython still builds, sends and reads the messages, and
-    the retry over TCP of a truncated UDP answer is made here, in what is left of the attempt's
-time (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
+    wait cut at the deadline; dnspython still builds, sends and reads the messages (but for
+    the plain MX, A and AAAA answers: smtpmon.dns.wire), and the retry over TCP of a
+    truncated UDP answer is made here, in what is left of the attempt's time
+    (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
     """
 
     def __init__(self, settings: ResolverSettings) -> None:
@@ -188,10 +196,14 @@ time (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
     def _ask(self, name: dns.name.Name, rdtype: str, deadline: float, dnssec: bool,
              checking_disabled: bool) -> Answer:
         shown = name_text(name)
-        query = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD,
-                                       want_dnssec=dnssec)
-        if checking_disabled:
-            query.flags |= dns.flags.CD
+        query: dns.message.Message | _PlainQuery
+        if rdtype in wire.TYPES and not (dnssec or checking_disabled) and name.is_absolute():
+            query = _PlainQuery(name, rdtype)
+        else:
+            query = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD,
+                                           want_dnssec=dnssec)
+            if checking_disabled:
+                query.flags |= dns.flags.CD
         servers = list(self._servers)
         failures: dict[str, list[str]] = {}  # state -> what each server did
         rcode = ""  # of the last server that answered with a failure rcode
@@ -215,7 +227,7 @@ time (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
                 pause = min(pause * 2, MAX_PAUSE_SECONDS)
         return _gave_up(shown, rdtype, failures, final=True, rcode=rcode)
 
-    def _ask_server(self, query: dns.message.Message, shown: str, rdtype: str,
+    def _ask_server(self, query: dns.message.Message | _PlainQuery, shown: str, rdtype: str,
                     server: tuple[str, int], deadline: float) -> Answer | _Failure:
         """The answer, or what failed (with whether to stop asking this server)."""
         ip, port = server
@@ -224,15 +236,21 @@ time (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
         timeout = min(self.settings.timeout_seconds, deadline - time.monotonic())
         try:
             try:
-                response = dns.query.udp(query, ip, timeout=timeout, port=port,
-                                         raise_on_truncation=True)
+                if isinstance(query, _PlainQuery):
+                    response = _plain_udp(query, ip, port, timeout)
+                    if isinstance(response, wire.WireAnswer):
+                        return _from_wire_answer(shown, rdtype, response)
+                else:
+                    response = dns.query.udp(query, ip, timeout=timeout, port=port,
+                                             raise_on_truncation=True)
             except dns.message.Truncated:
                 # Asked again over TCP, in what is left of the same attempt's time.
                 tcp = True
                 timeout = min(self.settings.timeout_seconds, deadline - time.monotonic())
                 if timeout <= 0:
                     raise dns.exception.Timeout() from None
-                response = dns.query.tcp(query, ip, timeout=timeout, port=port)
+                message = query.message() if isinstance(query, _PlainQuery) else query
+                response = dns.query.tcp(message, ip, timeout=timeout, port=port)
         except dns.exception.Timeout:
             over = " over TCP" if tcp else ""
             return _Failure("timeout", f"{where} did not answer{over} within {max(timeout, 0):.2f} s", False)
@@ -243,23 +261,100 @@ time (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
             return _Failure("unreachable", f"{where} cannot be reached ({_error_text(error)})", True)
         except Exception as error:  # anything dnspython could not read
             return _Failure("bad_response", f"{where} answered something unusable ({_error_text(error)})", True)
-        where = f"{where} over {'TCP' if tcp else 'UDP'}"
-        if response.flags & dns.flags.TC:
-            return _Failure("bad_response", f"{where} answered truncated (TC) even over TCP", True)
-        rcode = response.rcode()
-        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            return _Failure("servfail", f"{where} answered {dns.rcode.to_text(rcode)}", True,
-                            dns.rcode.to_text(rcode))
-        if rcode == dns.rcode.NOERROR and _is_referral(response):
-            servers = ", ".join(sorted({name_text(rrset.name) for rrset in response.authority
-                                        if rrset.rdtype == dns.rdatatype.NS}))
-            return _Failure("servfail", (f"{where} answered with a referral to the nameservers of "
-                                         f"{servers} instead of an answer: it does not resolve "
-                                         "recursively"), True)
+        return _judge_response(response, f"{where} over {'TCP' if tcp else 'UDP'}", shown, rdtype)
+
+
+def _judge_response(response: dns.message.Message, where: str, shown: str,
+                    rdtype: str) -> Answer | _Failure:
+    """What a parsed response to the question comes to (`where`: the server, for the detail)."""
+    if response.flags & dns.flags.TC:
+        return _Failure("bad_response", f"{where} answered truncated (TC) even over TCP", True)
+    rcode = response.rcode()
+    if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        return _Failure("servfail", f"{where} answered {dns.rcode.to_text(rcode)}", True,
+                        dns.rcode.to_text(rcode))
+    if rcode == dns.rcode.NOERROR and _is_referral(response):
+        servers = ", ".join(sorted({name_text(rrset.name) for rrset in response.authority
+                                    if rrset.rdtype == dns.rdatatype.NS}))
+        return _Failure("servfail", (f"{where} answered with a referral to the nameservers of "
+                                     f"{servers} instead of an answer: it does not resolve "
+                                     "recursively"), True)
+    try:
+        return _from_response(shown, rdtype, response)
+    except Exception as error:  # an answer that contradicts itself
+        return _Failure("bad_response", f"{where} answered something unusable ({_error_text(error)})", True)
+
+
+class _PlainQuery:
+    """An MX, A or AAAA question without DNSSEC: its octets built directly (smtpmon.dns.wire),
+    the dnspython message only when needed (a response that wire.read_answer leaves to
+    dnspython, the retry over TCP), with the same ID."""
+
+    __slots__ = ("name", "rdtype", "id", "wire", "_message")
+
+    def __init__(self, name: dns.name.Name, rdtype: str) -> None:
+        self.name = name
+        self.rdtype = rdtype
+        self.id = dns.entropy.random_16()  # as dnspython draws a query's ID
+        self.wire = wire.query_wire(name, rdtype, self.id, EDNS_PAYLOAD)
+        self._message: dns.message.Message | None = None
+
+    def message(self) -> dns.message.Message:
+        if self._message is None:
+            self._message = dns.message.make_query(self.name, self.rdtype, use_edns=0,
+                                                   payload=EDNS_PAYLOAD, id=self.id)
+        return self._message
+
+
+def _plain_udp(query: _PlainQuery, ip: str, port: int,
+               timeout: float) -> wire.WireAnswer | dns.message.Message:
+    """dns.query.udp(query, ip, port=port, timeout=timeout, raise_on_truncation=True), with
+    the same exceptions, but the response read by wire.read_answer when it is a plain one;
+    else parsed and checked as dns.query.udp does (dns.message.from_wire, the source address,
+    is_response)."""
+    family = dns.inet.af_for_address(ip)
+    destination = dns.inet.low_level_address_tuple((ip, port), family)
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(max(timeout, 1e-6))
         try:
-            return _from_response(shown, rdtype, response)
-        except Exception as error:  # an answer that contradicts itself
-            return _Failure("bad_response", f"{where} answered something unusable ({_error_text(error)})", True)
+            sock.sendto(query.wire, destination)
+            octets, source = sock.recvfrom(65535)
+        except TimeoutError:
+            raise dns.exception.Timeout() from None
+    if not _from_destination(family, source, destination):
+        raise dns.query.UnexpectedSource(f"got a response from {source} instead of "
+                                         f"{destination}")
+    answer = wire.read_answer(octets, query.id, query.name, query.rdtype)
+    if answer is not None:
+        return answer
+    response = dns.message.from_wire(octets, raise_on_truncation=True)
+    if not query.message().is_response(response):
+        raise dns.query.BadResponse
+    return response
+
+
+def _from_destination(family: int, source: tuple, destination: tuple) -> bool:
+    """Whether a response came from where the query went, as dnspython checks it."""
+    try:
+        if (dns.inet.inet_pton(family, source[0]) == dns.inet.inet_pton(family, destination[0])
+                and source[1:] == destination[1:]):
+            return True
+    except dns.exception.SyntaxError:
+        pass
+    return dns.inet.is_multicast(destination[0]) and source[1:] == destination[1:]
+
+
+def _from_wire_answer(shown: str, rdtype: str, answer: wire.WireAnswer) -> Answer:
+    """The Answer that _from_response gives for the same response (tests/test_dns_wire.py)."""
+    common = dict(canonical_name=shown,
+                  ttl_seconds=float(answer.ttl) if answer.records or answer.has_soa else 0.0,
+                  authenticated=answer.authenticated,
+                  rcode=dns.rcode.to_text(answer.rcode))
+    if answer.rcode == dns.rcode.NXDOMAIN:
+        return Answer(shown, rdtype, "nxdomain", **common)
+    if not answer.records:
+        return Answer(shown, rdtype, "nodata", **common)
+    return Answer(shown, rdtype, "ok", records=answer.records, **common)
 
 
 def _from_response(shown: str, rdtype: str, response: dns.message.Message) -> Answer:
