@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from smtpmon.domains import FAMILIES, DomainResult
 from smtpmon.domains.policy import findings
 from smtpmon.exposition.domains import DomainSnapshot
-from smtpmon.web.triage import FAILING, HEALTHY, PENDING, STATES, WARNING, PageQuery
+from smtpmon.web.triage import (
+    FAILING,
+    HEALTHY,
+    PENDING,
+    STATES,
+    WARNING,
+    PageQuery,
+    in_buckets,
+)
 
 # Fewer than the targets' 100: a domain is a block of rows (its MX hosts and addresses).
 DOMAIN_PAGE_SIZE = 50
@@ -71,21 +79,11 @@ def state_of(snapshot: DomainSnapshot) -> str:
 def triage(snapshots: Iterable[DomainSnapshot]) -> dict[str, list[DomainSnapshot]]:
     """The domains by state, each state by domain (A-label) then module: failing first, then
     degraded, healthy, not probed yet; a domain stays in place from one refresh to the next."""
-    buckets: dict[str, list[DomainSnapshot]] = {state: [] for state in STATES}
-    for snapshot in snapshots:
-        buckets[state_of(snapshot)].append(snapshot)
-    for bucket in buckets.values():
-        bucket.sort(key=_module)
-        bucket.sort(key=_name)  # stable: by name, then module
-    return buckets
+    return in_buckets(snapshots, state_of, _name)
 
 
 def _name(snapshot: DomainSnapshot) -> str:
     return snapshot.name
-
-
-def _module(snapshot: DomainSnapshot) -> str:
-    return snapshot.module
 
 
 def summarize(buckets: Mapping[str, Sequence[DomainSnapshot]]) -> DomainSummary:

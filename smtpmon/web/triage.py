@@ -10,8 +10,11 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from smtpmon.exposition.store import TargetSnapshot
+
+T = TypeVar("T")  # a target's or a mail domain's snapshot
 
 FAILING, WARNING, HEALTHY, PENDING = "failing", "warning", "healthy", "pending"
 # In the order the page shows them: what needs a person first.
@@ -162,12 +165,21 @@ def triage(snapshots: Iterable[TargetSnapshot],
     Built for 10,000 targets on every view: no object per target beyond the snapshot (a
     collection of the whole heap, which objects alive in large numbers bring on, would cost
     more than the page), and sorted on strings (the keys are not new objects)."""
-    buckets: dict[str, list[TargetSnapshot]] = {state: [] for state in STATES}
+    return in_buckets(snapshots, lambda snapshot: state_of(snapshot, expectation_of(snapshot), now),
+                      _target)
+
+
+def in_buckets(snapshots: Iterable[T], state: Callable[[T], str],
+               name: Callable[[T], str]) -> dict[str, list[T]]:
+    """`snapshots` by `state` (each of STATES, in order), each bucket by `name` then module:
+    the page's order for targets and mail domains alike. Sorted on strings the snapshots hold
+    (the keys are not new objects)."""
+    buckets: dict[str, list[T]] = {each: [] for each in STATES}
     for snapshot in snapshots:
-        buckets[state_of(snapshot, expectation_of(snapshot), now)].append(snapshot)
+        buckets[state(snapshot)].append(snapshot)
     for bucket in buckets.values():
         bucket.sort(key=_module)
-        bucket.sort(key=_target)  # stable: by target, then module
+        bucket.sort(key=name)  # stable: by name, then module
     return buckets
 
 
@@ -175,7 +187,7 @@ def _target(snapshot: TargetSnapshot) -> str:
     return snapshot.target
 
 
-def _module(snapshot: TargetSnapshot) -> str:
+def _module(snapshot) -> str:
     return snapshot.module
 
 
