@@ -5,13 +5,18 @@ policy. No test name reaches the system resolver: every part is named by its add
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from mail_policy_world import PolicyWorld, start_world
 
-from smtpmon.dns import DnsCache, MxResolver, Resolver, ResolverSettings
+import smtpmon.smtp.session as session_module
+from smtpmon.dns import Address, DnsCache, MxHost, MxResolver, NotCached, Resolver, ResolverSettings
 from smtpmon.dns.cached import CachedResolver
 from smtpmon.domains import probe_domain
 from smtpmon.domains.policy import PolicyChecker, PolicySwitches
+from smtpmon.net.lookups import LookupPool
+from smtpmon.smtp.chain import PkixVerdicts, known_pkix_problem, pkix_problem
 from smtpmon.smtp.module import Module
 from smtpmon.smtp.session import run_probe
 
@@ -142,3 +147,78 @@ def test_want_chain_with_a_ca_file_openssl_cannot_load_is_an_internal_error_not_
                        server_name="mx.good.pol.test", want_chain=True)
     assert (result.success, result.failed_stage, result.reason) == (False, "starttls", "internal_error")
     assert "cannot judge the certificate chain: openssl verify failed" in result.detail
+
+
+class CountingPool(LookupPool):
+    """The real lookup pool, noting what each call hands it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds: list[str] = []
+
+    def run(self, key, function, until, hub=None):
+        self.kinds.append(key[0])
+        return super().run(key, function, until, hub)
+
+
+def test_a_domain_probed_again_judges_its_policy_from_the_caches_without_a_lookup_thread(world, parts, monkeypatch):
+    first = probe(world, parts, "good.pol.test")
+    pool = CountingPool()
+    monkeypatch.setattr(session_module, "LOOKUPS", pool)  # where sessions judge PKIX
+    mx, checker, resolver = parts
+    sent = resolver.queries_sent
+    module = Module(tls="opportunistic", tls_ca_file=world.ca_file, timeout_seconds=10)
+    again = probe_domain("good.pol.test", module, mx, port=world.port, policy=checker, lookups=pool,
+                         switches=PolicySwitches(dane=True, mta_sts=True, mta_sts_ca_file=world.ca_file))
+    # Only the MX resolution goes to a thread; the policy lookups and the chain's PKIX verdict
+    # are answered on the probe's own, and nothing new is asked.
+    assert (pool.kinds, resolver.queries_sent) == (["mx"], sent)
+    (address,) = again.policy.addresses
+    assert (address.dane, address.pkix_valid) == ("match", True) == (first.policy.addresses[0].dane, True)
+    assert again.policy.lookups.sts == first.policy.lookups.sts
+
+
+@pytest.mark.parametrize(("domain", "mx_host", "tlsa", "mode", "tlsrpt"), [
+    ("good.pol.test", "mx.good.pol.test", "secure", "none", "absent"),
+    ("sts.pol.test", "mx1.sts.pol.test", "none", "enforce", "present"),
+])
+def test_policy_lookups_from_the_caches_alone_ask_nothing(world, parts, domain, mx_host, tlsa, mode, tlsrpt):
+    _, checker, resolver = parts
+    host = MxHost(preference=10, name=mx_host, unicode_name=mx_host, state="ok",
+                  addresses=(Address("ipv4", "127.18.4.1"),))
+    switches = PolicySwitches(dane=True, mta_sts=True, mta_sts_ca_file=world.ca_file)
+    with pytest.raises(NotCached):
+        checker.look_up(domain, [host], world.port, switches, time.monotonic() + 5, cached_only=True)
+    assert (resolver.queries_sent, checker.policy_fetches) == (0, 0)
+    asked = checker.look_up(domain, [host], world.port, switches, time.monotonic() + 5)
+    sent = resolver.queries_sent
+    cached = checker.look_up(domain, [host], world.port, switches, time.monotonic() + 5, cached_only=True)
+    assert ([t.state for t in cached.tlsa], cached.sts.mode, cached.tlsrpt.state) == ([tlsa], mode, tlsrpt)
+    assert ([t.records for t in cached.tlsa], cached.sts.policy) == ([t.records for t in asked.tlsa], asked.sts.policy)
+    assert all(t.from_cache for t in cached.tlsa)
+    assert (resolver.queries_sent, checker.policy_fetches) == (sent, 1 if mode == "enforce" else 0)
+
+
+def test_pkix_verdicts_are_kept_an_hour_from_when_each_was_made(world):
+    server = world.servers["mx.good"]
+    chain = run_probe(server.target, server.host, server.port,
+                      Module(tls="opportunistic", tls_ca_file=world.ca_file),
+                      server_name="mx.good.pol.test", want_chain=True).tls.chain
+    clock = [0.0]
+    verdicts = PkixVerdicts(kept_seconds=3600, max_entries=2, clock=lambda: clock[0])
+    assert known_pkix_problem(chain, "mx.good.pol.test", world.ca_file, verdicts) == (False, None)
+    assert pkix_problem(chain, "mx.good.pol.test", world.ca_file, verdicts) is None
+    clock[0] = 1800.0
+    wrong = pkix_problem(chain, "elsewhere.pol.test", world.ca_file, verdicts)
+    assert wrong == ("certificate_hostname_mismatch", "hostname mismatch")
+    clock[0] = 3599.0
+    assert known_pkix_problem(chain, "mx.good.pol.test", world.ca_file, verdicts) == (True, None)
+    assert known_pkix_problem(chain, "elsewhere.pol.test", world.ca_file, verdicts) == (True, wrong)
+    clock[0] = 3600.0  # the first verdict's hour is over, the second's is not
+    assert known_pkix_problem(chain, "mx.good.pol.test", world.ca_file, verdicts) == (False, None)
+    assert known_pkix_problem(chain, "elsewhere.pol.test", world.ca_file, verdicts) == (True, wrong)
+    # No certificate is a verdict known without judging; a third chain drops the least recent.
+    assert known_pkix_problem((), "mx.good.pol.test", world.ca_file, verdicts)[1][0] == "certificate_untrusted"
+    pkix_problem(chain, "mx.good.pol.test", world.ca_file, verdicts)
+    pkix_problem(chain, "third.pol.test", world.ca_file, verdicts)
+    assert known_pkix_problem(chain, "elsewhere.pol.test", world.ca_file, verdicts) == (False, None)

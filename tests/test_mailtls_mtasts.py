@@ -6,6 +6,7 @@ CA file. No name is ever given to the system resolver: getaddrinfo is watched.""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -13,7 +14,7 @@ import trustme
 from dns_server import Zone, require_knot, start_knot
 from https_server import NginxServer, Site
 
-from smtpmon.dns import DnsCache, Resolver, ResolverSettings
+from smtpmon.dns import DnsCache, NotCached, Resolver, ResolverSettings
 from smtpmon.dns.cached import CachedResolver
 from smtpmon.mailtls import tlsrpt
 from smtpmon.mailtls.mtasts import MAX_POLICY_BYTES, POLICY_PATH, MtaSts, check_mx
@@ -206,6 +207,38 @@ def test_a_fetch_is_bounded_by_its_timeout(world):
         silent.close()
     assert (result.fetch.error, result.policy) == ("timeout", None)
     assert elapsed < 2.5
+
+
+def test_from_the_caches_alone_nothing_is_asked_fetched_or_waited_for(world):
+    asking = resolver(world)
+    sts = MtaSts(asking, extra_ca_file=world["ca_file"])
+    with pytest.raises(NotCached):  # nothing cached yet
+        sts.check("enforce.sts.test", deadline=time.monotonic() + 10, cached_only=True)
+    assert (asking.resolver.queries_sent, sts.fetches) == (0, 0)
+    first = sts.check("enforce.sts.test", deadline=time.monotonic() + 10)
+    sent = asking.resolver.queries_sent
+    cached = sts.check("enforce.sts.test", deadline=time.monotonic() + 10, cached_only=True)
+    assert (cached.fetched, cached.mode, cached.policy) == (False, "enforce", first.policy)
+    assert (asking.resolver.queries_sent, sts.fetches) == (sent, 1)
+    # While another thread fetches a domain's policy (a host that never answers), asking for
+    # that domain from the caches does not wait for it.
+    silent = socket.create_server(("127.18.0.82", 443))
+    try:
+        world["knot"].set_zone(Zone("sts.test", zone_records("1") + world["untrusted_records"]
+                                    + '_mta-sts.hung 1 TXT "v=STSv1; id=1"\nmta-sts.hung A 127.18.0.82\n'))
+        slow = MtaSts(asking, extra_ca_file=world["ca_file"], fetch_timeout=3.0)
+        assert slow.record("hung.sts.test", deadline=time.monotonic() + 5).state == "present"  # now cached
+        fetching = threading.Thread(target=slow.check, args=("hung.sts.test",),
+                                    kwargs={"deadline": time.monotonic() + 10})
+        fetching.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        with pytest.raises(NotCached):
+            slow.check("hung.sts.test", deadline=time.monotonic() + 10, cached_only=True)
+        assert time.monotonic() - started < 0.5 and fetching.is_alive()
+        fetching.join()
+    finally:
+        silent.close()
 
 
 def test_tls_rpt_record_and_its_report_addresses(world):

@@ -8,7 +8,7 @@ Plain values in, frozen values out; no YAML, no metrics, no scheduler here.
     result.state, [(h.preference, h.name, h.state, h.addresses) for h in result.mx_hosts]
 """
 
-from smtpmon.dns.cache import DnsCache
+from smtpmon.dns.cache import DnsCache, NotCached
 from smtpmon.dns.mx import MxOptions, MxResolver
 from smtpmon.dns.names import DomainName, parse_domain
 from smtpmon.dns.resolver import Resolver, ResolverSettings
@@ -23,6 +23,6 @@ from smtpmon.dns.results import (
 
 __all__ = [
     "DOMAIN_STATES", "MX_HOST_STATES", "Address", "DnsCache", "DomainName",
-    "DomainResolution", "Lookup", "MxHost", "MxOptions", "MxResolver", "Resolver",
+    "DomainResolution", "Lookup", "MxHost", "MxOptions", "MxResolver", "NotCached", "Resolver",
     "ResolverSettings", "parse_domain",
 ]

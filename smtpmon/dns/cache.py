@@ -27,6 +27,10 @@ DEFAULT_GRACE_SECONDS = 300.0
 SWEEP_INTERVAL_SECONDS = 60.0  # how often entries past their grace time are dropped
 
 
+class NotCached(Exception):
+    """A question asked of the cache alone (`cached_only`) that it cannot answer fresh."""
+
+
 @dataclass(slots=True)
 class _Entry:
     answer: Answer  # as asked, with its own TTL
@@ -77,7 +81,7 @@ class DnsCache:
             return len(self._entries)
 
     def get(self, key: Hashable, ask: Callable[[], Answer], *, serve_stale: bool = True,
-            keep_servfail_seconds: float = 0.0) -> Answer:
+            keep_servfail_seconds: float = 0.0, cached_only: bool = False) -> Answer:
         """The answer for `key`: a fresh cached one (`from_cache`, `ttl_seconds` left), else
         `ask()`'s, kept when it is an answer; when `ask()` fails, the last good answer within
         its grace time (`stale`, `failed_state` and `detail` saying what failed), else the
@@ -86,7 +90,10 @@ class DnsCache:
         DNSSEC questions for DANE pass `serve_stale=False` (a zone that turned bogus must
         show at once: senders defer at once) and `keep_servfail_seconds` (a validating
         resolver's SERVFAIL for a bogus zone is lasting; asking again at every probe of every
-        address would multiply the queries, not the information)."""
+        address would multiply the queries, not the information).
+
+        `cached_only`: a fresh cached answer or NotCached, `ask` never called (for a thread
+        that must not wait on the network; the caller asks again where it may)."""
         now = time.monotonic()
         with self._lock:
             entry = self._entries.get(key)
@@ -94,6 +101,8 @@ class DnsCache:
                 self._hits += 1
                 return replace(entry.answer, from_cache=True, duration_seconds=0.0,
                                ttl_seconds=entry.expires - now)
+            if cached_only:
+                raise NotCached(key)
             self._misses += 1
         asked = ask()
         now = time.monotonic()

@@ -18,24 +18,29 @@ SERVFAIL_KEPT_SECONDS = 30.0
 
 class CachedResolver:
     """`resolver`'s answers through `cache` (which may be shared with an MxResolver: keys
-    hold the nameserver set and the flags asked, so entries never mix)."""
+    hold the nameserver set and the flags asked, so entries never mix). With `cached_only`,
+    answers from the cache alone: a question it cannot answer fresh raises NotCached and
+    nothing is sent (`cache_only` is that view of a resolver)."""
 
-    def __init__(self, resolver: Resolver, cache: DnsCache) -> None:
+    def __init__(self, resolver: Resolver, cache: DnsCache, *, cached_only: bool = False) -> None:
         self.resolver = resolver
         self.cache = cache
+        self.cached_only = cached_only
+        self.cache_only = self if cached_only else CachedResolver(resolver, cache, cached_only=True)
 
     def ask(self, name: str, rdtype: str, *, deadline: float, dnssec: bool = False,
             checking_disabled: bool = False) -> Answer:
         """The answer for `name` (text; absolute or not), never an exception for anything
         the network does. DNSSEC questions are never answered stale: DANE's verdicts must
         follow the zone at once. ValueError for a name DNS cannot carry (names are the
-        caller's to check)."""
+        caller's to check); NotCached from a `cached_only` resolver."""
         question = absolute_name(name)
         key = (self.resolver.settings.nameservers, question, rdtype, dnssec, checking_disabled)
         return self.cache.get(
             key, lambda: self.resolver.query(question, rdtype, deadline, dnssec=dnssec,
                                              checking_disabled=checking_disabled),
-            serve_stale=not dnssec, keep_servfail_seconds=SERVFAIL_KEPT_SECONDS if dnssec else 0.0)
+            serve_stale=not dnssec, keep_servfail_seconds=SERVFAIL_KEPT_SECONDS if dnssec else 0.0,
+            cached_only=self.cached_only)
 
 
 def absolute_name(name: str) -> dns.name.Name:

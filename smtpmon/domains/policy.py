@@ -136,20 +136,27 @@ class PolicyChecker:
             return sum(checker.fetches for checker in self._sts.values())
 
     def look_up(self, domain: str, hosts: Sequence[MxHost], port: int, switches: PolicySwitches,
-                deadline: float) -> PolicyLookups:
-        """Never raises for anything DNS or HTTPS does."""
+                deadline: float, *, cached_only: bool = False) -> PolicyLookups:
+        """Never raises for anything DNS or HTTPS does. `cached_only`: from the DNS and policy
+        caches alone, so it never waits (a hub's thread may call it); NotCached when anything
+        must be asked or fetched: then call it again where waiting is allowed."""
         started = time.monotonic()
+        validating, resolver = self.validating, self.resolver
+        if cached_only:
+            validating = validating and validating.cache_only
+            resolver = resolver.cache_only
         mx_state, secure, tlsa = "", False, ()
-        if switches.dane and self.validating is not None:
-            answer = mx_secure(self.validating, domain, deadline=deadline)
+        if switches.dane and validating is not None:
+            answer = mx_secure(validating, domain, deadline=deadline)
             mx_state, secure = answer.state, answer.state == "ok" and answer.authenticated
-            tlsa = tuple(lookup_tlsa(self.validating, host.name, port, mx_is_secure=secure,
+            tlsa = tuple(lookup_tlsa(validating, host.name, port, mx_is_secure=secure,
                                      deadline=deadline)
                          for host in hosts if host.usable)
         sts = record = None
         if switches.mta_sts:
-            sts = self.sts_checker(switches.mta_sts_ca_file).check(domain, deadline=deadline)
-            record = tlsrpt.lookup(self.resolver, domain, deadline=deadline)
+            sts = self.sts_checker(switches.mta_sts_ca_file).check(domain, deadline=deadline,
+                                                                   cached_only=cached_only)
+            record = tlsrpt.lookup(resolver, domain, deadline=deadline)
         return PolicyLookups(switches, mx_state, secure, tlsa, sts, record,
                              time.monotonic() - started)
 

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from smtpmon.dns import DomainResolution, MxOptions, MxResolver, parse_domain
+from smtpmon.dns import DomainResolution, MxOptions, MxResolver, NotCached, parse_domain
 from smtpmon.domains.policy import PolicyChecker, PolicyLookups, PolicySwitches, judge
 from smtpmon.domains.results import AddressProbe, DomainResult
 from smtpmon.logs import get_logger
@@ -153,8 +153,19 @@ def _resolve(resolver: MxResolver, domain: str, options: MxOptions, start: float
 def _look_up_policy(policy: PolicyChecker, resolution: DomainResolution, port: int,
                     switches: PolicySwitches, start: float, deadline: float, hub: Hub | None,
                     lookups: LookupPool) -> PolicyLookups | None:
-    """The policy lookups on the lookup pool, within the resolution's share of the time left
-    (what is cached answers at once); None when they did not finish or failed (logged)."""
+    """The policy lookups from the caches on this thread when everything is there (most
+    runs: answers live for their TTL, policies for their max_age), else on the lookup pool,
+    within the resolution's share of the time left; None when they did not finish or failed
+    (logged)."""
+    try:
+        return policy.look_up(resolution.domain, resolution.mx_hosts, port, switches, deadline,
+                              cached_only=True)
+    except NotCached:
+        pass  # something to ask or fetch: on the pool
+    except Exception as error:  # a bug: as the pool's way reports it
+        log.warning("policy lookups failed", domain=resolution.domain,
+                    detail=f"{type(error).__name__}: {error}")
+        return None
     now = time.monotonic()
     until = min(deadline, now + (deadline - now) * RESOLUTION_SHARE)
     call = functools.partial(policy.look_up, resolution.domain, resolution.mx_hosts, port,

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from smtpmon.dns.cache import NotCached
 from smtpmon.dns.cached import CachedResolver, absolute_name
 from smtpmon.dns.names import name_matches, name_text
 from smtpmon.dns.resolver import Answer
@@ -439,46 +440,59 @@ class MtaSts:
         self._lock = threading.Lock()
         self.fetches = 0  # for the benchmark's figure: fetches, not checks
 
-    def record(self, domain: str, *, deadline: float) -> StsRecord:
-        answer = self._resolver.ask(f"_mta-sts.{domain.rstrip('.')}.", "TXT", deadline=deadline)
+    def record(self, domain: str, *, deadline: float, cached_only: bool = False) -> StsRecord:
+        resolver = self._resolver.cache_only if cached_only else self._resolver
+        answer = resolver.ask(f"_mta-sts.{domain.rstrip('.')}.", "TXT", deadline=deadline)
         if answer.state in ("nodata", "nxdomain"):
             return StsRecord("absent", None, None, answer.detail or f"no TXT record at {answer.name}")
         if answer.state != "ok":
             return StsRecord("lookup_failed", None, None, answer.detail)
         return parse_record(txt_strings(answer))
 
-    def check(self, domain: str, *, deadline: float) -> StsResult:
-        """Never raises. The fetch gets at most fetch_timeout within `deadline`."""
+    def check(self, domain: str, *, deadline: float, cached_only: bool = False) -> StsResult:
+        """Never raises for anything DNS or HTTPS does. The fetch gets at most fetch_timeout
+        within `deadline`. `cached_only`: from the DNS cache and the policy cache alone, never
+        waiting: NotCached when a question, a fetch or another thread's fetch would be waited
+        for."""
         domain = name_text(absolute_name(domain))
         with self._lock:
             lock = self._locks.setdefault(domain, threading.Lock())
-        with lock:
-            record = self.record(domain, deadline=deadline)
-            now = self._clock()
-            cached = self._cached.get(domain)
-            if cached is not None and cached.expires <= now:
-                cached = None
-                del self._cached[domain]
-            if record.state != "present":
-                # No record (or a broken one): a sender keeps applying its unexpired policy.
-                return self._result(domain, record, cached, None, False)
-            last = self._last_fetch.get(domain)
-            last_for_id = last if last is not None and last[0] == record.id else None
-            if cached is not None and cached.policy.id == record.id:
-                return self._result(domain, record, cached, last_for_id and last_for_id[1], False)
-            if (last_for_id is not None and last_for_id[1].error is not None
-                    and now - last_for_id[2] < self._retry_failed_after):
-                return self._result(domain, record, cached, last_for_id[1], False)
-            fetch_deadline = min(deadline, time.monotonic() + self._fetch_timeout)
-            fetch = self._fetcher.fetch(domain, record.id, deadline=fetch_deadline)
-            self.fetches += 1
-            self._last_fetch[domain] = (record.id, fetch, now)
-            if fetch.policy is not None:
-                cached = _Cached(fetch.policy, self._clock() + fetch.policy.max_age)
-                self._cached[domain] = cached
-                if self._ids.get(domain, ("",))[0] != fetch.policy.id:
-                    self._ids[domain] = (fetch.policy.id, self._wall_clock())
-            return self._result(domain, record, cached, fetch, True)
+        if not lock.acquire(blocking=not cached_only):
+            raise NotCached(domain)
+        try:
+            return self._check(domain, deadline, cached_only)
+        finally:
+            lock.release()
+
+    def _check(self, domain: str, deadline: float, cached_only: bool) -> StsResult:
+        record = self.record(domain, deadline=deadline, cached_only=cached_only)
+        now = self._clock()
+        cached = self._cached.get(domain)
+        if cached is not None and cached.expires <= now:
+            cached = None
+            del self._cached[domain]
+        if record.state != "present":
+            # No record (or a broken one): a sender keeps applying its unexpired policy.
+            return self._result(domain, record, cached, None, False)
+        last = self._last_fetch.get(domain)
+        last_for_id = last if last is not None and last[0] == record.id else None
+        if cached is not None and cached.policy.id == record.id:
+            return self._result(domain, record, cached, last_for_id and last_for_id[1], False)
+        if (last_for_id is not None and last_for_id[1].error is not None
+                and now - last_for_id[2] < self._retry_failed_after):
+            return self._result(domain, record, cached, last_for_id[1], False)
+        if cached_only:
+            raise NotCached(domain)
+        fetch_deadline = min(deadline, time.monotonic() + self._fetch_timeout)
+        fetch = self._fetcher.fetch(domain, record.id, deadline=fetch_deadline)
+        self.fetches += 1
+        self._last_fetch[domain] = (record.id, fetch, now)
+        if fetch.policy is not None:
+            cached = _Cached(fetch.policy, self._clock() + fetch.policy.max_age)
+            self._cached[domain] = cached
+            if self._ids.get(domain, ("",))[0] != fetch.policy.id:
+                self._ids[domain] = (fetch.policy.id, self._wall_clock())
+        return self._result(domain, record, cached, fetch, True)
 
     def _result(self, domain: str, record: StsRecord, cached: _Cached | None,
                 fetch: PolicyFetch | None, fetched: bool) -> StsResult:

@@ -13,15 +13,17 @@ The private path is confined to this function and checked by the tests on every 
 
 from __future__ import annotations
 
+import collections
 import datetime
-import functools
 import ipaddress
 import os
 import re
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Hashable
 
 _DER = 2  # _ssl.ENCODING_DER, the value of ssl's Encoding: never imported from the C module
 
@@ -66,12 +68,70 @@ class PkixUnjudged(Exception):
     not a verdict on the server, so never cached."""
 
 
-def pkix_problem(chain: tuple[bytes, ...], server_name: str,
-                 ca_file: str | None) -> tuple[str, str] | None:
+# A server presents the same chain at every probe: its verdict is worked out once an hour
+# (so an expiry shows within the hour), not per session.
+PKIX_VERDICT_SECONDS = 3600.0
+PKIX_VERDICTS_KEPT = 4096  # (chain, name) pairs: two MX hosts of every domain of a large config
+
+Problem = tuple[str, str] | None  # (reason, OpenSSL's words), or None: PKIX-valid
+
+
+class PkixVerdicts:
+    """PKIX verdicts by chain, server name and CA file (its version too, so a replaced file is
+    judged afresh), each kept for `kept_seconds` from when it was made: verdicts made in one
+    burst (a daemon's first interval) are not all made again in the same second an hour later.
+    Least recently used dropped past `max_entries`. Safe to share between threads."""
+
+    def __init__(self, *, kept_seconds: float = PKIX_VERDICT_SECONDS,
+                 max_entries: int = PKIX_VERDICTS_KEPT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._kept_seconds = kept_seconds
+        self._max_entries = max_entries
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: collections.OrderedDict[Hashable, tuple[Problem, float]] = collections.OrderedDict()
+
+    def known(self, key: Hashable) -> tuple[bool, Problem]:
+        """(True, the verdict) when one was made within `kept_seconds`, else (False, None)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return False, None
+            if self._clock() >= entry[1]:
+                del self._entries[key]
+                return False, None
+            self._entries.move_to_end(key)
+            return True, entry[0]
+
+    def keep(self, key: Hashable, problem: Problem) -> None:
+        with self._lock:
+            self._entries[key] = (problem, self._clock() + self._kept_seconds)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+
+
+VERDICTS = PkixVerdicts()
+
+
+def known_pkix_problem(chain: tuple[bytes, ...], server_name: str, ca_file: str | None,
+                       verdicts: PkixVerdicts = VERDICTS) -> tuple[bool, Problem]:
+    """(True, what pkix_problem would answer) when that is known without running anything
+    (no certificate presented, or a verdict made within the hour), else (False, None). No
+    I/O but a stat of the CA file: a caller that must not block (a session on the hub's
+    thread) asks this first and hands only the unknown chains to a thread."""
+    if not chain:
+        return True, _NO_CERTIFICATE
+    return verdicts.known(_verdict_key(chain, server_name, ca_file))
+
+
+def pkix_problem(chain: tuple[bytes, ...], server_name: str, ca_file: str | None,
+                 verdicts: PkixVerdicts = VERDICTS) -> Problem:
     """None when `chain` (leaf first, as presented) has a PKIX path to a trusted CA and the
     leaf names `server_name`; else (reason, OpenSSL's words). Trusted: the system's CAs
     (ssl.get_default_verify_paths()), or only `ca_file` when given (as client.make_tls_context
-    trusts). Raises PkixUnjudged when the judgement cannot be made.
+    trusts). Raises PkixUnjudged when the judgement cannot be made. A verdict made within the
+    hour is answered from `verdicts`.
 
     A session that must read the presented chain (DANE) has to complete its handshake whatever
     PKIX says (DANE-EE certificates are often self-signed), so it handshakes without
@@ -81,15 +141,23 @@ def pkix_problem(chain: tuple[bytes, ...], server_name: str,
     rather than X509_verify_cert through ctypes: libcrypto's structures and symbol versions
     stay OpenSSL's business, and a crash or hang stays in a child process with a timeout."""
     if not chain:
-        return "certificate_untrusted", "the server presented no certificate"
-    # A server presents the same chain at every probe: its verdict is worked out once an hour
-    # (so an expiry shows within the hour), not per session.
-    return _judged(chain, server_name, ca_file, ca_file_version(ca_file), int(time.time() // 3600))
+        return _NO_CERTIFICATE
+    key = _verdict_key(chain, server_name, ca_file)
+    known, problem = verdicts.known(key)
+    if not known:
+        problem = _judge(chain, server_name, ca_file)  # PkixUnjudged is not a verdict: not kept
+        verdicts.keep(key, problem)
+    return problem
 
 
-@functools.lru_cache(maxsize=4096)
-def _judged(chain: tuple[bytes, ...], server_name: str, ca_file: str | None,
-            version: tuple[int, int] | None, hour: int) -> tuple[str, str] | None:
+_NO_CERTIFICATE = ("certificate_untrusted", "the server presented no certificate")
+
+
+def _verdict_key(chain: tuple[bytes, ...], server_name: str, ca_file: str | None) -> Hashable:
+    return chain, server_name, ca_file, ca_file_version(ca_file)
+
+
+def _judge(chain: tuple[bytes, ...], server_name: str, ca_file: str | None) -> Problem:
     with tempfile.TemporaryDirectory(prefix="smtpmon-pkix-") as directory:  # mode 0700
         leaf = os.path.join(directory, "leaf.pem")
         untrusted = os.path.join(directory, "untrusted.pem")

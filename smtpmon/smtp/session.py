@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 
 from smtpmon.net.hub import Hub
-from smtpmon.smtp.chain import PkixUnjudged, pkix_problem
+from smtpmon.smtp.chain import PkixUnjudged, known_pkix_problem, pkix_problem
 from smtpmon.smtp.client import (
     LOOKUPS,
     CertificateError,
@@ -513,10 +513,14 @@ class _Session:
                                    problem[1])
 
     def judge_pkix(self, chain: tuple[bytes, ...], server_name: str) -> tuple[str, str] | None:
-        """pkix_problem on the lookup pool: a chain not judged in the last hour runs the openssl
-        command, which must not hold the hub's thread (every session of the daemon) meanwhile;
-        sessions judging the same chain at once share one run."""
+        """The chain's PKIX verdict: a known one at once (judged within the hour), else
+        pkix_problem on the lookup pool: it runs the openssl command, which must not hold the
+        hub's thread (every session of the daemon) meanwhile; sessions judging the same chain
+        at once share one run."""
         ca_file = self.module.tls_ca_file
+        known, problem = known_pkix_problem(chain, server_name, ca_file)
+        if known:
+            return problem
         judge = functools.partial(pkix_problem, chain, server_name, ca_file)
         until = time.monotonic() + max(0.0, self.deadline - self.clock())
         answered, outcome = LOOKUPS.run(("pkix", chain, server_name, ca_file), judge, until, self.hub)
