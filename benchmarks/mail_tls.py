@@ -7,7 +7,8 @@ A private knotd signs a generated zone: domain dN.bench.test has `MX 10 mxa-dN.m
 per MX host for the key the SMTP server presents (a certificate for `*.mx.bench.test` from a
 test CA), an `_mta-sts` record and a TLS-RPT record. A validating unbound trusts the zone
 (tests/validating_resolver.py) and is smtpmon's only resolver (`dns.nameservers` and
-`dns.validating_resolver`). nginx on 127.61.0.80:443 serves every domain's enforce policy with
+`dns.validating_resolver`), a new one for each phase, so both start with an empty resolver
+cache and see the same TTLs. nginx on 127.61.0.80:443 serves every domain's enforce policy with
 one certificate. The benchmark SMTP server (smtpserver.py) offers STARTTLS on every address.
 
 Two phases, the same module (opportunistic TLS, verified against the test CA) and domains:
@@ -109,14 +110,21 @@ def main() -> None:
         bench.log(f"knotd: {args.domains} signed domains, {addresses} addresses")
         knot = start_knot([Zone(ZONE, zone_records(args.domains, port, tlsa), dnssec_signing=True,
                                 ttl=TTL, negative_ttl=TTL)], workdir=workdir / "knot")
-        unbound = UnboundResolver(workdir / "unbound", UNBOUND, stubs={f"{ZONE}.": f"{knot.address}@{knot.port}"},
-                                  trust_anchors=knot.ds(ZONE)).start()
-        resolver = f"{unbound.address}:{unbound.port}"
-        off, on = workdir / "off.yml", workdir / "on.yml"
-        config(off, args.domains, port, resolver, args.interval, certs.ca_file, policy=False)
-        config(on, args.domains, port, resolver, args.interval, certs.ca_file, policy=True)
-        without = bench.run_phase(procs, off, "smtpmon-policy-off", args.interval, args.measure)
-        with_policy = bench.run_phase(procs, on, "smtpmon-policy-on", args.interval, args.measure)
+        figures = {}
+        for name, policy in (("off", False), ("on", True)):
+            # A new unbound for each phase: one resolver's cache kept from the phase before
+            # would answer with TTLs already counted down, and the second phase would refresh
+            # its answers more often than the first.
+            unbound = UnboundResolver(workdir / f"unbound-{name}", UNBOUND,
+                                      stubs={f"{ZONE}.": f"{knot.address}@{knot.port}"},
+                                      trust_anchors=knot.ds(ZONE)).start()
+            path = workdir / f"{name}.yml"
+            config(path, args.domains, port, f"{unbound.address}:{unbound.port}", args.interval,
+                   certs.ca_file, policy=policy)
+            figures[name] = bench.run_phase(procs, path, f"smtpmon-policy-{name}", args.interval, args.measure)
+            unbound.stop()
+            unbound = None
+        without, with_policy = figures["off"], figures["on"]
     finally:
         procs.close()
         for part in (unbound, knot, nginx):

@@ -30,6 +30,7 @@ from smtpmon.dns import (
     DnsCache,
     MxOptions,
     MxResolver,
+    NotCached,
     ResolverSettings,
     parse_domain,
 )
@@ -508,6 +509,22 @@ def test_answers_are_reused_for_their_ttl(knot_server):
     # a second domain sharing an MX host asks only for what it does not share
     resolver.resolve(fqdn("nullmix"))
     assert resolver.resolver.queries_sent == sent + 1
+
+
+@pytest.mark.parametrize("domain", ["pref", "implicit", "cname", "absent"])
+def test_from_the_cache_alone_a_resolution_asks_nothing(knot_server, domain):
+    """What the daemon tries on the probe's own thread before waking a lookup thread."""
+    resolver = MxResolver(ResolverSettings(nameservers=(knot_server.nameserver,)), DnsCache())
+    with pytest.raises(NotCached):
+        resolver.resolve(fqdn(domain), cached_only=True)
+    assert resolver.resolver.queries_sent == 0
+    asked = resolver.resolve(fqdn(domain))
+    sent = resolver.resolver.queries_sent
+    cached = resolver.resolve(fqdn(domain), cached_only=True)
+    assert (cached.state, table(cached), cached.notes) == (asked.state, table(asked), asked.notes)
+    assert cached.from_cache and resolver.resolver.queries_sent == sent
+    with pytest.raises(NotCached):  # no cache at all: nothing to answer from
+        MxResolver(ResolverSettings(nameservers=(knot_server.nameserver,))).resolve(fqdn(domain), cached_only=True)
 
 
 def test_ttls_are_bounded_below_and_above(knot_server):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import dns.name
 
-from smtpmon.dns.cache import DnsCache
+from smtpmon.dns.cache import DnsCache, NotCached
 from smtpmon.dns.names import (
     DomainName,
     is_ip_literal,
@@ -82,9 +82,10 @@ class MxResolver:
         self.cache = cache
 
     def resolve(self, domain: str, options: MxOptions = MxOptions(),
-                deadline: float | None = None) -> DomainResolution:
+                deadline: float | None = None, *, cached_only: bool = False) -> DomainResolution:
         """Resolve `domain` (Unicode or A-label) by the monotonic `deadline` (default: the
-        settings' lifetime from now)."""
+        settings' lifetime from now). `cached_only`: from fresh cached answers alone, so it
+        never waits (a hub's thread may call it); NotCached when a question must be asked."""
         started = time.monotonic()
         if deadline is None:
             deadline = started + self.resolver.settings.lifetime_seconds
@@ -93,32 +94,36 @@ class MxResolver:
             shown = domain if isinstance(domain, str) else repr(domain)
             return DomainResolution(domain=shown, domain_unicode=shown, state="invalid_name",
                                     ip_protocol=options.ip_protocol, notes=(parsed,))
-        run = _Resolution(self, parsed, options, deadline)
+        run = _Resolution(self, parsed, options, deadline, cached_only)
         return run.result(started)
 
-    def _ask(self, name: dns.name.Name, rdtype: str, deadline: float) -> Answer:
+    def _ask(self, name: dns.name.Name, rdtype: str, deadline: float, cached_only: bool) -> Answer:
         """One question, through the cache when there is one (keyed by nameserver set too:
         two sets may see different answers, e.g. split horizon)."""
         if self.cache is None:
+            if cached_only:
+                raise NotCached(name)
             return self.resolver.query(name, rdtype, deadline)
         key = (self.resolver.settings.nameservers, name_text(name), rdtype)
-        return self.cache.get(key, lambda: self.resolver.query(name, rdtype, deadline))
+        return self.cache.get(key, lambda: self.resolver.query(name, rdtype, deadline),
+                              cached_only=cached_only)
 
 
 class _Resolution:
     """The questions and findings of one domain resolution."""
 
     def __init__(self, owner: MxResolver, domain: DomainName, options: MxOptions,
-                 deadline: float) -> None:
+                 deadline: float, cached_only: bool) -> None:
         self.owner = owner
         self.domain = domain
         self.options = options
         self.deadline = deadline
+        self.cached_only = cached_only
         self.answers: list[Answer] = []
         self.notes: list[str] = []
 
     def ask(self, name: dns.name.Name, rdtype: str) -> Answer:
-        answer = self.owner._ask(name, rdtype, self.deadline)
+        answer = self.owner._ask(name, rdtype, self.deadline, self.cached_only)
         self.answers.append(answer)
         if answer.stale:
             self.notes.append(f"{rdtype} {answer.name}: {answer.detail}")

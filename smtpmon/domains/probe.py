@@ -1,10 +1,12 @@
 """`probe_domain(...) -> DomainResult`: a mail domain probed as senders deliver to it.
 
 1. The domain is resolved as a sending MTA resolves it (smtpmon.dns.MxResolver): MX records
-   by preference, every MX host's addresses, within the caps. The resolution is blocking
+   by preference, every MX host's addresses, within the caps. From the cache alone when every
+   answer is fresh there (no waiting: on the caller's thread); else the resolution is blocking
    (dnspython), so it runs on the shared lookup pool (smtpmon.smtp.client.LOOKUPS); a caller on
    a hub parks meanwhile, so the hub's thread never blocks. Identical resolutions in flight
-   (one domain probed by two modules) share one call.
+   (one domain probed by two modules) share one call. The TLS policy's lookups go the same
+   two ways.
 2. One SMTP session per address of every MX host, all in parallel: connecting to the address
    while TLS sends and checks the MX host's name (SNI, certificate), as sending MTAs do.
 3. The verdicts (smtpmon.domains.results) are derived from the two.
@@ -133,6 +135,10 @@ def _resolve(resolver: MxResolver, domain: str, options: MxOptions, start: float
         return resolver.resolve(domain, options)
     until = min(deadline, start + resolver.resolver.settings.lifetime_seconds,
                 start + (deadline - start) * RESOLUTION_SHARE)
+    try:  # every answer fresh in the cache (most runs): on this thread, no lookup thread woken
+        return resolver.resolve(parsed.a_label, options, until, cached_only=True)
+    except Exception:  # NotCached: a question to ask; anything else the pool's way reports
+        pass
     call = functools.partial(resolver.resolve, parsed.a_label, options, until)
     key = ("mx", id(resolver), parsed.a_label, options)
     # The pool's wait is a little longer than the resolution's own deadline, which it keeps.
