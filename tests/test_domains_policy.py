@@ -222,3 +222,13 @@ def test_pkix_verdicts_are_kept_an_hour_from_when_each_was_made(world):
     pkix_problem(chain, "mx.good.pol.test", world.ca_file, verdicts)
     pkix_problem(chain, "third.pol.test", world.ca_file, verdicts)
     assert known_pkix_problem(chain, "elsewhere.pol.test", world.ca_file, verdicts) == (False, None)
+
+
+def test_a_name_asked_in_another_case_or_without_its_final_dot_is_one_cache_entry(parts):
+    _, checker, resolver = parts
+    ask = checker.resolver.ask
+    first = ask("Good.POL.test", "MX", deadline=time.monotonic() + 5, dnssec=True)
+    again = ask("good.pol.test.", "MX", deadline=time.monotonic() + 5, dnssec=True)
+    assert (first.state, again.from_cache, resolver.queries_sent) == ("ok", True, 1)
+    with pytest.raises(ValueError, match="is not a DNS name"):
+        ask("a" * 64 + ".pol.test", "MX", deadline=time.monotonic() + 5)

@@ -6,6 +6,8 @@ kept once (DnsCache), whatever package asks it.
 
 from __future__ import annotations
 
+import functools
+
 import dns.exception
 import dns.name
 
@@ -34,17 +36,28 @@ class CachedResolver:
         the network does. DNSSEC questions are never answered stale: DANE's verdicts must
         follow the zone at once. ValueError for a name DNS cannot carry (names are the
         caller's to check); NotCached from a `cached_only` resolver."""
-        question = absolute_name(name)
-        key = (self.resolver.settings.nameservers, question, rdtype, dnssec, checking_disabled)
+        # Keyed by the text as asked (DNS names ignore ASCII case): a cached answer needs no
+        # parsing of the name, which is pure Python in dnspython; a miss parses it to ask.
+        text = name if name.isascii() else absolute_name(name).to_text()
+        key = (self.resolver.settings.nameservers, text.lower().rstrip(".") + ".", rdtype, dnssec,
+               checking_disabled)
         return self.cache.get(
-            key, lambda: self.resolver.query(question, rdtype, deadline, dnssec=dnssec,
+            key, lambda: self.resolver.query(absolute_name(name), rdtype, deadline, dnssec=dnssec,
                                              checking_disabled=checking_disabled),
             serve_stale=not dnssec, keep_servfail_seconds=SERVFAIL_KEPT_SECONDS if dnssec else 0.0,
             cached_only=self.cached_only)
 
 
+# The names of the domains' policy questions (TLSA owner names, MTA-STS domains) come back at
+# every probe: their parsing (pure Python in dnspython) is kept. Bounded: /probe?domain= brings
+# names from outside.
+NAMES_KEPT = 16384
+
+
+@functools.lru_cache(maxsize=NAMES_KEPT)
 def absolute_name(name: str) -> dns.name.Name:
-    """`name` as an absolute DNS name. ValueError for text DNS cannot carry."""
+    """`name` as an absolute DNS name (immutable: kept, see NAMES_KEPT). ValueError for text
+    DNS cannot carry."""
     try:
         return dns.name.from_text(name)
     except (dns.exception.DNSException, UnicodeError) as error:
