@@ -1,6 +1,6 @@
 """Mail domains with DANE and MTA-STS on, against the same domains with them off.
 
-    .venv/bin/python benchmarks/mail_tls.py [--domains 1000] [--interval 60] [--measure 120]
+    .venv/bin/python benchmarks/mail_tls.py [--domains 1000] [--interval 60] [--measure 120] [--rounds 1]
 
 A private knotd signs a generated zone: domain dN.bench.test has `MX 10 mxa-dN.mx` and
 `MX 20 mxb-dN.mx`, each with two A records (127.60.0.1 onwards), a DANE-EE `3 1 1` TLSA record
@@ -13,7 +13,8 @@ one certificate. The benchmark SMTP server (smtpserver.py) offers STARTTLS on ev
 
 Two phases, the same module (opportunistic TLS, verified against the test CA) and domains:
 `dane: false, mta_sts: false`, then `dane: true, mta_sts: true` (domains.run_phase: warm-up
-for one interval plus a bit, then `--measure` seconds, /metrics scraped every 15 s). Printed:
+for one interval plus a bit, then `--measure` seconds, /metrics scraped every 15 s), `--rounds`
+times, alternating, each figure the mean of its phase's runs. Printed:
 CPU per SMTP session of each and their ratio, DNS queries per minute (smtpmon_dns_queries_total)
 against what the TTLs allow, policy fetches, lag p99 and RSS. The figures go to
 benchmarks/README.md. Needs root (nginx binds port 443).
@@ -78,11 +79,20 @@ def config(path: Path, domains: int, port: int, resolver: str, interval: float, 
     path.write_text("\n".join(lines) + "\n")
 
 
+def mean_figures(runs: list[dict]) -> dict:
+    """Each figure's mean over the runs of one phase."""
+    return {key: sum(run[key] for run in runs) / len(runs) for key in runs[0]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--domains", type=int, default=1000)
     parser.add_argument("--interval", type=float, default=60.0)
     parser.add_argument("--measure", type=float, default=120.0)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the two phases this many times, alternating (off, on, off, on, "
+                        "...), and give each figure's mean: a drift of the shared machine's speed "
+                        "then weighs on both phases, not on the second one only")
     args = parser.parse_args()
     addresses = 4 * args.domains
     h.raise_fd_limit(addresses + 4096)
@@ -110,21 +120,22 @@ def main() -> None:
         bench.log(f"knotd: {args.domains} signed domains, {addresses} addresses")
         knot = start_knot([Zone(ZONE, zone_records(args.domains, port, tlsa), dnssec_signing=True,
                                 ttl=TTL, negative_ttl=TTL)], workdir=workdir / "knot")
-        figures = {}
-        for name, policy in (("off", False), ("on", True)):
+        runs: dict[str, list[dict]] = {"off": [], "on": []}
+        for name, policy in [("off", False), ("on", True)] * args.rounds:
             # A new unbound for each phase: one resolver's cache kept from the phase before
             # would answer with TTLs already counted down, and the second phase would refresh
             # its answers more often than the first.
-            unbound = UnboundResolver(workdir / f"unbound-{name}", UNBOUND,
+            unbound = UnboundResolver(workdir / f"unbound-{name}-{len(runs[name])}", UNBOUND,
                                       stubs={f"{ZONE}.": f"{knot.address}@{knot.port}"},
                                       trust_anchors=knot.ds(ZONE)).start()
             path = workdir / f"{name}.yml"
             config(path, args.domains, port, f"{unbound.address}:{unbound.port}", args.interval,
                    certs.ca_file, policy=policy)
-            figures[name] = bench.run_phase(procs, path, f"smtpmon-policy-{name}", args.interval, args.measure)
+            runs[name].append(bench.run_phase(procs, path, f"smtpmon-policy-{name}", args.interval,
+                                              args.measure))
             unbound.stop()
             unbound = None
-        without, with_policy = figures["off"], figures["on"]
+        without, with_policy = mean_figures(runs["off"]), mean_figures(runs["on"])
     finally:
         procs.close()
         for part in (unbound, knot, nginx):
@@ -148,6 +159,10 @@ def main() -> None:
         ("RSS at the end (MB)", "rss_mb", "{:.0f}"),
     ):
         print(f"| {title} | {form.format(without[key])} | {form.format(with_policy[key])} |")
+    if args.rounds > 1:
+        print("\nCPU per session (ms) of each run, in the order run: " + "; ".join(
+            f"{name} " + ", ".join(f"{run['cpu_per_session_ms']:.3f}" for run in runs[name])
+            for name in ("off", "on")))
     ratio = with_policy["cpu_per_session_ms"] / without["cpu_per_session_ms"]
     print(f"\nCPU per session, on / off: {ratio:.2f}; DNS queries per minute allowed by the TTLs "
           f"({TTL} s): off {5 * args.domains * 60 / TTL:.0f}, on {12 * args.domains * 60 / TTL:.0f}")
