@@ -16,7 +16,6 @@ session, and only the shown page's rows are made.
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,8 +29,10 @@ from smtpmon.web.triage import (
     PENDING,
     STATES,
     WARNING,
+    Page,
     PageQuery,
     in_buckets,
+    page_of,
 )
 
 # Fewer than the targets' 100: a domain is a block of rows (its MX hosts and addresses).
@@ -49,14 +50,6 @@ class DomainSummary:
     failing_addresses: int
     failing_by_reason: Sequence[tuple[str, int]]  # the addresses' failure reasons, most first
     by_dns_state: Sequence[tuple[str, int]]  # DNS states other than `ok`, most first
-
-
-@dataclass(frozen=True, slots=True)
-class DomainPage:
-    rows: Sequence[tuple[str, DomainSnapshot]]  # (state, snapshot)
-    number: int  # 1-based
-    count: int  # pages in all (at least 1)
-    matching: int  # domains that matched the filter
 
 
 def state_of(snapshot: DomainSnapshot) -> str:
@@ -150,27 +143,9 @@ def _haystack(snapshot: DomainSnapshot) -> Iterator[str]:
                 yield f"MTA-STS {address.sts.verdict}"
 
 
-def paginate(buckets: Mapping[str, Sequence[DomainSnapshot]], query: PageQuery) -> DomainPage:
-    """The query's page (`query.domain_page`) of the domains that match it; a page past the
-    end shows the last one. Only the page's pairs are made."""
-    def matching() -> Iterator[tuple[str, DomainSnapshot]]:
-        for state in STATES:
-            if query.state is not None and state != query.state:
-                continue
-            for snapshot in buckets[state]:
-                if matches(snapshot, state, query):
-                    yield state, snapshot
-
-    if query.reason is None and not query.text:
-        total = sum(len(buckets[state]) for state in STATES
-                    if query.state is None or state == query.state)
-    else:
-        total = sum(1 for _ in matching())
-    count = max(1, -(-total // DOMAIN_PAGE_SIZE))
-    number = min(query.domain_page, count)
-    start = (number - 1) * DOMAIN_PAGE_SIZE
-    return DomainPage(list(itertools.islice(matching(), start, start + DOMAIN_PAGE_SIZE)),
-                      number, count, total)
+def paginate(buckets: Mapping[str, Sequence[DomainSnapshot]], query: PageQuery) -> Page:
+    """The query's page (`query.domain_page`) of the domains that match it."""
+    return page_of(buckets, query, matches, query.domain_page, DOMAIN_PAGE_SIZE)
 
 
 def problems(result: DomainResult) -> list[str]:

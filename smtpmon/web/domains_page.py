@@ -21,7 +21,6 @@ from smtpmon.smtp import transcript
 from smtpmon.smtp.results import ProbeResult
 from smtpmon.web.domain_triage import (
     DOMAIN_PAGE_SIZE,
-    DomainPage,
     DomainSummary,
     family_words,
     problems,
@@ -40,7 +39,7 @@ from smtpmon.web.parts import (
     reply_codes,
     when,
 )
-from smtpmon.web.triage import FAILING, HEALTHY, PENDING, STATES, WARNING, PageQuery
+from smtpmon.web.triage import FAILING, HEALTHY, PENDING, STATES, WARNING, Page, PageQuery
 
 # Where the docs explain a domain's DNS state and an MX host's.
 DNS_STATE_DOCS = "/docs?page=domains#the-dns-state-of-a-domain"
@@ -117,7 +116,7 @@ def _reason_chip(query: PageQuery, reason: str, count: int) -> str:
 
 
 # -- the section --------------------------------------------------------------------------------
-def section(page: DomainPage, query: PageQuery, context: Context, on_demand: bool) -> str:
+def section(page: Page, query: PageQuery, context: Context, on_demand: bool) -> str:
     """The domains' section: its pager and the page's domains, each a block of rows."""
     blocks = "\n".join(domain_block(state, snapshot, context) for state, snapshot in page.rows)
     if not blocks:
@@ -134,7 +133,7 @@ _HEAD = ('<thead><tr><th>State</th><th>Domain &middot; MX host &middot; address<
          "<th>TLS &middot; last probe</th></tr></thead>")
 
 
-def _pager(page: DomainPage, query: PageQuery) -> str:
+def _pager(page: Page, query: PageQuery) -> str:
     start = (page.number - 1) * DOMAIN_PAGE_SIZE + 1 if page.rows else 0
     shown = f"{start}–{start + len(page.rows) - 1 if page.rows else 0} of {page.matching}"
     keep = query.page if query.page > 1 else None  # the targets' page stays where it is

@@ -10,7 +10,7 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from smtpmon.exposition.store import TargetSnapshot
 
@@ -75,7 +75,7 @@ class Summary:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    rows: Sequence[tuple[str, TargetSnapshot]]  # (state, snapshot)
+    rows: Sequence[tuple[str, Any]]  # (state, snapshot): TargetSnapshot or DomainSnapshot
     number: int  # 1-based
     count: int  # pages in all (at least 1)
     matching: int  # rows that matched the filter
@@ -220,24 +220,29 @@ def matches(snapshot: TargetSnapshot, state: str, query: PageQuery) -> bool:
 
 
 def paginate(buckets: Mapping[str, Sequence[TargetSnapshot]], query: PageQuery) -> Page:
-    """The query's page of the snapshots that match it, as (state, snapshot) pairs; a page past
-    the end shows the last one. Only the page's pairs are made."""
-    def matching() -> Iterator[tuple[str, TargetSnapshot]]:
+    """The query's page of the snapshots that match it, as (state, snapshot) pairs."""
+    return page_of(buckets, query, matches, query.page, PAGE_SIZE)
+
+
+def page_of(buckets: Mapping[str, Sequence[T]], query: PageQuery,
+            matching_query: Callable[[T, str, PageQuery], bool], number: int, size: int) -> Page:
+    """Page `number` (of `size` rows) of the snapshots in `buckets` that `matching_query`
+    keeps, as (state, snapshot) pairs in STATES' order; a page past the end shows the last one.
+    Only the page's pairs are made: unfiltered, the total is the buckets' lengths."""
+    def matching() -> Iterator[tuple[str, T]]:
         for state in STATES:
             if query.state is not None and state != query.state:
                 continue
             for snapshot in buckets[state]:
-                if matches(snapshot, state, query):
+                if matching_query(snapshot, state, query):
                     yield state, snapshot
 
-    unfiltered = query.reason is None and not query.text
-    if unfiltered:
+    if query.reason is None and not query.text:
         total = sum(len(buckets[state]) for state in STATES
                     if query.state is None or state == query.state)
     else:
         total = sum(1 for _ in matching())
-    count = max(1, -(-total // PAGE_SIZE))
-    number = min(query.page, count)
-    start = (number - 1) * PAGE_SIZE
-    return Page(list(itertools.islice(matching(), start, start + PAGE_SIZE)), number, count,
-                total)
+    count = max(1, -(-total // size))
+    number = min(number, count)
+    start = (number - 1) * size
+    return Page(list(itertools.islice(matching(), start, start + size)), number, count, total)
