@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,7 +36,7 @@ import harness as h  # noqa: E402
 import trustme  # noqa: E402
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
-from dns_server import Zone, start_knot  # noqa: E402
+from dns_server import KnotServer, Zone, start_knot  # noqa: E402
 from https_server import NginxServer, Site  # noqa: E402
 from validating_resolver import UnboundResolver  # noqa: E402
 
@@ -79,6 +80,55 @@ def config(path: Path, domains: int, port: int, resolver: str, interval: float, 
     path.write_text("\n".join(lines) + "\n")
 
 
+@dataclass
+class World:
+    """The benchmark's parts but the resolver; stop() stops what was started."""
+
+    certs: h.Certificates
+    port: int  # every address's SMTP port
+    knot: KnotServer | None = None
+    nginx: NginxServer | None = None
+
+    def stop(self) -> None:
+        for part in (self.knot, self.nginx):
+            if part is not None:
+                part.stop()
+
+
+def start_world(procs: h.Processes, workdir: Path, domains: int, world: list[World]) -> World:
+    """The SMTP server (4 addresses a domain), nginx serving the policies and knotd signing
+    `domains` domains; the world goes into `world` before anything starts, so that the
+    caller's `finally` stops what did."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("*.mx.bench.test")
+    certs = h.Certificates(str(workdir / "ca.pem"), str(workdir / "cert.pem"), str(workdir / "key.pem"))
+    ca.cert_pem.write_to_path(certs.ca_file)
+    leaf.cert_chain_pems[0].write_to_path(certs.cert_file)
+    leaf.private_key_pem.write_to_path(certs.key_file)
+    key = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).public_key()
+    tlsa = "3 1 1 " + hashlib.sha256(key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+    started = World(certs, h.free_port())
+    world.append(started)
+    server = h.start_smtp_server(procs, certs, [f"ok@{bench.address(i)}" for i in range(4 * domains)],
+                                 port=started.port)
+    assert server.ports and all(p == started.port for p in server.ports), "listeners not on one port"
+    names = [f"mta-sts.d{n}.{ZONE}" for n in range(domains)]
+    started.nginx = NginxServer(Path(tempfile.mkdtemp(dir=workdir)), HTTPS)
+    started.nginx.add(Site(" ".join(names), ca.issue_cert(*names), {"/.well-known/mta-sts.txt": POLICY}))
+    started.nginx.start()
+    bench.log(f"knotd: {domains} signed domains, {4 * domains} addresses")
+    started.knot = start_knot([Zone(ZONE, zone_records(domains, started.port, tlsa), dnssec_signing=True,
+                                    ttl=TTL, negative_ttl=TTL)], workdir=workdir / "knot")
+    return started
+
+
+def start_unbound(directory: Path, knot: KnotServer) -> UnboundResolver:
+    """A validating unbound with an empty cache, trusting the signed zone."""
+    return UnboundResolver(directory, UNBOUND, stubs={f"{ZONE}.": f"{knot.address}@{knot.port}"},
+                           trust_anchors=knot.ds(ZONE)).start()
+
+
 def mean_figures(runs: list[dict]) -> dict:
     """Each figure's mean over the runs of one phase."""
     return {key: sum(run[key] for run in runs) / len(runs) for key in runs[0]}
@@ -98,39 +148,19 @@ def main() -> None:
     h.raise_fd_limit(addresses + 4096)
     workdir = h.workdir("smtpmon-bench-mailtls-")
     procs = h.Processes(workdir)
-    knot = unbound = nginx = None
+    world: list[World] = []
+    unbound = None
     try:
-        ca = trustme.CA()
-        leaf = ca.issue_cert("*.mx.bench.test")
-        certs = h.Certificates(str(workdir / "ca.pem"), str(workdir / "cert.pem"), str(workdir / "key.pem"))
-        ca.cert_pem.write_to_path(certs.ca_file)
-        leaf.cert_chain_pems[0].write_to_path(certs.cert_file)
-        leaf.private_key_pem.write_to_path(certs.key_file)
-        key = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).public_key()
-        tlsa = "3 1 1 " + hashlib.sha256(key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
-        port = h.free_port()
-        server = h.start_smtp_server(procs, certs, [f"ok@{bench.address(i)}" for i in range(addresses)],
-                                     port=port)
-        assert server.ports and all(p == port for p in server.ports), "listeners not on one port"
-        names = [f"mta-sts.d{n}.{ZONE}" for n in range(args.domains)]
-        nginx = NginxServer(Path(tempfile.mkdtemp(dir=workdir)), HTTPS)
-        nginx.add(Site(" ".join(names), ca.issue_cert(*names), {"/.well-known/mta-sts.txt": POLICY}))
-        nginx.start()
-        bench.log(f"knotd: {args.domains} signed domains, {addresses} addresses")
-        knot = start_knot([Zone(ZONE, zone_records(args.domains, port, tlsa), dnssec_signing=True,
-                                ttl=TTL, negative_ttl=TTL)], workdir=workdir / "knot")
+        started = start_world(procs, workdir, args.domains, world)
         runs: dict[str, list[dict]] = {"off": [], "on": []}
         for name, policy in [("off", False), ("on", True)] * args.rounds:
             # A new unbound for each phase: one resolver's cache kept from the phase before
             # would answer with TTLs already counted down, and the second phase would refresh
             # its answers more often than the first.
-            unbound = UnboundResolver(workdir / f"unbound-{name}-{len(runs[name])}", UNBOUND,
-                                      stubs={f"{ZONE}.": f"{knot.address}@{knot.port}"},
-                                      trust_anchors=knot.ds(ZONE)).start()
+            unbound = start_unbound(workdir / f"unbound-{name}-{len(runs[name])}", started.knot)
             path = workdir / f"{name}.yml"
-            config(path, args.domains, port, f"{unbound.address}:{unbound.port}", args.interval,
-                   certs.ca_file, policy=policy)
+            config(path, args.domains, started.port, f"{unbound.address}:{unbound.port}", args.interval,
+                   started.certs.ca_file, policy=policy)
             runs[name].append(bench.run_phase(procs, path, f"smtpmon-policy-{name}", args.interval,
                                               args.measure))
             unbound.stop()
@@ -138,9 +168,10 @@ def main() -> None:
         without, with_policy = mean_figures(runs["off"]), mean_figures(runs["on"])
     finally:
         procs.close()
-        for part in (unbound, knot, nginx):
-            if part is not None:
-                part.stop()
+        if unbound is not None:
+            unbound.stop()
+        for part in world:
+            part.stop()
     # Off: MX, and A + AAAA of two hosts (5 names). On: also the MX with DO, two TLSA, the
     # _mta-sts and _smtp._tls TXT and the policy host's A and AAAA (7 more): 12 per TTL.
     print(f"\n{args.domains} domains × 2 MX × 2 addresses ({addresses} sessions per "

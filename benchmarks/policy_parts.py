@@ -13,25 +13,16 @@ the daemon; this shows where a run's own CPU goes.
 
 from __future__ import annotations
 
-import hashlib
 import resource
 import sys
-import tempfile
 import time
 import timeit
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import domains as bench  # noqa: E402
 import harness as h  # noqa: E402
 import mail_tls  # noqa: E402
-import trustme  # noqa: E402
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from dns_server import Zone, start_knot  # noqa: E402
-from https_server import NginxServer, Site  # noqa: E402
-from validating_resolver import UnboundResolver  # noqa: E402
 
 from smtpmon.dns import DnsCache, MxResolver, Resolver, ResolverSettings  # noqa: E402
 from smtpmon.dns.cached import CachedResolver  # noqa: E402
@@ -60,34 +51,18 @@ def microseconds(call) -> float:
 def main() -> None:
     workdir = h.workdir("smtpmon-bench-policyparts-")
     procs = h.Processes(workdir)
-    knot = unbound = nginx = None
+    world: list[mail_tls.World] = []
+    unbound = None
     try:
-        ca = trustme.CA()
-        leaf = ca.issue_cert("*.mx.bench.test")
-        certs = h.Certificates(str(workdir / "ca.pem"), str(workdir / "cert.pem"), str(workdir / "key.pem"))
-        ca.cert_pem.write_to_path(certs.ca_file)
-        leaf.cert_chain_pems[0].write_to_path(certs.cert_file)
-        leaf.private_key_pem.write_to_path(certs.key_file)
-        key = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).public_key()
-        tlsa = "3 1 1 " + hashlib.sha256(key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
-        port = h.free_port()
-        h.start_smtp_server(procs, certs, [f"ok@{bench.address(i)}" for i in range(4 * DOMAINS)], port=port)
-        names = [f"mta-sts.d{n}.{mail_tls.ZONE}" for n in range(DOMAINS)]
-        nginx = NginxServer(Path(tempfile.mkdtemp(dir=workdir)), mail_tls.HTTPS)
-        nginx.add(Site(" ".join(names), ca.issue_cert(*names), {"/.well-known/mta-sts.txt": mail_tls.POLICY}))
-        nginx.start()
-        knot = start_knot([Zone(mail_tls.ZONE, mail_tls.zone_records(DOMAINS, port, tlsa), dnssec_signing=True,
-                                ttl=mail_tls.TTL, negative_ttl=mail_tls.TTL)], workdir=workdir / "knot")
-        unbound = UnboundResolver(workdir / "unbound", mail_tls.UNBOUND,
-                                  stubs={f"{mail_tls.ZONE}.": f"{knot.address}@{knot.port}"},
-                                  trust_anchors=knot.ds(mail_tls.ZONE)).start()
+        started = mail_tls.start_world(procs, workdir, DOMAINS, world)
+        unbound = mail_tls.start_unbound(workdir / "unbound", started.knot)
+        port = started.port
         resolver = Resolver(ResolverSettings(nameservers=((unbound.address, unbound.port),), timeout_seconds=2.0))
         cache = DnsCache()
         cached = CachedResolver(resolver, cache)
         mx, checker = MxResolver(resolver, cache), PolicyChecker(cached, cached)
-        module = Module(tls="opportunistic", tls_ca_file=certs.ca_file, timeout_seconds=10)
-        switches = PolicySwitches(dane=True, mta_sts=True, mta_sts_ca_file=certs.ca_file)
+        module = Module(tls="opportunistic", tls_ca_file=started.certs.ca_file, timeout_seconds=10)
+        switches = PolicySwitches(dane=True, mta_sts=True, mta_sts_ca_file=started.certs.ca_file)
         domain = f"d0.{mail_tls.ZONE}"
         for _ in range(2):  # the first fills the caches and judges the chain
             on = probe_domain(domain, module, mx, port=port, policy=checker, switches=switches)
@@ -142,9 +117,10 @@ def main() -> None:
             print(f"| {number} | {without:.3f} | {with_policy:.3f} | {with_policy / without:.2f} |")
     finally:
         procs.close()
-        for part in (unbound, knot, nginx):
-            if part is not None:
-                part.stop()
+        if unbound is not None:
+            unbound.stop()
+        for part in world:
+            part.stop()
 
 
 if __name__ == "__main__":
