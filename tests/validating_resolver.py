@@ -91,7 +91,7 @@ remote-control:
             try:
                 dns.query.udp(probe, self.address, port=self.port, timeout=0.2)
                 return self
-            except (OSError, dns.exception.Timeout):
+            except (OSError, dns.exception.DNSException):  # not up yet, or another socket's stray answer
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"unbound did not answer on {self.address}#{self.port} within 10 s: {self.log()}")
