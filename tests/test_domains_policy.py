@@ -5,6 +5,8 @@ policy. No test name reaches the system resolver: every part is named by its add
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import time
 
 import pytest
@@ -15,6 +17,8 @@ from smtpmon.dns import Address, DnsCache, MxHost, MxResolver, NotCached, Resolv
 from smtpmon.dns.cached import CachedResolver
 from smtpmon.domains import probe_domain
 from smtpmon.domains.policy import PolicyChecker, PolicySwitches
+from smtpmon.exposition.domains import DOMAIN_FAMILIES, DomainStore, domain_chunks, render_domain
+from smtpmon.exposition.policy import POLICY_FAMILIES
 from smtpmon.net.lookups import LookupPool
 from smtpmon.smtp.chain import PkixVerdicts, known_pkix_problem, pkix_problem
 from smtpmon.smtp.module import Module
@@ -232,3 +236,40 @@ def test_a_name_asked_in_another_case_or_without_its_final_dot_is_one_cache_entr
     assert (first.state, again.from_cache, resolver.queries_sent) == ("ok", True, 1)
     with pytest.raises(ValueError, match="is not a DNS name"):
         ask("a" * 64 + ".pol.test", "MX", deadline=time.monotonic() + 5)
+
+
+def test_a_domain_row_shows_each_new_policy_verdict_and_keeps_its_lines_while_they_stay(world, parts):
+    """The store renders a domain's policy lines again only when what they show changes
+    (exposition.policy.PolicyState): every row it keeps must equal a fresh rendering."""
+    results = {name: probe(world, parts, f"{name}.pol.test") for name in ("good", "changed", "sts")}
+    store = DomainStore()
+    store.register("good.pol.test", "default", "good.pol.test", True)
+    rows: list[tuple[bytes, ...]] = []
+    for name in ("good", "good", "changed", "sts", "good"):
+        # Another domain's result recorded as good.pol.test's: its policy changes all at once.
+        result = results[name]
+        assert store.record(dataclasses.replace(result, domain="good.pol.test", resolution=dataclasses.replace(
+            result.resolution, domain="good.pol.test")))
+        (row,) = store.domain_rows()
+        latest = store.latest("good.pol.test", "default")
+        assert row == render_domain("good.pol.test", "default", "good.pol.test", True, latest,
+                                    len(rows) + 1, 0)
+        rows.append(row)
+    texts = [b"".join(domain_chunks([row])).decode() for row in rows]
+    labels = 'domain="good.pol.test",module="default"'
+    verdict = 'smtpmon_domain_dane_verdict{%s,mx="%s",address="%s",verdict="%s"} 1'
+    assert verdict % (labels, "mx.good.pol.test", "127.18.4.1", "match") in texts[0]
+    assert verdict % (labels, "mx.changed.pol.test", "127.18.4.2", "mismatch") in texts[2]
+    assert f'smtpmon_domain_mta_sts_policy_mode{{{labels},mode="no_policy"}} 1' in texts[2]
+    assert f'smtpmon_domain_mta_sts_policy_mode{{{labels},mode="enforce"}} 1' in texts[3]
+    assert _policy_lines(texts[0]) == _policy_lines(texts[1]) == _policy_lines(texts[4])
+    assert _policy_lines(texts[3]) != _policy_lines(texts[0]) != _policy_lines(texts[2])
+    # The second probe with the same verdicts kept the lines it had, not rendered again.
+    policy = len(DOMAIN_FAMILIES) - len(POLICY_FAMILIES)
+    assert all(kept is again for kept, again in zip(rows[0][policy:], rows[1][policy:]))
+
+
+def _policy_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines()
+            if re.match(r"smtpmon_domain_(dane|tlsa|mta_sts|tlsrpt)_", line)]
+

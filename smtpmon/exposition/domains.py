@@ -8,8 +8,9 @@ names it: an address gone from the MX set takes its series with it. The domain's
 families (DOMAIN_FAMILIES: verdicts, counts by family, DNS state) follow, one row per domain.
 
 Rows are rendered when a result is recorded (by the probe's session), so a scrape only joins
-bytes. One lock guards everything; the daemon keeps one store for the schedule and a bounded
-one for `/probe?domain=`.
+bytes; the policy's lines only when what they show changed (exposition.policy.PolicyState).
+One lock guards everything; the daemon keeps one store for the schedule and a bounded one for
+`/probe?domain=`.
 
 For the status page each entry also keeps a copy of itself (DomainSnapshot), made when it
 changes and shared by every view until the next change: since when the domain has had its
@@ -32,11 +33,11 @@ from smtpmon.exposition.metrics import (
     render_target,
     sample_value,
 )
-from smtpmon.exposition.policy import POLICY_FAMILIES, add_policy
+from smtpmon.exposition.policy import POLICY_FAMILIES, PolicyState, policy_state, render_policy
 from smtpmon.exposition.store import SNAPSHOT_CHUNK, slim_result
 from smtpmon.smtp.results import TlsInfo
 
-DOMAIN_FAMILIES: tuple[Family, ...] = (
+_OWN_FAMILIES: tuple[Family, ...] = (
     Family("smtpmon_domain_success", "gauge",
            "1 if the domain's verdict is ok (every MX address accepts, DNS is clean), or it "
            "publishes a null MX and no mail is expected; else 0."),
@@ -71,9 +72,10 @@ DOMAIN_FAMILIES: tuple[Family, ...] = (
     Family("smtpmon_domain_probe_skipped_total", "counter",
            "Scheduled runs skipped because the previous probe of the domain was still running."),
     Family("smtpmon_domain_info", "gauge", "Constant 1: the domain's Unicode form."),
-) + POLICY_FAMILIES
+)
+DOMAIN_FAMILIES: tuple[Family, ...] = _OWN_FAMILIES + POLICY_FAMILIES
 _HEADERS = tuple(family.header for family in DOMAIN_FAMILIES)
-_INDEX = {family.name: index for index, family in enumerate(DOMAIN_FAMILIES)}
+_INDEX = {family.name: index for index, family in enumerate(_OWN_FAMILIES)}
 
 
 def _address_key(probe) -> tuple[str, str]:
@@ -117,6 +119,10 @@ class _StoredDomain:
     address_rows: tuple[tuple[bytes, ...], ...] = ()
     row: tuple[bytes, ...] = ()
     view: DomainSnapshot | None = None
+    # The policy's lines as last rendered, and the state they show: rendered again only
+    # when the state changes.
+    policy: PolicyState | None = None
+    policy_lines: tuple[bytes, ...] | None = None
 
     def add(self, result: DomainResult) -> None:
         if self.latest is None or self.latest.verdict != result.verdict:
@@ -153,8 +159,12 @@ class _StoredDomain:
                 rows.append(render_target(probe.result.target, self.module, probe.result,
                                           address.counts, address.tls, None, labels))
         self.address_rows = tuple(rows)
+        policy = policy_state(self.latest)
+        if self.policy_lines is None or policy != self.policy:
+            self.policy = policy
+            self.policy_lines = render_policy(_label_base(self.name, self.module), policy)
         self.row = render_domain(self.name, self.module, self.unicode, self.expect_mail,
-                                 self.latest, self.probes, self.skipped)
+                                 self.latest, self.probes, self.skipped, self.policy_lines)
         # The page's copy is made now, under the lock the change holds anyway, so that a
         # view of every domain copies references (see DomainStore.snapshot).
         self.view = None
@@ -162,13 +172,14 @@ class _StoredDomain:
 
 
 def render_domain(name: str, module: str, unicode: str, expect_mail: bool,
-                  latest: DomainResult | None, probes: int,
-                  skipped: int | None = None) -> tuple[bytes, ...]:
+                  latest: DomainResult | None, probes: int, skipped: int | None = None,
+                  policy_lines: tuple[bytes, ...] | None = None) -> tuple[bytes, ...]:
     """The domain's own lines, one chunk per DOMAIN_FAMILIES entry. Before its first probe:
     the series known to exist, at zero. `skipped` is None on `/probe?domain=`, where runs are
-    never skipped and the family is left out."""
-    base = f'{{domain="{escape_label_value(name)}",module="{escape_label_value(module)}"'
-    lines: list[list[str]] = [[] for _ in DOMAIN_FAMILIES]
+    never skipped and the family is left out. `policy_lines`: the policy's chunks already
+    rendered for `latest` (exposition.policy.render_policy), else rendered here."""
+    base = _label_base(name, module)
+    lines: list[list[str]] = [[] for _ in _OWN_FAMILIES]
 
     def add(family: str, value: float, labels: str = "") -> None:
         lines[_INDEX[family]].append(f"{family}{base}{labels}}} {sample_value(value)}\n")
@@ -182,7 +193,14 @@ def render_domain(name: str, module: str, unicode: str, expect_mail: bool,
     add("smtpmon_domain_deliverable", latest is not None and latest.deliverable)
     if latest is not None:
         _add_latest(add, latest)
-    return tuple("".join(chunk).encode() for chunk in lines)
+    if policy_lines is None:
+        policy_lines = render_policy(base, policy_state(latest))
+    return tuple("".join(chunk).encode() for chunk in lines) + policy_lines
+
+
+def _label_base(name: str, module: str) -> str:
+    """What opens every domain sample's label set (without the closing brace)."""
+    return f'{{domain="{escape_label_value(name)}",module="{escape_label_value(module)}"'
 
 
 def _add_latest(add, result: DomainResult) -> None:
@@ -207,7 +225,6 @@ def _add_latest(add, result: DomainResult) -> None:
     add("smtpmon_domain_dns_stale", resolution.stale)
     add("smtpmon_domain_probe_duration_seconds", result.duration_seconds)
     add("smtpmon_domain_probe_last_timestamp_seconds", result.started_at + result.duration_seconds)
-    add_policy(add, result)
 
 
 def domain_chunks(rows: Sequence[tuple[bytes, ...]]) -> list[bytes]:

@@ -4,14 +4,18 @@ exposition: families rendered into the domain's row, with `mx` (per MX host) and
 present with 0 or 1, so a rule can read `== 1` for the bad ones and a panel can show which.
 
 Rendered only for domains whose policy was checked (`dane` or `mta_sts` on): a domain with
-neither has none of these series, as it has nothing to say about them.
+neither has none of these series, as it has nothing to say about them. The lines are rendered
+from a PolicyState, the values they show and nothing more, so that the store can keep them
+while a domain's state stays the same (exposition.domains).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from smtpmon.domains import DomainResult
 from smtpmon.domains.policy import ADDRESS_DANE_VERDICTS, ADDRESS_STS_VERDICTS
-from smtpmon.exposition.metrics import Family, label_pairs
+from smtpmon.exposition.metrics import Family, label_pairs, sample_value
 from smtpmon.mailtls.dane import TLSA_STATES
 from smtpmon.mailtls.mtasts import MODES, STS_FETCH_ERRORS, STS_RECORD_STATES
 from smtpmon.mailtls.tlsrpt import TLSRPT_STATES
@@ -59,58 +63,144 @@ POLICY_FAMILIES: tuple[Family, ...] = (
            "1 for the state of the domain's _smtp._tls TXT record (TLS-RPT), 0 for the others."),
 )
 
+_INDEX = {family.name: index for index, family in enumerate(POLICY_FAMILIES)}
 
-def add_policy(add, result: DomainResult) -> None:
-    """The policy samples of one domain result through `add(family, value, labels)`."""
-    policy = result.policy
+
+class TlsaState(NamedTuple):
+    mx_host: str
+    state: str
+    records: int
+
+
+class AddressDaneState(NamedTuple):
+    mx_host: str
+    address: str
+    verdict: str
+    matched: tuple[int, int, int] | None  # usage, selector, matching type of the matched record
+    unmatched_records: int
+    rollover_ready: bool
+
+
+class DaneState(NamedTuple):
+    mx_secure: bool
+    tlsa: tuple[TlsaState, ...]
+    addresses: tuple[AddressDaneState, ...]
+
+
+class StsState(NamedTuple):
+    record_state: str
+    mode: str  # POLICY_MODES
+    fetch_failing: bool
+    fetch_error: str | None
+    max_age: int | None
+    policy_changed_at: float | None
+    addresses: tuple[tuple[str, str, str], ...]  # (MX host, address, verdict)
+
+
+class PolicyState(NamedTuple):
+    """Everything a domain's policy series show, and nothing else: equal states render equal
+    lines, so the store renders a domain's policy again only when this changes (its verdicts
+    change far less often than the domain is probed, and the ~115 series of a DANE and
+    MTA-STS domain cost more to render than the rest of its row)."""
+
+    dane_checked: bool | None  # None: DANE is off for the domain
+    dane: DaneState | None  # None: no MX lookup by the validating resolver
+    sts: StsState | None
+    tlsrpt_state: str | None
+
+
+def policy_state(result: DomainResult | None) -> PolicyState | None:
+    """What `render_policy` shows of `result`'s policy; None when it has none."""
+    policy = result.policy if result is not None else None
     if policy is None:
-        return
+        return None
     lookups = policy.lookups
-    if lookups.switches.dane:
-        add("smtpmon_domain_dane_checked", bool(lookups.mx_lookup_state))
+    dane = None
     if lookups.mx_lookup_state:
-        add("smtpmon_domain_dane_mx_secure", lookups.mx_secure)
-        for tlsa in lookups.tlsa:
+        dane = DaneState(
+            lookups.mx_secure,
+            tuple(TlsaState(tlsa.mx_host, tlsa.state, len(tlsa.records)) for tlsa in lookups.tlsa),
+            tuple(_address_dane(address) for address in policy.addresses))
+    sts = None
+    if lookups.sts is not None:
+        found = lookups.sts
+        sts = StsState(
+            found.record.state,
+            found.policy.mode if found.policy is not None else "no_policy",
+            found.fetch_failing,
+            found.fetch.error if found.fetch is not None else None,
+            found.policy.max_age if found.policy is not None else None,
+            found.policy_changed_at,
+            tuple((address.mx_host, address.address, address.sts.verdict)
+                  for address in policy.addresses if address.sts is not None))
+    return PolicyState(
+        bool(lookups.mx_lookup_state) if lookups.switches.dane else None, dane, sts,
+        lookups.tlsrpt.state if lookups.tlsrpt is not None else None)
+
+
+def _address_dane(address) -> AddressDaneState:
+    check = address.dane_check
+    record = check.matched if check is not None else None
+    matched = (record.usage, record.selector, record.matching_type) if record is not None else None
+    return AddressDaneState(address.mx_host, address.address, address.dane, matched,
+                            len(check.unmatched) if check else 0,
+                            bool(check and check.rollover_ready))
+
+
+def render_policy(base: str, state: PolicyState | None) -> tuple[bytes, ...]:
+    """The policy lines of one domain, one chunk per POLICY_FAMILIES entry; `base` opens
+    every sample's label set (`{domain="...",module="..."`, without the closing brace)."""
+    lines: list[list[str]] = [[] for _ in POLICY_FAMILIES]
+
+    def add(family: str, value: float, labels: str = "") -> None:
+        lines[_INDEX[family]].append(f"{family}{base}{labels}}} {sample_value(value)}\n")
+
+    if state is not None:
+        _add_policy(add, state)
+    return tuple("".join(chunk).encode() for chunk in lines)
+
+
+def _add_policy(add, state: PolicyState) -> None:
+    if state.dane_checked is not None:
+        add("smtpmon_domain_dane_checked", state.dane_checked)
+    dane = state.dane
+    if dane is not None:
+        add("smtpmon_domain_dane_mx_secure", dane.mx_secure)
+        for tlsa in dane.tlsa:
             mx = label_pairs(("mx",), (tlsa.mx_host,))
-            for state in TLSA_STATES:
-                add("smtpmon_domain_tlsa_state", state == tlsa.state, mx + label_pairs(("state",), (state,)))
-            add("smtpmon_domain_tlsa_records", len(tlsa.records), mx)
-        for address in policy.addresses:
+            for word in TLSA_STATES:
+                add("smtpmon_domain_tlsa_state", word == tlsa.state, mx + label_pairs(("state",), (word,)))
+            add("smtpmon_domain_tlsa_records", tlsa.records, mx)
+        for address in dane.addresses:
             where = label_pairs(("mx", "address"), (address.mx_host, address.address))
             for verdict in ADDRESS_DANE_VERDICTS:
-                add("smtpmon_domain_dane_verdict", verdict == address.dane,
+                add("smtpmon_domain_dane_verdict", verdict == address.verdict,
                     where + label_pairs(("verdict",), (verdict,)))
-            check = address.dane_check
-            if check is not None and check.matched is not None:
-                record = check.matched
+            if address.matched is not None:
                 add("smtpmon_domain_dane_match_info", 1, where + label_pairs(
-                    ("usage", "selector", "matching_type"),
-                    (str(record.usage), str(record.selector), str(record.matching_type))))
-            add("smtpmon_domain_dane_unmatched_records", len(check.unmatched) if check else 0, where)
-            add("smtpmon_domain_dane_rollover_ready", bool(check and check.rollover_ready), where)
-    sts = lookups.sts
+                    ("usage", "selector", "matching_type"), tuple(map(str, address.matched))))
+            add("smtpmon_domain_dane_unmatched_records", address.unmatched_records, where)
+            add("smtpmon_domain_dane_rollover_ready", address.rollover_ready, where)
+    sts = state.sts
     if sts is not None:
-        for state in STS_RECORD_STATES:
-            add("smtpmon_domain_mta_sts_record_state", state == sts.record.state,
-                label_pairs(("state",), (state,)))
-        mode = sts.policy.mode if sts.policy is not None else "no_policy"
+        for word in STS_RECORD_STATES:
+            add("smtpmon_domain_mta_sts_record_state", word == sts.record_state,
+                label_pairs(("state",), (word,)))
         for word in POLICY_MODES:
-            add("smtpmon_domain_mta_sts_policy_mode", word == mode, label_pairs(("mode",), (word,)))
+            add("smtpmon_domain_mta_sts_policy_mode", word == sts.mode, label_pairs(("mode",), (word,)))
         add("smtpmon_domain_mta_sts_fetch_failing", sts.fetch_failing)
-        error = sts.fetch.error if sts.fetch is not None else None
         for reason in STS_FETCH_ERRORS:
-            add("smtpmon_domain_mta_sts_fetch_error", reason == error, label_pairs(("error",), (reason,)))
-        if sts.policy is not None:
-            add("smtpmon_domain_mta_sts_max_age_seconds", sts.policy.max_age)
+            add("smtpmon_domain_mta_sts_fetch_error", reason == sts.fetch_error,
+                label_pairs(("error",), (reason,)))
+        if sts.max_age is not None:
+            add("smtpmon_domain_mta_sts_max_age_seconds", sts.max_age)
         if sts.policy_changed_at is not None:
             add("smtpmon_domain_mta_sts_policy_changed_timestamp_seconds", sts.policy_changed_at)
-        for address in policy.addresses:
-            if address.sts is None:
-                continue
-            where = label_pairs(("mx", "address"), (address.mx_host, address.address))
-            for verdict in ADDRESS_STS_VERDICTS:
-                add("smtpmon_domain_mta_sts_mx_verdict", verdict == address.sts.verdict,
-                    where + label_pairs(("verdict",), (verdict,)))
-    if lookups.tlsrpt is not None:
-        for state in TLSRPT_STATES:
-            add("smtpmon_domain_tlsrpt_state", state == lookups.tlsrpt.state, label_pairs(("state",), (state,)))
+        for mx_host, address, verdict in sts.addresses:
+            where = label_pairs(("mx", "address"), (mx_host, address))
+            for word in ADDRESS_STS_VERDICTS:
+                add("smtpmon_domain_mta_sts_mx_verdict", word == verdict,
+                    where + label_pairs(("verdict",), (word,)))
+    if state.tlsrpt_state is not None:
+        for word in TLSRPT_STATES:
+            add("smtpmon_domain_tlsrpt_state", word == state.tlsrpt_state, label_pairs(("state",), (word,)))
