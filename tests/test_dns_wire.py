@@ -50,9 +50,14 @@ Mixed-Case MX 5 Upper.Mixed-Case
 """
 
 
-def query_for(name: str | dns.name.Name, rdtype: str, query_id: int = 4711) -> dns.message.Message:
+def query_for(name: str | dns.name.Name, rdtype: str, query_id: int = 4711, *, dnssec: bool = False,
+              checking_disabled: bool = False) -> dns.message.Message:
     qname = dns.name.from_text(name) if isinstance(name, str) else name
-    return dns.message.make_query(qname, rdtype, use_edns=0, payload=EDNS_PAYLOAD, id=query_id)
+    query = dns.message.make_query(qname, rdtype, use_edns=0, payload=EDNS_PAYLOAD, id=query_id,
+                                   want_dnssec=dnssec)
+    if checking_disabled:
+        query.flags |= dns.flags.CD
+    return query
 
 
 def dnspython_reading(octets: bytes, query: dns.message.Message) -> object:
@@ -91,12 +96,15 @@ def check(octets: bytes, query: dns.message.Message) -> bool:
 # -- the query ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["example.org", "Mixed-Case.Example.", "xn--bcher-kva.example",
                                   "a." * 100 + "example", r"odd\032label\.dot.example", "."])
-@pytest.mark.parametrize("rdtype", ["MX", "A", "AAAA"])
+@pytest.mark.parametrize("rdtype", ["MX", "A", "AAAA", "TLSA", "TXT"])
 def test_the_query_octets_are_dnspythons(name, rdtype):
     for query_id in (0, 1, 4711, 65535):
         qname = dns.name.from_text(name)
-        assert (wire.query_wire(qname, rdtype, query_id, EDNS_PAYLOAD)
-                == query_for(qname, rdtype, query_id).to_wire())
+        for dnssec, checking_disabled in ((False, False), (True, False), (True, True), (False, True)):
+            assert (wire.query_wire(qname, rdtype, query_id, EDNS_PAYLOAD, dnssec=dnssec,
+                                    checking_disabled=checking_disabled)
+                    == query_for(qname, rdtype, query_id, dnssec=dnssec,
+                                 checking_disabled=checking_disabled).to_wire())
 
 
 # -- a real server's answers -------------------------------------------------------------------
@@ -169,6 +177,11 @@ def rr(owner: str, ttl: int, rdtype: str, data: str) -> str:
 SOA = "ns.example.org. hostmaster.example.org. 1 3600 600 86400 60"
 
 
+def sig(covered: str, signer: str = "example.org.") -> str:
+    """An RRSIG record's data covering `covered` (the signature is not checked by anyone here)."""
+    return f"{covered} 13 3 300 20300101000000 20200101000000 4711 {signer} AAAA"
+
+
 @pytest.mark.parametrize(("rdtype", "sections", "decided"), [
     ("MX", dict(answer=[rr("d.example.org.", 300, "MX", "10 mx.d.example.org."),
                         rr("d.example.org.", 200, "MX", "20 MX2.d.example.org.")],
@@ -195,9 +208,29 @@ SOA = "ns.example.org. hostmaster.example.org. 1 3600 600 86400 60"
     ("MX", dict(answer=[rr("d.example.org.", 30, "MX", "10 192.0.2.1.")]), True),
     ("MX", dict(answer=[rr("d.example.org.", 30, "MX", "10 mx.example.org.")],
                 additional=[rr("mx.example.org.", 30, "TXT", '"x"')]), False),
+    # Signed answers, as a validating resolver gives them to a question with the DO bit.
     ("A", dict(answer=[rr("d.example.org.", 30, "A", "192.0.2.1")],
-               additional=[rr("d.example.org.", 30, "RRSIG",
-                              "A 8 3 30 20300101000000 20200101000000 1 example.org. AAAA")]), False),
+               additional=[rr("d.example.org.", 30, "RRSIG", sig("A"))]), True),
+    ("MX", dict(answer=[rr("d.example.org.", 300, "MX", "10 mx.d.example.org."),
+                        rr("d.example.org.", 300, "RRSIG", sig("MX"))]), True),
+    ("TLSA", dict(answer=[rr("d.example.org.", 300, "RRSIG", sig("TLSA")),
+                          rr("d.example.org.", 300, "TLSA", f"3 1 1 {'ab' * 32}"),
+                          rr("d.example.org.", 200, "TLSA", f"2 0 2 {'cd' * 64}"),
+                          rr("d.example.org.", 300, "TLSA", "3 0 0 308201")]), True),
+    ("TXT", dict(answer=[rr("d.example.org.", 60, "TXT", '"v=STSv1; id=1"'),
+                         rr("d.example.org.", 60, "TXT", '"two " "strings" ""'),
+                         rr("d.example.org.", 60, "RRSIG", sig("TXT"))]), True),
+    ("TXT", dict(authority=[rr("example.org.", 900, "SOA", SOA),
+                            rr("example.org.", 900, "RRSIG", sig("SOA"))]), True),  # NODATA
+    ("TLSA", dict(answer=[rr("d.example.org.", 300, "TLSA", f"3 1 1 {'ab' * 32}"),
+                          rr("d.example.org.", 300, "RRSIG", sig("TXT"))]), False),  # covers another type
+    ("TLSA", dict(answer=[rr("d.example.org.", 300, "TLSA", f"3 1 1 {'ab' * 32}"),
+                          rr("e.example.org.", 300, "RRSIG", sig("TLSA"))]), False),  # another name's
+    ("TLSA", dict(authority=[rr("example.org.", 900, "SOA", SOA),
+                             rr("d.example.org.", 900, "NSEC", "e.example.org. A RRSIG NSEC")]), False),
+    ("TLSA", dict(authority=[rr("example.org.", 900, "SOA", SOA),
+                             rr("x.example.org.", 900, "NSEC3", "1 0 0 - 0P9MHAVEQVM6T7VBL5LOP2U3T2RP3TOM A")]), False),
+    ("TXT", dict(answer=[rr("d.example.org.", 60, "TXT", '"x"'), rr("d.example.org.", 60, "SPF", '"x"')]), False),
 ])
 def test_responses_of_each_shape(rdtype, sections, decided):
     query = query_for("d.example.org", rdtype)
@@ -298,6 +331,43 @@ def test_a_duplicate_record_or_a_huge_ttl_is_left_to_dnspython():
     assert check(message(mx(b"\xc0\x0c", b"\x02mx\xc0\x0c", ttl=0x7FFFFFFF)), query)
 
 
+def record(owner: bytes, rdtype: int, data: bytes, ttl: int = 30) -> bytes:
+    return owner + struct.pack("!HHIH", rdtype, 1, ttl, len(data)) + data
+
+
+def typed_message(qtype: int, answer: bytes, ancount: int = 1) -> bytes:
+    return (HEADER.pack(4711, 0x81A0, 1, ancount, 0, 0) + QNAME + struct.pack("!HH", qtype, 1)
+            + answer)
+
+
+SIGNATURE = struct.pack("!HBBIIIH", 52, 13, 3, 300, 2**31, 2**30, 4711)
+
+
+def test_hand_made_tlsa_txt_and_signatures():
+    tlsa, txt = query_for("d.example.org", "TLSA", 4711, dnssec=True), query_for("d.example.org", "TXT", 4711)
+    good = record(b"\xc0\x0c", 52, b"\x03\x01\x01" + b"\xab" * 32)
+    signed = record(b"\xc0\x0c", 46, SIGNATURE + b"\x07example\x03org\x00" + b"sig")
+    assert check(typed_message(52, good + signed, 2), tlsa)
+    not_decided = [
+        typed_message(52, record(b"\xc0\x0c", 52, b"\x03\x01\x01" + b"\xab" * 31)),  # SHA-256 of 31 octets
+        typed_message(52, record(b"\xc0\x0c", 52, b"\x03\x01\x02" + b"\xab" * 32)),  # SHA-512 of 32
+        typed_message(52, record(b"\xc0\x0c", 52, b"\x03\x01\x00")),  # no data at all
+        typed_message(52, record(b"\xc0\x0c", 52, b"\x03\x01")),
+        typed_message(52, good + good, 2),  # a duplicate
+        # The signer's name compressed (later dnspython versions refuse it), cut short, or
+        # a signature too short to hold one.
+        typed_message(52, good + record(b"\xc0\x0c", 46, SIGNATURE + b"\xc0\x0e"), 2),
+        typed_message(52, good + record(b"\xc0\x0c", 46, SIGNATURE + b"\x07example"), 2),
+        typed_message(52, good + record(b"\xc0\x0c", 46, SIGNATURE[:10]), 2),
+    ]
+    for octets in not_decided:
+        assert not check(octets, tlsa), octets.hex()
+    assert check(typed_message(16, record(b"\xc0\x0c", 16, b"\x00")), txt)  # one empty string
+    assert check(typed_message(16, record(b"\xc0\x0c", 16, b"\x02ab\x01c")), txt)
+    for data in (b"", b"\x03ab", b"\x02ab\x05c"):  # no string (later versions refuse it), cut short
+        assert not check(typed_message(16, record(b"\xc0\x0c", 16, data)), txt), data
+
+
 # -- hypothesis --------------------------------------------------------------------------------
 NAMES = ["d.example.org.", "D.Example.ORG.", "example.org.", "org.", ".", "mx.d.example.org.",
          "other.example.", "e.example.org."]
@@ -308,9 +378,13 @@ RDATA = {
     "NS": ["ns.example.org."],
     "SOA": [SOA, "ns.example.org. hostmaster.example.org. 1 3600 600 86400 4294967295"],
     "CNAME": ["e.example.org."],
-    "TXT": ['"t"'],
+    "TXT": ['"t"', '"v=STSv1; id=1" "more"', '""'],
+    "TLSA": [f"3 1 1 {'ab' * 32}", f"2 0 2 {'cd' * 64}", "3 1 0 3059"],
+    "RRSIG": [sig("MX"), sig("A"), sig("TLSA"), sig("TXT"), sig("SOA"), sig("AAAA", ".")],
+    "NSEC": ["e.example.org. A MX RRSIG NSEC"],
 }
 TYPES = tuple(sorted(RDATA))
+ASKED = ("MX", "A", "AAAA", "TLSA", "TXT")
 
 
 @st.composite
@@ -327,15 +401,19 @@ def records(draw, max_size: int, owners=tuple(NAMES), types=TYPES) -> list[str]:
 def responses(draw) -> tuple[bytes, dns.message.Message]:
     """Responses of any shape, or (half of them) of the shapes the reader decides, with a
     record of any kind slipped in now and then."""
-    rdtype = draw(st.sampled_from(["MX", "A", "AAAA"]))
-    query = query_for(draw(st.sampled_from(NAMES[:2])), rdtype, draw(st.integers(0, 65535)))
+    rdtype = draw(st.sampled_from(ASKED))
+    query = query_for(draw(st.sampled_from(NAMES[:2])), rdtype, draw(st.integers(0, 65535)),
+                      dnssec=draw(st.booleans()))
     if draw(st.booleans()):
-        # distinct data (a duplicate is left to dnspython), at most one SOA
-        answer = list({text.split()[-1].lower(): text for text in
+        # distinct data (a duplicate is left to dnspython), at most one SOA, signatures
+        answer = list({text.split(maxsplit=3)[-1].lower(): text for text in
                        draw(records(4, owners=NAMES[:2], types=(rdtype,)))}.values())
+        answer += [rr(draw(st.sampled_from(NAMES[:2])), 300, "RRSIG", sig(rdtype))
+                   for _ in range(draw(st.integers(0, 2)))]
         authority = list({text.split()[2]: text for text in draw(records(
             2, owners=("example.org.", "org.", "D.example.org."), types=("SOA", "NS")))}.values())
-        additional = draw(records(3, owners=NAMES, types=("A", "AAAA")))
+        authority += draw(records(1, owners=("example.org.",), types=("RRSIG",)))
+        additional = draw(records(3, owners=NAMES, types=("A", "AAAA", "RRSIG")))
         for section in (answer, authority, additional):
             if draw(st.integers(0, 9)) == 0:
                 section += draw(records(1))

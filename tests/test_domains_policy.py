@@ -9,6 +9,8 @@ import dataclasses
 import re
 import time
 
+import dns.message
+import dns.name
 import pytest
 from mail_policy_world import PolicyWorld, start_world
 
@@ -273,3 +275,26 @@ def _policy_lines(text: str) -> list[str]:
     return [line for line in text.splitlines()
             if re.match(r"smtpmon_domain_(dane|tlsa|mta_sts|tlsrpt)_", line)]
 
+
+def test_signed_answers_from_the_validating_resolver_are_read_without_dnspythons_parser(world, monkeypatch):
+    """The MX with DNSSEC, the TLSA and the TXT answers a domain refreshes every TTL are read
+    by smtpmon.dns.wire (dnspython's parser broken here), AD bit and records as dnspython
+    reads them; a negative answer with NSEC3 proofs is still left to dnspython."""
+    resolver = Resolver(ResolverSettings(nameservers=((world.unbound.address, world.unbound.port),)))
+    asked = {(name, rdtype): resolver.query(dns.name.from_text(name), rdtype, time.monotonic() + 5, dnssec=True)
+             for name, rdtype in (("good.pol.test", "MX"), (f"_{world.port}._tcp.mx.good.pol.test", "TLSA"),
+                                  ("_mta-sts.sts.pol.test", "TXT"), ("_smtp._tls.sts.pol.test", "TXT"))}
+
+    def broken(*args, **kwargs):
+        raise AssertionError("dnspython's parser was called")
+
+    monkeypatch.setattr(dns.message, "from_wire", broken)
+    for (name, rdtype), expected in asked.items():
+        again = resolver.query(dns.name.from_text(name), rdtype, time.monotonic() + 5, dnssec=True)
+        assert (again.state, again.authenticated, again.records) == ("ok", True, expected.records)
+        assert again.ttl_seconds <= expected.ttl_seconds
+    tlsa = asked[(f"_{world.port}._tcp.mx.good.pol.test", "TLSA")]
+    assert [rdata.to_text() for rdata in tlsa.records] == [world.tlsa["mx.good.pol.test"]]
+    missing = resolver.query(dns.name.from_text("_mta-sts.good.pol.test"), "TXT", time.monotonic() + 5,
+                             dnssec=True)
+    assert missing.state == "bad_response" and "dnspython's parser was called" in missing.detail

@@ -3,10 +3,10 @@
 The questions go to the nameservers of the system resolver (/etc/resolv.conf) by default, or
 to the nameservers the configuration names, as (address, port) pairs. dnspython does the
 protocol work: building and parsing messages, EDNS, the retry over TCP when a UDP answer is
-truncated; except that the plain answers to MX, A and AAAA questions without DNSSEC, nearly
-every answer a domain probe gets, are read by smtpmon.dns.wire, which leaves anything else
-to dnspython and agrees with it wherever it answers (parsing was most of a refreshed
-resolution's CPU). This module keeps the deadline and reads the outcome in a sender's terms: an
+truncated; except that the plain answers to MX, A, AAAA, TLSA and TXT questions (with DNSSEC
+or without), nearly every answer a domain probe gets, are read by smtpmon.dns.wire, which
+leaves anything else to dnspython and agrees with it wherever it answers (parsing was most of
+a refreshed resolution's CPU). This module keeps the deadline and reads the outcome in a sender's terms: an
 answer, NODATA, NXDOMAIN, or one of the temporary failures (servfail, timeout, bad_response,
 unreachable), each with a sentence saying what happened.
 
@@ -139,7 +139,7 @@ class Resolver:
     at once holds a question up to 2 s past its deadline. The loop here is the same (each
     server in turn, round after round; a server that fails for good is dropped) with every
     wait cut at the deadline; dnspython still builds, sends and reads the messages (but for
-    the plain MX, A and AAAA answers: smtpmon.dns.wire), and the retry over TCP of a
+    the plain MX, A, AAAA, TLSA and TXT answers: smtpmon.dns.wire), and the retry over TCP of a
     truncated UDP answer is made here, in what is left of the attempt's time
     (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
     """
@@ -197,8 +197,8 @@ class Resolver:
              checking_disabled: bool) -> Answer:
         shown = name_text(name)
         query: dns.message.Message | _PlainQuery
-        if rdtype in wire.TYPES and not (dnssec or checking_disabled) and name.is_absolute():
-            query = _PlainQuery(name, rdtype)
+        if rdtype in wire.TYPES and name.is_absolute():
+            query = _PlainQuery(name, rdtype, dnssec, checking_disabled)
         else:
             query = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD,
                                            want_dnssec=dnssec)
@@ -286,23 +286,30 @@ def _judge_response(response: dns.message.Message, where: str, shown: str,
 
 
 class _PlainQuery:
-    """An MX, A or AAAA question without DNSSEC: its octets built directly (smtpmon.dns.wire),
+    """An MX, A, AAAA, TLSA or TXT question: its octets built directly (smtpmon.dns.wire),
     the dnspython message only when needed (a response that wire.read_answer leaves to
-    dnspython, the retry over TCP), with the same ID."""
+    dnspython, the retry over TCP), with the same ID and flags."""
 
-    __slots__ = ("name", "rdtype", "id", "wire", "_message")
+    __slots__ = ("name", "rdtype", "dnssec", "checking_disabled", "id", "wire", "_message")
 
-    def __init__(self, name: dns.name.Name, rdtype: str) -> None:
+    def __init__(self, name: dns.name.Name, rdtype: str, dnssec: bool = False,
+                 checking_disabled: bool = False) -> None:
         self.name = name
         self.rdtype = rdtype
+        self.dnssec = dnssec
+        self.checking_disabled = checking_disabled
         self.id = dns.entropy.random_16()  # as dnspython draws a query's ID
-        self.wire = wire.query_wire(name, rdtype, self.id, EDNS_PAYLOAD)
+        self.wire = wire.query_wire(name, rdtype, self.id, EDNS_PAYLOAD, dnssec=dnssec,
+                                    checking_disabled=checking_disabled)
         self._message: dns.message.Message | None = None
 
     def message(self) -> dns.message.Message:
         if self._message is None:
             self._message = dns.message.make_query(self.name, self.rdtype, use_edns=0,
-                                                   payload=EDNS_PAYLOAD, id=self.id)
+                                                   payload=EDNS_PAYLOAD, id=self.id,
+                                                   want_dnssec=self.dnssec)
+            if self.checking_disabled:
+                self._message.flags |= dns.flags.CD
         return self._message
 
 

@@ -1,29 +1,34 @@
-"""The common answers to MX, A and AAAA questions, read straight from the wire.
+"""The common answers to MX, A, AAAA, TLSA and TXT questions, read straight from the wire.
 
 A refreshed domain resolution spent most of its CPU in dnspython's `dns.message.from_wire`,
 which builds every record of every section as objects (the MX answer's glue addresses in the
 additional section included, which nothing reads), and in `make_query` and `to_wire` for a
 query that only differs from the last one by its ID (benchmarks/README.md, the domains
-benchmark). This module does both for the shapes a resolver gives nearly always, and nothing
-else:
+benchmark); with DANE and MTA-STS on, a domain refreshes five more answers a TTL (the MX with
+DNSSEC, two TLSA, two TXT), each signed (mail_tls benchmark). This module does both for the
+shapes a resolver gives nearly always, and nothing else:
 
-- `query_wire`: the query dnspython's `make_query(name, rdtype, use_edns=0, payload=...)`
-  makes, byte for byte (tests/test_dns_wire.py compares them).
+- `query_wire`: the query dnspython's `make_query(name, rdtype, use_edns=0, payload=...,
+  want_dnssec=...)` makes (with the CD flag set when asked), byte for byte
+  (tests/test_dns_wire.py compares them).
 - `read_answer`: the outcome of a response to such a query when it is one of the plain cases:
   the question echoed, QR set, no TC, rcode NOERROR or NXDOMAIN (EDNS's extended bits
-  included), an answer section of records of the question's name and type only (no CNAME),
-  an authority section of SOA and NS records, an additional section of A, AAAA and one empty
-  OPT; every record read and checked as dnspython checks it (rdata lengths, names and their
-  compression pointers, trailing octets). Anything else (a CNAME, a referral, a second SOA,
-  a duplicate record, an EDNS option, an unknown type, a TTL over 2^31 - 1, any malformation)
-  returns None, and the caller parses the same octets with dnspython, whose verdict then
-  stands. So this reader never decides a case differently from dnspython: it only decides
-  the ones it is sure of, faster. Where dnspython 2.3 and later versions differ (compression
-  pointers: later ones are stricter), the stricter rule is applied here, so that both
-  versions agree with this reader wherever it answers.
+  included), an answer section of records of the question's name and type only (no CNAME)
+  and their signatures (RRSIG), an authority section of SOA and NS records and signatures,
+  an additional section of A, AAAA, signatures and one OPT without options; every record
+  read and checked as dnspython checks it (rdata lengths, names and their compression
+  pointers, trailing octets), signatures included, though nothing here uses them: the AD
+  bit says what a validating resolver made of them. Anything else (a CNAME, a referral, a
+  second SOA, NSEC or NSEC3 records, a duplicate record, an EDNS option, an unknown type, a
+  TTL over 2^31 - 1, any malformation) returns None, and the caller parses the same octets
+  with dnspython, whose verdict then stands. So this reader never decides a case
+  differently from dnspython: it only decides the ones it is sure of, faster. Where
+  dnspython 2.3 and later versions differ (compression pointers, empty TXT data, a TLSA
+  digest of the wrong length: later ones are stricter), the stricter rule is applied here,
+  so that both versions agree with this reader wherever it answers.
 
-DNSSEC questions (the DO and CD bits, RRSIGs, the AD bit that DANE trusts) and every other
-type are never read here: they stay on dnspython.
+The records come out as the resolver's Answer holds them: (preference, dns.name.Name) for MX,
+address texts for A and AAAA, dnspython's own (immutable) rdata for TLSA and TXT.
 """
 
 from __future__ import annotations
@@ -35,11 +40,21 @@ from typing import NamedTuple
 import dns.ipv4
 import dns.ipv6
 import dns.name
+import dns.rdataclass
+import dns.rdatatype
+from dns.rdtypes.ANY.TLSA import TLSA
+from dns.rdtypes.ANY.TXT import TXT
 
-TYPE_A, TYPE_NS, TYPE_SOA, TYPE_MX, TYPE_AAAA, TYPE_OPT = 1, 2, 6, 15, 28, 41
-TYPES = {"A": TYPE_A, "AAAA": TYPE_AAAA, "MX": TYPE_MX}
+TYPE_A, TYPE_NS, TYPE_SOA, TYPE_MX, TYPE_TXT, TYPE_AAAA = 1, 2, 6, 15, 16, 28
+TYPE_OPT, TYPE_RRSIG, TYPE_TLSA = 41, 46, 52
+TYPES = {"A": TYPE_A, "AAAA": TYPE_AAAA, "MX": TYPE_MX, "TLSA": TYPE_TLSA, "TXT": TYPE_TXT}
 CLASS_IN = 1
-FLAG_QR, FLAG_AA, FLAG_TC, FLAG_RD, FLAG_AD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0020
+FLAG_QR, FLAG_AA, FLAG_TC, FLAG_RD, FLAG_AD, FLAG_CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0020, 0x0010
+EDNS_DO = 0x8000  # in the OPT record's TTL field: DNSSEC OK
+RRSIG_FIXED_OCTETS = 18  # type covered, algorithm, labels, TTL, expiration, inception, key tag
+# The digest length of TLSA matching types 1 (SHA-256) and 2 (SHA-512): later dnspython
+# versions refuse a record whose data has another length.
+TLSA_DIGEST_OCTETS = {1: 32, 2: 64}
 RCODE_NOERROR, RCODE_NXDOMAIN = 0, 3
 MAX_NAME_OCTETS = 255
 MAX_POINTER_HOPS = 16  # dnspython's MAX_COMPRESSION_POINTER_CHAIN (2.4 and later)
@@ -57,7 +72,7 @@ class WireAnswer(NamedTuple):
     """What the resolver keeps of a plain response (see the module's docstring)."""
 
     rcode: int  # RCODE_NOERROR or RCODE_NXDOMAIN
-    records: tuple  # MX: (preference, dns.name.Name); A, AAAA: address texts
+    records: tuple  # MX: (preference, dns.name.Name); A, AAAA: address texts; TLSA, TXT: rdata
     ttl: int  # as dnspython's resolve_chaining().minimum_ttl would say
     has_soa: bool  # an SOA in the authority section (no SOA: a negative answer is not kept)
     authenticated: bool  # the AD bit
@@ -67,13 +82,16 @@ class _NotPlain(Exception):
     """The response is not one this module decides: dnspython reads it."""
 
 
-def query_wire(name: dns.name.Name, rdtype: str, query_id: int, payload: int) -> bytes:
-    """The octets of dnspython's make_query(name, rdtype, use_edns=0, payload=payload) with
-    `query_id`: RD set, one question (class IN), an OPT record (version 0, no flags, no
+def query_wire(name: dns.name.Name, rdtype: str, query_id: int, payload: int, *,
+               dnssec: bool = False, checking_disabled: bool = False) -> bytes:
+    """The octets of dnspython's make_query(name, rdtype, use_edns=0, payload=payload,
+    want_dnssec=dnssec) with `query_id`, and the CD flag when `checking_disabled`: RD set,
+    one question (class IN), an OPT record (version 0, the DO flag alone or no flag, no
     options) in the additional section."""
-    return (_HEADER.pack(query_id, FLAG_RD, 1, 0, 0, 1)
+    flags = FLAG_RD | (FLAG_CD if checking_disabled else 0)
+    return (_HEADER.pack(query_id, flags, 1, 0, 0, 1)
             + _question(name.labels, TYPES[rdtype])
-            + b"\x00" + _RR.pack(TYPE_OPT, payload, 0, 0))
+            + b"\x00" + _RR.pack(TYPE_OPT, payload, EDNS_DO if dnssec else 0, 0))
 
 
 # Keyed by the labels, not the Name: a Name's hash is worked out afresh at every call.
@@ -120,8 +138,15 @@ def _read(wire: bytes, query_id: int, qname: tuple[bytes, ...], qtype: int) -> W
         rtype, rclass, ttl, rdlen = _RR.unpack_from(wire, offset)
         offset += 10
         stop = offset + rdlen
-        if (stop > end or rtype != qtype or rclass != CLASS_IN or ttl > MAX_RRSET_TTL
+        if (stop > end or rclass != CLASS_IN or ttl > MAX_RRSET_TTL
                 or _lower(labels) != qname):
+            raise _NotPlain
+        if rtype == TYPE_RRSIG:  # a signature of the answer: checked, not kept
+            if _signature(wire, offset, stop) != qtype:
+                raise _NotPlain
+            offset = stop
+            continue
+        if rtype != qtype:
             raise _NotPlain
         if rtype == TYPE_MX:
             if rdlen < 3:
@@ -132,6 +157,12 @@ def _read(wire: bytes, query_id: int, qname: tuple[bytes, ...], qtype: int) -> W
                 raise _NotPlain
             key: object = (preference, _lower(exchange))
             record: object = (preference, _name_object(exchange))
+        elif rtype == TYPE_TLSA:
+            key = wire[offset:stop]
+            record = _tlsa(key)
+        elif rtype == TYPE_TXT:
+            key = wire[offset:stop]
+            record = _txt(key)
         else:
             if rdlen != (4 if rtype == TYPE_A else 16):
                 raise _NotPlain
@@ -167,6 +198,8 @@ def _read(wire: bytes, query_id: int, qname: tuple[bytes, ...], qtype: int) -> W
             if after != stop:
                 raise _NotPlain
             ns = True
+        elif rtype == TYPE_RRSIG:
+            _signature(wire, offset, stop)
         else:
             raise _NotPlain
         offset = stop
@@ -189,6 +222,10 @@ def _read(wire: bytes, query_id: int, qname: tuple[bytes, ...], qtype: int) -> W
             if (rclass != CLASS_IN or ttl > MAX_RRSET_TTL
                     or rdlen != (4 if rtype == TYPE_A else 16)):
                 raise _NotPlain
+        elif rtype == TYPE_RRSIG:
+            if rclass != CLASS_IN or ttl > MAX_RRSET_TTL:
+                raise _NotPlain
+            _signature(wire, offset, stop)
         else:
             raise _NotPlain
         offset = stop
@@ -215,14 +252,56 @@ def _read(wire: bytes, query_id: int, qname: tuple[bytes, ...], qtype: int) -> W
                       bool(flags & FLAG_AD))
 
 
-def _name(wire: bytes, offset: int, end: int) -> tuple[tuple[bytes, ...], int]:
+def _signature(wire: bytes, offset: int, stop: int) -> int:
+    """The type an RRSIG record's data at `offset` (ending at `stop`) covers, its data checked
+    as dnspython reads it: the fixed fields, then the signer's name, uncompressed (later
+    dnspython versions refuse a compressed one), then the signature."""
+    if stop - offset < RRSIG_FIXED_OCTETS + 1:
+        raise _NotPlain
+    _name(wire, offset + RRSIG_FIXED_OCTETS, stop, compressed=False)
+    return _U16.unpack_from(wire, offset)[0]
+
+
+@functools.lru_cache(maxsize=16384)  # the same records come back at every refresh
+def _tlsa(data: bytes) -> TLSA:
+    """dnspython's TLSA rdata of `data`; an empty digest, or one whose length does not fit its
+    matching type, is left to dnspython."""
+    if len(data) < 4:
+        raise _NotPlain
+    usage, selector, matching_type = data[0], data[1], data[2]
+    digest = data[3:]
+    if len(digest) != TLSA_DIGEST_OCTETS.get(matching_type, len(digest)):
+        raise _NotPlain
+    return TLSA(dns.rdataclass.IN, dns.rdatatype.TLSA, usage, selector, matching_type, digest)
+
+
+@functools.lru_cache(maxsize=16384)
+def _txt(data: bytes) -> TXT:
+    """dnspython's TXT rdata of `data`: one or more strings, each with its length first,
+    filling the data exactly (later dnspython versions refuse none)."""
+    strings = []
+    offset = 0
+    while offset < len(data):
+        stop = offset + 1 + data[offset]
+        if stop > len(data):
+            raise _NotPlain
+        strings.append(data[offset + 1:stop])
+        offset = stop
+    if not strings:
+        raise _NotPlain
+    return TXT(dns.rdataclass.IN, dns.rdatatype.TXT, strings)
+
+
+def _name(wire: bytes, offset: int, end: int, *,
+          compressed: bool = True) -> tuple[tuple[bytes, ...], int]:
     """The labels of the name at `offset` (the root's empty label left out) and the offset
     after it, with `end` the end of what it may occupy (a record's data, or the message).
 
     dnspython's rules, the stricter of its versions: a compression pointer points before
     the previous one (before the name's start, at first), at most 16 of them, and a name
     continued at a pointer must end before the part that pointed there began; a name has
-    at most 255 octets; label types other than lengths and pointers are refused."""
+    at most 255 octets; label types other than lengths and pointers are refused; with
+    `compressed` False, so is any pointer."""
     labels = []
     octets = 1
     after = -1
@@ -243,7 +322,7 @@ def _name(wire: bytes, offset: int, end: int) -> tuple[tuple[bytes, ...], int]:
             labels.append(wire[offset - count:offset])
             octets += 1 + count
         elif count >= 192:
-            if offset + 2 > limit:
+            if not compressed or offset + 2 > limit:
                 raise _NotPlain
             target = (count & 0x3F) << 8 | wire[offset + 1]
             if target >= start:
