@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from smtpmon.domains import DomainResult
-from smtpmon.domains.policy import ADDRESS_DANE_VERDICTS, ADDRESS_STS_VERDICTS
+from smtpmon.domains.policy import ADDRESS_DANE_VERDICTS, ADDRESS_STS_VERDICTS, AddressPolicy
 from smtpmon.exposition.metrics import Family, label_pairs, sample_value
 from smtpmon.mailtls.dane import TLSA_STATES
 from smtpmon.mailtls.mtasts import MODES, STS_FETCH_ERRORS, STS_RECORD_STATES
@@ -138,7 +138,7 @@ def policy_state(result: DomainResult | None) -> PolicyState | None:
         lookups.tlsrpt.state if lookups.tlsrpt is not None else None)
 
 
-def _address_dane(address) -> AddressDaneState:
+def _address_dane(address: AddressPolicy) -> AddressDaneState:
     check = address.dane_check
     record = check.matched if check is not None else None
     matched = (record.usage, record.selector, record.matching_type) if record is not None else None
