@@ -6,9 +6,9 @@ protocol work: building and parsing messages, EDNS, the retry over TCP when a UD
 truncated; except that the plain answers to MX, A, AAAA, TLSA and TXT questions (with DNSSEC
 or without), nearly every answer a domain probe gets, are read by smtpmon.dns.wire, which
 leaves anything else to dnspython and agrees with it wherever it answers (parsing was most of
-a refreshed resolution's CPU). This module keeps the deadline and reads the outcome in a sender's terms: an
-answer, NODATA, NXDOMAIN, or one of the temporary failures (servfail, timeout, bad_response,
-unreachable), each with a sentence saying what happened.
+a refreshed resolution's CPU). This module keeps the deadline and reads the outcome in a
+sender's terms: an answer, NODATA, NXDOMAIN, or one of the temporary failures (servfail,
+timeout, bad_response, unreachable), each with a sentence saying what happened.
 
 Blocking (dnspython's sync API): the daemon runs it on the lookup pool's threads.
 """
@@ -139,8 +139,8 @@ class Resolver:
     at once holds a question up to 2 s past its deadline. The loop here is the same (each
     server in turn, round after round; a server that fails for good is dropped) with every
     wait cut at the deadline; dnspython still builds, sends and reads the messages (but for
-    the plain MX, A, AAAA, TLSA and TXT answers: smtpmon.dns.wire), and the retry over TCP of a
-    truncated UDP answer is made here, in what is left of the attempt's time
+    the plain MX, A, AAAA, TLSA and TXT answers: smtpmon.dns.wire), and the retry over TCP
+    of a truncated UDP answer is made here, in what is left of the attempt's time
     (dns.query.udp_with_fallback would give TCP a whole timeout of its own).
     """
 
