@@ -129,6 +129,14 @@ def start_unbound(directory: Path, knot: KnotServer) -> UnboundResolver:
                            trust_anchors=knot.ds(ZONE)).start()
 
 
+def stop_all(unbound: UnboundResolver | None, world: list[World]) -> None:
+    """Stop the resolver and the world's parts, whichever were started."""
+    if unbound is not None:
+        unbound.stop()
+    for part in world:
+        part.stop()
+
+
 def mean_figures(runs: list[dict]) -> dict:
     """Each figure's mean over the runs of one phase."""
     return {key: sum(run[key] for run in runs) / len(runs) for key in runs[0]}
@@ -168,10 +176,7 @@ def main() -> None:
         without, with_policy = mean_figures(runs["off"]), mean_figures(runs["on"])
     finally:
         procs.close()
-        if unbound is not None:
-            unbound.stop()
-        for part in world:
-            part.stop()
+        stop_all(unbound, world)
     # Off: MX, and A + AAAA of two hosts (5 names). On: also the MX with DO, two TLSA, the
     # _mta-sts and _smtp._tls TXT and the policy host's A and AAAA (7 more): 12 per TTL.
     print(f"\n{args.domains} domains × 2 MX × 2 addresses ({addresses} sessions per "

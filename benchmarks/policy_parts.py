@@ -159,10 +159,7 @@ def main() -> None:
             print(f"| {number} | {without:.3f} | {with_policy:.3f} | {with_policy / without:.2f} |")
     finally:
         procs.close()
-        if unbound is not None:
-            unbound.stop()
-        for part in world:
-            part.stop()
+        mail_tls.stop_all(unbound, world)
 
 
 if __name__ == "__main__":

@@ -200,10 +200,7 @@ class Resolver:
         if rdtype in wire.TYPES and name.is_absolute():
             query = _PlainQuery(name, rdtype, dnssec, checking_disabled)
         else:
-            query = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD,
-                                           want_dnssec=dnssec)
-            if checking_disabled:
-                query.flags |= dns.flags.CD
+            query = _message(name, rdtype, dnssec, checking_disabled)
         servers = list(self._servers)
         failures: dict[str, list[str]] = {}  # state -> what each server did
         rcode = ""  # of the last server that answered with a failure rcode
@@ -305,12 +302,19 @@ class _PlainQuery:
 
     def message(self) -> dns.message.Message:
         if self._message is None:
-            self._message = dns.message.make_query(self.name, self.rdtype, use_edns=0,
-                                                   payload=EDNS_PAYLOAD, id=self.id,
-                                                   want_dnssec=self.dnssec)
-            if self.checking_disabled:
-                self._message.flags |= dns.flags.CD
+            self._message = _message(self.name, self.rdtype, self.dnssec, self.checking_disabled,
+                                     self.id)
         return self._message
+
+
+def _message(name: dns.name.Name, rdtype: str, dnssec: bool, checking_disabled: bool,
+             query_id: int | None = None) -> dns.message.Message:
+    """dnspython's query: EDNS with EDNS_PAYLOAD, the DO bit for `dnssec`, CD when asked."""
+    query = dns.message.make_query(name, rdtype, use_edns=0, payload=EDNS_PAYLOAD,
+                                   want_dnssec=dnssec, id=query_id)
+    if checking_disabled:
+        query.flags |= dns.flags.CD
+    return query
 
 
 def _plain_udp(query: _PlainQuery, ip: str, port: int,
